@@ -1,0 +1,217 @@
+"""Settings for the orchestrator, read from the environment and an optional `.env` file.
+
+Every variable is listed with its default in `.env.example`. A malformed value stops
+start-up with an ImproperlyConfigured error that names the variable.
+"""
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+env = environ.Env()
+
+
+def _raw(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name, "true" if default else "false").lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {value!r}")
+
+
+def env_number(name: str, default: float, *, minimum: float, whole: bool = False) -> float:
+    value = _raw(name, str(default))
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _raw(name, default).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in _raw(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = _raw("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+    SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+
+HOST = _raw("HOST", "127.0.0.1")
+PORT = int(env_number("PORT", 8000, minimum=1, whole=True))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "workflows",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator_site.urls"
+WSGI_APPLICATION = "orchestrator_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+
+CONN_MAX_AGE = int(env_number("CONN_MAX_AGE", 60, minimum=0, whole=True))
+try:
+    DATABASES = {"default": env.db_url_config(_raw("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+except Exception as exc:  # django-environ raises several types for a malformed URL
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if not DATABASES["default"].get("ENGINE"):
+    raise ImproperlyConfigured("DATABASE_URL names an unknown database scheme")
+DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = CONN_MAX_AGE > 0
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent workers on SQLite: without WAL, IMMEDIATE transactions and a generous
+    # busy timeout, four workers lose about a third of their writes to "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "timeout": 20,
+    }
+    # The test database must be a file: integration tests run a qcluster in another process.
+    db_name = Path(DATABASES["default"]["NAME"])
+    DATABASES["default"]["TEST"] = {"NAME": str(db_name.with_name(f"test_{db_name.name}"))}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Orchestrator ---------------------------------------------------------------------
+
+ORCH_BROKER = env_choice("ORCH_BROKER", "orm", ("orm", "redis"))
+REDIS_URL = _raw("REDIS_URL", "redis://127.0.0.1:6379/0")
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
+ORCH_WORKERS = int(env_number("ORCH_WORKERS", os.cpu_count() or 2, minimum=1, whole=True))
+ORCH_TASK_TIMEOUT = env_number("ORCH_TASK_TIMEOUT", 300, minimum=0.1)
+ORCH_MAX_ATTEMPTS = int(env_number("ORCH_MAX_ATTEMPTS", 3, minimum=1, whole=True))
+ORCH_RETRY_BACKOFF = env_number("ORCH_RETRY_BACKOFF", 1.0, minimum=0)
+ORCH_RETRY_BACKOFF_MAX = env_number("ORCH_RETRY_BACKOFF_MAX", 300, minimum=0)
+ORCH_LEASE_SECONDS = env_number("ORCH_LEASE_SECONDS", 30, minimum=1)
+ORCH_REQUEUE_SECONDS = env_number("ORCH_REQUEUE_SECONDS", 60, minimum=1)
+ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
+ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
+
+# django-q2's own job timeout is only a backstop for a handler that ignores ours (each
+# job carries its task's timeout plus a grace period). `retry` must stay above it, or the
+# ORM broker re-delivers jobs that are still running.
+_Q_TIMEOUT = int(ORCH_TASK_TIMEOUT) + 60
+Q_CLUSTER = {
+    "name": ORCH_CLUSTER_NAME,
+    "workers": ORCH_WORKERS,
+    "timeout": _Q_TIMEOUT,
+    "retry": _Q_TIMEOUT + 60,
+    # A job that raised is not delivered again by the broker: step retries are ours.
+    "max_attempts": 1,
+    "ack_failures": True,
+    # Task rows hold the results; django-q2's success table stays empty, which also
+    # spares the result saver its per-save pruning query.
+    "save_limit": -1,
+    "catch_up": False,
+    "poll": ORCH_POLL,
+    "label": "Job queue",
+    "recycle": 1000,
+}
+if ORCH_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["broker_class"] = "workflows.brokers.RedisBroker"
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["broker_class"] = "workflows.brokers.OrmBroker"
+
+# django-q2 keeps cluster statistics in the cache, so every process must share it.
+if ORCH_BROKER == "redis":
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": ORCH_CLUSTER_NAME,
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "orchestrator_cache",
+        }
+    }
+
+# --- Internationalisation, static files -----------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Logging --------------------------------------------------------------------------
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}},
+}

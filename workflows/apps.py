@@ -1,0 +1,32 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+from django.utils.module_loading import autodiscover_modules
+
+
+class WorkflowsConfig(AppConfig):
+    name = "workflows"
+    verbose_name = "Workflows"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
+
+        autodiscover_modules("workflow_tasks")
+        post_migrate.connect(ensure_recovery_schedule, sender=self)
+
+
+def ensure_recovery_schedule(using="default", **kwargs) -> None:
+    """Create (or correct) the django-q2 schedule that runs recovery every minute."""
+    from django_q.models import Schedule
+
+    from .jobs import RECOVER_SCHEDULE
+
+    Schedule.objects.using(using).update_or_create(
+        name=RECOVER_SCHEDULE,
+        defaults={
+            "func": "workflows.jobs.recover_minute",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )

@@ -1,0 +1,259 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django_fsm import GET_STATE, FSMField, FSMModelMixin, transition
+
+
+class State(models.TextChoices):
+    INIT = "INIT"
+    PREPARE = "PREPARE"
+    EXECUTE = "EXECUTE"
+    VALIDATE = "VALIDATE"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
+TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
+# The transition that ends each phase's work and moves the workflow on.
+PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
+
+
+class Workflow(FSMModelMixin, models.Model):
+    """A run of a workflow definition through INIT → PREPARE → EXECUTE → VALIDATE → COMPLETE.
+
+    The state only changes through the transition methods below, and those only through
+    the service layer (`workflows.services`), which locks the row, saves it and writes
+    the audit row in one transaction.
+    """
+
+    class Mode(models.TextChoices):
+        AUTO = "auto"
+        MANUAL = "manual"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    definition = models.CharField(max_length=100, default="default")
+    state = FSMField(default=State.INIT, choices=State.choices, protected=True, max_length=16)
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.AUTO)
+    input = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True, help_text="Results by phase.")
+    error = models.TextField(blank=True)
+    retries = models.PositiveIntegerField(default=0, help_text="Manual retries so far.")
+    failed_phase = models.CharField(max_length=16, blank=True, choices=[(p.value, p.label) for p in PHASES])
+    # NULL, not "", when unset: the unique constraint only covers keys that were given.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="Hash of the creating request, to tell a repeat from a conflict."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="workflows"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="workflow_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="workflow_state_created"),
+            models.Index(fields=["definition", "-created_at"], name="workflow_definition_created"),
+            models.Index(fields=["mode", "-created_at"], name="workflow_mode_created"),
+            models.Index(fields=["created_by", "-created_at"], name="workflow_owner_created"),
+            models.Index(fields=["name"], name="workflow_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in PHASES
+
+    @property
+    def available_events(self) -> list[str]:
+        return [t.name for t in self.get_available_state_transitions()]
+
+    # Transitions: each changes this instance's own fields only, and does no I/O.
+
+    @transition(field=state, source=State.INIT, target=State.PREPARE)
+    def start(self):
+        self.started_at = timezone.now()
+
+    @transition(field=state, source=State.PREPARE, target=State.EXECUTE)
+    def execute(self):
+        pass
+
+    @transition(field=state, source=State.EXECUTE, target=State.VALIDATE)
+    def validate(self):
+        pass
+
+    @transition(field=state, source=State.VALIDATE, target=State.COMPLETE)
+    def complete(self):
+        self.finished_at = timezone.now()
+
+    @transition(field=state, source=PHASES, target=State.FAILED)
+    def fail(self, error: str):
+        self.failed_phase = self.state
+        self.error = error
+        self.finished_at = timezone.now()
+
+    @transition(field=state, source=State.FAILED, target=GET_STATE(lambda wf: wf.failed_phase, states=PHASES))
+    def retry(self):
+        self.retries += 1
+        self.error = ""
+        self.finished_at = None
+
+    @transition(field=state, source=[State.INIT, *PHASES, State.FAILED], target=State.CANCELLED)
+    def cancel(self):
+        self.finished_at = timezone.now()
+
+
+class Task(models.Model):
+    """One unit of a workflow's work, run as one django-q2 job per attempt."""
+
+    class Phase(models.TextChoices):
+        PREPARE = "PREPARE"
+        EXECUTE = "EXECUTE"
+        VALIDATE = "VALIDATE"
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        QUEUED = "QUEUED"
+        RUNNING = "RUNNING"
+        SUCCEEDED = "SUCCEEDED"
+        FAILED = "FAILED"
+        CANCELLED = "CANCELLED"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="tasks")
+    phase = models.CharField(max_length=16, choices=Phase.choices)
+    position = models.PositiveIntegerField(default=0, help_text="Order within the workflow.")
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=100)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveIntegerField(default=0, help_text="Number of the latest attempt; only grows.")
+    attempt_offset = models.PositiveIntegerField(
+        default=0, help_text="Attempts made before the latest workflow retry granted a fresh budget."
+    )
+    max_attempts = models.PositiveIntegerField(default=3)
+    timeout = models.FloatField(help_text="Seconds one attempt may run.")
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the latest attempt is due to run.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "name"], name="task_name_unique_in_workflow"),
+        ]
+        indexes = [
+            models.Index(fields=["workflow", "phase", "status"], name="task_workflow_phase_status"),
+            models.Index(fields=["status", "lease_expires_at"], name="task_status_lease"),
+            models.Index(fields=["status", "queued_at"], name="task_status_queued"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.type}] {self.status}"
+
+    @property
+    def attempts_left(self) -> int:
+        return self.attempt_offset + self.max_attempts - self.attempt
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class Actor:
+    """Who caused a transition: a user (API or admin), or the system, a worker or the CLI."""
+
+    def __init__(self, label: str, user=None):
+        self.label = label
+        self.user = user
+
+    def __repr__(self) -> str:
+        return f"Actor({self.label!r})"
+
+    @classmethod
+    def api(cls, user) -> "Actor":
+        return cls(f"api:{user.get_username()}", user)
+
+    @classmethod
+    def admin(cls, user) -> "Actor":
+        return cls(f"admin:{user.get_username()}", user)
+
+
+Actor.SYSTEM = Actor("system")
+Actor.WORKER = Actor("worker")
+Actor.CLI = Actor("cli")
+
+
+class TransitionManager(models.Manager):
+    def record(
+        self, *, workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None
+    ) -> "Transition":
+        """Append the audit row for a state change of `workflow`.
+
+        The only way rows are written. Call it inside the transaction that saves the
+        change, with the workflow row locked, so seq numbers are gap-free and unique.
+        """
+        last = self.filter(workflow=workflow).order_by("-seq").values_list("seq", flat=True).first()
+        return self.create(
+            workflow=workflow,
+            seq=(last or 0) + 1,
+            source=source,
+            target=workflow.state,
+            event=event,
+            actor=actor.user,
+            actor_label=actor.label,
+            reason=reason,
+            data=data or {},
+        )
+
+
+class Transition(models.Model):
+    """The append-only audit log: one row per committed state change."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="transitions")
+    seq = models.PositiveIntegerField()
+    source = models.CharField(max_length=16, choices=State.choices)
+    target = models.CharField(max_length=16, choices=State.choices)
+    event = models.CharField(max_length=32)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TransitionManager()
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="transition_seq_unique_in_workflow"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.event}: {self.source} → {self.target}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Transitions are append-only and cannot be changed.")
+        super().save(*args, **kwargs)

@@ -1,0 +1,118 @@
+"""The extension point: task types and workflow definitions.
+
+    from workflows.registry import task_type
+
+    @task_type("resize_image")
+    def resize_image(ctx, params):
+        return {"width": 100}
+
+A handler takes a `TaskContext` and the task's params and returns a JSON-serialisable
+result; raising fails the attempt. `async def` handlers run on an event loop inside the
+worker. Modules named `workflow_tasks` in installed apps are imported at start-up, so
+that is the place to register your own types and definitions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Handler = Callable[["TaskContext", dict], Any]
+
+
+class UnknownTaskType(LookupError):
+    pass
+
+
+class UnknownDefinition(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    handler: Handler
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """What a workflow runs: its PREPARE and VALIDATE handlers (task type names, or None
+    for a phase with no work) and the EXECUTE tasks used when a request names none."""
+
+    key: str
+    prepare: str | None = None
+    validate: str | None = None
+    tasks: tuple[dict, ...] = field(default_factory=tuple)
+    description: str = ""
+
+
+_task_types: dict[str, TaskType] = {}
+_definitions: dict[str, WorkflowDefinition] = {}
+
+
+def task_type(name: str) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the handler of task type `name`."""
+
+    def register(handler: Handler) -> Handler:
+        existing = _task_types.get(name)
+        if existing and existing.handler is not handler:
+            raise ValueError(f"task type {name!r} is already registered by {existing.handler.__module__}")
+        _task_types[name] = TaskType(name, handler)
+        return handler
+
+    return register
+
+
+def register_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
+    for handler in (definition.prepare, definition.validate):
+        if handler is not None and handler not in _task_types:
+            raise UnknownTaskType(f"definition {definition.key!r} names unknown task type {handler!r}")
+    _definitions[definition.key] = definition
+    return definition
+
+
+def get_task_type(name: str) -> TaskType:
+    try:
+        return _task_types[name]
+    except KeyError:
+        raise UnknownTaskType(f"unknown task type {name!r}") from None
+
+
+def get_definition(key: str) -> WorkflowDefinition:
+    try:
+        return _definitions[key]
+    except KeyError:
+        raise UnknownDefinition(f"unknown workflow definition {key!r}") from None
+
+
+def task_type_names() -> list[str]:
+    return sorted(_task_types)
+
+
+def definition_keys() -> list[str]:
+    return sorted(_definitions)
+
+
+class TaskContext:
+    """What a handler knows of its surroundings."""
+
+    def __init__(self, *, workflow, task, cancelled: Callable[[], bool]):
+        self.workflow = workflow
+        self.task = task
+        self.attempt = task.attempt
+        self.input = workflow.input
+        self.results = workflow.results
+        self.logger = logging.getLogger(f"workflows.task.{task.type}")
+        self._cancelled = cancelled
+
+    def cancelled(self) -> bool:
+        """True once the workflow was cancelled (or this attempt was taken back):
+        a long handler should check it and return early."""
+        return self._cancelled()
