@@ -1,0 +1,205 @@
+import os
+import pydoc
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext  # noqa: F401  (re-exported for test modules)
+from django_q.signing import SignedPackage
+
+from workflows import queue, services
+from workflows.models import Actor, Task, Workflow
+from workflows.registry import task_type
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# Task types the tests need beyond the built-in ones.
+
+
+@task_type("tests.async_echo")
+async def async_echo(ctx, params):
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return {"async": True, **params}
+
+
+@task_type("tests.async_slow")
+async def async_slow(ctx, params):
+    import asyncio
+
+    await asyncio.sleep(params.get("seconds", 5))
+    return {"finished": True}
+
+
+@task_type("tests.swallow")
+def swallow_everything(ctx, params):
+    """A handler that catches Exception around a long sleep: the timeout must still end it."""
+    try:
+        time.sleep(params.get("seconds", 5))
+    except Exception:
+        return {"swallowed": True}
+    return {"finished": True}
+
+
+@task_type("tests.not_json")
+def not_json(ctx, params):
+    return {"when": object()}
+
+
+class Engine:
+    """Runs the engine's jobs in the test process, through the real broker.
+
+    Services enqueue jobs on commit: `call` runs a service with its on-commit callbacks
+    executed, and `drain` takes jobs off the broker and runs their job functions the way
+    a worker does, until no job is due (waiting up to `wait` seconds for delayed ones).
+    """
+
+    def __init__(self, capture):
+        self.capture = capture
+        self.broker = queue.broker()
+        self.broker.purge_queue()
+
+    def call(self, function, *args, **kwargs):
+        with self.capture(execute=True):
+            return function(*args, **kwargs)
+
+    def start(self, **kwargs) -> Workflow:
+        kwargs.setdefault("name", "test")
+        workflow, _ = self.call(services.workflow_create, actor=Actor.SYSTEM, start=True, **kwargs)
+        return workflow
+
+    def _take(self) -> list[dict]:
+        jobs = []
+        for ack_id, payload in self.broker.dequeue() or []:
+            jobs.append(SignedPackage.loads(payload))
+            self.broker.acknowledge(ack_id)
+        return jobs
+
+    def pending(self) -> list[dict]:
+        """Take the jobs that are due now off the broker, without running them."""
+        jobs = []
+        while self.broker.queue_size():
+            jobs += self._take()
+        return jobs
+
+    def run(self, job: dict):
+        with self.capture(execute=True):
+            return pydoc.locate(job["func"])(*job["args"], **job["kwargs"])
+
+    def drain(self, *, wait: float = 5.0, limit: int = 500) -> int:
+        ran = 0
+        deadline = time.monotonic() + wait
+        while ran < limit:
+            jobs = self.pending()
+            if not jobs:
+                if not self.broker.delayed_size() or time.monotonic() > deadline:
+                    return ran
+                jobs = self._take()  # waits for the next delayed job to fall due
+            for job in jobs:
+                self.run(job)
+                ran += 1
+        raise AssertionError(f"more than {limit} jobs: is something looping?")
+
+
+@pytest.fixture
+def engine(db, django_capture_on_commit_callbacks, settings):
+    settings.ORCH_RETRY_BACKOFF = 0.02
+    return Engine(django_capture_on_commit_callbacks)
+
+
+def reload(workflow: Workflow) -> Workflow:
+    return Workflow.objects.get(pk=workflow.pk)
+
+
+def events(workflow: Workflow) -> list[str]:
+    return list(workflow.transitions.order_by("seq").values_list("event", flat=True))
+
+
+def task(workflow: Workflow, name: str) -> Task:
+    return workflow.tasks.get(name=name)
+
+
+# --- A real cluster, for integration tests ---------------------------------------------
+
+
+def database_url() -> str:
+    """The URL of the test database, for processes started by the tests."""
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def child_env(**extra) -> dict:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+        "LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, **env):
+        self.log_path = tmp_path / f"qcluster-{time.monotonic_ns()}.log"
+        self.env = child_env(**{"ORCH_WORKERS": 2, **env})
+        self.process = None
+
+    def start(self) -> "Cluster":
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def cluster(transactional_db, tmp_path):
+    queue.broker().purge_queue()
+    started = []
+
+    def start(**env) -> Cluster:
+        started.append(Cluster(tmp_path, **env).start())
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def wait_for(predicate, timeout: float, message: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s: {message}")
