@@ -105,12 +105,15 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------
 
 CONN_MAX_AGE = int(env_number("CONN_MAX_AGE", 60, minimum=0, whole=True))
+_database_url = _raw("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+if _database_url.split("://", 1)[0] not in environ.Env.DB_SCHEMES:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must start with a known scheme such as sqlite:// or postgres://, got {_database_url!r}"
+    )
 try:
-    DATABASES = {"default": env.db_url_config(_raw("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+    DATABASES = {"default": env.db_url_config(_database_url)}
 except Exception as exc:  # django-environ raises several types for a malformed URL
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
-if not DATABASES["default"].get("ENGINE"):
-    raise ImproperlyConfigured("DATABASE_URL names an unknown database scheme")
 DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = CONN_MAX_AGE > 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import pydoc
 import signal
@@ -156,7 +157,7 @@ class Cluster:
         self.process = None
 
     def start(self) -> "Cluster":
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop())
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"],
             cwd=ROOT,
@@ -169,12 +170,14 @@ class Cluster:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            # SIGTERM to the cluster's main process only: it stops its own workers.
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+        if self.process:
+            with contextlib.suppress(ProcessLookupError):  # nothing of the cluster may outlive the test
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.process.wait()
         self.log.close()
 
     def output(self) -> str:

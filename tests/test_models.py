@@ -78,7 +78,9 @@ def test_available_events_match_the_table(state):
 
 def test_transition_rows_cannot_be_edited(db):
     workflow = Workflow.objects.create(name="w")
-    row = Transition.objects.create(workflow=workflow, seq=1, source="INIT", target="PREPARE", event="start", actor_label="system")
+    row = Transition.objects.create(
+        workflow=workflow, seq=1, source="INIT", target="PREPARE", event="start", actor_label="system"
+    )
     row.reason = "rewritten"
     with pytest.raises(ValueError, match="append-only"):
         row.save()

@@ -144,12 +144,16 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings):
 
 
 def test_a_task_whose_attempts_run_out_fails_the_workflow(engine):
-    workflow = engine.start(tasks=[{"type": "noop"}, {"name": "bad", "type": "fail", "params": {"message": "disk full"}}])
+    workflow = engine.start(
+        tasks=[{"type": "noop"}, {"name": "bad", "type": "fail", "params": {"message": "disk full"}}]
+    )
     engine.drain()
     workflow = reload(workflow)
     assert workflow.state == State.FAILED
     assert workflow.failed_phase == State.EXECUTE
-    assert workflow.error == "bad: builtin_tasks.TaskFailed: disk full".replace("builtin_tasks", "workflows.builtin_tasks")
+    assert workflow.error == "bad: builtin_tasks.TaskFailed: disk full".replace(
+        "builtin_tasks", "workflows.builtin_tasks"
+    )
     bad = task(workflow, "bad")
     assert (bad.status, bad.attempt) == (Status.FAILED, 3)
     assert "Traceback" in bad.error
@@ -166,7 +170,9 @@ def test_per_task_max_attempts_overrides_the_default(engine):
 
 
 def test_a_task_past_its_timeout_counts_as_a_failed_attempt(engine):
-    workflow = engine.start(tasks=[{"name": "slow", "type": "tests.swallow", "params": {"seconds": 5}, "timeout": 0.2, "max_attempts": 2}])
+    workflow = engine.start(
+        tasks=[{"name": "slow", "type": "tests.swallow", "params": {"seconds": 5}, "timeout": 0.2, "max_attempts": 2}]
+    )
     engine.drain()
     slow = task(workflow, "slow")
     assert (slow.status, slow.attempt) == (Status.FAILED, 2)
@@ -197,7 +203,10 @@ def test_a_result_that_is_not_json_fails_the_attempt(engine):
 
 def test_retry_resumes_the_failed_phase_without_rerunning_succeeded_tasks(engine):
     workflow = engine.start(
-        tasks=[{"name": "ok", "type": "echo"}, {"name": "once", "type": "fail", "params": {"times": 1}, "max_attempts": 1}]
+        tasks=[
+            {"name": "ok", "type": "echo"},
+            {"name": "once", "type": "fail", "params": {"times": 1}, "max_attempts": 1},
+        ]
     )
     engine.drain()
     assert reload(workflow).state == State.FAILED
@@ -238,7 +247,10 @@ def test_retry_of_a_workflow_that_did_not_fail_is_refused_with_its_state(engine)
 
 def test_queued_siblings_wait_for_the_retry_when_a_task_fails(engine):
     workflow = engine.start(
-        tasks=[{"name": "bad", "type": "fail", "params": {"times": 1}, "max_attempts": 1}, {"name": "later", "type": "noop"}]
+        tasks=[
+            {"name": "bad", "type": "fail", "params": {"times": 1}, "max_attempts": 1},
+            {"name": "later", "type": "noop"},
+        ]
     )
     engine.run(engine.pending()[0])  # PREPARE
     bad_job, later_job = sorted(engine.pending(), key=lambda job: job["args"][0])

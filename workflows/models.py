@@ -19,6 +19,7 @@ class State(models.TextChoices):
 
 PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
 TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
+EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
 # The transition that ends each phase's work and moves the workflow on.
 PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
 
@@ -84,7 +85,8 @@ class Workflow(FSMModelMixin, models.Model):
 
     @property
     def available_events(self) -> list[str]:
-        return [t.name for t in self.get_available_state_transitions()]
+        available = {t.name for t in self.get_available_state_transitions()}
+        return [event for event in EVENTS if event in available]
 
     # Transitions: each changes this instance's own fields only, and does no I/O.
 

@@ -1,0 +1,51 @@
+# The commands the README shows. `make run` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+.PHONY: install dev run test test-unit test-integration lint format clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+dev: $(VENV)/.dev-installed
+
+## Set up, migrate, and start the web server and a worker cluster together (SQLite by default).
+# HOST and PORT come from the settings (environment, then .env, then defaults); honcho is
+# told not to read .env itself, so that it cannot disagree with them.
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py createadmin
+	@set -e; \
+	addr=$$($(BIN)/python manage.py shell --no-imports -c "from django.conf import settings as s; print(s.HOST, s.PORT)"); \
+	set -- $$addr; \
+	printf '\n  Admin:  http://%s:%s/admin/\n\n' "$$1" "$$2"; \
+	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --port "$$2"
+
+## The whole test suite, on whatever DATABASE_URL and ORCH_BROKER select.
+test: install
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m "not integration"
+
+test-integration: install
+	$(BIN)/pytest -m integration
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

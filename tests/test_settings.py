@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import ROOT
+
+
+def start_up(**env) -> subprocess.CompletedProcess:
+    """Load the settings in a fresh process, as start-up does."""
+    import os
+
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("ORCH_", "DJANGO_"))}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('ok')"],
+        cwd=ROOT,
+        env={**environment, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("ORCH_WORKERS", "many"),
+        ("ORCH_WORKERS", "0"),
+        ("ORCH_TASK_TIMEOUT", "soon"),
+        ("ORCH_BROKER", "rabbit"),
+        ("CONN_MAX_AGE", "-1"),
+        ("DJANGO_DEBUG", "perhaps"),
+        ("LOG_LEVEL", "loud"),
+        ("DATABASE_URL", "nosuchdb://x"),
+        ("REDIS_URL", "127.0.0.1:6379"),
+        ("PORT", "http"),
+    ],
+)
+def test_a_malformed_value_stops_start_up_naming_the_variable(variable, value):
+    result = start_up(**{variable: value})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert variable in result.stderr.strip().splitlines()[-1]
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = start_up(DJANGO_DEBUG="false")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+    assert start_up(DJANGO_DEBUG="false", DJANGO_SECRET_KEY="s" * 50).stdout.strip() == "ok"
+
+
+def test_the_job_queue_is_configured_for_durable_jobs():
+    q = settings.Q_CLUSTER
+    assert q["timeout"] < q["retry"], "django-q2 re-delivers jobs that run longer than retry"
+    assert q["max_attempts"] >= 1
+    assert q["catch_up"] is False
+    assert q["save_limit"] < 0
+    assert settings.DATABASES["default"]["CONN_MAX_AGE"] == 60
+
+
+def test_sqlite_is_opened_for_concurrent_workers():
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        pytest.skip("the database is not SQLite")
+    options = settings.DATABASES["default"]["OPTIONS"]
+    assert options["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in options["init_command"] and "synchronous=NORMAL" in options["init_command"]
+    assert options["timeout"] == 20
+
+
+def test_every_process_shares_one_cache():
+    backend = settings.CACHES["default"]["BACKEND"]
+    assert backend.endswith(("DatabaseCache", "RedisCache"))
+
+
+def test_env_example_lists_every_variable():
+    text = (ROOT / ".env.example").read_text()
+    source = (ROOT / "orchestrator_site" / "settings.py").read_text()
+    import re
+
+    variables = set(re.findall(r'env_\w+\("([A-Z_]+)"', source)) | set(re.findall(r'_raw\("([A-Z_]+)"', source))
+    assert variables, "no variables found in settings.py"
+    missing = sorted(name for name in variables if f"{name}=" not in text)
+    assert not missing
