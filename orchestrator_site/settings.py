@@ -70,6 +70,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "workflows",
 ]
@@ -189,6 +194,51 @@ else:
             "LOCATION": "orchestrator_cache",
         }
     }
+
+# --- REST API -----------------------------------------------------------------------------
+
+# Request bodies larger than this are refused with 400 (the API's JSON parser enforces it).
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(env_number("ORCH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, whole=True))
+
+REST_FRAMEWORK = {
+    # Token first, so that an anonymous request gets 401 with a WWW-Authenticate header.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["workflows.api.parsers.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "workflows.api.pagination.WorkflowPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "workflows.api.errors.api_exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Workflow orchestrator API",
+    "DESCRIPTION": "Start workflows, follow them through their phases, step, retry and cancel them.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # Swagger UI's files come from drf-spectacular-sidecar, served locally: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"StateEnum": "workflows.models.State", "PhaseEnum": "workflows.models.Phase"},
+}
+
+LOGIN_URL = "rest_framework:login"
+LOGIN_REDIRECT_URL = "/workflows/"
 
 # --- Internationalisation, static files -----------------------------------------------
 

@@ -1,6 +1,15 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
+    path("", RedirectView.as_view(url="/workflows/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api-auth/", include("rest_framework.urls")),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", SpectacularAPIView.as_view()),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("", include("workflows.api.urls")),
 ]

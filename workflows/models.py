@@ -17,6 +17,14 @@ class State(models.TextChoices):
     CANCELLED = "CANCELLED"
 
 
+class Phase(models.TextChoices):
+    """The states in which a workflow's work runs."""
+
+    PREPARE = "PREPARE"
+    EXECUTE = "EXECUTE"
+    VALIDATE = "VALIDATE"
+
+
 PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
 TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
 EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
@@ -45,7 +53,7 @@ class Workflow(FSMModelMixin, models.Model):
     results = models.JSONField(default=dict, blank=True, help_text="Results by phase.")
     error = models.TextField(blank=True)
     retries = models.PositiveIntegerField(default=0, help_text="Manual retries so far.")
-    failed_phase = models.CharField(max_length=16, blank=True, choices=[(p.value, p.label) for p in PHASES])
+    failed_phase = models.CharField(max_length=16, blank=True, choices=Phase.choices)
     # NULL, not "", when unset: the unique constraint only covers keys that were given.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     fingerprint = models.CharField(
@@ -126,10 +134,7 @@ class Workflow(FSMModelMixin, models.Model):
 class Task(models.Model):
     """One unit of a workflow's work, run as one django-q2 job per attempt."""
 
-    class Phase(models.TextChoices):
-        PREPARE = "PREPARE"
-        EXECUTE = "EXECUTE"
-        VALIDATE = "VALIDATE"
+    Phase = Phase
 
     class Status(models.TextChoices):
         PENDING = "PENDING"

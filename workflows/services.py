@@ -126,6 +126,15 @@ def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int)
     )
 
 
+def _create_tasks(workflow: Workflow, definition, specs: list[dict]) -> None:
+    rows = [Task(workflow=workflow, phase=State.EXECUTE, position=i + 1, **spec) for i, spec in enumerate(specs)]
+    if definition.prepare:
+        rows.insert(0, _phase_task(workflow, State.PREPARE, definition.prepare, 0))
+    if definition.validate:
+        rows.append(_phase_task(workflow, State.VALIDATE, definition.validate, len(specs) + 1))
+    Task.objects.bulk_create(rows)
+
+
 def _fingerprint(**request) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -189,14 +198,7 @@ def workflow_create(
                 fingerprint=fingerprint,
                 created_by=actor.user,
             )
-            rows = [
-                Task(workflow=workflow, phase=State.EXECUTE, position=i + 1, **spec) for i, spec in enumerate(specs)
-            ]
-            if definition_obj.prepare:
-                rows.insert(0, _phase_task(workflow, State.PREPARE, definition_obj.prepare, 0))
-            if definition_obj.validate:
-                rows.append(_phase_task(workflow, State.VALIDATE, definition_obj.validate, len(specs) + 1))
-            Task.objects.bulk_create(rows)
+            _create_tasks(workflow, definition_obj, specs)
             if start:
                 _fire(workflow, "start", actor)
                 _enter_phase(workflow, actor)
@@ -214,6 +216,37 @@ def _existing_for_key(key: str, fingerprint: str) -> Workflow | None:
     if existing and existing.fingerprint != fingerprint:
         raise IdempotencyConflict(existing)
     return existing
+
+
+UPDATABLE_FIELDS = ("name", "definition", "mode", "input", "tasks")
+
+
+def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
+    """Change a workflow that has not started: its name, definition, mode, input or tasks.
+    Given tasks replace the EXECUTE tasks; a new definition brings its own PREPARE and
+    VALIDATE handlers."""
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        workflow = _locked(workflow_id)
+        if workflow.state != State.INIT:
+            raise InvalidTransition(
+                workflow, "update", f"cannot update a workflow in state {workflow.state}: only one not yet started"
+            )
+        current = {field: getattr(workflow, field) for field in ("name", "definition", "mode", "input")}
+        current["tasks"] = list(
+            workflow.tasks.filter(phase=State.EXECUTE).values("name", "type", "params", "max_attempts", "timeout")
+        )
+        merged = {**current, **changes}
+        definition, specs = _validated(**merged)
+        for field in ("name", "definition", "mode", "input"):
+            setattr(workflow, field, merged[field])
+        workflow.save()
+        if "tasks" in changes or "definition" in changes:
+            workflow.tasks.all().delete()
+            _create_tasks(workflow, definition, specs)
+    return workflow
 
 
 # --- Transitions -----------------------------------------------------------------------

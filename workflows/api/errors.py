@@ -1,0 +1,29 @@
+"""The engine's errors as HTTP answers: bad input 400, a transition not allowed now 409."""
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from ..models import Workflow
+from ..services import IdempotencyConflict, InvalidTransition
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, InvalidTransition):
+        body = {"detail": str(exc), "state": exc.state, "available_transitions": exc.allowed}
+        return Response(body, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, IdempotencyConflict):
+        body = {"detail": "This idempotency key was already used for a different request."}
+        return Response(body, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, DjangoValidationError):
+        body = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, RequestDataTooBig):
+        body = {"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, Workflow.DoesNotExist):  # deleted between the lookup and the service's lock
+        return Response({"detail": "No workflow matches the given query."}, status=status.HTTP_404_NOT_FOUND)
+    return exception_handler(exc, context)

@@ -1,0 +1,172 @@
+"""Shapes of the REST API. Input serializers check types; the engine checks meaning
+(registered task types and definitions) and its errors come back as field errors."""
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import PHASES, State, Task, Transition, Workflow
+from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
+
+
+class JSONObjectField(serializers.JSONField):
+    """A JSON object (not a list, string or number)."""
+
+    default_error_messages = {"not_an_object": "Must be a JSON object."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            self.fail("not_an_object")
+        return value
+
+
+extend_schema_field({"type": "object", "additionalProperties": True})(JSONObjectField)
+
+
+class TaskSpecSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, max_length=200, help_text="Defaults to the type and a number.")
+    type = serializers.CharField(max_length=100, help_text="A registered task type, e.g. echo, sleep, noop, fail.")
+    params = JSONObjectField(required=False, help_text="Given to the handler.")
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TASK_ATTEMPTS)
+    timeout = serializers.FloatField(required=False, min_value=0.1, max_value=MAX_TASK_TIMEOUT, help_text="Seconds.")
+
+
+class WorkflowInputSerializer(serializers.Serializer):
+    """The body that creates (and, on the start endpoints, starts) a workflow."""
+
+    name = serializers.CharField(max_length=200)
+    definition = serializers.CharField(max_length=100, default="default")
+    mode = serializers.ChoiceField(choices=Workflow.Mode.choices, default=Workflow.Mode.AUTO)
+    input = JSONObjectField(default=dict)
+    tasks = TaskSpecSerializer(many=True, required=False, max_length=MAX_TASKS)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, allow_blank=False)
+
+
+class WorkflowUpdateSerializer(WorkflowInputSerializer):
+    """PUT replaces the fields below; PATCH changes those it is given."""
+
+    idempotency_key = None
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = [
+            "id", "phase", "name", "type", "params", "status", "attempt", "max_attempts", "timeout", "result",
+            "error", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class TransitionSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_label", help_text="system, worker, cli, api:<user> or admin:<user>.")
+
+    class Meta:
+        model = Transition
+        fields = ["seq", "event", "source", "target", "actor", "reason", "data", "created_at"]
+        read_only_fields = fields
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField(help_text="Tasks that succeeded.")
+    total = serializers.IntegerField()
+
+
+class ProgressMixin(serializers.Serializer):
+    progress = serializers.SerializerMethodField()
+    available_transitions = serializers.SerializerMethodField()
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, workflow) -> dict:
+        # Lists annotate the counts in their one query; a single workflow counts its tasks.
+        if hasattr(workflow, "tasks_done"):
+            return {"done": workflow.tasks_done, "total": workflow.tasks_total}
+        tasks = list(workflow.tasks.all())
+        return {"done": sum(t.status == Task.Status.SUCCEEDED for t in tasks), "total": len(tasks)}
+
+    @extend_schema_field(serializers.ListField(child=serializers.ChoiceField(choices=[
+        "start", "execute", "validate", "complete", "fail", "retry", "cancel"])))  # fmt: skip
+    def get_available_transitions(self, workflow) -> list[str]:
+        return workflow.available_events
+
+
+WORKFLOW_FIELDS = [
+    "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
+    "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+]  # fmt: skip
+
+
+class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Workflow
+        fields = [*WORKFLOW_FIELDS, "progress", "available_transitions"]
+        read_only_fields = fields
+
+
+class WorkflowDetailSerializer(WorkflowListSerializer):
+    tasks = TaskSerializer(many=True, read_only=True)
+    transitions = TransitionSerializer(many=True, read_only=True)
+
+    class Meta(WorkflowListSerializer.Meta):
+        fields = [*WorkflowListSerializer.Meta.fields, "tasks", "transitions"]
+        read_only_fields = fields
+
+
+class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
+    phase = serializers.SerializerMethodField(help_text="The phase running now, or the one that failed.")
+
+    class Meta:
+        model = Workflow
+        fields = ["id", "state", "phase", "progress", "available_transitions", "error"]
+        read_only_fields = fields
+
+    def get_phase(self, workflow) -> str | None:
+        if workflow.state in PHASES:
+            return workflow.state
+        if workflow.state == State.FAILED:
+            return workflow.failed_phase
+        return None
+
+
+class CancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=1000, help_text="Kept in the audit log."
+    )
+
+
+class ConflictSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    state = serializers.ChoiceField(choices=State.choices)
+    available_transitions = serializers.ListField(child=serializers.CharField())
+
+
+class DurationSerializer(serializers.Serializer):
+    median_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+    sample = serializers.IntegerField(help_text="Completed workflows measured (the most recent ones).")
+
+
+class ClusterSerializer(serializers.Serializer):
+    cluster_id = serializers.CharField()
+    host = serializers.CharField()
+    status = serializers.CharField()
+    workers = serializers.IntegerField()
+    uptime_seconds = serializers.FloatField()
+
+
+class StatsSerializer(serializers.Serializer):
+    workflows_by_state = serializers.DictField(child=serializers.IntegerField())
+    tasks_by_status = serializers.DictField(child=serializers.IntegerField())
+    duration = DurationSerializer()
+    completed_last_minute = serializers.IntegerField()
+    completed_last_hour = serializers.IntegerField()
+    queue_depth = serializers.IntegerField(help_text="Jobs due now on the broker.")
+    queue_delayed = serializers.IntegerField(help_text="Jobs waiting out a retry backoff.")
+    clusters = ClusterSerializer(many=True)
+    workers = serializers.IntegerField(help_text="Worker processes across all clusters.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()

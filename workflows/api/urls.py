@@ -1,0 +1,31 @@
+"""Every path of the original specification, with or without a trailing slash. The
+router serves /workflows/…; the other paths are routed onto the same viewset actions."""
+
+from django.urls import re_path
+from rest_framework.routers import SimpleRouter
+
+from .views import WorkflowViewSet
+
+router = SimpleRouter()
+router.trailing_slash = "/?"
+router.register("workflows", WorkflowViewSet, basename="workflow")
+
+ID = r"(?P<pk>[^/]+)"
+
+
+def route(path: str, actions: dict, name: str, detail: bool = True):
+    view = WorkflowViewSet.as_view(actions, detail=detail, basename="workflow")
+    return re_path(rf"^{path}/?$", view, name=name)
+
+
+urlpatterns = [
+    route("workflow/start", {"post": "create_and_start"}, "workflow-create-and-start", detail=False),
+    route(f"workflow/{ID}", {"get": "retrieve", "delete": "destroy"}, "workflow-legacy-detail"),
+    route(f"workflow/{ID}/next", {"post": "next_step"}, "workflow-legacy-next"),
+    route(f"workflow/{ID}/retry", {"post": "retry"}, "workflow-legacy-retry"),
+    route(f"execution/workflows/{ID}/start", {"post": "start"}, "execution-start"),
+    route(f"execution/workflows/{ID}/status", {"get": "status"}, "execution-status"),
+    route(f"execution/workflows/{ID}/cancel", {"post": "cancel"}, "execution-cancel"),
+    route("execution/stats", {"get": "stats"}, "execution-stats", detail=False),
+    *router.urls,
+]

@@ -1,0 +1,235 @@
+"""The REST API: one viewset. Each action parses its input, calls one engine service and
+answers; the engine's errors become 400/409 in `errors.py`."""
+
+from django.db.models import Count, Prefetch, Q
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from .. import services
+from ..models import Actor, Task, Transition, Workflow
+from ..stats import workflow_stats
+from .filters import WorkflowFilter
+from .serializers import (
+    CancelSerializer,
+    ConflictSerializer,
+    ErrorSerializer,
+    StatsSerializer,
+    TaskSerializer,
+    TransitionSerializer,
+    WorkflowDetailSerializer,
+    WorkflowInputSerializer,
+    WorkflowListSerializer,
+    WorkflowStatusSerializer,
+    WorkflowUpdateSerializer,
+)
+
+NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such workflow, or not yours.")
+CONFLICT = OpenApiResponse(ConflictSerializer, description="Not allowed in the workflow's current state.")
+BAD_INPUT = OpenApiResponse(description="Field errors: {field: [messages]}.")
+
+
+def can_see_all(user) -> bool:
+    return user.is_staff or user.has_perm("workflows.view_workflow")
+
+
+class WorkflowAccess(permissions.IsAuthenticated):
+    """Owners act on their own workflows; staff, and users holding the model's change
+    (or, to delete, delete) permission, act on all. Others never see them (404)."""
+
+    def has_object_permission(self, request, view, workflow):
+        user = request.user
+        if request.method in permissions.SAFE_METHODS or workflow.created_by_id == user.pk or user.is_staff:
+            return True
+        needed = "workflows.delete_workflow" if request.method == "DELETE" else "workflows.change_workflow"
+        return user.has_perm(needed)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List workflows", description="Filter, search by name, order and paginate."),
+    retrieve=extend_schema(
+        summary="Get a workflow with its tasks and transition history",
+        responses={200: WorkflowDetailSerializer, 404: NOT_FOUND},
+    ),
+    destroy=extend_schema(
+        summary="Delete a workflow that is not running",
+        responses={204: None, 404: NOT_FOUND, 409: CONFLICT},
+    ),
+)
+class WorkflowViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Workflow.objects.none()  # for the schema; requests use get_queryset()
+    permission_classes = [WorkflowAccess]
+    lookup_value_regex = "[^/]+"
+    filterset_class = WorkflowFilter
+    search_fields = ["name"]
+    ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
+    ordering = ["-created_at"]
+    serializer_class = WorkflowDetailSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        workflows = Workflow.objects.select_related("created_by")
+        if not can_see_all(self.request.user):
+            workflows = workflows.filter(created_by=self.request.user)
+        if self.action == "list":
+            return workflows.annotate(
+                tasks_total=Count("tasks"), tasks_done=Count("tasks", filter=Q(tasks__status=Task.Status.SUCCEEDED))
+            )
+        return workflows.prefetch_related(
+            Prefetch("tasks", queryset=Task.objects.order_by("position")),
+            Prefetch("transitions", queryset=Transition.objects.order_by("seq")),
+        )
+
+    def get_serializer_class(self):
+        return WorkflowListSerializer if self.action == "list" else self.serializer_class
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.api(self.request.user)
+
+    def detail_response(self, workflow_id, code=status.HTTP_200_OK) -> Response:
+        workflow = self.get_queryset().get(pk=workflow_id)
+        return Response(WorkflowDetailSerializer(workflow, context=self.get_serializer_context()).data, status=code)
+
+    # --- Creating ---------------------------------------------------------------------------
+
+    def _create(self, request, *, start: bool) -> Response:
+        body = WorkflowInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        workflow, created = services.workflow_create(actor=self.actor, start=start, **body.validated_data)
+        return self.detail_response(workflow.pk, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Create a workflow without starting it",
+        request=WorkflowInputSerializer,
+        responses={
+            201: WorkflowDetailSerializer,
+            200: OpenApiResponse(WorkflowDetailSerializer, description="The same idempotency key and body again."),
+            400: BAD_INPUT,
+            409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
+        },
+    )
+    def create(self, request):
+        return self._create(request, start=False)
+
+    @extend_schema(
+        summary="Create and start a workflow",
+        request=WorkflowInputSerializer,
+        responses={
+            201: WorkflowDetailSerializer,
+            200: OpenApiResponse(WorkflowDetailSerializer, description="The same idempotency key and body again."),
+            400: BAD_INPUT,
+            409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
+        },
+    )
+    def create_and_start(self, request):
+        return self._create(request, start=True)
+
+    @extend_schema(
+        summary="Replace a workflow that has not started",
+        request=WorkflowUpdateSerializer,
+        responses={200: WorkflowDetailSerializer, 400: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    def update(self, request, pk=None, partial=False):
+        workflow = self.get_object()
+        body = WorkflowUpdateSerializer(data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        services.workflow_update(workflow.pk, actor=self.actor, **body.validated_data)
+        return self.detail_response(workflow.pk)
+
+    @extend_schema(
+        summary="Change fields of a workflow that has not started",
+        request=WorkflowUpdateSerializer,
+        responses={200: WorkflowDetailSerializer, 400: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    def destroy(self, request, pk=None):
+        services.workflow_delete(self.get_object().pk, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    # --- Transitions --------------------------------------------------------------------------
+
+    def _transition(self, operation, **kwargs) -> Response:
+        workflow = operation(self.get_object().pk, actor=self.actor, **kwargs)
+        return self.detail_response(workflow.pk, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Start a created (INIT) workflow",
+        request=None,
+        responses={202: WorkflowDetailSerializer, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._transition(services.workflow_start)
+
+    @extend_schema(
+        summary="Manual mode: fire the next transition",
+        description="Refused (409) in automatic mode and while the current phase's work is still running.",
+        request=None,
+        responses={202: WorkflowDetailSerializer, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"], url_path="next")
+    def next_step(self, request, pk=None):
+        return self._transition(services.workflow_next)
+
+    @extend_schema(
+        summary="Retry a FAILED workflow",
+        description="Resumes the phase that failed: tasks that succeeded are not run again.",
+        request=None,
+        responses={202: WorkflowDetailSerializer, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        return self._transition(services.workflow_retry)
+
+    @extend_schema(
+        summary="Cancel a workflow",
+        description="Tasks not yet running are cancelled at once; running ones are told to stop.",
+        request=CancelSerializer,
+        responses={202: WorkflowDetailSerializer, 400: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        body = CancelSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
+
+    # --- Reading -----------------------------------------------------------------------------
+
+    @extend_schema(
+        summary="State, phase and progress of a workflow", responses={200: WorkflowStatusSerializer, 404: NOT_FOUND}
+    )
+    @action(detail=True, methods=["get"])
+    def status(self, request, pk=None):
+        return Response(WorkflowStatusSerializer(self.get_object()).data)
+
+    @extend_schema(summary="The tasks of a workflow", responses={200: TaskSerializer(many=True), 404: NOT_FOUND})
+    @action(detail=True, methods=["get"])
+    def tasks(self, request, pk=None):
+        return Response(TaskSerializer(self.get_object().tasks.all(), many=True).data)
+
+    @extend_schema(
+        summary="The audit history of a workflow", responses={200: TransitionSerializer(many=True), 404: NOT_FOUND}
+    )
+    @action(detail=True, methods=["get"])
+    def transitions(self, request, pk=None):
+        return Response(TransitionSerializer(self.get_object().transitions.all(), many=True).data)
+
+    @extend_schema(
+        summary="Counts, durations, throughput, queue depth and workers",
+        description="Workflow and task figures cover the workflows you can see; queue and workers the whole cluster.",
+        responses={200: StatsSerializer},
+    )
+    def stats(self, request):
+        workflows = Workflow.objects.all()
+        if not can_see_all(request.user):
+            workflows = workflows.filter(created_by=request.user)
+        return Response(StatsSerializer(workflow_stats(workflows)).data)

@@ -1,0 +1,60 @@
+"""Figures for the stats endpoint: what the workflows did, and what the cluster is doing."""
+
+from datetime import timedelta
+
+from django.db.models import Count
+from django.utils import timezone
+from django_q.status import Stat
+
+from . import queue
+from .models import State, Task, Workflow
+
+# Durations are measured over the most recent completed workflows, not all of history.
+DURATION_SAMPLE = 1000
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return round(sorted_values[index], 3)
+
+
+def _counts(queryset, field: str, choices) -> dict[str, int]:
+    counts = dict(queryset.order_by().values_list(field).annotate(n=Count("pk")))
+    return {value: counts.get(value, 0) for value in choices}
+
+
+def workflow_stats(workflows=None) -> dict:
+    """Counts and durations of `workflows` (all by default), and the cluster's state."""
+    workflows = Workflow.objects.all() if workflows is None else workflows
+    now = timezone.now()
+    completed = workflows.filter(state=State.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
+    recent = completed.order_by("-finished_at").values_list("started_at", "finished_at")[:DURATION_SAMPLE]
+    durations = sorted((finished - started).total_seconds() for started, finished in recent)
+    broker = queue.broker()
+    clusters = [
+        {
+            "cluster_id": str(stat.cluster_id),
+            "host": stat.host,
+            "status": str(stat.status),
+            "workers": len(stat.workers),
+            "uptime_seconds": round(stat.uptime(), 1),
+        }
+        for stat in Stat.get_all(broker=broker)
+    ]
+    return {
+        "workflows_by_state": _counts(workflows, "state", State.values),
+        "tasks_by_status": _counts(Task.objects.filter(workflow__in=workflows), "status", Task.Status.values),
+        "duration": {
+            "median_seconds": _percentile(durations, 0.5),
+            "p95_seconds": _percentile(durations, 0.95),
+            "sample": len(durations),
+        },
+        "completed_last_minute": completed.filter(finished_at__gte=now - timedelta(minutes=1)).count(),
+        "completed_last_hour": completed.filter(finished_at__gte=now - timedelta(hours=1)).count(),
+        "queue_depth": broker.queue_size(),
+        "queue_delayed": broker.delayed_size(),
+        "clusters": clusters,
+        "workers": sum(cluster["workers"] for cluster in clusters),
+    }
