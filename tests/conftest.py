@@ -108,6 +108,12 @@ class Engine:
         raise AssertionError(f"more than {limit} jobs: is something looping?")
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The default hasher takes most of a second per user on purpose; tests need no such cost.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def engine(db, django_capture_on_commit_callbacks, settings):
     settings.ORCH_RETRY_BACKOFF = 0.02

@@ -182,7 +182,17 @@ def workflow_create(
     """
     input = {} if input is None else input
     definition_obj, specs = _validated(name, definition, mode, input, tasks)
-    fingerprint = _fingerprint(name=name, definition=definition, mode=mode, input=input, tasks=specs, start=start)
+    # The creator is part of the request: another user repeating a key is a conflict,
+    # never a way to read someone else's workflow.
+    fingerprint = _fingerprint(
+        user=actor.user.pk if actor.user else None,
+        name=name,
+        definition=definition,
+        mode=mode,
+        input=input,
+        tasks=specs,
+        start=start,
+    )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, fingerprint)
         if existing:
