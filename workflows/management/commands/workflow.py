@@ -2,10 +2,14 @@
 
 import json
 import time
+from collections import Counter
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
+from rich.table import Table
 
 from workflows import services
 from workflows.models import Actor, State, Workflow
@@ -76,11 +80,17 @@ class Command(BaseCommand):
 
         for action, text in [
             ("next", "Manual mode: fire the next transition."),
-            ("retry", "Resume a FAILED workflow at the phase that failed."),
-            ("cancel", "Cancel a workflow."),
             ("delete", "Delete a workflow that is not running."),
         ]:
             commands.add_parser(action, help=text).add_argument("id")
+        retry = commands.add_parser(
+            "retry", help="Resume FAILED workflows at the phase that failed (tasks that succeeded are not re-run)."
+        )
+        retry.add_argument("ids", nargs="*", metavar="ID")
+        retry.add_argument("--all-failed", action="store_true", help="Retry every FAILED workflow.")
+        cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
+        cancel.add_argument("ids", nargs="+", metavar="ID")
+        cancel.add_argument("--reason", default="", help="Kept in the audit log.")
         commands.add_parser("recover", help="Take back expired leases and re-send lost jobs now.")
 
     def handle(self, *args, action, **options):
@@ -171,18 +181,47 @@ class Command(BaseCommand):
         for w in workflows:
             self.stdout.write(f"{w.pk}  {w.state:<9}  {w.mode:<6}  {w.created_at:%Y-%m-%d %H:%M:%S}  {w.name}")
 
-    def _act(self, operation, workflow_id: str, verb: str) -> None:
-        workflow = operation(self._get(workflow_id).pk, actor=Actor.CLI)
+    def _act(self, operation, workflow_id: str, verb: str, **kwargs) -> None:
+        workflow = operation(self._get(workflow_id).pk, actor=Actor.CLI, **kwargs)
         self.stdout.write(f"{verb} {workflow.pk}: now {workflow.state}")
 
     def do_next(self, *, id, **_):
         self._act(services.workflow_next, id, "advanced")
 
-    def do_retry(self, *, id, **_):
-        self._act(services.workflow_retry, id, "retried")
+    def do_retry(self, *, ids, all_failed, **_):
+        if all_failed:
+            ids = [*ids, *map(str, Workflow.objects.filter(state=State.FAILED).values_list("pk", flat=True))]
+        if not ids and not all_failed:
+            raise CommandError("name the workflows to retry, or give --all-failed")
+        if not ids:
+            self.stdout.write("no FAILED workflows to retry")
+            return
+        self._bulk(services.workflow_retry, ids, "retried", "Retrying")
 
-    def do_cancel(self, *, id, **_):
-        self._act(services.workflow_cancel, id, "cancelled")
+    def do_cancel(self, *, ids, reason, **_):
+        self._bulk(services.workflow_cancel, ids, "cancelled", "Cancelling", reason=reason)
+
+    def _bulk(self, operation, ids: list[str], verb: str, doing: str, **kwargs) -> None:
+        """Act on one workflow, or on many with a progress bar and a summary; exit 1 if any was refused."""
+        if len(ids) == 1:
+            return self._act(operation, ids[0], verb, **kwargs)
+        outcomes: Counter[str] = Counter()
+        console = Console(file=self.stderr)
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress:
+            for workflow_id in progress.track(dict.fromkeys(ids), description=doing):
+                try:
+                    operation(self._get(workflow_id).pk, actor=Actor.CLI, **kwargs)
+                    outcomes[verb] += 1
+                except CommandError:
+                    outcomes["skipped: not found"] += 1
+                except services.InvalidTransition as exc:
+                    outcomes[f"skipped: {exc.state} cannot be {verb}"] += 1
+        table = Table("outcome", "workflows")
+        for outcome, count in outcomes.most_common():
+            table.add_row(outcome, str(count))
+        Console(file=self.stdout).print(table)
+        if outcomes[verb] != sum(outcomes.values()):
+            raise CommandError("; ".join(f"{count} {outcome}" for outcome, count in outcomes.items()))
 
     def do_delete(self, *, id, **_):
         workflow = self._get(id)

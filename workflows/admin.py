@@ -1,0 +1,417 @@
+"""The Django admin: inspect workflows, and retry, cancel and advance them through the
+engine's services, so that every action lands in the audit log as `admin:<username>`."""
+
+import json
+import uuid
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, F, Q
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from . import services
+from .diagrams import STATE_COLOURS, STATUS_COLOURS, state_graph_svg, task_timeline_svg
+from .models import Actor, State, Task, Transition, Workflow
+from .registry import definition_keys
+
+
+def badge(value: str, colour: str):
+    return format_html(
+        '<span class="badge" style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
+        'font-size:11px;font-weight:600;white-space:nowrap">{}</span>',
+        colour,
+        value,
+    )
+
+
+def duration(start, end) -> str:
+    if not start:
+        return "—"
+    seconds = ((end or timezone.now()) - start).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+# Bulk actions: each workflow goes through its service; refusals are counted, not raised.
+BULK = {
+    "retry": (services.workflow_retry, "retried"),
+    "cancel": (services.workflow_cancel, "cancelled"),
+    "next": (services.workflow_next, "advanced"),
+}
+
+
+def run_bulk(modeladmin, request, queryset, operation: str) -> None:
+    service, verb = BULK[operation]
+    done, skipped = 0, {}
+    actor = Actor.admin(request.user)
+    for workflow_id in queryset.values_list("pk", flat=True):
+        try:
+            service(workflow_id, actor=actor)
+            done += 1
+        except services.InvalidTransition as exc:
+            reason = f"{exc.state} cannot be {verb}" if operation != "next" else str(exc)
+            skipped[reason] = skipped.get(reason, 0) + 1
+    parts = [f"{done} {verb}"]
+    parts += [f"{count} skipped: {reason}" for reason, count in skipped.items()]
+    level = messages.SUCCESS if done and not skipped else (messages.WARNING if done else messages.ERROR)
+    modeladmin.message_user(request, "; ".join(parts), level)
+
+
+@admin.action(description="Retry selected workflows", permissions=["change"])
+def retry_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "retry")
+
+
+@admin.action(description="Cancel selected workflows", permissions=["change"])
+def cancel_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "cancel")
+
+
+@admin.action(description="Advance selected workflows (next)", permissions=["change"])
+def advance_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "next")
+
+
+class JSONTextField(forms.CharField):
+    def __init__(self, *, kind: type, **kwargs):
+        self.kind = kind
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 4, "cols": 80, "class": "vLargeTextField"}))
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        value = super().to_python(value).strip()
+        if not value:
+            return self.kind()
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"Not valid JSON: {exc}")
+        if not isinstance(parsed, self.kind):
+            raise ValidationError(f"Must be a JSON {'object' if self.kind is dict else 'list'}.")
+        return parsed
+
+
+class WorkflowAddForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    definition = forms.ChoiceField(choices=(), initial="default")
+    mode = forms.ChoiceField(choices=Workflow.Mode.choices, initial=Workflow.Mode.AUTO)
+    input = JSONTextField(kind=dict, required=False, initial="{}", help_text="A JSON object.")
+    tasks = JSONTextField(
+        kind=list,
+        required=False,
+        help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout"}; only type is required. '
+        "Empty: the definition's default tasks.",
+    )
+    start_now = forms.BooleanField(required=False, initial=True, label="Start now")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["definition"].choices = [(key, key) for key in definition_keys()]
+
+    def create(self, user) -> Workflow | None:
+        """Create the workflow through the engine; its refusals become form errors."""
+        data = self.cleaned_data
+        try:
+            workflow, _ = services.workflow_create(
+                name=data["name"],
+                definition=data["definition"],
+                mode=data["mode"],
+                input=data["input"],
+                tasks=data["tasks"] or None,
+                actor=Actor.admin(user),
+                start=data["start_now"],
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, errors)
+            return None
+        return workflow
+
+
+class TaskInline(admin.TabularInline):
+    model = Task
+    extra = 0
+    can_delete = False
+    fields = ["name", "phase", "type", "status_badge", "attempts", "duration", "error_excerpt"]
+    readonly_fields = fields
+    ordering = ["position"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="status")
+    def status_badge(self, task):
+        return badge(task.status, STATUS_COLOURS[task.status])
+
+    @admin.display(description="attempt")
+    def attempts(self, task):
+        return f"{task.attempt}/{task.attempt_offset + task.max_attempts}"
+
+    @admin.display(description="duration")
+    def duration(self, task):
+        return duration(task.started_at, task.finished_at)
+
+    @admin.display(description="error")
+    def error_excerpt(self, task):
+        if not task.error:
+            return "—"
+        last_line = task.error.strip().splitlines()[-1]
+        url = reverse("admin:workflows_task_change", args=[task.pk])
+        return format_html('{} <a href="{}" class="traceback-link">full traceback</a>', last_line[:120], url)
+
+
+class TransitionInline(admin.TabularInline):
+    model = Transition
+    extra = 0
+    can_delete = False
+    fields = ["seq", "event", "change", "actor_label", "reason", "created_at"]
+    readonly_fields = fields
+    ordering = ["seq"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="source → target")
+    def change(self, transition):
+        return f"{transition.source} → {transition.target}"
+
+
+# The buttons of the change page: (event, label, service, needs confirmation).
+BUTTONS = [
+    ("start", "Start", services.workflow_start, False),
+    ("next", "Next step", services.workflow_next, False),
+    ("retry", "Retry", services.workflow_retry, False),
+    ("cancel", "Cancel", services.workflow_cancel, True),
+]
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    list_display = [
+        "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
+    ]  # fmt: skip
+    list_filter = ["state", "definition", "mode", "created_at"]
+    search_fields = ["name"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    list_per_page = 50
+    actions = [retry_selected, cancel_selected, advance_selected]
+    inlines = [TaskInline, TransitionInline]
+    readonly_fields = [
+        "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
+        "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+    ]  # fmt: skip
+    fieldsets = [
+        (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by"]}),
+        ("Data", {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key"]}),
+        ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
+    ]
+    change_form_template = "admin/workflows/workflow/change_form.html"
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("created_by")
+            .annotate(
+                tasks_total=Count("tasks"), tasks_done=Count("tasks", filter=Q(tasks__status=Task.Status.SUCCEEDED))
+            )
+        )
+
+    def get_search_results(self, request, queryset, search_term):
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        try:
+            by_id = queryset.filter(pk=uuid.UUID(search_term.strip()))
+        except ValueError:
+            return results, duplicates
+        return results | by_id, duplicates
+
+    # --- Columns -------------------------------------------------------------------------
+
+    @admin.display(description="id")
+    def short_id(self, workflow):
+        return str(workflow.pk)[:8]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, workflow):
+        return badge(workflow.state, STATE_COLOURS[workflow.state])
+
+    @admin.display(description="progress")
+    def progress(self, workflow):
+        return f"{workflow.tasks_done}/{workflow.tasks_total}"
+
+    @admin.display(description="duration", ordering=F("finished_at") - F("started_at"))
+    def run_time(self, workflow):
+        return duration(workflow.started_at, workflow.finished_at)
+
+    # --- Pages ---------------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/transition/<str:event>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="workflows_workflow_transition",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST":  # every field is read-only: state changes go through the buttons
+            return HttpResponseNotAllowed(["GET"])
+        workflow = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if workflow is not None:
+            tasks = list(workflow.tasks.order_by("position"))
+            taken = list(workflow.transitions.order_by("seq").values_list("source", "target"))
+            can_change = self.has_change_permission(request, workflow)
+            extra_context.update(
+                state_graph=state_graph_svg(workflow.state, taken),
+                task_timeline=task_timeline_svg(tasks),
+                buttons=[
+                    {"event": event, "label": label, "confirm": confirm}
+                    for event, label, _, confirm in BUTTONS
+                    if can_change and self._offers(workflow, event)
+                ],
+                can_delete=self.has_delete_permission(request, workflow) and not workflow.is_running,
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _offers(workflow: Workflow, event: str) -> bool:
+        if event == "next":
+            return workflow.mode == Workflow.Mode.MANUAL and workflow.state in (
+                State.PREPARE,
+                State.EXECUTE,
+                State.VALIDATE,
+            )
+        return event in workflow.available_events
+
+    def transition_view(self, request, object_id, event):
+        workflow = self.get_object(request, object_id)
+        button = next((b for b in BUTTONS if b[0] == event), None)
+        if workflow is None or button is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, workflow):
+            raise PermissionDenied
+        _, label, service, confirm = button
+        change_url = reverse("admin:workflows_workflow_change", args=[workflow.pk])
+        if request.method != "POST":
+            if not confirm:
+                return HttpResponseNotAllowed(["POST"])
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "workflow": workflow,
+                "label": label,
+                "event": event,
+                "change_url": change_url,
+                "title": f"{label} {workflow.name}?",
+            }
+            return TemplateResponse(request, "admin/workflows/workflow/confirm_transition.html", context)
+        kwargs = {"reason": request.POST.get("reason", "")[:1000]} if event == "cancel" else {}
+        try:
+            workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
+        except services.InvalidTransition as exc:
+            self.message_user(request, f"{exc} (now {exc.state})", messages.ERROR)
+        else:
+            self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
+        return HttpResponseRedirect(change_url)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = WorkflowAddForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            workflow = form.create(request.user)
+            if workflow is not None:
+                self.message_user(request, f"Created {workflow.name} ({workflow.state}).", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "form": form,
+            "title": "Add workflow",
+            "has_view_permission": self.has_view_permission(request),
+        }
+        return TemplateResponse(request, "admin/workflows/workflow/add_form.html", context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        workflow = self.get_object(request, object_id)
+        if workflow is not None and workflow.is_running:
+            self.message_user(
+                request, f"Cannot delete a workflow in state {workflow.state}: cancel it first.", messages.ERROR
+            )
+            return HttpResponseRedirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_model(self, request, obj):
+        services.workflow_delete(obj.pk, actor=Actor.admin(request.user))
+
+    def delete_queryset(self, request, queryset):
+        for workflow_id in queryset.values_list("pk", flat=True):
+            try:
+                services.workflow_delete(workflow_id, actor=Actor.admin(request.user))
+            except services.InvalidTransition as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(ReadOnlyAdmin):
+    list_display = ["name", "workflow_link", "phase", "type", "status_badge", "attempts", "started_at", "run_time"]
+    list_filter = ["status", "type", "phase"]
+    search_fields = ["name", "type"]
+    list_select_related = ["workflow"]
+    show_full_result_count = False
+    readonly_fields = [
+        "workflow_link", "phase", "name", "type", "params", "status_badge", "attempt", "max_attempts", "timeout",
+        "result", "error_block", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+    ]  # fmt: skip
+    fields = readonly_fields
+
+    @admin.display(description="workflow")
+    def workflow_link(self, task):
+        url = reverse("admin:workflows_workflow_change", args=[task.workflow_id])
+        return format_html('<a href="{}">{}</a>', url, task.workflow.name)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, task):
+        return badge(task.status, STATUS_COLOURS[task.status])
+
+    @admin.display(description="attempt")
+    def attempts(self, task):
+        return f"{task.attempt}/{task.attempt_offset + task.max_attempts}"
+
+    @admin.display(description="duration")
+    def run_time(self, task):
+        return duration(task.started_at, task.finished_at)
+
+    @admin.display(description="error")
+    def error_block(self, task):
+        return format_html("<pre style='white-space:pre-wrap'>{}</pre>", task.error) if task.error else "—"
+
+
+@admin.register(Transition)
+class TransitionAdmin(ReadOnlyAdmin):
+    list_display = ["workflow", "seq", "event", "source", "target", "actor_label", "created_at"]
+    list_filter = ["event", "target"]
+    search_fields = ["workflow__name", "actor_label", "reason"]
+    list_select_related = ["workflow"]
+    show_full_result_count = False
