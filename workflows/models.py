@@ -221,10 +221,14 @@ class TransitionManager(models.Manager):
         The only way rows are written. Call it inside the transaction that saves the
         change, with the workflow row locked, so seq numbers are gap-free and unique.
         """
-        last = self.filter(workflow=workflow).order_by("-seq").values_list("seq", flat=True).first()
-        return self.create(
+        from .audit import digest
+
+        last_seq, last_digest = self.filter(workflow=workflow).order_by("-seq").values_list(
+            "seq", "digest"
+        ).first() or (0, "")
+        row = self.model(
             workflow=workflow,
-            seq=(last or 0) + 1,
+            seq=last_seq + 1,
             source=source,
             target=workflow.state,
             event=event,
@@ -233,6 +237,9 @@ class TransitionManager(models.Manager):
             reason=reason,
             data=data or {},
         )
+        row.digest = digest(row, last_digest)
+        row.save(force_insert=True)
+        return row
 
 
 class Transition(models.Model):
@@ -248,6 +255,9 @@ class Transition(models.Model):
     reason = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    digest = models.CharField(
+        max_length=64, editable=False, help_text="HMAC of this row and the previous row's digest (see workflows.audit)."
+    )
 
     objects = TransitionManager()
 

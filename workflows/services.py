@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from datetime import timedelta
 from uuid import UUID
@@ -25,6 +26,7 @@ from . import queue
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
+logger = logging.getLogger(__name__)
 Status = Task.Status
 RESERVED_TASK_NAMES = {"prepare", "validate"}
 MAX_TASKS = 1000
@@ -282,9 +284,18 @@ def _fire(workflow: Workflow, event: str, actor: Actor, *, reason: str = "", dat
     _save_and_record(workflow, source, event, actor, reason, data)
 
 
+def _send(jobs: list[queue.Job]) -> None:
+    try:
+        queue.enqueue(jobs)
+    except Exception:
+        # The state change is committed and its tasks are QUEUED in the database, which is
+        # the source of truth: recovery re-sends their jobs once the broker answers again.
+        logger.warning("could not reach the broker: %d job(s) will be re-sent by recovery", len(jobs), exc_info=True)
+
+
 def _enqueue_on_commit(jobs: list[queue.Job]) -> None:
     if jobs:
-        transaction.on_commit(lambda: queue.enqueue(jobs))
+        transaction.on_commit(lambda: _send(jobs))
 
 
 def _queue_tasks(tasks: list[Task], *, fresh_budget: bool = False, eta=None) -> None:

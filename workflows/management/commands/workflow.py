@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflows import services
+from workflows import audit, services
 from workflows.models import Actor, State, Workflow
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
@@ -92,6 +92,11 @@ class Command(BaseCommand):
         cancel.add_argument("ids", nargs="+", metavar="ID")
         cancel.add_argument("--reason", default="", help="Kept in the audit log.")
         commands.add_parser("recover", help="Take back expired leases and re-send lost jobs now.")
+        verify = commands.add_parser(
+            "verify", help="Check the audit log's hash chain; exit 1 at the first broken link."
+        )
+        verify.add_argument("id", nargs="?")
+        verify.add_argument("--all", action="store_true", dest="verify_all", help="Check every workflow.")
 
     def handle(self, *args, action, **options):
         try:
@@ -227,6 +232,18 @@ class Command(BaseCommand):
         workflow = self._get(id)
         services.workflow_delete(workflow.pk, actor=Actor.CLI)
         self.stdout.write(f"deleted {workflow.pk}")
+
+    def do_verify(self, *, id, verify_all, **_):
+        if bool(id) == verify_all:
+            raise CommandError("give one workflow id, or --all")
+        workflows = Workflow.objects.all() if verify_all else [self._get(id)]
+        checked = 0
+        for workflow in workflows.iterator() if verify_all else workflows:
+            broken = audit.verify(workflow)
+            if broken:
+                raise CommandError(f"broken audit chain: {broken}")
+            checked += 1
+        self.stdout.write(f"audit chain intact for {checked} workflow(s)")
 
     def do_recover(self, **_):
         found = services.recover()
