@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-.PHONY: install dev run test test-unit test-integration lint format clean
+.PHONY: install dev run test test-unit test-integration chaos lint format clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/pytest -m integration
+
+## Kill workers and a whole cluster while N workflows run; nothing may be lost or happen twice.
+N ?= 200
+chaos: install
+	CHAOS_WORKFLOWS=$(N) $(BIN)/pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
 
 lint: dev
 	$(BIN)/ruff check .

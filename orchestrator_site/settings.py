@@ -150,6 +150,8 @@ ORCH_LEASE_SECONDS = env_number("ORCH_LEASE_SECONDS", 30, minimum=1)
 ORCH_REQUEUE_SECONDS = env_number("ORCH_REQUEUE_SECONDS", 60, minimum=1)
 ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
 ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
+# Modules imported at start-up to register task types, beside every installed app's workflow_tasks.
+ORCH_TASK_MODULES = env_list("ORCH_TASK_MODULES", "")
 
 # django-q2's own job timeout is only a backstop for a handler that ignores ours (each
 # job carries its task's timeout plus a grace period). `retry` must stay above it, or the

@@ -1,4 +1,7 @@
+from importlib import import_module
+
 from django.apps import AppConfig
+from django.conf import settings
 from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
@@ -12,6 +15,8 @@ class WorkflowsConfig(AppConfig):
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
 
         autodiscover_modules("workflow_tasks")
+        for module in settings.ORCH_TASK_MODULES:
+            import_module(module)
         post_migrate.connect(ensure_recovery_schedule, sender=self)
 
 

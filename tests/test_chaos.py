@@ -1,0 +1,133 @@
+"""Chaos: workflows on two clusters while worker processes, and once a whole cluster, are
+killed with SIGKILL. Nothing may be lost and no transition may happen twice.
+
+`make chaos` runs it with CHAOS_WORKFLOWS=200 (`make chaos N=1000` by hand); the plain
+suite runs a small size. The figures go to CHAOS_REPORT (JSON) when it is set.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+import tests.chaos_tasks  # noqa: F401  (registers chaos.probe in this process too)
+from workflows import audit, services
+from workflows.models import Actor, State, Task, Transition, Workflow
+
+WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
+WORKER_KILLS = max(5, WORKFLOWS // 40)
+LEASE = 2
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
+
+
+def running_workers() -> list[tuple[int, int, int]]:
+    """(pid, task id, attempt) of the tasks running now."""
+    rows = Task.objects.filter(status=Task.Status.RUNNING).values_list("worker", "pk", "attempt")
+    return [(int(worker.rsplit(":", 1)[1]), pk, attempt) for worker, pk, attempt in rows if worker]
+
+
+def test_chaos(cluster, tmp_path):
+    rng = random.Random(20261126)
+    probe_log = tmp_path / "probe.log"
+    env = {
+        "ORCH_TASK_MODULES": "tests.chaos_tasks",
+        "CHAOS_PROBE_LOG": probe_log,
+        "ORCH_LEASE_SECONDS": LEASE,
+        "ORCH_REQUEUE_SECONDS": 5,
+        "ORCH_RETRY_BACKOFF": 0.1,
+        "ORCH_RETRY_BACKOFF_MAX": 1,
+    }
+    started = time.monotonic()
+    workflows = []
+    for i in range(WORKFLOWS):
+        sleeps = [round(rng.uniform(0.05, 0.3), 3) for _ in range(4)]
+        tasks = [
+            {"name": f"probe-{j}", "type": "chaos.probe", "params": {"seconds": s}, "max_attempts": 20}
+            for j, s in enumerate(sleeps)
+        ]
+        workflow, _ = services.workflow_create(name=f"chaos-{i}", tasks=tasks, actor=Actor.SYSTEM, start=True)
+        workflows.append(workflow.pk)
+
+    clusters = [cluster(**env), cluster(**env)]
+    kills, cluster_kills = [], 0
+    deadline = started + 120 + WORKFLOWS * 2
+    while Workflow.objects.filter(pk__in=workflows, state=State.COMPLETE).count() < WORKFLOWS:
+        assert time.monotonic() < deadline, "workflows did not all complete in time"
+        time.sleep(rng.uniform(0.3, 0.8))
+        busy = running_workers()
+        if len(kills) < WORKER_KILLS and busy:
+            pid, task_id, attempt = rng.choice(busy)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                kills.append((time.monotonic(), time.time(), task_id, attempt))
+            except ProcessLookupError:
+                pass
+        elif cluster_kills == 0 and len(kills) >= WORKER_KILLS // 2:
+            victim = clusters[0]
+            os.killpg(victim.process.pid, signal.SIGKILL)  # the whole cluster, at once
+            victim.process.wait()
+            cluster_kills += 1
+            time.sleep(1)
+            clusters[0] = cluster(**env)  # and a new one in its place
+        services.recover()  # as the clusters' schedule does every half lease
+    elapsed = time.monotonic() - started
+    assert len(kills) >= min(5, WORKER_KILLS) and cluster_kills == 1, (kills, cluster_kills)
+
+    # Nothing lost, nothing twice: every workflow COMPLETE with exactly its four transitions.
+    complete = Workflow.objects.filter(pk__in=workflows, state=State.COMPLETE)
+    assert complete.count() == WORKFLOWS
+    sequences = Counter()
+    for workflow_id, seq, event in Transition.objects.filter(workflow__in=workflows).values_list(
+        "workflow", "seq", "event"
+    ):
+        sequences[workflow_id] += 1
+        assert (seq, event) in {(1, "start"), (2, "execute"), (3, "validate"), (4, "complete")}
+    assert set(sequences.values()) == {4}
+    assert all(audit.verify(w) is None for w in complete)
+    tasks = Task.objects.filter(workflow__in=workflows, phase=State.EXECUTE)
+    assert set(tasks.values_list("status", flat=True)) == {Task.Status.SUCCEEDED}
+
+    # Work may have run more than once (a kill after the handler, before the record), but
+    # every task's outcome was recorded by exactly one attempt: the one the row names.
+    executions = Counter(tuple(map(int, line.split()[:2])) for line in probe_log.read_text().splitlines())
+    per_task = Counter()
+    for (task_id, _attempt), count in executions.items():
+        per_task[task_id] += count
+    all_tasks = Task.objects.filter(workflow__in=workflows)
+    final = dict(all_tasks.values_list("pk", "attempt"))
+    probes = dict(tasks.values_list("pk", "attempt"))
+    assert all((task_id, attempt) in executions for task_id, attempt in probes.items())
+    rerun = sum(count - 1 for count in per_task.values() if count > 1)
+
+    recovered = dict(all_tasks.values_list("pk", "started_at"))
+    recoveries = [
+        recovered[task_id].timestamp() - wall for _, wall, task_id, attempt in kills if final.get(task_id, 0) > attempt
+    ]
+    report = {
+        "workflows": WORKFLOWS,
+        "tasks": WORKFLOWS * 4,
+        "task_runs_recorded": sum(final.values()),
+        "clusters": 2,
+        "worker_kills": len(kills),
+        "cluster_kills": cluster_kills,
+        "lost": WORKFLOWS - complete.count(),
+        "duplicated_transitions": sum(sequences.values()) - 4 * WORKFLOWS,
+        "work_run_again": rerun,
+        "slowest_recovery_seconds": round(max(recoveries, default=0), 2),
+        "lease_seconds": LEASE,
+        "elapsed_seconds": round(elapsed, 1),
+        "database": connection.vendor,
+        "broker": settings.ORCH_BROKER,
+    }
+    print("chaos report:", json.dumps(report))
+    if os.environ.get("CHAOS_REPORT"):
+        Path(os.environ["CHAOS_REPORT"]).write_text(json.dumps(report, indent=2) + "\n")
+    assert report["lost"] == 0 and report["duplicated_transitions"] == 0
