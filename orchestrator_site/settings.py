@@ -60,6 +60,18 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 
+# HTTPS hardening: on by default when DEBUG is off (`manage.py check --deploy` is clean),
+# each switch overridable. Behind a TLS-terminating proxy, set DJANGO_BEHIND_PROXY=true so
+# that Django trusts its X-Forwarded-Proto header.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = int(env_number("DJANGO_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0, whole=True))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", not DEBUG)
+if env_bool("DJANGO_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+
 HOST = _raw("HOST", "127.0.0.1")
 PORT = int(env_number("PORT", 8000, minimum=1, whole=True))
 
@@ -223,6 +235,23 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "workflows.api.errors.api_exception_handler",
 }
+# Throttling (off unless set), e.g. ORCH_API_THROTTLE_USER=600/min: counted in the shared cache.
+_throttle_rates = {
+    scope: rate
+    for scope, rate in [("user", _raw("ORCH_API_THROTTLE_USER", "")), ("anon", _raw("ORCH_API_THROTTLE_ANON", ""))]
+    if rate
+}
+for _scope, _rate in _throttle_rates.items():
+    _count, _, _period = _rate.partition("/")
+    if not _count.isdigit() or _period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(
+            f"ORCH_API_THROTTLE_{_scope.upper()} must look like 100/min (per s, min, hour or day), got {_rate!r}"
+        )
+if _throttle_rates:
+    REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+        f"rest_framework.throttling.{'User' if scope == 'user' else 'Anon'}RateThrottle" for scope in _throttle_rates
+    ]
+    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _throttle_rates
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Workflow orchestrator API",

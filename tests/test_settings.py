@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -9,8 +10,6 @@ from tests.conftest import ROOT
 
 def start_up(**env) -> subprocess.CompletedProcess:
     """Load the settings in a fresh process, as start-up does."""
-    import os
-
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("ORCH_", "DJANGO_"))}
     environment.update(env)
     return subprocess.run(
@@ -84,3 +83,42 @@ def test_env_example_lists_every_variable():
     assert variables, "no variables found in settings.py"
     missing = sorted(name for name in variables if f"{name}=" not in text)
     assert not missing
+
+
+def test_the_documented_production_settings_pass_the_deploy_check():
+    import secrets
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "DJANGO_"))},
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "DJANGO_ALLOWED_HOSTS": "orchestrator.example",
+            "DJANGO_BEHIND_PROXY": "true",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["lots", "10/fortnight", "/min"])
+def test_a_malformed_throttle_rate_stops_start_up(value):
+    result = start_up(ORCH_API_THROTTLE_USER=value)
+    assert result.returncode != 0 and "ORCH_API_THROTTLE_USER" in result.stderr
+
+
+def test_throttling_is_configurable():
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+         "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'])"],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+             "ORCH_API_THROTTLE_USER": "5/min"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "{'user': '5/min'}" in result.stdout, result.stderr
