@@ -6,9 +6,10 @@ import uuid
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import actions as admin_actions
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, F, Q
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -16,7 +17,7 @@ from django.utils.html import format_html
 
 from . import services
 from .diagrams import STATE_COLOURS, STATUS_COLOURS, state_graph_svg, task_timeline_svg
-from .models import Actor, State, Task, Transition, Workflow
+from .models import PHASES, Actor, State, Task, Transition, Workflow
 from .registry import definition_keys
 
 
@@ -76,6 +77,20 @@ def cancel_selected(modeladmin, request, queryset):
 @admin.action(description="Advance selected workflows (next)", permissions=["change"])
 def advance_selected(modeladmin, request, queryset):
     run_bulk(modeladmin, request, queryset, "next")
+
+
+@admin.action(description="Delete selected workflows", permissions=["delete"])
+def delete_selected(modeladmin, request, queryset):
+    """Django's delete action, without the running workflows: they are reported, not counted as deleted."""
+    running = queryset.filter(state__in=PHASES).count()
+    if running:
+        modeladmin.message_user(
+            request, f"{running} skipped: a running workflow cannot be deleted (cancel it first)", messages.WARNING
+        )
+    deletable = queryset.exclude(state__in=PHASES)
+    if not deletable.exists():
+        return None
+    return admin_actions.delete_selected(modeladmin, request, deletable)
 
 
 class JSONTextField(forms.CharField):
@@ -201,7 +216,7 @@ class WorkflowAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     list_per_page = 50
-    actions = [retry_selected, cancel_selected, advance_selected]
+    actions = [retry_selected, cancel_selected, advance_selected, delete_selected]
     inlines = [TaskInline, TransitionInline]
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
@@ -296,7 +311,9 @@ class WorkflowAdmin(admin.ModelAdmin):
     def transition_view(self, request, object_id, event):
         workflow = self.get_object(request, object_id)
         button = next((b for b in BUTTONS if b[0] == event), None)
-        if workflow is None or button is None:
+        if button is None:
+            raise Http404(f"No transition {event!r} in the admin.")
+        if workflow is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, workflow):
             raise PermissionDenied
@@ -319,7 +336,7 @@ class WorkflowAdmin(admin.ModelAdmin):
         try:
             workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
         except services.InvalidTransition as exc:
-            self.message_user(request, f"{exc} (now {exc.state})", messages.ERROR)
+            self.message_user(request, str(exc), messages.ERROR)
         else:
             self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
         return HttpResponseRedirect(change_url)
@@ -350,6 +367,13 @@ class WorkflowAdmin(admin.ModelAdmin):
             )
             return HttpResponseRedirect(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
         return super().delete_view(request, object_id, extra_context)
+
+    def get_deleted_objects(self, objs, request):
+        # Tasks and transitions go with their workflow. Their own admins are read-only (nobody
+        # deletes one by itself), which must not make Django refuse to delete the workflow.
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed -= {Task._meta.verbose_name, Transition._meta.verbose_name}
+        return deleted, model_count, perms_needed, protected
 
     def delete_model(self, request, obj):
         services.workflow_delete(obj.pk, actor=Actor.admin(request.user))

@@ -1,0 +1,598 @@
+"""The Django admin, through Django's test client: the changelist and its filters, the bulk
+actions, the change page's buttons and pictures, the transition view, adding a workflow,
+the read-only task and transition admins, and deleting. State changes go through the
+engine's services, so they land in the audit log as `admin:<username>`."""
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.urls import reverse
+
+from tests.conftest import events, reload
+from workflows import services
+from workflows.models import Actor, State, Task, Transition, Workflow
+
+CHANGELIST = reverse("admin:workflows_workflow_changelist")
+ADD = reverse("admin:workflows_workflow_add")
+RECOVERS = [{"type": "fail", "params": {"times": 1}, "max_attempts": 1}]  # fails once, then succeeds on retry
+
+
+def change_url(workflow) -> str:
+    return reverse("admin:workflows_workflow_change", args=[workflow.pk])
+
+
+def transition_url(workflow, event: str) -> str:
+    return reverse("admin:workflows_workflow_transition", args=[workflow.pk, event])
+
+
+def delete_url(workflow) -> str:
+    return reverse("admin:workflows_workflow_delete", args=[workflow.pk])
+
+
+def messages_of(response) -> list[tuple[str, str]]:
+    """Follow the redirect and return the messages shown on the next page (which uses them up)."""
+    assert response.status_code == 302, response.status_code
+    page = response.client.get(response.url)
+    return [(message.level_tag, message.message) for message in page.context["messages"]]
+
+
+def listed(response) -> set[str]:
+    return {workflow.name for workflow in response.context["cl"].result_list}
+
+
+@pytest.fixture
+def make(engine, admin_user):
+    """make(state, name=..., mode=..., tasks=...): a workflow brought to `state` in this process.
+
+    INIT and the running states get no jobs (nothing runs them); FAILED and COMPLETE run
+    their jobs through `engine`. `"PREPARE done"` is a manual workflow whose PREPARE work
+    has finished, so that `next` is allowed.
+    """
+
+    def make(state: str, *, name: str = "", mode: str = "auto", tasks=None) -> Workflow:
+        name = name or f"wf {state.lower()} {Workflow.objects.count() + 1}"
+        actor = Actor.admin(admin_user)
+        if state == "PREPARE done":
+            workflow, _ = engine.call(
+                services.workflow_create, name=name, mode="manual", tasks=tasks or [{"type": "noop"}], actor=actor,
+                start=True,
+            )  # fmt: skip
+            engine.drain()
+        elif state in (State.FAILED, State.COMPLETE):
+            tasks = tasks or (RECOVERS if state == State.FAILED else [{"type": "echo", "params": {"x": 1}}])
+            workflow, _ = engine.call(
+                services.workflow_create, name=name, mode=mode, tasks=tasks, actor=actor, start=True
+            )
+            engine.drain()
+        else:
+            workflow, _ = services.workflow_create(
+                name=name, mode=mode, tasks=tasks or [{"type": "noop"}], actor=actor, start=state != State.INIT
+            )
+            if state == State.CANCELLED:
+                services.workflow_cancel(workflow.pk, actor=actor)
+        workflow = reload(workflow)
+        assert workflow.state == state.split()[0], (workflow.state, workflow.error)
+        return workflow
+
+    return make
+
+
+@pytest.fixture
+def viewer(db):
+    """A staff user who may look at workflows, tasks and transitions but change nothing."""
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="workflows", codename__in=["view_workflow", "view_task", "view_transition"]
+        )
+    )
+    return user
+
+
+@pytest.fixture
+def viewer_client(viewer):
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+# --- The changelist ----------------------------------------------------------------------
+
+
+def test_changelist_shows_state_badges_progress_and_durations(admin_client, make):
+    complete = make(State.COMPLETE, name="all good", tasks=[{"type": "echo"}, {"type": "noop"}])
+    failed = make(State.FAILED, name="broken")
+    make(State.INIT, name="not started")
+
+    response = admin_client.get(CHANGELIST)
+    assert response.status_code == 200
+    html = response.content.decode()
+    for column in ("column-state_badge", "column-progress", "column-run_time", "column-short_id", "column-retries"):
+        assert column in html
+    assert html.count('class="badge"') == 3
+    assert '<span class="badge" style="background:#27ae60' in html  # COMPLETE is green
+    assert '<span class="badge" style="background:#d63b3b' in html  # FAILED is red
+    assert str(complete.pk)[:8] in html and str(failed.pk)[:8] in html
+    rows = {w.name: w for w in response.context["cl"].result_list}
+    cl = response.context["cl"]
+    model_admin = cl.model_admin
+    # prepare + 2 tasks + validate all succeeded; the failed one got no further than its task.
+    assert model_admin.progress(rows["all good"]) == "4/4"
+    assert model_admin.progress(rows["broken"]) == "1/3"
+    assert model_admin.progress(rows["not started"]) == "0/3"
+    assert model_admin.run_time(rows["not started"]) == "—"
+    assert model_admin.run_time(rows["all good"]).endswith(" s")
+    for action in ("Retry selected workflows", "Cancel selected workflows", "Advance selected workflows (next)"):
+        assert action in html
+
+
+def test_changelist_queries_do_not_grow_with_the_number_of_workflows(
+    admin_client, admin_user, django_assert_max_num_queries
+):
+    def create(count: int) -> None:
+        for i in range(count):
+            services.workflow_create(
+                name=f"wf {i}", tasks=[{"type": "echo"}, {"type": "noop"}], actor=Actor.admin(admin_user), start=i % 2
+            )
+
+    create(3)
+    with django_assert_max_num_queries(10) as small:
+        response = admin_client.get(CHANGELIST)
+    assert len(response.context["cl"].result_list) == 3
+    create(27)
+    with django_assert_max_num_queries(len(small.captured_queries)):
+        response = admin_client.get(CHANGELIST)
+    assert len(response.context["cl"].result_list) == 30
+    assert response.content.decode().count('class="badge"') == 30
+
+
+def test_changelist_filters_by_state_and_searches_by_name_and_full_id(admin_client, make):
+    failed = [make(State.FAILED, name=f"nightly export {i}") for i in range(2)]
+    make(State.COMPLETE, name="nightly import")
+    make(State.INIT, name="weekly report")
+
+    response = admin_client.get(CHANGELIST, {"state__exact": State.FAILED})
+    assert listed(response) == {"nightly export 0", "nightly export 1"}
+    assert listed(admin_client.get(CHANGELIST, {"state__exact": State.COMPLETE})) == {"nightly import"}
+
+    assert listed(admin_client.get(CHANGELIST, {"q": "nightly"})) == {
+        "nightly export 0",
+        "nightly export 1",
+        "nightly import",
+    }
+    assert listed(admin_client.get(CHANGELIST, {"q": "WEEKLY"})) == {"weekly report"}
+    by_id = admin_client.get(CHANGELIST, {"q": str(failed[1].pk)})
+    assert listed(by_id) == {"nightly export 1"}
+    assert by_id.context["cl"].model_admin.progress(by_id.context["cl"].result_list[0]) == "1/3"
+    assert listed(admin_client.get(CHANGELIST, {"q": f"  {failed[0].pk}  "})) == {"nightly export 0"}
+    assert listed(admin_client.get(CHANGELIST, {"q": "no such thing"})) == set()
+    # Filter and search together.
+    assert listed(admin_client.get(CHANGELIST, {"q": "nightly", "state__exact": State.COMPLETE})) == {"nightly import"}
+
+
+# --- Bulk actions -----------------------------------------------------------------------
+
+
+def bulk(client, action: str, *workflows):
+    return client.post(CHANGELIST, {"action": action, "_selected_action": [str(w.pk) for w in workflows]})
+
+
+def test_bulk_retry_retries_the_failed_and_reports_the_rest(admin_client, admin_user, engine, make):
+    failed = [make(State.FAILED) for _ in range(2)]
+    complete = make(State.COMPLETE)
+
+    with engine.capture(execute=True):  # the retries queue their jobs on commit
+        response = bulk(admin_client, "retry_selected", *failed, complete)
+    assert response.status_code == 302 and response.url == CHANGELIST
+    assert messages_of(response) == [("warning", "2 retried; 1 skipped: COMPLETE cannot be retried")]
+    for workflow in failed:
+        retry = Transition.objects.get(workflow=workflow, event="retry")
+        assert (retry.actor_label, retry.actor, retry.source, retry.target) == (
+            "admin:admin",
+            admin_user,
+            State.FAILED,
+            State.EXECUTE,
+        )
+        assert reload(workflow).retries == 1
+    assert events(complete) == ["start", "execute", "validate", "complete"]
+
+    engine.drain()  # the retried tasks succeed on their second attempt
+    for workflow in failed:
+        workflow = reload(workflow)
+        assert workflow.state == State.COMPLETE
+        assert events(workflow) == ["start", "execute", "fail", "retry", "validate", "complete"]
+
+
+def test_bulk_retry_of_nothing_retryable_is_an_error(admin_client, make):
+    response = bulk(admin_client, "retry_selected", make(State.COMPLETE), make(State.INIT))
+    [(level, text)] = messages_of(response)
+    assert level == "error"
+    assert sorted(text.split("; ")) == [
+        "0 retried",
+        "1 skipped: COMPLETE cannot be retried",
+        "1 skipped: INIT cannot be retried",
+    ]
+    assert not Transition.objects.filter(event="retry").exists()
+
+
+def test_bulk_cancel(admin_client, make):
+    running, created, complete = make(State.PREPARE), make(State.INIT), make(State.COMPLETE)
+    response = bulk(admin_client, "cancel_selected", running, created, complete)
+    assert messages_of(response) == [("warning", "2 cancelled; 1 skipped: COMPLETE cannot be cancelled")]
+    for workflow in (running, created):
+        assert reload(workflow).state == State.CANCELLED
+        assert workflow.transitions.get(event="cancel").actor_label == "admin:admin"
+        assert set(workflow.tasks.values_list("status", flat=True)) == {Task.Status.CANCELLED}
+    assert reload(complete).state == State.COMPLETE
+
+    response = bulk(admin_client, "cancel_selected", make(State.FAILED))
+    assert messages_of(response) == [("success", "1 cancelled")]
+
+
+def test_bulk_advance(admin_client, make):
+    ready = make("PREPARE done", name="ready")
+    busy = make(State.PREPARE, name="busy", mode="manual")  # its prepare task has not run
+    auto = make(State.PREPARE, name="auto")
+    response = bulk(admin_client, "advance_selected", ready, busy, auto)
+    level, text = messages_of(response)[0]
+    assert level == "warning"
+    assert sorted(text.split("; ")) == [
+        "1 advanced",
+        "1 skipped: next is only for workflows in manual mode",
+        "1 skipped: the PREPARE phase's work has not finished",
+    ]
+    assert reload(ready).state == State.EXECUTE
+    assert ready.transitions.get(event="execute").actor_label == "admin:admin"
+    assert reload(busy).state == reload(auto).state == State.PREPARE
+
+
+def test_a_view_only_user_is_offered_no_actions_and_cannot_run_them(viewer_client, make):
+    failed = make(State.FAILED)
+    response = viewer_client.get(CHANGELIST)
+    assert response.status_code == 200 and listed(response) == {failed.name}
+    assert "Retry selected workflows" not in response.content.decode()
+    bulk(viewer_client, "retry_selected", failed)
+    bulk(viewer_client, "cancel_selected", failed)
+    assert reload(failed).state == State.FAILED
+    assert events(failed) == ["start", "execute", "fail"]
+
+
+# --- The change page --------------------------------------------------------------------
+
+
+def button_ids(html: str) -> set[str]:
+    return {event for event in ("start", "next", "retry", "cancel", "delete") if f'id="action-{event}"' in html}
+
+
+@pytest.mark.parametrize(
+    "state, mode, buttons",
+    [
+        (State.INIT, "auto", {"start", "cancel", "delete"}),
+        (State.PREPARE, "auto", {"cancel"}),
+        ("PREPARE done", "manual", {"next", "cancel"}),
+        (State.FAILED, "auto", {"retry", "cancel", "delete"}),
+        (State.COMPLETE, "auto", {"delete"}),
+        (State.CANCELLED, "auto", {"delete"}),
+    ],
+)
+def test_change_page_offers_only_the_available_transitions(admin_client, make, state, mode, buttons):
+    workflow = make(state, mode=mode)
+    response = admin_client.get(change_url(workflow))
+    assert response.status_code == 200
+    assert button_ids(response.content.decode()) == buttons
+
+
+def test_change_page_shows_both_pictures_and_the_inlines(admin_client, make):
+    workflow = make(State.FAILED, name="pictured", tasks=[{"type": "echo"}, *RECOVERS])
+    response = admin_client.get(change_url(workflow))
+    html = response.content.decode()
+    assert '<svg class="state-graph"' in html and 'aria-label="State graph, current state FAILED"' in html
+    assert '<g class="node node-failed current">' in html
+    assert html.count('class="edge taken"') == 3  # start, execute, fail
+    assert '<svg class="task-timeline"' in html
+    assert '<g class="bar bar-succeeded">' in html and '<g class="bar bar-failed">' in html
+    assert '<g class="bar bar-pending">' in html  # validate has not run
+    # The inlines: every task with its status, and the audit log in order.
+    assert "Tasks" in html and "Transitions" in html
+    for name in ("prepare", "echo-1", "fail-2", "validate"):
+        assert f"<p>{name}</p>" in html or f">{name}<" in html
+    assert "failed on attempt 1 as asked" in html and 'class="traceback-link"' in html
+    assert "EXECUTE → FAILED" in html and "INIT → PREPARE" in html
+    assert html.count("admin:admin") == 1  # only `start` was the admin's; the rest were the worker's
+    assert html.count(">worker<") == 2
+
+
+def test_a_workflow_not_yet_started_has_no_timeline(admin_client, make):
+    html = admin_client.get(change_url(make(State.INIT))).content.decode()
+    assert '<svg class="state-graph"' in html
+    assert '<svg class="task-timeline"' not in html and "No task has started yet." in html
+
+
+def test_change_page_is_read_only(admin_client, make):
+    workflow = make(State.FAILED, name="keep me")
+    response = admin_client.get(change_url(workflow))
+    html = response.content.decode()
+    assert 'name="name"' not in html and 'name="_save"' not in html and "<textarea" not in html
+    assert '<div class="readonly">keep me</div>' in html
+
+    before = list(Workflow.objects.filter(pk=workflow.pk).values())
+    response = admin_client.post(change_url(workflow), {"name": "changed", "state": State.COMPLETE, "_save": "Save"})
+    assert response.status_code == 405
+    assert list(Workflow.objects.filter(pk=workflow.pk).values()) == before
+    assert events(workflow) == ["start", "execute", "fail"]
+
+
+def test_a_view_only_user_sees_the_page_but_no_buttons(viewer_client, make):
+    workflow = make(State.FAILED)
+    response = viewer_client.get(change_url(workflow))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert button_ids(html) == set()
+    assert '<svg class="state-graph"' in html and '<svg class="task-timeline"' in html
+    assert "failed on attempt 1 as asked" in html  # the task inline is there
+
+
+# --- The transition view ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "state, event, label, target",
+    [
+        (State.INIT, "start", "Start", State.PREPARE),
+        ("PREPARE done", "next", "Next step", State.EXECUTE),
+        (State.FAILED, "retry", "Retry", State.EXECUTE),
+    ],
+)
+def test_transition_buttons_need_a_post_with_a_csrf_token(admin_user, make, state, event, label, target):
+    workflow = make(state)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    url = transition_url(workflow, event)
+    seen = events(workflow)
+
+    assert client.get(url).status_code == 405
+    assert client.post(url).status_code == 403  # no CSRF token
+    assert reload(workflow).state == workflow.state and events(workflow) == seen
+
+    page = client.get(change_url(workflow))
+    assert f'action="{url}"' in page.content.decode()
+    response = client.post(url, {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    assert response.status_code == 302 and response.url == change_url(workflow)
+    assert reload(workflow).state == target
+    last = workflow.transitions.order_by("-seq").first()
+    assert (last.event, last.actor_label, last.actor) == (
+        "execute" if event == "next" else event,
+        "admin:admin",
+        admin_user,
+    )
+    assert messages_of(response) == [("success", f"{label}: {workflow.name} is now {target}.")]
+
+
+def test_cancel_asks_for_confirmation_and_keeps_the_reason(admin_client, admin_user, make):
+    workflow = make(State.PREPARE, name="long job")
+    url = transition_url(workflow, "cancel")
+    page = admin_client.get(change_url(workflow)).content.decode()
+    assert f'href="{url}"' in page  # a link to the confirmation, not a form
+
+    confirm = admin_client.get(url)
+    assert confirm.status_code == 200
+    html = confirm.content.decode()
+    assert "Cancel <strong>long job</strong>" in html and "<strong>PREPARE</strong>" in html
+    assert 'id="confirm"' in html and 'value="Yes, cancel"' in html and 'name="reason"' in html
+    assert reload(workflow).state == State.PREPARE  # asking changed nothing
+
+    response = admin_client.post(url, {"reason": "wrong input"})
+    assert response.status_code == 302 and response.url == change_url(workflow)
+    assert messages_of(response) == [("success", "Cancel: long job is now CANCELLED.")]
+    assert reload(workflow).state == State.CANCELLED
+    cancel = workflow.transitions.get(event="cancel")
+    assert (cancel.actor_label, cancel.actor, cancel.reason) == ("admin:admin", admin_user, "wrong input")
+
+
+def test_a_transition_that_is_not_allowed_is_reported(admin_client, make):
+    workflow = make(State.COMPLETE)
+    response = admin_client.post(transition_url(workflow, "retry"))
+    assert response.status_code == 302 and response.url == change_url(workflow)
+    [(level, text)] = messages_of(response)
+    assert level == "error" and "cannot retry a workflow in state COMPLETE" in text
+    assert events(workflow) == ["start", "execute", "validate", "complete"]
+
+
+def test_an_unknown_event_or_workflow_changes_nothing(admin_client, make):
+    workflow = make(State.INIT)
+    assert admin_client.post(transition_url(workflow, "explode")).status_code == 404
+    assert admin_client.post(transition_url(workflow, "fail")).status_code == 404  # the engine's, not a button
+    assert reload(workflow).state == State.INIT and events(workflow) == []
+    missing = reverse("admin:workflows_workflow_transition", args=["00000000-0000-0000-0000-000000000000", "start"])
+    response = admin_client.post(missing)
+    assert response.status_code == 302 and response.url == reverse("admin:index")
+    [(level, text)] = messages_of(response)
+    assert level == "warning" and "doesn’t exist" in text
+
+
+@pytest.mark.parametrize("event, method", [("start", "post"), ("cancel", "post"), ("cancel", "get")])
+def test_a_user_without_change_permission_is_refused(viewer_client, make, event, method):
+    workflow = make(State.INIT)
+    response = getattr(viewer_client, method)(transition_url(workflow, event))
+    assert response.status_code == 403
+    assert reload(workflow).state == State.INIT and events(workflow) == []
+
+
+def test_anonymous_users_are_sent_to_the_login_page(client, make):
+    workflow = make(State.INIT)
+    for url in (CHANGELIST, change_url(workflow), transition_url(workflow, "start"), ADD):
+        response = client.post(url) if "transition" in url else client.get(url)
+        assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
+    assert reload(workflow).state == State.INIT
+
+
+# --- Adding a workflow ------------------------------------------------------------------
+
+VALID = {
+    "name": "from the admin",
+    "definition": "default",
+    "mode": "auto",
+    "input": '{"day": "2025-01-31"}',
+    "tasks": '[{"type": "echo", "params": {"x": 1}}, {"name": "nap", "type": "sleep", "params": {"seconds": 0.1}}]',
+}
+
+
+def test_the_add_form(admin_client):
+    response = admin_client.get(ADD)
+    assert response.status_code == 200
+    html = response.content.decode()
+    for field in ("name", "definition", "mode", "input", "tasks", "start_now"):
+        assert f'name="{field}"' in html
+    assert '<option value="default" selected>default</option>' in html
+    assert '<input type="checkbox" name="start_now" id="id_start_now" checked>' in html
+
+
+def test_add_and_start_now(admin_client, admin_user):
+    response = admin_client.post(ADD, {**VALID, "start_now": "on"})
+    workflow = Workflow.objects.get()
+    assert response.status_code == 302 and response.url == change_url(workflow)
+    assert messages_of(response) == [("success", "Created from the admin (PREPARE).")]
+    assert workflow.state == State.PREPARE and workflow.created_by == admin_user
+    assert workflow.input == {"day": "2025-01-31"}
+    assert list(workflow.tasks.order_by("position").values_list("name", "type")) == [
+        ("prepare", "default.prepare"),
+        ("echo-1", "echo"),
+        ("nap", "sleep"),
+        ("validate", "default.validate"),
+    ]
+    start = workflow.transitions.get()
+    assert (start.event, start.actor_label, start.actor) == ("start", "admin:admin", admin_user)
+
+
+def test_add_without_starting_and_with_the_definition_s_default_tasks(admin_client):
+    response = admin_client.post(ADD, {**VALID, "tasks": "", "input": "", "mode": "manual"})
+    workflow = Workflow.objects.get()
+    assert response.status_code == 302
+    assert (workflow.state, workflow.mode, workflow.input) == (State.INIT, "manual", {})
+    assert not workflow.transitions.exists()
+    assert workflow.tasks.filter(phase=Task.Phase.EXECUTE).exists()  # the default definition's own tasks
+
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"input": "{not json"}, "input", "Not valid JSON"),
+        ({"input": "[1, 2]"}, "input", "Must be a JSON object."),
+        ({"tasks": '{"type": "echo"}'}, "tasks", "Must be a JSON list."),
+        ({"tasks": '[{"type": "nope"}]'}, "tasks", "unknown task type 'nope'"),
+        ({"tasks": '[{"type": "echo", "max_attempts": 0}]'}, "tasks", "max_attempts"),
+        ({"definition": "nope"}, "definition", "Select a valid choice."),
+        ({"name": ""}, "name", "This field is required."),
+        ({"mode": "sometimes"}, "mode", "Select a valid choice."),
+    ],
+)
+def test_bad_input_shows_errors_on_the_form_and_creates_nothing(admin_client, changes, field, message):
+    response = admin_client.post(ADD, {**VALID, "start_now": "on", **changes})
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert list(errors) == [field] and message in " ".join(errors[field]), errors
+    html = response.content.decode()
+    assert "Please correct the errors below." in html
+    assert f"form-row field-{field} errors" in html
+    assert 'value="from the admin"' in html or field == "name"  # what was typed is kept
+    assert not Workflow.objects.exists() and not Task.objects.exists() and not Transition.objects.exists()
+
+
+def test_a_view_only_user_cannot_add(viewer_client):
+    assert viewer_client.get(ADD).status_code == 403
+    assert viewer_client.post(ADD, {**VALID, "start_now": "on"}).status_code == 403
+    assert not Workflow.objects.exists()
+
+
+# --- Tasks and transitions are read-only -----------------------------------------------
+
+
+@pytest.mark.parametrize("model", [Task, Transition])
+def test_task_and_transition_admins_are_read_only_even_for_superusers(admin_client, admin_user, rf, make, model):
+    make(State.FAILED)
+    model_admin = admin.site.get_model_admin(model)
+    request = rf.get("/")
+    request.user = admin_user
+    row = model.objects.first()
+    assert not model_admin.has_add_permission(request)
+    assert not model_admin.has_change_permission(request) and not model_admin.has_change_permission(request, row)
+    assert not model_admin.has_delete_permission(request) and not model_admin.has_delete_permission(request, row)
+    assert model_admin.has_view_permission(request, row)
+
+    name = model._meta.model_name
+    assert admin_client.get(reverse(f"admin:workflows_{name}_add")).status_code == 403
+    assert admin_client.get(reverse(f"admin:workflows_{name}_changelist")).status_code == 200
+    page = admin_client.get(reverse(f"admin:workflows_{name}_change", args=[row.pk]))
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert admin_client.post(reverse(f"admin:workflows_{name}_change", args=[row.pk]), {}).status_code == 403
+    assert admin_client.post(reverse(f"admin:workflows_{name}_delete", args=[row.pk]), {"post": "yes"}).status_code in (
+        403,
+        302,
+    )
+    assert model.objects.filter(pk=row.pk).exists()
+    changelist = admin_client.get(reverse(f"admin:workflows_{name}_changelist")).content.decode()
+    assert "delete_selected" not in changelist
+
+
+def test_the_task_page_shows_the_full_traceback(admin_client, make):
+    workflow = make(State.FAILED)
+    task = workflow.tasks.get(type="fail")
+    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    assert "Traceback (most recent call last)" in html and "TaskFailed: failed on attempt 1 as asked" in html
+    assert change_url(workflow) in html  # the link back to its workflow
+
+
+# --- Deleting ---------------------------------------------------------------------------
+
+
+def test_deleting_a_running_workflow_is_refused(admin_client, make):
+    workflow = make(State.PREPARE)
+    for method in (admin_client.get, admin_client.post):
+        response = method(delete_url(workflow), {"post": "yes"})
+        assert response.status_code == 302 and response.url == change_url(workflow)
+        assert messages_of(response) == [("error", "Cannot delete a workflow in state PREPARE: cancel it first.")]
+    assert Workflow.objects.filter(pk=workflow.pk).exists()
+
+
+@pytest.mark.parametrize("state", [State.COMPLETE, State.FAILED, State.CANCELLED, State.INIT])
+def test_deleting_a_workflow_that_is_not_running(admin_client, make, state):
+    workflow = make(state)
+    confirm = admin_client.get(delete_url(workflow))
+    assert confirm.status_code == 200
+    assert "Are you sure" in confirm.content.decode(), confirm.content.decode()
+    response = admin_client.post(delete_url(workflow), {"post": "yes"})
+    assert response.status_code == 302 and response.url == CHANGELIST
+    assert not Workflow.objects.filter(pk=workflow.pk).exists()
+    assert not Task.objects.filter(workflow_id=workflow.pk).exists()
+    assert not Transition.objects.filter(workflow_id=workflow.pk).exists()
+
+
+def test_bulk_delete_deletes_the_finished_and_reports_the_running(admin_client, make):
+    finished, failed, running = make(State.COMPLETE), make(State.FAILED), make(State.PREPARE)
+    selection = {"action": "delete_selected", "_selected_action": [str(w.pk) for w in (finished, failed, running)]}
+    confirm = admin_client.post(CHANGELIST, selection)
+    assert confirm.status_code == 200
+    html = confirm.content.decode()
+    assert "Are you sure you want to delete the selected workflows?" in html
+    assert finished.name in html and failed.name in html and running.name not in html
+    assert "1 skipped: a running workflow cannot be deleted (cancel it first)" in html
+
+    response = admin_client.post(CHANGELIST, {**selection, "post": "yes"})
+    assert messages_of(response) == [
+        ("warning", "1 skipped: a running workflow cannot be deleted (cancel it first)"),
+        ("success", "Successfully deleted 2 workflows."),
+    ]
+    assert list(Workflow.objects.values_list("pk", flat=True)) == [running.pk]
+    assert not Task.objects.exclude(workflow=running).exists()
+    assert not Transition.objects.exclude(workflow=running).exists()
+
+    response = admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [str(running.pk)]})
+    assert messages_of(response) == [("warning", "1 skipped: a running workflow cannot be deleted (cancel it first)")]
+    assert Workflow.objects.filter(pk=running.pk).exists()
+
+
+def test_a_view_only_user_cannot_delete(viewer_client, make):
+    workflow = make(State.COMPLETE)
+    assert viewer_client.post(delete_url(workflow), {"post": "yes"}).status_code == 403
+    assert Workflow.objects.filter(pk=workflow.pk).exists()

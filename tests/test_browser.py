@@ -1,0 +1,195 @@
+"""The admin in a real browser: Debian's chromium driven by playwright, against pytest-django's
+`live_server` (a thread of this process on the test database) while a real `qcluster` runs
+the jobs.
+
+With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows
+(docs/img/admin-changelist.png and docs/img/admin-workflow.png).
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+if not Path("/usr/bin/chromium").exists():
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ROOT, events, wait_for
+from workflows import services
+from workflows.models import Actor, State, Task, Workflow
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]  # fmt: skip
+SCREENSHOTS = ROOT / "docs" / "img" if os.environ.get("ORCH_SCREENSHOTS") == "1" else None
+PASSWORD = "browser-test-password"
+# Fails its first attempt and has no second one: the workflow fails, and a retry completes it.
+FAILS_ONCE = [
+    {"name": "fetch", "type": "echo", "params": {"rows": 120}},
+    {"name": "transform", "type": "sleep", "params": {"seconds": 0.4}},
+    {"name": "load", "type": "fail", "params": {"times": 1, "message": "warehouse unavailable"}, "max_attempts": 1},
+    {"name": "notify", "type": "sleep", "params": {"seconds": 0.2}},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def allow_the_orm_beside_playwright():
+    """playwright's sync API runs an event loop in the test thread; Django's ORM refuses to run
+    in a thread with a running loop unless told it may (these tests wait on the browser, never
+    on both at once)."""
+    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if before is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
+
+
+@pytest.fixture(scope="module")
+def browser(allow_the_orm_beside_playwright):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server, django_user_model):
+    """A logged-in admin page: a superuser signs in through the admin's login form."""
+    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/admin/")
+    expect(page).to_have_title("Log in | Django site admin")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#user-tools")).to_contain_text("admin")
+    yield page
+    context.close()
+
+
+def start(name: str, tasks: list, **kwargs) -> Workflow:
+    workflow, _ = services.workflow_create(name=name, tasks=tasks, actor=Actor.SYSTEM, start=True, **kwargs)
+    return workflow
+
+
+def states(*workflows) -> set[str]:
+    return set(Workflow.objects.filter(pk__in=[w.pk for w in workflows]).values_list("state", flat=True))
+
+
+def screenshot(page, name: str) -> None:
+    if SCREENSHOTS:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / name, full_page=True)
+
+
+def test_retry_failed_workflows_from_the_changelist(cluster, page):
+    running = cluster(ORCH_RETRY_BACKOFF=0.05)
+    failing = [start(f"nightly import {i}", FAILS_ONCE, input={"day": f"2025-01-0{i}"}) for i in (1, 2, 3)]
+    fine = [start(f"invoice batch {i}", [{"type": "echo", "params": {"n": i}}, {"type": "noop"}]) for i in (1, 2)]
+    services.workflow_create(name="quarterly report", tasks=[{"type": "noop"}], actor=Actor.SYSTEM)  # INIT
+    stepped = start("migration (manual)", [{"type": "noop"}], mode="manual")  # waits for `next` in PREPARE
+    dropped = start("abandoned export", [{"type": "noop"}])
+    services.workflow_cancel(dropped.pk, actor=Actor.SYSTEM, reason="not needed")
+    wait_for(lambda: states(*failing) == {State.FAILED}, 30, "three workflows to fail")
+    wait_for(lambda: states(*fine) == {State.COMPLETE}, 30, "two workflows to complete")
+    wait_for(lambda: stepped.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
+
+    page.goto("/admin/workflows/workflow/")
+    page.click("#toggle-nav-sidebar")  # more room for the columns (the admin remembers it in localStorage)
+    expect(page.locator("#nav-sidebar")).to_be_hidden()
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(8)
+    expect(page.locator("#result_list tbody .badge", has_text="FAILED")).to_have_count(3)
+    screenshot(page, "admin-changelist.png")
+
+    # Filter by state FAILED in the sidebar, select all, and run the retry action.
+    page.locator("#changelist-filter a", has_text="FAILED").click()
+    expect(page).to_have_url(re.compile(r"state__exact=FAILED"))
+    expect(rows).to_have_count(3)
+    page.check("#action-toggle")
+    expect(page.locator("#result_list tbody input.action-select:checked")).to_have_count(3)
+    page.select_option("select[name=action]", label="Retry selected workflows")
+    page.get_by_role("button", name="Go").click()
+    expect(page.locator(".messagelist .success")).to_have_text("3 retried")
+    for workflow in failing:
+        retry = workflow.transitions.get(event="retry")
+        assert (retry.actor_label, retry.source, retry.target) == ("admin:admin", State.FAILED, State.EXECUTE)
+
+    # They left FAILED at once; the cluster then completes them (the failing task's second attempt succeeds).
+    def none_failed_on_the_page() -> bool:
+        page.reload()
+        return rows.count() == 0
+
+    wait_for(none_failed_on_the_page, 30, "the FAILED filter to come up empty", interval=0.3)
+    wait_for(lambda: states(*failing) == {State.COMPLETE}, 30, f"the retried to complete\n{running.output()[-3000:]}")
+    page.goto("/admin/workflows/workflow/?state__exact=COMPLETE")
+    expect(rows).to_have_count(5)
+
+    # A retried workflow's page: the path it took, its task bars, its tasks and its audit log.
+    page.get_by_role("link", name="nightly import 2").click()
+    expect(page.locator("h2", has_text="nightly import 2")).to_be_visible()
+    graph = page.locator("svg.state-graph")
+    expect(graph).to_be_visible()
+    expect(graph).to_have_attribute("aria-label", "State graph, current state COMPLETE")
+    expect(graph.locator("line.taken")).to_have_count(6)  # start execute fail retry validate complete
+    timeline = page.locator("svg.task-timeline")
+    expect(timeline).to_be_visible()
+    expect(timeline.locator("g.bar-succeeded")).to_have_count(6)
+    assert timeline.bounding_box()["width"] > 400
+    transitions = page.locator("#transitions-group")
+    expect(transitions.locator("tbody tr.has_original")).to_have_count(6)
+    expect(transitions).to_contain_text("FAILED → EXECUTE")
+    expect(transitions).to_contain_text("admin:admin")
+    tasks = page.locator("#tasks-group")
+    expect(tasks.locator("tbody tr.has_original")).to_have_count(6)
+    expect(tasks).to_contain_text("2/2")  # load: the second attempt of a fresh budget
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Delete"])  # nothing else to do
+    screenshot(page, "admin-workflow.png")
+    workflow = Workflow.objects.get(name="nightly import 2")
+    assert events(workflow) == ["start", "execute", "fail", "retry", "validate", "complete"]
+
+
+def test_cancel_a_running_workflow_from_its_page(cluster, page):
+    cluster()
+    workflow = start("long sleeper", [{"name": "long", "type": "sleep", "params": {"seconds": 60}}, {"type": "echo"}])
+    wait_for(
+        lambda: Task.objects.filter(workflow=workflow, name="long", status=Task.Status.RUNNING).exists(),
+        30,
+        "the long sleep to start",
+    )
+
+    page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+    expect(page.locator(".field-state_badge .readonly")).to_have_text("EXECUTE")
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # running: no delete
+    expect(page.locator("svg.task-timeline g.bar-running")).to_have_count(1)
+    page.click("#action-cancel")
+    expect(page.locator("#content")).to_contain_text("now in state EXECUTE?")
+    page.fill("#id_reason", "started by mistake")
+    page.click("#confirm")
+
+    expect(page).to_have_url(re.compile(rf"/admin/workflows/workflow/{workflow.pk}/change/$"))
+    expect(page.locator(".messagelist .success")).to_have_text("Cancel: long sleeper is now CANCELLED.")
+    expect(page.locator(".field-state_badge .readonly")).to_have_text("CANCELLED")
+    expect(page.locator("svg.state-graph")).to_have_attribute("aria-label", "State graph, current state CANCELLED")
+    expect(page.locator("#transitions-group")).to_contain_text("started by mistake")
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Delete"])
+
+    workflow.refresh_from_db()
+    assert workflow.state == State.CANCELLED
+    cancel = workflow.transitions.get(event="cancel")
+    assert (cancel.actor_label, cancel.reason, cancel.source) == ("admin:admin", "started by mistake", State.EXECUTE)
+    # The running sleep notices the cancel and returns early, so the cluster can stop at once.
+    long = wait_for(
+        lambda: Task.objects.filter(workflow=workflow, name="long", status=Task.Status.SUCCEEDED).first(),
+        20,
+        "the sleep to notice the cancel",
+    )
+    assert long.result["cancelled"] is True and long.result["slept"] < 30
