@@ -18,7 +18,7 @@ def run_task(task_id: int, attempt: int) -> None:
     if task is None:
         return
     outcome = run_handler(task)
-    services.task_finished(task_id, attempt, result=outcome.result, error=outcome.error)
+    services.task_finished(task_id, attempt, result=outcome.result, error=outcome.error, workflow_id=task.workflow_id)
 
 
 def recover() -> dict:

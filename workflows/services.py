@@ -453,30 +453,35 @@ def backoff_delay(failed_attempts: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None) -> bool:
+def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None, workflow_id=None) -> bool:
     """Record the outcome of one attempt, once, and move the workflow on.
 
     Returns False when the outcome was not recorded (a second delivery of the job, or an
     attempt taken back by recovery). A result that arrives after the workflow left the
-    task's phase (cancelled, failed) is recorded and changes nothing.
+    task's phase (cancelled, failed) is recorded and changes nothing. Jobs pass the
+    workflow's id, which spares a query on the hot path.
     """
-    workflow_id = Task.objects.filter(pk=task_id).values_list("workflow_id", flat=True).first()
     if workflow_id is None:
-        return False
+        workflow_id = Task.objects.filter(pk=task_id).values_list("workflow_id", flat=True).first()
+        if workflow_id is None:
+            return False
     with transaction.atomic():
         workflow = _locked(workflow_id)
-        task = Task.objects.get(pk=task_id)
-        if task.status != Status.RUNNING or task.attempt != attempt:
-            return False
-        if error is None:
-            task.status, task.result, task.error = Status.SUCCEEDED, result, ""
-            task.finished_at, task.lease_expires_at = timezone.now(), None
-            task.save(update_fields=["status", "result", "error", "finished_at", "lease_expires_at"])
-            if workflow.state == task.phase and _phase_finished(workflow):
-                _finish_phase(workflow, Actor.WORKER)
-        else:
+        running = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt)
+        if error is not None:
+            task = running.first()
+            if task is None:
+                return False
             _attempt_failed(workflow, task, error, Actor.WORKER)
-    return True
+            return True
+        # A success is one conditional update: it matches only while this attempt holds the task.
+        outcome = {"status": Status.SUCCEEDED, "result": result, "error": "", "lease_expires_at": None}
+        outcome["finished_at"] = timezone.now()
+        if running.filter(phase=workflow.state).update(**outcome):
+            if _phase_finished(workflow):
+                _finish_phase(workflow, Actor.WORKER)
+            return True
+        return running.update(**outcome) == 1  # late: recorded, and the workflow stays where it is
 
 
 def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) -> None:
