@@ -18,6 +18,9 @@ def run_task(task_id: int, attempt: int) -> None:
     if task is None:
         return
     outcome = run_handler(task)
+    if outcome.stopped:
+        services.task_hand_back(task_id, attempt, workflow_id=task.workflow_id)
+        raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
     services.task_finished(task_id, attempt, result=outcome.result, error=outcome.error, workflow_id=task.workflow_id)
 
 

@@ -32,10 +32,15 @@ class TaskTimeout(BaseException):
     that a handler's `except Exception` does not swallow it."""
 
 
+class WorkerStopping(BaseException):
+    """Raised inside a handler when its worker process is told to stop (SIGTERM)."""
+
+
 @dataclass
 class Outcome:
     result: Any = None
     error: str | None = None
+    stopped: bool = False  # the worker was stopped mid-run: hand the attempt back
 
 
 def worker_name() -> str:
@@ -97,6 +102,25 @@ def deadline(seconds: float):
             signal.setitimer(signal.ITIMER_REAL, max(remaining, 0.001))
 
 
+@contextmanager
+def handing_back_on_sigterm():
+    """While a handler runs, SIGTERM to this worker process (a service manager stopping
+    every process of the cluster) interrupts it, so the attempt can be handed back to
+    another worker at once instead of waiting for its lease to run out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise WorkerStopping("the worker was told to stop")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _call(handler, ctx: TaskContext, params: dict, timeout: float, is_async: bool):
     if is_async:
         try:
@@ -117,7 +141,10 @@ def run_handler(task: Task) -> Outcome:
     heartbeat.start()
     ctx = TaskContext(workflow=task.workflow, task=task, cancelled=heartbeat.cancelled.is_set)
     try:
-        result = _call(task_type.handler, ctx, task.params, task.timeout, task_type.is_async)
+        with handing_back_on_sigterm():
+            result = _call(task_type.handler, ctx, task.params, task.timeout, task_type.is_async)
+    except WorkerStopping:
+        return Outcome(stopped=True)
     except TaskTimeout as exc:
         return Outcome(error=f"TaskTimeout: {exc}")
     except Exception:

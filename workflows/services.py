@@ -443,6 +443,24 @@ def task_heartbeat(task_id: int, attempt: int) -> bool:
     return Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).update(lease_expires_at=lease) == 1
 
 
+def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
+    """A stopping worker gives its running attempt back: the task is queued again at once,
+    and the interrupted attempt does not count against its budget."""
+    with transaction.atomic():
+        workflow = _locked(workflow_id)
+        task = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).first()
+        if task is None:
+            return False
+        if workflow.state != task.phase:  # cancelled or failed meanwhile: nothing to hand back
+            Task.objects.filter(pk=task.pk).update(
+                status=Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
+            )
+            return True
+        task.attempt_offset += 1
+        _queue_tasks([task])
+    return True
+
+
 def workflow_is_cancelled(workflow_id) -> bool:
     return Workflow.objects.filter(pk=workflow_id, state=State.CANCELLED).exists()
 

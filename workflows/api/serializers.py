@@ -4,7 +4,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import PHASES, State, Task, Transition, Workflow
+from ..models import PHASES, Phase, State, Task, Transition, Workflow
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
 
 
@@ -98,6 +98,10 @@ WORKFLOW_FIELDS = [
 
 class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # Declared: a read-only model field loses allow_blank, and the schema would then forbid "".
+    failed_phase = serializers.ChoiceField(
+        choices=Phase.choices, allow_blank=True, read_only=True, help_text="The phase that failed last; blank if none."
+    )
 
     class Meta:
         model = Workflow

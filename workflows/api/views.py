@@ -2,6 +2,7 @@
 answers; the engine's errors become 400/409 in `errors.py`."""
 
 from django.db.models import Count, Prefetch, Q
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -28,6 +29,25 @@ from .serializers import (
 NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such workflow, or not yours.")
 CONFLICT = OpenApiResponse(ConflictSerializer, description="Not allowed in the workflow's current state.")
 BAD_INPUT = OpenApiResponse(description="Field errors: {field: [messages]}.")
+UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="No credentials, or invalid ones.")
+FORBIDDEN = OpenApiResponse(
+    ErrorSerializer,
+    description="Not allowed: the workflow is not yours to change, or the session's CSRF token is missing.",
+)
+
+
+class WorkflowSchema(AutoSchema):
+    """Documents the answers DRF gives before a view runs: 401 on every operation (no
+    anonymous access), 403 on those that change something (permissions, CSRF)."""
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        errors = {"401": UNAUTHENTICATED}
+        if self.method not in permissions.SAFE_METHODS:
+            errors["403"] = FORBIDDEN
+        for code, response in errors.items():
+            responses.setdefault(code, self._get_response_for_code(response, code, direction=direction))
+        return responses
 
 
 def can_see_all(user) -> bool:
@@ -47,7 +67,15 @@ class WorkflowAccess(permissions.IsAuthenticated):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List workflows", description="Filter, search by name, order and paginate."),
+    list=extend_schema(
+        summary="List workflows",
+        description="Filter, search by name, order and paginate.",
+        responses={
+            200: WorkflowListSerializer(many=True),
+            400: OpenApiResponse(description="A filter's value is not valid: {filter: [messages]}."),
+            404: OpenApiResponse(ErrorSerializer, description="No such page."),
+        },
+    ),
     retrieve=extend_schema(
         summary="Get a workflow with its tasks and transition history",
         responses={200: WorkflowDetailSerializer, 404: NOT_FOUND},
@@ -63,6 +91,7 @@ class WorkflowViewSet(
     viewsets.GenericViewSet,
 ):
     queryset = Workflow.objects.none()  # for the schema; requests use get_queryset()
+    schema = WorkflowSchema()
     permission_classes = [WorkflowAccess]
     lookup_value_regex = "[^/]+"
     filterset_class = WorkflowFilter
@@ -212,14 +241,14 @@ class WorkflowViewSet(
         return Response(WorkflowStatusSerializer(self.get_object()).data)
 
     @extend_schema(summary="The tasks of a workflow", responses={200: TaskSerializer(many=True), 404: NOT_FOUND})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def tasks(self, request, pk=None):
         return Response(TaskSerializer(self.get_object().tasks.all(), many=True).data)
 
     @extend_schema(
         summary="The audit history of a workflow", responses={200: TransitionSerializer(many=True), 404: NOT_FOUND}
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def transitions(self, request, pk=None):
         return Response(TransitionSerializer(self.get_object().transitions.all(), many=True).data)
 
