@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, F, Q
+from django.db.models import F
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -230,14 +230,7 @@ class WorkflowAdmin(admin.ModelAdmin):
     change_form_template = "admin/workflows/workflow/change_form.html"
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("created_by")
-            .annotate(
-                tasks_total=Count("tasks"), tasks_done=Count("tasks", filter=Q(tasks__status=Task.Status.SUCCEEDED))
-            )
-        )
+        return super().get_queryset(request).select_related("created_by").with_progress()
 
     def get_search_results(self, request, queryset, search_term):
         results, duplicates = super().get_search_results(request, queryset, search_term)

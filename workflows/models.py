@@ -2,7 +2,8 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import GET_STATE, FSMField, FSMModelMixin, transition
 
@@ -30,6 +31,16 @@ TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
 EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
 # The transition that ends each phase's work and moves the workflow on.
 PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
+
+
+class WorkflowQuerySet(models.QuerySet):
+    def with_progress(self):
+        """Annotate tasks_total and tasks_done (succeeded). Subqueries rather than a join
+        with GROUP BY: a paginator's COUNT(*) can then drop them, and stays cheap on large tables."""
+        tasks = Task.objects.filter(workflow=OuterRef("pk")).order_by().values("workflow")
+        count = tasks.annotate(n=Count("pk")).values("n")
+        done = tasks.filter(status=Task.Status.SUCCEEDED).annotate(n=Count("pk")).values("n")
+        return self.annotate(tasks_total=Coalesce(Subquery(count), 0), tasks_done=Coalesce(Subquery(done), 0))
 
 
 class Workflow(FSMModelMixin, models.Model):
@@ -66,6 +77,8 @@ class Workflow(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = WorkflowQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
