@@ -128,3 +128,40 @@ def test_a_cluster_survives_redis_going_away_and_coming_back(transactional_db, c
         90,
         "the workflow started during the outage",
     )
+
+
+class UnreachableBroker:
+    """A broker whose server does not answer (what redis-py raises when Redis is down)."""
+
+    def __getattr__(self, name):
+        def unreachable(*args, **kwargs):
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+        return unreachable
+
+
+@pytest.mark.parametrize("path", ["/execution/stats", "/execution/stats/"])
+def test_stats_answer_without_the_broker(admin_client, monkeypatch, path):
+    from workflows import queue
+
+    monkeypatch.setattr(queue, "broker", UnreachableBroker)
+    response = admin_client.get(path)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["broker_available"] is False and body["queue_depth"] is None and body["clusters"] == []
+    assert "workflows_by_state" in body
+
+
+def test_a_database_outage_answers_503_not_500(admin_client, monkeypatch):
+    from django.db import OperationalError
+
+    from workflows import services
+
+    def database_down(**kwargs):
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(services, "workflow_create", database_down)
+    response = admin_client.post("/workflow/start", {"name": "x"}, content_type="application/json")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert "database is unavailable" in response.json()["detail"]

@@ -1,5 +1,6 @@
 """Figures for the stats endpoint: what the workflows did, and what the cluster is doing."""
 
+import logging
 from datetime import timedelta
 
 from django.db.models import Count
@@ -8,6 +9,8 @@ from django_q.status import Stat
 
 from . import queue
 from .models import State, Task, Workflow
+
+logger = logging.getLogger(__name__)
 
 # Durations are measured over the most recent completed workflows, not all of history.
 DURATION_SAMPLE = 1000
@@ -32,17 +35,6 @@ def workflow_stats(workflows=None) -> dict:
     completed = workflows.filter(state=State.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
     recent = completed.order_by("-finished_at").values_list("started_at", "finished_at")[:DURATION_SAMPLE]
     durations = sorted((finished - started).total_seconds() for started, finished in recent)
-    broker = queue.broker()
-    clusters = [
-        {
-            "cluster_id": str(stat.cluster_id),
-            "host": stat.host,
-            "status": str(stat.status),
-            "workers": len(stat.workers),
-            "uptime_seconds": round(stat.uptime(), 1),
-        }
-        for stat in Stat.get_all(broker=broker)
-    ]
     return {
         "workflows_by_state": _counts(workflows, "state", State.values),
         "tasks_by_status": _counts(Task.objects.filter(workflow__in=workflows), "status", Task.Status.values),
@@ -53,8 +45,34 @@ def workflow_stats(workflows=None) -> dict:
         },
         "completed_last_minute": completed.filter(finished_at__gte=now - timedelta(minutes=1)).count(),
         "completed_last_hour": completed.filter(finished_at__gte=now - timedelta(hours=1)).count(),
-        "queue_depth": broker.queue_size(),
-        "queue_delayed": broker.delayed_size(),
+        **cluster_stats(),
+    }
+
+
+def cluster_stats() -> dict:
+    """Queue depth and clusters, from the broker and the shared cache; None when the
+    broker cannot be reached (the workflow figures come from the database)."""
+    broker = queue.broker()
+    try:
+        stats = Stat.get_all(broker=broker)
+        depth, delayed = broker.queue_size(), broker.delayed_size()
+    except Exception:
+        logger.warning("stats: the broker cannot be reached", exc_info=True)
+        return {"broker_available": False, "queue_depth": None, "queue_delayed": None, "clusters": [], "workers": None}
+    clusters = [
+        {
+            "cluster_id": str(stat.cluster_id),
+            "host": stat.host,
+            "status": str(stat.status),
+            "workers": len(stat.workers),
+            "uptime_seconds": round(stat.uptime(), 1),
+        }
+        for stat in stats
+    ]
+    return {
+        "broker_available": True,
+        "queue_depth": depth,
+        "queue_delayed": delayed,
         "clusters": clusters,
         "workers": sum(cluster["workers"] for cluster in clusters),
     }

@@ -1,14 +1,19 @@
 """The engine's errors as HTTP answers: bad input 400, a transition not allowed now 409."""
 
+import logging
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError, IntegrityError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from ..models import Workflow
 from ..services import IdempotencyConflict, InvalidTransition
+
+logger = logging.getLogger(__name__)
 
 
 def api_exception_handler(exc, context):
@@ -24,6 +29,11 @@ def api_exception_handler(exc, context):
     if isinstance(exc, RequestDataTooBig):
         body = {"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."}
         return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+        # The database is down or unreachable: say so, and let the client retry.
+        logger.error("database error answering %s", context.get("request").path, exc_info=exc)
+        body = {"detail": "The database is unavailable; nothing was changed. Try again shortly."}
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
     if isinstance(exc, Workflow.DoesNotExist):  # deleted between the lookup and the service's lock
         return Response({"detail": "No workflow matches the given query."}, status=status.HTTP_404_NOT_FOUND)
     return exception_handler(exc, context)

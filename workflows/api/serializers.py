@@ -166,10 +166,11 @@ class StatsSerializer(serializers.Serializer):
     duration = DurationSerializer()
     completed_last_minute = serializers.IntegerField()
     completed_last_hour = serializers.IntegerField()
-    queue_depth = serializers.IntegerField(help_text="Jobs due now on the broker.")
-    queue_delayed = serializers.IntegerField(help_text="Jobs waiting out a retry backoff.")
+    broker_available = serializers.BooleanField(help_text="False when the broker cannot be reached.")
+    queue_depth = serializers.IntegerField(allow_null=True, help_text="Jobs due now on the broker.")
+    queue_delayed = serializers.IntegerField(allow_null=True, help_text="Jobs waiting out a retry backoff.")
     clusters = ClusterSerializer(many=True)
-    workers = serializers.IntegerField(help_text="Worker processes across all clusters.")
+    workers = serializers.IntegerField(allow_null=True, help_text="Worker processes across all clusters.")
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -1,0 +1,413 @@
+"""Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare job of round A, the
+cluster it measures, worker memory sampling, percentiles, and the synthetic data of
+`bench --api`."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from uuid import uuid4
+
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.utils import timezone
+
+from . import audit
+from .models import State, Task, Transition, Workflow
+
+ROOT = Path(settings.BASE_DIR)
+STAMP = struct.Struct("d")
+
+# --- Round A: the bare django-q2 job ----------------------------------------------------------
+
+_counter: tuple[str, int] | None = None  # (path, fd) of this worker process's open counter file
+
+
+def noop(path: str) -> None:
+    """Round A's job: nothing, then note its completion time in `path`.
+
+    One 8-byte O_APPEND write per job (a single syscall; appends of this size are atomic on
+    a local file system), so the file's size counts the jobs that ran and its largest
+    entry is the moment the last one finished. It touches neither the database nor
+    Redis, so it costs bare django-q2 nothing that would blur the comparison."""
+    global _counter
+    if _counter is None or _counter[0] != path:
+        if _counter is not None:
+            os.close(_counter[1])
+        _counter = (path, os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    os.write(_counter[1], STAMP.pack(time.time()))
+
+
+def counted(path: str) -> int:
+    try:
+        return os.stat(path).st_size // STAMP.size
+    except FileNotFoundError:
+        return 0
+
+
+def last_stamp(path: str) -> float:
+    data = Path(path).read_bytes()
+    usable = len(data) - len(data) % STAMP.size
+    return max(value for (value,) in STAMP.iter_unpack(data[:usable]))
+
+
+# --- Figures ----------------------------------------------------------------------------------
+
+
+def percentile(values, fraction: float) -> float | None:
+    """Linear interpolation between closest ranks (the `inclusive` method of statistics)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values) -> float | None:
+    return percentile(values, 0.5)
+
+
+# --- The cluster under test -------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the cluster's main process before exec: get SIGTERM if the bench process dies
+    (even by SIGKILL), so that a cluster never outlives the run that started it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Cluster:
+    """`manage.py qcluster` in its own session, with this process's environment (so the
+    same DATABASE_URL, ORCH_BROKER, ORCH_WORKERS and ORCH_CLUSTER_NAME)."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Cluster:
+        self.log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "qcluster"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 20) -> None:
+        """SIGTERM to the main process (it stops its own workers), then SIGKILL to the
+        whole process group if it has not stopped within `grace` seconds."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def rss_kb(pid: int) -> int | None:
+    """The process's resident set size (VmRSS) in kB, or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of the cluster's worker processes every `interval` seconds.
+
+    The workers are the sentinel's children (the sentinel is the only child of the
+    cluster's main process) other than its monitor and pusher, whose pids come from
+    django-q2's own cluster statistics."""
+
+    def __init__(self, cluster_pid: int, interval: float = 0.25):
+        super().__init__(name="rss-sampler", daemon=True)
+        self.cluster_pid = cluster_pid
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (time.monotonic(), pid, kB)
+        self._halt = threading.Event()
+        self._helpers: set[int] = set()
+        self._helpers_at = 0.0
+
+    def helpers(self) -> set[int]:
+        if time.monotonic() - self._helpers_at > 5 or not self._helpers:
+            from django_q.status import Stat
+
+            from .queue import broker
+
+            with contextlib.suppress(Exception):
+                for stat in Stat.get_all(broker=broker()):
+                    if stat.pid == self.cluster_pid:
+                        self._helpers = {stat.monitor, stat.pusher}
+                        self._helpers_at = time.monotonic()
+        return self._helpers
+
+    def worker_pids(self) -> list[int]:
+        helpers = self.helpers()
+        if not helpers:
+            return []
+        return [pid for sentinel in children(self.cluster_pid) for pid in children(sentinel) if pid not in helpers]
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        for pid in self.worker_pids():
+            kb = rss_kb(pid)
+            if kb:
+                self.samples.append((now, pid, kb))
+
+    def run(self) -> None:
+        try:
+            while not self._halt.wait(self.interval):
+                self.sample()
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def mark(self) -> float:
+        return time.monotonic()
+
+    def summary(self, periods: list[tuple[float, float]], workers: int) -> dict:
+        """Worker RSS over the run: the peak, the peak of each period (an A/B round pair:
+        the same mix of work each time, so a trend across them is growth), the first and
+        last of those, and how many worker processes there were (django-q2 recycles a
+        worker after `recycle` jobs, and a fresh one imports the engine on its first task)."""
+        samples = list(self.samples)
+        if not samples:
+            return {}
+        mb = 1024
+
+        def peak(start: float, end: float) -> float | None:
+            values = [kb for when, _, kb in samples if start <= when <= end]
+            return round(max(values) / mb, 1) if values else None
+
+        per_period = [peak(start, end) for start, end in periods]
+        pids = {pid for _, pid, _ in samples}
+        return {
+            "rss_peak_mb": round(max(kb for _, _, kb in samples) / mb, 1),
+            "rss_start_mb": per_period[0],
+            "rss_end_mb": per_period[-1],
+            "rss_per_round_mb": per_period,
+            "worker_processes_seen": len(pids),
+            "worker_recycles": max(len(pids) - workers, 0),
+            "rss_samples": len(samples),
+        }
+
+
+# --- bench --api: synthetic workflows ---------------------------------------------------------
+
+# Each generated workflow's history: ten valid transitions ending in its state, so that
+# 100,000 workflows carry 1,000,000 audit rows (the issue's sizes).
+RETRIES = ["fail", "retry"]
+HISTORIES = {
+    State.COMPLETE: ["start", "execute", *RETRIES * 3, "validate", "complete"],
+    State.FAILED: ["start", "execute", *RETRIES * 3, "validate", "fail"],
+    State.CANCELLED: ["start", "execute", *RETRIES * 3, "validate", "cancel"],
+    State.EXECUTE: ["start", "execute", *RETRIES * 4],
+}
+TRANSITIONS_PER_WORKFLOW = 10
+# One in twenty of each: 80 % COMPLETE, 10 % FAILED, 5 % CANCELLED, 5 % still running.
+STATE_CYCLE = [State.COMPLETE] * 16 + [State.FAILED] * 2 + [State.CANCELLED, State.EXECUTE]
+TARGETS = {"start": State.PREPARE, "execute": State.EXECUTE, "validate": State.VALIDATE, "complete": State.COMPLETE}
+
+
+def walk(events: list[str]) -> list[tuple[str, str, str]]:
+    """(source, target, event) of each event, through the real state machine's edges."""
+    state, failed_phase, steps = State.INIT, "", []
+    for event in events:
+        if event == "fail":
+            failed_phase, target = state, State.FAILED
+        elif event == "retry":
+            target = failed_phase
+        elif event == "cancel":
+            target = State.CANCELLED
+        else:
+            target = TARGETS[event]
+        steps.append((state, target, event))
+        state = target
+    return steps
+
+
+WALKS = {state: walk(events) for state, events in HISTORIES.items()}
+assert all(len(steps) == TRANSITIONS_PER_WORKFLOW for steps in WALKS.values())
+assert all(steps[-1][1] == state for state, steps in WALKS.items())
+
+TASK_STATUS = {  # (prepare, the EXECUTE task, validate) by final state
+    State.COMPLETE: ("SUCCEEDED", "SUCCEEDED", "SUCCEEDED"),
+    State.FAILED: ("SUCCEEDED", "SUCCEEDED", "FAILED"),
+    State.CANCELLED: ("SUCCEEDED", "SUCCEEDED", "CANCELLED"),
+    # PENDING, not QUEUED or RUNNING: recovery must never try to run a synthetic task.
+    State.EXECUTE: ("SUCCEEDED", "PENDING", "PENDING"),
+}
+
+
+@dataclass
+class Generator:
+    """Bulk-inserts synthetic workflows, three tasks each, and their audit rows with real
+    digest chains (`workflows.audit`), in batches of `batch` workflows per transaction."""
+
+    owner: object
+    tag: str
+    span: timedelta = timedelta(days=30)
+    batch: int = 5000
+    made: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        self.origin = timezone.now() - self.span
+
+    def _history(self, workflow: Workflow, steps, actor: str) -> list[Transition]:
+        rows, previous = [], ""
+        for seq, (source, target, event) in enumerate(steps, start=1):
+            row = Transition(
+                workflow_id=workflow.pk,
+                seq=seq,
+                source=source,
+                target=target,
+                event=event,
+                actor_label=actor,
+                data={},
+                created_at=workflow.created_at + timedelta(seconds=seq),
+            )
+            row.digest = previous = audit.digest(row, previous)
+            rows.append(row)
+        return rows
+
+    def _workflow(self, index: int, state: str, steps, total: int) -> tuple[Workflow, list[Task], list[Transition]]:
+        created = self.origin + self.span * (index / max(total, 1))
+        last = created + timedelta(seconds=len(steps))
+        retries = sum(1 for _, _, event in steps if event == "retry")
+        workflow = Workflow(
+            id=uuid4(),
+            name=f"{self.tag}-{index}",
+            state=state,
+            input={"i": index},
+            results={},
+            retries=retries,
+            failed_phase=State.VALIDATE if state == State.FAILED else (State.EXECUTE if retries else ""),
+            error="validate: synthetic failure" if state == State.FAILED else "",
+            created_by=self.owner,
+            created_at=created,
+            started_at=created + timedelta(seconds=1),
+            finished_at=last if state != State.EXECUTE else None,
+        )
+        statuses = TASK_STATUS[state]
+        tasks = [
+            Task(
+                workflow_id=workflow.pk,
+                phase=phase,
+                position=position,
+                name=name,
+                type=kind,
+                status=status,
+                attempt=0 if status == "PENDING" else 1,
+                max_attempts=3,
+                timeout=300,
+                started_at=None if status == "PENDING" else created + timedelta(seconds=position + 1),
+                finished_at=None if status == "PENDING" else created + timedelta(seconds=position + 2),
+            )
+            for position, (phase, name, kind, status) in enumerate(
+                zip(
+                    (State.PREPARE, State.EXECUTE, State.VALIDATE),
+                    ("prepare", "noop-1", "validate"),
+                    ("default.prepare", "noop", "default.validate"),
+                    statuses,
+                    strict=True,
+                )
+            )
+        ]
+        return workflow, tasks, self._history(workflow, steps, "worker")
+
+    def long_history(self, transitions: int = 50) -> Workflow:
+        """One COMPLETE workflow with `transitions` audit rows (an even number ≥ 4)."""
+        steps = walk(["start", "execute", *RETRIES * ((transitions - 4) // 2), "validate", "complete"])
+        workflow, tasks, history = self._workflow(self.made, State.COMPLETE, steps, self.made + 1)
+        self._insert([workflow], tasks, history)
+        return workflow
+
+    def grow(self, to: int, total: int, progress=None) -> None:
+        """Add workflows until `to` of them exist (counting those made before)."""
+        while self.made < to:
+            count = min(self.batch, to - self.made)
+            workflows, tasks, history = [], [], []
+            for index in range(self.made, self.made + count):
+                state = STATE_CYCLE[index % len(STATE_CYCLE)]
+                workflow, its_tasks, its_history = self._workflow(index, state, WALKS[state], total)
+                workflows.append(workflow)
+                tasks += its_tasks
+                history += its_history
+            self._insert(workflows, tasks, history)
+            if progress:
+                progress(count)
+
+    def _insert(self, workflows, tasks, history) -> None:
+        started = time.perf_counter()
+        with transaction.atomic():
+            Workflow.objects.bulk_create(workflows, batch_size=1000)
+            Task.objects.bulk_create(tasks, batch_size=2000)
+            Transition.objects.bulk_create(history, batch_size=2000)
+        self.seconds += time.perf_counter() - started
+        self.made += len(workflows)
+        self.rows += len(workflows) + len(tasks) + len(history)
+
+
+def analyze() -> None:
+    """Refresh the planner's statistics after a bulk load, as PostgreSQL's autovacuum would
+    shortly do by itself (SQLite keeps none unless asked, and is left as it is)."""
+    if connection.vendor == "postgresql":
+        tables = [model._meta.db_table for model in (Workflow, Task, Transition)]
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {', '.join(tables)}")
+
+
+def delete_generated(owner) -> int:
+    """Delete the workflows of `owner` with their tasks and audit rows (children first, each
+    in one statement)."""
+    Transition.objects.filter(workflow__created_by=owner)._raw_delete(connection.alias)
+    Task.objects.filter(workflow__created_by=owner)._raw_delete(connection.alias)
+    return Workflow.objects.filter(created_by=owner)._raw_delete(connection.alias)
