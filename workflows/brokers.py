@@ -12,6 +12,7 @@ from datetime import datetime
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
+from django_q.conf import Conf
 from django_q.models import OrmQ
 
 
@@ -23,6 +24,19 @@ class OrmBroker(ORM):
 
     def delayed_size(self) -> int:
         return self.get_connection().filter(key=self.list_key, lock__gt=timezone.now()).count()
+
+    def get_stats(self, pattern: str) -> list | None:
+        """Cluster statistics from the cache. django-q2's version removes expired keys from
+        the list it is iterating over, which skips the key after each one removed: right
+        after a cluster stopped, a live cluster would go unreported."""
+        if not self.cache:
+            return None
+        keys = self.cache.get(Conf.Q_STAT) or []
+        found = self.cache.get_many(keys)
+        live = [key for key in keys if found.get(key)]
+        if live != keys:
+            self.cache.set(Conf.Q_STAT, live, None)
+        return [found[key] for key in live]
 
 
 # Moves the jobs that are due from the sorted set to the list, atomically, so that two
