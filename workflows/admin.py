@@ -149,28 +149,32 @@ class WorkflowAddForm(forms.Form):
         return workflow
 
 
-class TaskInline(admin.TabularInline):
-    model = Task
-    extra = 0
-    can_delete = False
-    fields = ["name", "phase", "type", "status_badge", "attempts", "duration", "error_excerpt"]
-    readonly_fields = fields
-    ordering = ["position"]
+class TaskColumns:
+    """Columns a task shows in the workflow's inline and in the task admin."""
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="status")
+    @admin.display(description="status", ordering="status")
     def status_badge(self, task):
         return badge(task.status, STATUS_COLOURS[task.status])
 
     @admin.display(description="attempt")
     def attempts(self, task):
-        return f"{task.attempt}/{task.attempt_offset + task.max_attempts}"
+        return f"{task.attempt}/{task.attempt_budget}"
 
     @admin.display(description="duration")
-    def duration(self, task):
+    def run_time(self, task):
         return duration(task.started_at, task.finished_at)
+
+
+class TaskInline(TaskColumns, admin.TabularInline):
+    model = Task
+    extra = 0
+    can_delete = False
+    fields = ["name", "phase", "type", "status_badge", "attempts", "run_time", "error_excerpt"]
+    readonly_fields = fields
+    ordering = ["position"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
     @admin.display(description="error")
     def error_excerpt(self, task):
@@ -391,7 +395,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(ReadOnlyAdmin):
+class TaskAdmin(TaskColumns, ReadOnlyAdmin):
     list_display = ["name", "workflow_link", "phase", "type", "status_badge", "attempts", "started_at", "run_time"]
     list_filter = ["status", "type", "phase"]
     search_fields = ["name", "type"]
@@ -407,18 +411,6 @@ class TaskAdmin(ReadOnlyAdmin):
     def workflow_link(self, task):
         url = reverse("admin:workflows_workflow_change", args=[task.workflow_id])
         return format_html('<a href="{}">{}</a>', url, task.workflow.name)
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, task):
-        return badge(task.status, STATUS_COLOURS[task.status])
-
-    @admin.display(description="attempt")
-    def attempts(self, task):
-        return f"{task.attempt}/{task.attempt_offset + task.max_attempts}"
-
-    @admin.display(description="duration")
-    def run_time(self, task):
-        return duration(task.started_at, task.finished_at)
 
     @admin.display(description="error")
     def error_block(self, task):

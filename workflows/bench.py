@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from uuid import uuid4
 
 from django.conf import settings
@@ -285,10 +286,79 @@ TASK_STATUS = {  # (prepare, the EXECUTE task, validate) by final state
 }
 
 
+class Rows:
+    """Inserts rows of one model in bulk, each value adapted for the database the way the
+    ORM adapts it (constants once, not once per row): PostgreSQL's COPY, one
+    `executemany` elsewhere.
+
+    `bulk_create` measured 6,000 rows/s here: it prepares every value of every row through
+    its field, which costs more than the insert. This writes the same columns in the same
+    representation several times faster (COPY is a further three times faster than
+    INSERT on PostgreSQL, whose deferred foreign-key checks run at each batch's commit)."""
+
+    def __init__(self, model, names: list[str]):
+        self.fields = [model._meta.get_field(name) for name in names]
+        quote = connection.ops.quote_name
+        self.table = quote(model._meta.db_table)
+        self.columns = ", ".join(quote(field.column) for field in self.fields)
+        marks = ", ".join(["%s"] * len(self.fields))
+        self.sql = f"INSERT INTO {self.table} ({self.columns}) VALUES ({marks})"
+
+    def insert(self, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                with cursor.cursor.copy(f"COPY {self.table} ({self.columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(self.sql, rows)
+
+
+class Adapt:
+    """The database representation of the few non-trivial values the generator writes."""
+
+    def __init__(self):
+        self.uuid = Workflow._meta.pk.get_db_prep_value
+        self.json_field = Workflow._meta.get_field("input")
+        self.datetime = connection.ops.adapt_datetimefield_value
+        self.empty = self.json({})
+
+    def json(self, value):
+        return self.json_field.get_db_prep_save(value, connection)
+
+    def id(self, value):
+        return self.uuid(value, connection)
+
+    def when(self, value):
+        return None if value is None else self.datetime(value)
+
+
+WORKFLOW_COLUMNS = [
+    "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
+    "idempotency_key", "fingerprint", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+]  # fmt: skip
+TASK_COLUMNS = [
+    "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
+    "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
+    "worker",
+]  # fmt: skip
+TRANSITION_COLUMNS = [
+    "workflow", "seq", "source", "target", "event", "actor", "actor_label", "reason", "data", "created_at", "digest",
+]  # fmt: skip
+TASKS = (  # (phase, name, type) of each generated workflow's tasks
+    (State.PREPARE, "prepare", "default.prepare"),
+    (State.EXECUTE, "noop-1", "noop"),
+    (State.VALIDATE, "validate", "default.validate"),
+)
+
+
 @dataclass
 class Generator:
     """Bulk-inserts synthetic workflows, three tasks each, and their audit rows with real
-    digest chains (`workflows.audit`), in batches of `batch` workflows per transaction."""
+    digest chains (`workflows.audit`, so `audit.verify` accepts them), in batches of
+    `batch` workflows per transaction."""
 
     owner: object
     tag: str
@@ -296,103 +366,98 @@ class Generator:
     batch: int = 5000
     made: int = 0
     rows: int = 0
+    transitions: int = 0
     seconds: float = 0.0
 
     def __post_init__(self):
         self.origin = timezone.now() - self.span
+        self.adapt = Adapt()
+        self.tables = (Rows(Workflow, WORKFLOW_COLUMNS), Rows(Task, TASK_COLUMNS), Rows(Transition, TRANSITION_COLUMNS))
 
-    def _history(self, workflow: Workflow, steps, actor: str) -> list[Transition]:
-        rows, previous = [], ""
-        for seq, (source, target, event) in enumerate(steps, start=1):
-            row = Transition(
-                workflow_id=workflow.pk,
-                seq=seq,
-                source=source,
-                target=target,
-                event=event,
-                actor_label=actor,
-                data={},
-                created_at=workflow.created_at + timedelta(seconds=seq),
-            )
-            row.digest = previous = audit.digest(row, previous)
-            rows.append(row)
-        return rows
-
-    def _workflow(self, index: int, state: str, steps, total: int) -> tuple[Workflow, list[Task], list[Transition]]:
+    def _rows(self, index: int, state: str, steps, total: int) -> tuple:
+        adapt, when = self.adapt, self.adapt.when
+        pk = uuid4()
+        workflow_id = adapt.id(pk)
         created = self.origin + self.span * (index / max(total, 1))
-        last = created + timedelta(seconds=len(steps))
         retries = sum(1 for _, _, event in steps if event == "retry")
-        workflow = Workflow(
-            id=uuid4(),
-            name=f"{self.tag}-{index}",
-            state=state,
-            input={"i": index},
-            results={},
-            retries=retries,
-            failed_phase=State.VALIDATE if state == State.FAILED else (State.EXECUTE if retries else ""),
-            error="validate: synthetic failure" if state == State.FAILED else "",
-            created_by=self.owner,
-            created_at=created,
-            started_at=created + timedelta(seconds=1),
-            finished_at=last if state != State.EXECUTE else None,
-        )
-        statuses = TASK_STATUS[state]
-        tasks = [
-            Task(
-                workflow_id=workflow.pk,
-                phase=phase,
-                position=position,
-                name=name,
-                type=kind,
-                status=status,
-                attempt=0 if status == "PENDING" else 1,
-                max_attempts=3,
-                timeout=300,
-                started_at=None if status == "PENDING" else created + timedelta(seconds=position + 1),
-                finished_at=None if status == "PENDING" else created + timedelta(seconds=position + 2),
+        failed_phase = State.VALIDATE if state == State.FAILED else (State.EXECUTE if retries else "")
+        finished = created + timedelta(seconds=len(steps)) if state != State.EXECUTE else None
+        workflow = (
+            workflow_id, f"{self.tag}-{index}", "default", state, "auto", adapt.json({"i": index}), adapt.empty,
+            "validate: synthetic failure" if state == State.FAILED else "", retries, failed_phase,
+            None, "", self.owner.pk, when(created), when(finished or created), when(created + timedelta(seconds=1)),
+            when(finished),
+        )  # fmt: skip
+        tasks = []
+        for position, ((phase, name, kind), status) in enumerate(zip(TASKS, TASK_STATUS[state], strict=True)):
+            ran = status != "PENDING"
+            tasks.append(
+                (
+                    workflow_id,
+                    phase,
+                    position,
+                    name,
+                    kind,
+                    adapt.empty,
+                    status,
+                    int(ran),
+                    0,
+                    3,
+                    300.0,
+                    None,
+                    "",
+                    when(created + timedelta(seconds=position)) if ran else None,
+                    when(created + timedelta(seconds=position + 1)) if ran else None,
+                    when(created + timedelta(seconds=position + 2)) if ran else None,
+                    None,
+                    "",
+                )  # fmt: skip
             )
-            for position, (phase, name, kind, status) in enumerate(
-                zip(
-                    (State.PREPARE, State.EXECUTE, State.VALIDATE),
-                    ("prepare", "noop-1", "validate"),
-                    ("default.prepare", "noop", "default.validate"),
-                    statuses,
-                    strict=True,
-                )
+        history, previous = [], ""
+        for seq, (source, target, event) in enumerate(steps, start=1):
+            at = created + timedelta(seconds=seq)
+            row = SimpleNamespace(
+                workflow_id=pk, seq=seq, source=source, target=target, event=event, actor_id=None,
+                actor_label="worker", reason="", data={}, created_at=at,
+            )  # fmt: skip
+            previous = audit.digest(row, previous)
+            history.append(
+                (workflow_id, seq, source, target, event, None, "worker", "", adapt.empty, when(at), previous)
             )
-        ]
-        return workflow, tasks, self._history(workflow, steps, "worker")
+        return workflow, tasks, history, pk
 
-    def long_history(self, transitions: int = 50) -> Workflow:
-        """One COMPLETE workflow with `transitions` audit rows (an even number ≥ 4)."""
+    def long_history(self, transitions: int = 50):
+        """One COMPLETE workflow with `transitions` audit rows (an even number ≥ 4); its id."""
+        started = time.perf_counter()
         steps = walk(["start", "execute", *RETRIES * ((transitions - 4) // 2), "validate", "complete"])
-        workflow, tasks, history = self._workflow(self.made, State.COMPLETE, steps, self.made + 1)
-        self._insert([workflow], tasks, history)
-        return workflow
+        workflow, tasks, history, pk = self._rows(self.made, State.COMPLETE, steps, self.made + 1)
+        self._insert([workflow], tasks, history, started)
+        return pk
 
     def grow(self, to: int, total: int, progress=None) -> None:
         """Add workflows until `to` of them exist (counting those made before)."""
         while self.made < to:
+            started = time.perf_counter()
             count = min(self.batch, to - self.made)
             workflows, tasks, history = [], [], []
             for index in range(self.made, self.made + count):
                 state = STATE_CYCLE[index % len(STATE_CYCLE)]
-                workflow, its_tasks, its_history = self._workflow(index, state, WALKS[state], total)
+                workflow, its_tasks, its_history, _ = self._rows(index, state, WALKS[state], total)
                 workflows.append(workflow)
                 tasks += its_tasks
                 history += its_history
-            self._insert(workflows, tasks, history)
+            self._insert(workflows, tasks, history, started)
             if progress:
                 progress(count)
 
-    def _insert(self, workflows, tasks, history) -> None:
-        started = time.perf_counter()
+    def _insert(self, workflows, tasks, history, started: float) -> None:
+        """Insert one batch in one transaction; `seconds` counts building and inserting."""
         with transaction.atomic():
-            Workflow.objects.bulk_create(workflows, batch_size=1000)
-            Task.objects.bulk_create(tasks, batch_size=2000)
-            Transition.objects.bulk_create(history, batch_size=2000)
+            for table, rows in zip(self.tables, (workflows, tasks, history), strict=True):
+                table.insert(rows)
         self.seconds += time.perf_counter() - started
         self.made += len(workflows)
+        self.transitions += len(history)
         self.rows += len(workflows) + len(tasks) + len(history)
 
 

@@ -145,7 +145,7 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
         rows.append(
             (
                 task.status.lower(),
-                y + 13, f"{task.name[:28]} ({task.attempt}/{task.attempt_offset + task.max_attempts})",
+                y + 13, f"{task.name[:28]} ({task.attempt}/{task.attempt_budget})",
                 x, y + 3, width, STATUS_COLOURS[task.status],
                 f"{task.name}: {task.status}, attempt {task.attempt}, {duration}",
             )

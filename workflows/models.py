@@ -193,8 +193,13 @@ class Task(models.Model):
         return f"{self.name} [{self.type}] {self.status}"
 
     @property
+    def attempt_budget(self) -> int:
+        """The last attempt number the current budget allows."""
+        return self.attempt_offset + self.max_attempts
+
+    @property
     def attempts_left(self) -> int:
-        return self.attempt_offset + self.max_attempts - self.attempt
+        return self.attempt_budget - self.attempt
 
     @property
     def is_done(self) -> bool:

@@ -29,6 +29,12 @@ from .serializers import (
 NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such workflow, or not yours.")
 CONFLICT = OpenApiResponse(ConflictSerializer, description="Not allowed in the workflow's current state.")
 BAD_INPUT = OpenApiResponse(description="Field errors: {field: [messages]}.")
+CREATE_RESPONSES = {
+    201: WorkflowDetailSerializer,
+    200: OpenApiResponse(WorkflowDetailSerializer, description="The same idempotency key and body again."),
+    400: BAD_INPUT,
+    409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
+}
 UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="No credentials, or invalid ones.")
 FORBIDDEN = OpenApiResponse(
     ErrorSerializer,
@@ -138,12 +144,7 @@ class WorkflowViewSet(
     @extend_schema(
         summary="Create a workflow without starting it",
         request=WorkflowInputSerializer,
-        responses={
-            201: WorkflowDetailSerializer,
-            200: OpenApiResponse(WorkflowDetailSerializer, description="The same idempotency key and body again."),
-            400: BAD_INPUT,
-            409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
-        },
+        responses=CREATE_RESPONSES,
     )
     def create(self, request):
         return self._create(request, start=False)
@@ -151,12 +152,7 @@ class WorkflowViewSet(
     @extend_schema(
         summary="Create and start a workflow",
         request=WorkflowInputSerializer,
-        responses={
-            201: WorkflowDetailSerializer,
-            200: OpenApiResponse(WorkflowDetailSerializer, description="The same idempotency key and body again."),
-            400: BAD_INPUT,
-            409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
-        },
+        responses=CREATE_RESPONSES,
     )
     def create_and_start(self, request):
         return self._create(request, start=True)

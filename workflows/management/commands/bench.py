@@ -39,7 +39,6 @@ from rich.table import Table
 from workflows import audit, queue, services
 from workflows.bench import (
     ROOT,
-    TRANSITIONS_PER_WORKFLOW,
     Cluster,
     Generator,
     RssSampler,
@@ -440,18 +439,21 @@ class Command(BaseCommand):
         client = Client()
         hosts = [*settings.ALLOWED_HOSTS, "testserver"]
         try:
-            with override_settings(ALLOWED_HOSTS=hosts, SECURE_SSL_REDIRECT=False), self.progress() as progress:
+            with (
+                override_settings(ALLOWED_HOSTS=hosts, SECURE_SSL_REDIRECT=False, DEBUG=False),
+                self.progress() as progress,
+            ):
                 client.force_login(owner)
                 task = progress.add_task("generating workflows", total=size, note="")
                 long_history = generator.long_history(API_LONG_HISTORY)
                 progress.advance(task)
                 generator.grow(small, size, lambda n: progress.advance(task, n))
                 analyze()
-                at_small = self.time_requests(client, long_history.pk, repeats, progress, small)
+                at_small = self.time_requests(client, long_history, repeats, progress, small)
                 generator.grow(size, size, lambda n: progress.advance(task, n))
                 analyze()
-                at_full = self.time_requests(client, long_history.pk, repeats, progress, size)
-            report["audit_chain_valid"] = audit.verify(long_history) is None
+                at_full = self.time_requests(client, long_history, repeats, progress, size)
+            report["audit_chain_valid"] = audit.verify(Workflow.objects.get(pk=long_history)) is None
             client.logout()
         finally:
             if not self.options["keep"]:
@@ -459,7 +461,7 @@ class Command(BaseCommand):
                 owner.delete()
         report.update(
             {
-                "transitions": (size - 1) * TRANSITIONS_PER_WORKFLOW + API_LONG_HISTORY,
+                "transitions": generator.transitions,
                 "tasks": size * 3,
                 "generate_s": round(generator.seconds, 1),
                 "rows_per_s": rate(generator.rows, generator.seconds),
