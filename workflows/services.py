@@ -18,7 +18,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
@@ -298,34 +298,29 @@ def _enqueue_on_commit(jobs: list[queue.Job]) -> None:
         transaction.on_commit(lambda: _send(jobs))
 
 
-def _queue_tasks(tasks: list[Task], *, fresh_budget: bool = False, eta=None) -> None:
-    """Move tasks to QUEUED for their next attempt and send their jobs after commit."""
-    now = timezone.now()
-    jobs = []
-    for task in tasks:
-        if fresh_budget:
-            task.attempt_offset = task.attempt
-        task.attempt += 1
-        task.status = Status.QUEUED
-        task.queued_at = eta or now
-        task.started_at = task.finished_at = task.lease_expires_at = None
-        task.worker = ""
-        jobs.append(queue.task_job(task.pk, task.attempt, task.timeout, eta))
-    Task.objects.bulk_update(
-        tasks,
-        [
-            "attempt_offset",
-            "attempt",
-            "status",
-            "error",
-            "queued_at",
-            "started_at",
-            "finished_at",
-            "lease_expires_at",
-            "worker",
-        ],
-    )
-    _enqueue_on_commit(jobs)
+def _queue_tasks(
+    tasks: list[Task], *, fresh_budget: bool = False, charge: bool = True, eta=None, error: str | None = None
+) -> None:
+    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs after
+    commit. `fresh_budget` starts a new budget of attempts (workflow retry); `charge=False`
+    keeps the attempt from counting against it (a handed-back attempt)."""
+    changes = {
+        "status": Status.QUEUED,
+        "attempt": F("attempt") + 1,
+        "queued_at": eta or timezone.now(),
+        "started_at": None,
+        "finished_at": None,
+        "lease_expires_at": None,
+        "worker": "",
+    }
+    if fresh_budget:
+        changes["attempt_offset"] = F("attempt")  # SQL reads the attempt before this UPDATE's increment
+    if not charge:
+        changes["attempt_offset"] = F("attempt_offset") + 1
+    if error is not None:
+        changes["error"] = error
+    Task.objects.filter(pk__in=[task.pk for task in tasks]).update(**changes)
+    _enqueue_on_commit([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
 
 
 def _phase_finished(workflow: Workflow) -> bool:
@@ -456,8 +451,7 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
                 status=Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
             )
             return True
-        task.attempt_offset += 1
-        _queue_tasks([task])
+        _queue_tasks([task], charge=False)
     return True
 
 
@@ -510,7 +504,7 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) ->
     in_phase = workflow.state == task.phase
     if in_phase and task.attempts_left > 0:
         eta = timezone.now() + timedelta(seconds=backoff_delay(task.attempt - task.attempt_offset))
-        _queue_tasks([task], eta=eta)
+        _queue_tasks([task], eta=eta, error=error)
         return
     task.status = Status.FAILED
     task.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
