@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-.PHONY: install dev run test test-unit test-integration chaos lint format clean
+.PHONY: install dev run test test-unit test-integration chaos bench lint format clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-integration: install
 N ?= 200
 chaos: install
 	CHAOS_WORKFLOWS=$(N) $(BIN)/pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
+
+## Orchestrator against bare django-q2 on a cluster of its own; ARGS="--api" for the API at scale.
+bench: install
+	$(BIN)/python manage.py bench $(ARGS)
 
 lint: dev
 	$(BIN)/ruff check .

@@ -168,6 +168,7 @@ class RssSampler(threading.Thread):
         self.cluster_pid = cluster_pid
         self.interval = interval
         self.samples: list[tuple[float, int, int]] = []  # (time.monotonic(), pid, kB)
+        self.sentinel: list[tuple[float, int]] = []  # (time.monotonic(), kB) of the process workers fork from
         self._halt = threading.Event()
         self._helpers: set[int] = set()
         self._helpers_at = 0.0
@@ -193,6 +194,10 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> None:
         now = time.monotonic()
+        for sentinel in children(self.cluster_pid):
+            kb = rss_kb(sentinel)
+            if kb:
+                self.sentinel.append((now, kb))
         for pid in self.worker_pids():
             kb = rss_kb(pid)
             if kb:
@@ -213,28 +218,39 @@ class RssSampler(threading.Thread):
         return time.monotonic()
 
     def summary(self, periods: list[tuple[float, float]], workers: int) -> dict:
-        """Worker RSS over the run: the peak, the peak of each period (an A/B round pair:
-        the same mix of work each time, so a trend across them is growth), the first and
-        last of those, and how many worker processes there were (django-q2 recycles a
-        worker after `recycle` jobs, and a fresh one imports the engine on its first task)."""
+        """Worker RSS over the run: the peak; for each period (an A/B round pair: the same
+        mix of work each time, so a trend across them is growth) the peak, and the RSS of
+        the workers started in it when first seen (django-q2 recycles a worker after
+        `recycle` jobs: a fresh one starts from a fork of the sentinel, whose RSS is
+        reported too); how many worker processes there were."""
         samples = list(self.samples)
         if not samples:
             return {}
         mb = 1024
+        first_seen: dict[int, tuple[float, int]] = {}
+        for when, pid, kb in samples:
+            first_seen.setdefault(pid, (when, kb))
 
         def peak(start: float, end: float) -> float | None:
             values = [kb for when, _, kb in samples if start <= when <= end]
             return round(max(values) / mb, 1) if values else None
 
+        def fresh(start: float, end: float) -> float | None:
+            values = [kb for when, kb in first_seen.values() if start <= when <= end]
+            return round(median(values) / mb, 1) if values else None
+
+        sentinel = [kb for _, kb in self.sentinel]
         per_period = [peak(start, end) for start, end in periods]
-        pids = {pid for _, pid, _ in samples}
         return {
             "rss_peak_mb": round(max(kb for _, _, kb in samples) / mb, 1),
             "rss_start_mb": per_period[0],
             "rss_end_mb": per_period[-1],
             "rss_per_round_mb": per_period,
-            "worker_processes_seen": len(pids),
-            "worker_recycles": max(len(pids) - workers, 0),
+            "rss_fresh_worker_per_round_mb": [fresh(start, end) for start, end in periods],
+            "rss_sentinel_start_mb": round(sentinel[0] / mb, 1) if sentinel else None,
+            "rss_sentinel_end_mb": round(sentinel[-1] / mb, 1) if sentinel else None,
+            "worker_processes_seen": len(first_seen),
+            "worker_recycles": max(len(first_seen) - workers, 0),
             "rss_samples": len(samples),
         }
 
@@ -468,6 +484,16 @@ def analyze() -> None:
         tables = [model._meta.db_table for model in (Workflow, Task, Transition)]
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {', '.join(tables)}")
+
+
+def vacuum() -> None:
+    """Give PostgreSQL back the space of the deleted rows at once: a million dead audit
+    rows would otherwise slow down whatever runs next on the database until autovacuum
+    gets round to them."""
+    if connection.vendor == "postgresql" and connection.get_autocommit():
+        tables = [model._meta.db_table for model in (Workflow, Task, Transition)]
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {', '.join(tables)}")
 
 
 def delete_generated(owner) -> int:

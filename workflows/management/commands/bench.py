@@ -48,6 +48,7 @@ from workflows.bench import (
     last_stamp,
     median,
     percentile,
+    vacuum,
 )
 from workflows.models import Actor, State, Task, Workflow
 
@@ -241,7 +242,8 @@ class Command(BaseCommand):
                 "b_workflows_per_s": round(median([r["workflows_per_s"] for r in b_rounds]), 1),
                 "ratio": round(b_tasks / a, 3),
                 "ratio_per_round": [
-                    round(b["tasks_per_s"] / a["jobs_per_s"], 3) for a, b in zip(a_rounds, b_rounds, strict=True)
+                    round(pair_b["tasks_per_s"] / pair_a["jobs_per_s"], 3)
+                    for pair_a, pair_b in zip(a_rounds, b_rounds, strict=True)
                 ],
                 "tasks_per_workflow": b_rounds[0]["tasks"] // b_rounds[0]["workflows"],
                 **latency,
@@ -256,9 +258,9 @@ class Command(BaseCommand):
         )
         return report
 
-    def wait(self, description: str, total: int, done: Callable[[], int], interval: float) -> None:
+    def wait(self, description: str, total: int, done: Callable[[], int], interval: float) -> int:
         """Poll `done()` until it reaches `total`, on the progress bar; fail when the cluster
-        died or nothing moved for STALL_SECONDS."""
+        died or nothing moved for STALL_SECONDS. Returns the progress bar's task."""
         task = self.bar.add_task(description, total=total, note="")
         last, moved = -1, time.monotonic()
         while True:
@@ -459,6 +461,7 @@ class Command(BaseCommand):
             if not self.options["keep"]:
                 delete_generated(owner)
                 owner.delete()
+                vacuum()
         report.update(
             {
                 "transitions": generator.transitions,
@@ -492,8 +495,9 @@ class Command(BaseCommand):
             self.get(client, url)
             progress.advance(task)
             reset_queries()  # a full query log (DEBUG keeps the last 9000) would capture nothing
-            with CaptureQueriesContext(connection) as queries:
+            with CaptureQueriesContext(connection) as captured:
                 self.get(client, url)
+            queries = len(captured)  # now: the next request's request_started signal empties the log
             progress.advance(task)
             times = []
             for _ in range(repeats):
@@ -501,7 +505,7 @@ class Command(BaseCommand):
                 self.get(client, url)
                 times.append((time.perf_counter() - started) * 1000)
                 progress.advance(task)
-            results[name] = {"ms": round(median(times), 1), "queries": len(queries)}
+            results[name] = {"ms": round(median(times), 1), "queries": queries}
         return results
 
     @staticmethod

@@ -1,0 +1,107 @@
+"""`manage.py bench` runs end to end on whatever database and broker the environment
+selects. Timings are not asserted: only that every figure is there and makes sense."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, child_env
+from workflows.bench import percentile
+from workflows.models import Workflow
+
+
+def bench(*args: str, timeout: float = 150) -> dict:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "bench", *args],
+        cwd=ROOT,
+        env=child_env(ORCH_WORKERS=2),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
+def positive(report: dict, *keys: str) -> None:
+    for key in keys:
+        value = report[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert value > 0, (key, value)
+
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.95) == 3.0
+    assert percentile([4, 1, 3, 2], 0.5) == 2.5
+    assert percentile(range(101), 0.95) == 95
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_bench_quick_reports_every_figure(transactional_db):
+    report = bench("--quick", "--json")
+    positive(
+        report,
+        "ratio",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_observed_p50_ms",
+        "latency_engine_p50_ms",
+        "a_jobs_per_s",
+        "b_tasks_per_s",
+        "b_workflows_per_s",
+        "rss_peak_mb",
+        "rss_start_mb",
+        "rss_end_mb",
+        "workers",
+        "jobs",
+        "workflows",
+        "rounds",
+    )
+    assert report["database"] in {"sqlite", "postgresql"}
+    assert report["broker"] in {"orm", "redis"}
+    assert report["cluster"].startswith("bench")
+    assert report["rounds"] == len(report["a_rounds"]) == len(report["b_rounds"]) == 2
+    assert report["tasks_per_workflow"] == 6, "PREPARE + 4 tasks + VALIDATE"
+    for b in report["b_rounds"]:
+        assert b["tasks"] == 6 * b["workflows"]
+    assert report["latency_p50_ms"] <= report["latency_p95_ms"]
+    assert report["worker_processes_seen"] >= report["workers"]
+    assert not Workflow.objects.exists(), "the run deletes the workflows it created"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_bench_api_quick_reports_times_and_equal_query_counts(transactional_db):
+    report = bench("--api", "--quick", "--json")
+    assert report["api_size"] == 2000 and report["api_small"] == 1000
+    assert report["transitions"] > 10 * 1999
+    assert report["audit_chain_valid"] is True
+    for name in ("list", "detail", "changelist"):
+        figures = report["requests"][name]
+        for key in ("small_ms", "full_ms", "ratio", "small_queries", "full_queries"):
+            assert isinstance(figures[key], int | float) and figures[key] > 0, (name, key, figures)
+    for name in ("list", "detail"):
+        figures = report["requests"][name]
+        assert figures["small_queries"] == figures["full_queries"], (name, figures)
+    assert not Workflow.objects.exists(), "the generated workflows are deleted afterwards"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_bench_api_refuses_a_database_that_holds_workflows(transactional_db):
+    Workflow.objects.create(name="someone's")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "bench", "--api", "--quick", "--json"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--yes" in result.stderr
+    assert Workflow.objects.count() == 1
