@@ -270,8 +270,12 @@ def _locked(workflow_id: UUID | str) -> Workflow:
     return Workflow.objects.select_for_update().get(pk=workflow_id)
 
 
+# What a transition (or the end of a phase) may change on the workflow row.
+TRANSITION_FIELDS = ["state", "results", "error", "retries", "failed_phase", "started_at", "finished_at", "updated_at"]
+
+
 def _save_and_record(workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None):
-    workflow.save()
+    workflow.save(update_fields=TRANSITION_FIELDS)
     Transition.objects.record(workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data)
 
 
