@@ -178,16 +178,23 @@ class TaskColumns:
         return duration(task.started_at, task.finished_at)
 
 
-class TaskInline(TaskColumns, admin.TabularInline):
-    model = Task
+class ReadOnlyInline(admin.TabularInline):
+    """A table of a workflow's rows: shown, never added, changed or deleted from here."""
+
     extra = 0
     can_delete = False
-    fields = ["name", "phase", "type", "status_badge", "attempts", "run_time", "error_excerpt"]
-    readonly_fields = fields
-    ordering = ["position"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+class TaskInline(TaskColumns, ReadOnlyInline):
+    model = Task
+    fields = ["name", "phase", "type", "status_badge", "attempts", "run_time", "error_excerpt"]
+    ordering = ["position"]
 
     @admin.display(description="error")
     def error_excerpt(self, task):
@@ -198,16 +205,10 @@ class TaskInline(TaskColumns, admin.TabularInline):
         return format_html('{} <a href="{}" class="traceback-link">full traceback</a>', last_line[:120], url)
 
 
-class TransitionInline(admin.TabularInline):
+class TransitionInline(ReadOnlyInline):
     model = Transition
-    extra = 0
-    can_delete = False
     fields = ["seq", "event", "change", "actor_label", "reason", "created_at"]
-    readonly_fields = fields
     ordering = ["seq"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="source → target")
     def change(self, transition):
