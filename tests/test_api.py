@@ -208,6 +208,19 @@ def test_list_filters_searches_orders_and_paginates(api, owner):
     assert api.get("/workflows/", {"page_size": 10000}).json()["count"] == 8  # capped at 500, not refused
 
 
+@pytest.mark.parametrize("offset", ["+23:55", "-23:00", "+16:00", "+05:30"])
+def test_date_filters_take_any_offset_and_compare_in_utc(api, owner, offset):
+    create(owner)
+    assert api.get("/workflows/", {"created_after": f"2020-01-01T00:00:00{offset}"}).json()["count"] == 1
+    assert api.get("/workflows/", {"created_before": f"0863-09-24T17:51:04{offset}"}).json()["count"] == 0
+
+
+def test_a_date_filter_outside_the_calendar_in_utc_is_a_client_error(api, owner):
+    response = api.get("/workflows/", {"created_before": "0001-01-01T00:00:00+23:00"})
+    assert response.status_code == 400
+    assert "created_before" in response.json()
+
+
 def test_stats(engine, api, owner, other_user):
     done = create(owner, engine, start=True)
     create(owner)

@@ -1,6 +1,29 @@
+from datetime import UTC
+
 import django_filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from ..models import State, Workflow
+
+
+class UTCDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time, compared in UTC: any offset Python accepts (up to ±23:59)
+    works, where PostgreSQL refuses offsets beyond ±15:59; one that leaves the calendar
+    in UTC is a client's error."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Enter a date-time within the years 1 to 9999 in UTC.", code="invalid") from None
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCDateTimeField
 
 
 class WorkflowFilter(django_filters.FilterSet):
@@ -9,8 +32,8 @@ class WorkflowFilter(django_filters.FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=State.choices, distinct=False, help_text="One or more states.")
     definition = django_filters.CharFilter()
     mode = django_filters.ChoiceFilter(choices=Workflow.Mode.choices)
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Workflow
