@@ -153,20 +153,20 @@ def test_detail_answers_on_every_path(api, owner, template):
 
 def test_status_tasks_and_transitions(engine, api, owner):
     workflow = create(owner, engine, start=True)
-    engine.run(engine.pending()[0])  # PREPARE done
+    engine.run(engine.pending()[0])  # PREPARE done, and the first EXECUTE task, run by the same worker
     status = api.get(f"/execution/workflows/{workflow.pk}/status").json()
     assert status == {
         "id": str(workflow.pk),
         "state": "EXECUTE",
         "phase": "EXECUTE",
-        "progress": {"done": 1, "total": 4},
+        "progress": {"done": 2, "total": 4},
         "available_transitions": ["validate", "fail", "cancel"],
         "error": "",
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()
     assert [(t["name"], t["status"]) for t in tasks] == [
         ("prepare", "SUCCEEDED"),
-        ("echo-1", "QUEUED"),
+        ("echo-1", "SUCCEEDED"),
         ("noop-2", "QUEUED"),
         ("validate", "PENDING"),
     ]

@@ -1,5 +1,7 @@
 """Chaos: workflows on two clusters while worker processes, and once a whole cluster, are
-killed with SIGKILL. Nothing may be lost and no transition may happen twice.
+killed with SIGKILL; workers also kill themselves between recording the success that
+ends a phase and firing its transition. Nothing may be lost and no transition may happen
+twice.
 
 `make chaos` runs it with CHAOS_WORKFLOWS=200 (`make chaos N=1000` by hand); the plain
 suite runs a small size. The figures go to CHAOS_REPORT (JSON) when it is set.
@@ -23,6 +25,9 @@ from workflows.models import Actor, State, Task, Transition, Workflow
 
 WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
 WORKER_KILLS = max(5, WORKFLOWS // 40)
+# Each worker process kills itself at every this-many-th success that ends a phase, before
+# it fires the transition (tests/chaos_tasks.py).
+WINDOW_EVERY = 3 if WORKFLOWS < 100 else 20
 LEASE = 2
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
@@ -37,9 +42,12 @@ def running_workers() -> list[tuple[int, int, int]]:
 def test_chaos(cluster, tmp_path):
     rng = random.Random(20261126)
     probe_log = tmp_path / "probe.log"
+    window_log = tmp_path / "window.log"
     env = {
         "ORCH_TASK_MODULES": "tests.chaos_tasks",
         "CHAOS_PROBE_LOG": probe_log,
+        "CHAOS_WINDOW_LOG": window_log,
+        "CHAOS_WINDOW_EVERY": WINDOW_EVERY,
         "ORCH_LEASE_SECONDS": LEASE,
         "ORCH_REQUEUE_SECONDS": 5,
         "ORCH_RETRY_BACKOFF": 0.1,
@@ -84,6 +92,8 @@ def test_chaos(cluster, tmp_path):
                 taken_back[kill] = time.monotonic()
     elapsed = time.monotonic() - started
     assert len(kills) >= min(5, WORKER_KILLS) and cluster_kills == 1, (kills, cluster_kills)
+    window_kills = len(window_log.read_text().splitlines()) if window_log.exists() else 0
+    assert window_kills >= 1, "no worker died between a phase's last success and its transition"
 
     # Nothing lost, nothing twice: every workflow COMPLETE with exactly its four transitions.
     complete = Workflow.objects.filter(pk__in=workflows, state=State.COMPLETE)
@@ -123,6 +133,7 @@ def test_chaos(cluster, tmp_path):
         "clusters": 2,
         "worker_kills": len(kills),
         "cluster_kills": cluster_kills,
+        "kills_between_success_and_transition": window_kills,
         "lost": WORKFLOWS - complete.count(),
         "duplicated_transitions": sum(sequences.values()) - 4 * WORKFLOWS,
         "work_run_again": rerun,

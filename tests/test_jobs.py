@@ -3,23 +3,44 @@ from datetime import timedelta
 from django.utils import timezone
 
 from tests.conftest import events, reload, task
-from workflows import jobs, services
+from workflows import jobs, services, statements
 from workflows.models import State, Task
 
 Status = Task.Status
 
 
 def test_the_same_job_delivered_twice_records_one_outcome_and_one_transition(engine):
-    workflow = engine.start(tasks=[{"name": "only", "type": "echo", "params": {"n": 1}}])
-    engine.run(engine.pending()[0])  # PREPARE
+    workflow = engine.start(
+        tasks=[{"name": "first", "type": "echo"}, {"name": "second", "type": "echo", "params": {"n": 2}}]
+    )
+    engine.run(engine.pending()[0])  # PREPARE, and `first`, which its worker runs itself
+    [job] = engine.pending()  # `second`, through the broker
+    engine.run(job)  # it ends EXECUTE, and its worker runs VALIDATE itself
+    engine.run(job)  # the broker delivers it again
+    second = task(workflow, "second")
+    assert (second.status, second.attempt, second.result) == (Status.SUCCEEDED, 1, {"n": 2})
+    assert events(reload(workflow)) == ["start", "execute", "validate", "complete"]
+    assert engine.pending() == []
+
+
+def test_a_worker_that_ends_a_phase_runs_the_next_phase_itself(engine):
+    workflow = engine.start(tasks=[{"name": "only", "type": "noop"}])
     [job] = engine.pending()
     engine.run(job)
-    engine.run(job)  # the broker delivers it again
-    only = task(workflow, "only")
-    assert (only.status, only.attempt) == (Status.SUCCEEDED, 1)
-    assert events(reload(workflow)) == ["start", "execute", "validate"]
-    engine.drain()
-    assert events(reload(workflow)) == ["start", "execute", "validate", "complete"]
+    assert reload(workflow).state == State.COMPLETE, "PREPARE, the task and VALIDATE in one job"
+    assert engine.pending() == []
+    workers = set(workflow.tasks.values_list("worker", flat=True))
+    assert len(workers) == 1 and set(workflow.tasks.values_list("attempt", flat=True)) == {1}
+
+
+def test_a_next_task_is_run_inline_only_if_its_timeout_fits_the_job(engine):
+    workflow = engine.start(tasks=[{"name": "long", "type": "noop", "timeout": 3600}])
+    engine.run(engine.pending()[0])  # PREPARE, whose job django-q2 gives 300 + 30 s
+    assert task(workflow, "long").status == Status.QUEUED
+    [job] = engine.pending()
+    assert tuple(job["args"]) == (task(workflow, "long").pk, 1)
+    engine.run(job)  # django-q2 gives this job 3,600 + 30 s: VALIDATE fits, and runs in it
+    assert reload(workflow).state == State.COMPLETE
 
 
 def test_a_second_claim_of_one_attempt_gets_nothing(engine):
@@ -61,28 +82,27 @@ def test_a_claim_takes_a_lease_and_names_the_worker(engine, settings):
 
 def test_recovery_requeues_a_task_whose_lease_expired(engine):
     workflow = engine.start(tasks=[{"name": "t", "type": "echo", "params": {"v": 2}}])
-    engine.run(engine.pending()[0])  # PREPARE
     [job] = engine.pending()
     claimed = services.task_claim(job["args"][0], job["args"][1], worker="doomed:1")
     assert claimed is not None  # ...and the worker is killed here, before it records anything
 
-    assert engine.call(services.recover) == {"expired": 0, "requeued": 0}, "the lease has not run out yet"
+    assert engine.call(services.recover)["expired"] == 0, "the lease has not run out yet"
     later = timezone.now() + timedelta(seconds=31)
-    assert engine.call(services.recover, now=later) == {"expired": 1, "requeued": 0}
-    t = task(workflow, "t")
-    assert (t.status, t.attempt) == (Status.QUEUED, 2)
-    assert "lease expired: doomed:1 stopped heartbeating" in t.error
+    assert engine.call(services.recover, now=later) == {"expired": 1, "requeued": 0, "moved_on": 0}
+    prepare = task(workflow, "prepare")
+    assert (prepare.status, prepare.attempt) == (Status.QUEUED, 2)
+    assert "lease expired: doomed:1 stopped heartbeating" in prepare.error
     engine.run(job)  # the dead worker's job, delivered again: it lost its claim
-    assert task(workflow, "t").attempt == 2
+    assert task(workflow, "prepare").attempt == 2
     engine.drain()
     t = task(workflow, "t")
-    assert (t.status, t.attempt, t.result) == (Status.SUCCEEDED, 2, {"v": 2})
+    assert (task(workflow, "prepare").status, t.status, t.result) == (Status.SUCCEEDED, Status.SUCCEEDED, {"v": 2})
     assert reload(workflow).state == State.COMPLETE
 
 
 def test_recovery_fails_the_workflow_when_attempts_are_used_up(engine):
-    workflow = engine.start(tasks=[{"name": "t", "type": "noop", "max_attempts": 1}])
-    engine.run(engine.pending()[0])
+    workflow = engine.start(tasks=[{"type": "noop"}, {"name": "t", "type": "noop", "max_attempts": 1}])
+    engine.run(engine.pending()[0])  # PREPARE, and noop-1 by the same worker
     [job] = engine.pending()
     services.task_claim(*job["args"], worker="doomed:1")
     engine.call(services.recover, now=timezone.now() + timedelta(minutes=5))
@@ -92,12 +112,33 @@ def test_recovery_fails_the_workflow_when_attempts_are_used_up(engine):
     assert workflow.transitions.get(event="fail").actor_label == "system"
 
 
+def test_recovery_moves_on_a_workflow_whose_worker_died_after_the_last_success(engine):
+    workflow = engine.start(tasks=[{"name": "a", "type": "echo", "params": {"v": 1}}, {"name": "b", "type": "noop"}])
+    prepare = services.task_claim(task(workflow, "prepare").pk, 1, worker="w:1")
+    assert engine.call(services.task_record, prepare, result={"p": 1}, stored='{"p": 1}').recorded
+    engine.pending()  # the EXECUTE jobs: taken by two workers at once
+    a, b = (services.task_claim(task(workflow, name).pk, 1, worker=f"w:{name}") for name in "ab")
+    assert engine.call(services.task_record, a, result={"v": 1}, stored='{"v": 1}').recorded
+    # b's worker records the success that ends EXECUTE, and is killed before it fires the
+    # transition to VALIDATE.
+    assert statements.succeed(b.pk, 1, workflow_id=workflow.pk, result=None, now=timezone.now()).phase_done
+    assert reload(workflow).state == State.EXECUTE
+    assert engine.call(services.recover) == {"expired": 0, "requeued": 0, "moved_on": 1}
+    workflow = reload(workflow)
+    assert (workflow.state, workflow.results["EXECUTE"]) == (State.VALIDATE, {"a": {"v": 1}, "b": None})
+    assert workflow.transitions.get(event="validate").actor_label == "system"
+    assert engine.call(services.recover)["moved_on"] == 0
+    engine.drain()
+    assert events(reload(workflow)) == ["start", "execute", "validate", "complete"]
+
+
 def test_recovery_resends_a_job_the_broker_lost(engine, settings):
     settings.ORCH_REQUEUE_SECONDS = 60
     workflow = engine.start(tasks=[])
     assert len(engine.pending()) == 1  # taken off the broker and lost with its worker
-    assert engine.call(services.recover) == {"expired": 0, "requeued": 0}
-    assert engine.call(services.recover, now=timezone.now() + timedelta(seconds=61)) == {"expired": 0, "requeued": 1}
+    assert engine.call(services.recover) == {"expired": 0, "requeued": 0, "moved_on": 0}
+    found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
+    assert found == {"expired": 0, "requeued": 1, "moved_on": 0}
     engine.drain()
     assert reload(workflow).state == State.COMPLETE
 

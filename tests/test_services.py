@@ -24,14 +24,13 @@ def test_auto_workflow_runs_every_phase_to_complete(engine):
     assert workflow.started_at <= workflow.finished_at
 
 
-def test_execute_fans_out_every_task_in_one_batch(engine):
+def test_the_worker_ending_prepare_runs_one_execute_task_and_fans_out_the_rest_in_one_batch(engine):
     workflow = engine.start(tasks=THREE_TASKS)
     [prepare_job] = engine.pending()
     engine.run(prepare_job)
-    fanned_out = engine.pending()
-    assert sorted(job["args"][0] for job in fanned_out) == sorted(
-        workflow.tasks.filter(phase=State.EXECUTE).values_list("pk", flat=True)
-    )
+    first, *others = workflow.tasks.filter(phase=State.EXECUTE).order_by("position")
+    assert first.status == Status.SUCCEEDED and first.worker == task(workflow, "prepare").worker
+    assert sorted(job["args"][0] for job in engine.pending()) == [t.pk for t in others]
     assert reload(workflow).state == State.EXECUTE
 
 
@@ -49,7 +48,7 @@ def test_a_failure_inside_a_service_leaves_neither_state_change_nor_audit_row(en
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "_queue_tasks", broken)
+    monkeypatch.setattr(services, "_enqueue_on_commit", broken)  # after the change, in its transaction
     with pytest.raises(RuntimeError):
         engine.call(services.workflow_start, workflow.pk, actor=Actor.SYSTEM)
     assert reload(workflow).state == State.INIT
@@ -120,10 +119,9 @@ def test_idempotency_key_returns_the_same_workflow_for_the_same_request(engine):
 def test_a_failing_task_is_retried_with_backoff_until_it_succeeds(engine, settings):
     settings.ORCH_RETRY_BACKOFF = 0.4
     workflow = engine.start(tasks=[{"name": "flaky", "type": "fail", "params": {"times": 2}, "max_attempts": 3}])
-    engine.run(engine.pending()[0])  # PREPARE
-    job = engine.pending()[0]
+    [job] = engine.pending()
     before = timezone.now()
-    engine.run(job)  # attempt 1 fails
+    engine.run(job)  # PREPARE, then attempt 1 of flaky (run by the same worker) fails
     after = timezone.now()
     flaky = task(workflow, "flaky")
     assert (flaky.status, flaky.attempt) == (Status.QUEUED, 2)
@@ -257,10 +255,9 @@ def test_queued_siblings_wait_for_the_retry_when_a_task_fails(engine):
             {"name": "later", "type": "noop"},
         ]
     )
-    engine.run(engine.pending()[0])  # PREPARE
-    bad_job, later_job = sorted(engine.pending(), key=lambda job: job["args"][0])
-    engine.run(bad_job)
+    engine.run(engine.pending()[0])  # PREPARE, then `bad` (run by the same worker) fails the workflow
     assert task(workflow, "later").status == Status.PENDING
+    [later_job] = engine.pending()
     engine.run(later_job)  # the sibling's job arrives after the failure: it must do nothing
     assert task(workflow, "later").status == Status.PENDING
     engine.call(services.workflow_retry, workflow.pk, actor=Actor.SYSTEM)
@@ -272,8 +269,14 @@ def test_queued_siblings_wait_for_the_retry_when_a_task_fails(engine):
 
 
 def test_cancel_during_execute_cancels_waiting_tasks_and_ignores_late_results(engine):
-    workflow = engine.start(tasks=[{"name": "a", "type": "echo", "params": {"v": 1}}, {"name": "b", "type": "noop"}])
-    engine.run(engine.pending()[0])  # PREPARE
+    workflow = engine.start(
+        tasks=[
+            {"name": "first", "type": "noop"},
+            {"name": "a", "type": "echo", "params": {"v": 1}},
+            {"name": "b", "type": "noop"},
+        ]
+    )
+    engine.run(engine.pending()[0])  # PREPARE, and `first` by the same worker
     running = services.task_claim(task(workflow, "a").pk, 1, worker="test")
     assert running is not None
     engine.call(services.workflow_cancel, workflow.pk, actor=Actor.CLI, reason="no longer needed")

@@ -12,12 +12,16 @@ class WorkflowsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django_q.signals import post_spawn  # imports django-q2's models
+
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
+        from .jobs import skip_connection_health_checks
 
         autodiscover_modules("workflow_tasks")
         for module in settings.ORCH_TASK_MODULES:
             import_module(module)
         post_migrate.connect(ensure_recovery_schedule, sender=self)
+        post_spawn.connect(skip_connection_health_checks)
 
 
 def ensure_recovery_schedule(using="default", **kwargs) -> None:

@@ -354,6 +354,7 @@ class Adapt:
 WORKFLOW_COLUMNS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "fingerprint", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+    "unfinished", "last_seq", "last_digest",
 ]  # fmt: skip
 TASK_COLUMNS = [
     "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
@@ -398,11 +399,22 @@ class Generator:
         retries = sum(1 for _, _, event in steps if event == "retry")
         failed_phase = State.VALIDATE if state == State.FAILED else (State.EXECUTE if retries else "")
         finished = created + timedelta(seconds=len(steps)) if state != State.EXECUTE else None
+        history, previous = [], ""
+        for seq, (source, target, event) in enumerate(steps, start=1):
+            at = created + timedelta(seconds=seq)
+            row = SimpleNamespace(
+                workflow_id=pk, seq=seq, source=source, target=target, event=event, actor_id=None,
+                actor_label="worker", reason="", data={}, created_at=at,
+            )  # fmt: skip
+            previous = audit.digest(row, previous)
+            history.append(
+                (workflow_id, seq, source, target, event, None, "worker", "", adapt.empty, when(at), previous)
+            )
         workflow = (
             workflow_id, f"{self.tag}-{index}", "default", state, "auto", adapt.json({"i": index}), adapt.empty,
             "validate: synthetic failure" if state == State.FAILED else "", retries, failed_phase,
             None, "", self.owner.pk, when(created), when(finished or created), when(created + timedelta(seconds=1)),
-            when(finished),
+            when(finished), int(state == State.EXECUTE), len(steps), previous,
         )  # fmt: skip
         tasks = []
         for position, ((phase, name, kind), status) in enumerate(zip(TASKS, TASK_STATUS[state], strict=True)):
@@ -428,17 +440,6 @@ class Generator:
                     None,
                     "",
                 )  # fmt: skip
-            )
-        history, previous = [], ""
-        for seq, (source, target, event) in enumerate(steps, start=1):
-            at = created + timedelta(seconds=seq)
-            row = SimpleNamespace(
-                workflow_id=pk, seq=seq, source=source, target=target, event=event, actor_id=None,
-                actor_label="worker", reason="", data={}, created_at=at,
-            )  # fmt: skip
-            previous = audit.digest(row, previous)
-            history.append(
-                (workflow_id, seq, source, target, event, None, "worker", "", adapt.empty, when(at), previous)
             )
         return workflow, tasks, history, pk
 

@@ -52,7 +52,8 @@ def default_prepare(ctx, params):
 @task_type("default.validate")
 def default_validate(ctx, params):
     """Check that every EXECUTE task succeeded."""
-    statuses = list(ctx.workflow.tasks.filter(phase=Task.Phase.EXECUTE).values_list("name", "status"))
+    tasks = Task.objects.filter(workflow_id=ctx.workflow_id, phase=Task.Phase.EXECUTE)
+    statuses = list(tasks.values_list("name", "status"))
     failed = [name for name, status in statuses if status != Task.Status.SUCCEEDED]
     if failed:
         raise ValueError(f"tasks did not succeed: {', '.join(failed)}")

@@ -1,8 +1,10 @@
 """django-q2 entry points. Thin: they take ids, load, and call the engine."""
 
+import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from . import queue, services
@@ -11,17 +13,72 @@ from .runner import run_handler, worker_name
 RECOVER_SCHEDULE = "workflows.recover"
 
 
+# A job runs at most this many tasks in a row: its own, then each next phase's first task
+# that its outcome releases, before the worker goes back to the queue.
+INLINE_LIMIT = 8
+# Time kept back from django-q2's timeout for the job (JOB_TIMEOUT_GRACE beyond its first
+# task's timeout) to record the last outcome.
+RECORD_MARGIN = 10
+
+
+class Chain:
+    """The tasks one job runs in a row. A worker that ends a phase runs the next phase's
+    first task itself, claimed in the same statement that queued it: no trip through the
+    broker, no separate claim. Each such task still runs under its own timeout, lease and
+    cancellation; it is taken only while it fits in what is left of django-q2's timeout
+    for the job, and at most INLINE_LIMIT in a row, so that other workflows' jobs are
+    not kept waiting long."""
+
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.began = time.monotonic()
+        self.ran = 0
+        self.backstop: float | None = None
+
+    def ran_one(self, task) -> None:
+        if self.backstop is None:  # the job's own task: django-q2 gave the job this long
+            self.backstop = int(task.timeout) + queue.JOB_TIMEOUT_GRACE
+        self.ran += 1
+
+    def next_claim(self):
+        left = self.backstop - (time.monotonic() - self.began) - RECORD_MARGIN
+        if self.ran >= INLINE_LIMIT or left < 1:
+            return None
+        return services.inline_claim(self.worker, left)
+
+
 def run_task(task_id: int, attempt: int) -> None:
-    """Run one attempt of a task. Delivered at least once: only the delivery that claims
-    the attempt runs it, and its outcome is recorded once."""
-    task = services.task_claim(task_id, attempt, worker=worker_name())
-    if task is None:
-        return
-    outcome = run_handler(task)
-    if outcome.stopped:
-        services.task_hand_back(task_id, attempt, workflow_id=task.workflow_id)
-        raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
-    services.task_finished(task_id, attempt, result=outcome.result, error=outcome.error, workflow_id=task.workflow_id)
+    """Run one attempt of a task, and the tasks its outcome hands to this worker. Delivered
+    at least once: only the delivery that claims the attempt runs it, and each outcome is
+    recorded once."""
+    chain = Chain(worker_name())
+    task = _claim(task_id, attempt, chain.worker)
+    while task is not None:
+        chain.ran_one(task)
+        outcome = run_handler(task)
+        if outcome.stopped:
+            services.task_hand_back(task.pk, task.attempt, workflow_id=task.workflow_id)
+            raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
+        recorded = services.task_record(
+            task, result=outcome.result, stored=outcome.stored, error=outcome.error, inline=chain.next_claim()
+        )
+        task = recorded.next_task
+
+
+def _claim(task_id: int, attempt: int, worker: str):
+    try:
+        return services.task_claim(task_id, attempt, worker=worker)
+    except (InterfaceError, OperationalError):
+        # Workers skip Django's connection health check (a SELECT 1 before every job):
+        # a connection the database dropped since the last job fails here instead, once.
+        connection.close()
+        return services.task_claim(task_id, attempt, worker=worker)
+
+
+def skip_connection_health_checks(**kwargs) -> None:
+    """Connected to django-q2's post_spawn signal: in worker processes, the first
+    statement of a job (the claim) stands in for the health check; see _claim."""
+    connection.settings_dict["CONN_HEALTH_CHECKS"] = False
 
 
 def recover() -> dict:

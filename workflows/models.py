@@ -77,6 +77,13 @@ class Workflow(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Kept by the engine so that a job decides the fan-in and writes the next audit row
+    # without reading the workflow's tasks or its log (see workflows.statements).
+    unfinished = models.PositiveIntegerField(
+        default=0, help_text="Tasks of the current phase that have not succeeded yet (the fan-in counter)."
+    )
+    last_seq = models.PositiveIntegerField(default=0, help_text="The seq of the latest audit row (the chain's head).")
+    last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of the latest audit row.")
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -178,6 +185,9 @@ class Task(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
 
+    # Not a column: the workflow's row as this task's claim saw it (workflows.statements).
+    snapshot = None
+
     class Meta:
         ordering = ["workflow", "position"]
         constraints = [
@@ -231,22 +241,21 @@ Actor.CLI = Actor("cli")
 
 
 class TransitionManager(models.Manager):
-    def record(
-        self, *, workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None
+    def build(
+        self, *, workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None, now=None
     ) -> "Transition":
-        """Append the audit row for a state change of `workflow`.
+        """The audit row of the change `workflow` has just made in memory (from `source` to
+        its state), chained to the workflow's head, which moves on to the new row.
 
-        The only way rows are written. Call it inside the transaction that saves the
-        change, with the workflow row locked, so seq numbers are gap-free and unique.
+        The only way rows are made. The engine writes the row in the statement that saves
+        the change (`workflows.statements.transition`), so that a row exists exactly when
+        its change was committed, and seq numbers are gap-free and unique.
         """
         from .audit import digest
 
-        last_seq, last_digest = self.filter(workflow=workflow).order_by("-seq").values_list(
-            "seq", "digest"
-        ).first() or (0, "")
         row = self.model(
             workflow=workflow,
-            seq=last_seq + 1,
+            seq=workflow.last_seq + 1,
             source=source,
             target=workflow.state,
             event=event,
@@ -254,9 +263,10 @@ class TransitionManager(models.Manager):
             actor_label=actor.label,
             reason=reason,
             data=data or {},
+            created_at=now or timezone.now(),
         )
-        row.digest = digest(row, last_digest)
-        row.save(force_insert=True)
+        row.digest = digest(row, workflow.last_digest)
+        workflow.last_seq, workflow.last_digest = row.seq, row.digest
         return row
 
 

@@ -101,18 +101,36 @@ def definition_keys() -> list[str]:
 
 
 class TaskContext:
-    """What a handler knows of its surroundings."""
+    """What a handler knows of its surroundings. The workflow (and with it `input` and
+    `results`) is read from the database when a handler first asks for it: a handler that
+    needs none of it costs no query."""
 
-    def __init__(self, *, workflow, task, cancelled: Callable[[], bool]):
-        self.workflow = workflow
+    def __init__(self, *, task, cancelled: Callable[[], bool], workflow=None):
         self.task = task
+        self.workflow_id = task.workflow_id
         self.attempt = task.attempt
-        self.input = workflow.input
-        self.results = workflow.results
         self.logger = logging.getLogger(f"workflows.task.{task.type}")
         self._cancelled = cancelled
+        self._workflow = workflow
+
+    @property
+    def workflow(self):
+        if self._workflow is None:
+            from .models import Workflow
+
+            self._workflow = Workflow.objects.get(pk=self.workflow_id)
+        return self._workflow
+
+    @property
+    def input(self) -> dict:
+        return self.workflow.input
+
+    @property
+    def results(self) -> dict:
+        """The results of the phases before this one, by phase."""
+        return self.workflow.results
 
     def cancelled(self) -> bool:
-        """True once the workflow was cancelled (or this attempt was taken back):
-        a long handler should check it and return early."""
+        """True once the workflow's cancel was committed, or once recovery took this
+        attempt back: a long handler should check it and return early."""
         return self._cancelled()

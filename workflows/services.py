@@ -1,17 +1,25 @@
 """The engine: every state change of a workflow goes through one of these functions.
 
 Each one runs in `transaction.atomic()`, locks the workflow row, fires the django-fsm
-transition, saves, writes the audit row through `Transition.objects.record` and
-enqueues jobs with `transaction.on_commit`, so that a job never sees a rolled-back row
+transition, and commits it with `_commit_change`: the workflow row, its audit row (made
+by `Transition.objects.build`) and the next phase's tasks are written together, and
+jobs are sent with `transaction.on_commit`, so that a job never sees a rolled-back row
 and an audit row exists exactly when its state change was committed.
+
+The exception is the hot path (`task_claim`, `task_record`): a worker records a success
+and, when it ended a phase, fires the next transition without a lock, as a
+compare-and-set on the workflow's chain head (workflows.statements), which loses to any
+change made meanwhile. What each step costs the database is pinned by tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
 
@@ -22,7 +30,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import queue
+from . import queue, statements
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
@@ -128,13 +136,34 @@ def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int)
     )
 
 
-def _create_tasks(workflow: Workflow, definition, specs: list[dict]) -> None:
+def _tasks(workflow: Workflow, definition, specs: list[dict]) -> list[Task]:
+    """The workflow's tasks, in order: its definition's PREPARE handler, its EXECUTE
+    tasks, its definition's VALIDATE handler."""
     rows = [Task(workflow=workflow, phase=State.EXECUTE, position=i + 1, **spec) for i, spec in enumerate(specs)]
     if definition.prepare:
         rows.insert(0, _phase_task(workflow, State.PREPARE, definition.prepare, 0))
     if definition.validate:
         rows.append(_phase_task(workflow, State.VALIDATE, definition.validate, len(specs) + 1))
-    Task.objects.bulk_create(rows)
+    return rows
+
+
+def _create_tasks(workflow: Workflow, definition, specs: list[dict]) -> None:
+    Task.objects.bulk_create(_tasks(workflow, definition, specs))
+
+
+def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None:
+    """Insert a workflow already started: in PREPARE, with its first audit row and its
+    PREPARE task queued, as `start` would leave them (one statement on PostgreSQL, and
+    nothing read back)."""
+    now = timezone.now()
+    workflow.start()
+    row = Transition.objects.build(workflow=workflow, source=State.INIT, event="start", actor=actor, now=now)
+    first = [task for task in tasks if task.phase == workflow.state]
+    for task in first:
+        task.status, task.attempt, task.queued_at = Status.QUEUED, 1, now
+    workflow.unfinished = len(first)
+    queued = statements.create(workflow, tasks, row)
+    _enqueue_on_commit([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in queued])
 
 
 def _fingerprint(**request) -> str:
@@ -199,21 +228,28 @@ def workflow_create(
         existing = _existing_for_key(idempotency_key, fingerprint)
         if existing:
             return existing, False
+    workflow = Workflow(
+        name=name,
+        definition=definition,
+        mode=mode,
+        input=input,
+        idempotency_key=idempotency_key or None,
+        fingerprint=fingerprint,
+        created_by=actor.user,
+    )
+    workflow.updated_at = workflow.created_at
+    tasks = _tasks(workflow, definition_obj, specs)
+    # Only a repeated idempotency key can break a constraint: then a savepoint keeps an
+    # enclosing transaction usable for looking up the workflow that has the key.
     try:
-        with transaction.atomic():
-            workflow = Workflow.objects.create(
-                name=name,
-                definition=definition,
-                mode=mode,
-                input=input,
-                idempotency_key=idempotency_key or None,
-                fingerprint=fingerprint,
-                created_by=actor.user,
-            )
-            _create_tasks(workflow, definition_obj, specs)
-            if start:
-                _fire(workflow, "start", actor)
-                _enter_phase(workflow, actor)
+        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
+            if start and any(task.phase == State.PREPARE for task in tasks):
+                _insert_started(workflow, tasks, actor)
+            else:
+                with transaction.atomic():
+                    statements.create(workflow, tasks)
+                    if start:  # a definition without PREPARE work: `start` moves on at once
+                        _fire(workflow, "start", actor)
     except IntegrityError:
         # Another request with the same idempotency key committed first.
         existing = idempotency_key and _existing_for_key(idempotency_key, fingerprint)
@@ -265,27 +301,71 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
 
 
 def _locked(workflow_id: UUID | str) -> Workflow:
-    # Without the lock, two deliveries of the last EXECUTE task's job, or a `next` racing
-    # a worker, could both see the phase finished and advance the workflow twice.
+    # Without the lock, two requests could both see a state that allows their change and
+    # both make it (a `next` racing a worker, two retries); a worker ending a phase, which
+    # takes no lock, loses any such race through the compare-and-set in
+    # statements.transition.
     return Workflow.objects.select_for_update().get(pk=workflow_id)
 
 
-# What a transition (or the end of a phase) may change on the workflow row.
-TRANSITION_FIELDS = ["state", "results", "error", "retries", "failed_phase", "started_at", "finished_at", "updated_at"]
+class ConcurrentChange(WorkflowError):
+    """The workflow changed between reading it and writing a transition computed from it."""
+
+    def __init__(self, message: str, *, recorded: bool = True):
+        super().__init__(message)
+        self.recorded = recorded  # a success given with the transition was recorded all the same
 
 
-def _save_and_record(workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None):
-    workflow.save(update_fields=TRANSITION_FIELDS)
-    Transition.objects.record(workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data)
+def _commit_change(
+    workflow: Workflow, source: str, event: str, actor: Actor, *, reason="", data=None, inline=None, succeeded=None
+) -> Task | None:
+    """Write the change `workflow` has made in memory: the workflow row, its audit row and,
+    when it entered a phase, that phase's tasks' next attempts (one statement on
+    PostgreSQL, with `succeeded` the success of the task that ended the phase too); their
+    jobs are sent once the change is committed. Returns the task claimed for `inline`."""
+    now = timezone.now()
+    previous_seq = workflow.last_seq
+    row = Transition.objects.build(
+        workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data, now=now
+    )
+    written = statements.transition(
+        workflow=workflow,
+        row=row,
+        previous_seq=previous_seq,
+        now=now,
+        queue_phase=workflow.state in PHASES,
+        fresh_budget=event == "retry",
+        inline=inline,
+        succeeded=succeeded,
+    )
+    if written.unfinished is None:
+        raise ConcurrentChange(
+            f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
+        )
+    workflow.unfinished, workflow.updated_at = written.unfinished, now
+    _enqueue_on_commit(
+        [queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in written.queued]
+    )
+    if written.inline is None:
+        return None
+    written.inline.workflow_row = statements.WorkflowRow.of(workflow)
+    return written.inline.instance()
 
 
-def _fire(workflow: Workflow, event: str, actor: Actor, *, reason: str = "", data=None, **kwargs) -> None:
+def _fire(workflow: Workflow, event: str, actor: Actor, *, reason="", data=None, inline=None, succeeded=None, **kwargs):
+    """Fire the django-fsm transition `event` and commit it; a phase it enters with nothing
+    left to run is finished at once. Returns the task claimed for `inline`, if any."""
     source = workflow.state
     try:
         getattr(workflow, event)(**kwargs)
     except TransitionNotAllowed:
         raise InvalidTransition(workflow, event) from None
-    _save_and_record(workflow, source, event, actor, reason, data)
+    claimed = _commit_change(
+        workflow, source, event, actor, reason=reason, data=data, inline=inline, succeeded=succeeded
+    )
+    if workflow.state in PHASES and workflow.unfinished == 0:
+        return _finish_phase(workflow, actor, EMPTY_PHASE_RESULTS.get(workflow.state), inline=inline)
+    return claimed
 
 
 def _send(jobs: list[queue.Job]) -> None:
@@ -302,12 +382,10 @@ def _enqueue_on_commit(jobs: list[queue.Job]) -> None:
         transaction.on_commit(lambda: _send(jobs))
 
 
-def _queue_tasks(
-    tasks: list[Task], *, fresh_budget: bool = False, charge: bool = True, eta=None, error: str | None = None
-) -> None:
+def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None) -> None:
     """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs after
-    commit. `fresh_budget` starts a new budget of attempts (workflow retry); `charge=False`
-    keeps the attempt from counting against it (a handed-back attempt)."""
+    commit. `charge=False` keeps the attempt from counting against the budget (a
+    handed-back attempt)."""
     changes = {
         "status": Status.QUEUED,
         "attempt": F("attempt") + 1,
@@ -317,8 +395,6 @@ def _queue_tasks(
         "lease_expires_at": None,
         "worker": "",
     }
-    if fresh_budget:
-        changes["attempt_offset"] = F("attempt")  # SQL reads the attempt before this UPDATE's increment
     if not charge:
         changes["attempt_offset"] = F("attempt_offset") + 1
     if error is not None:
@@ -327,47 +403,42 @@ def _queue_tasks(
     _enqueue_on_commit([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
 
 
-def _phase_finished(workflow: Workflow) -> bool:
-    return not workflow.tasks.filter(phase=workflow.state).exclude(status=Status.SUCCEEDED).exists()
+# The results of a phase that had no work to do.
+EMPTY_PHASE_RESULTS = {State.EXECUTE: {}}
 
 
-def _enter_phase(workflow: Workflow, actor: Actor, *, fresh_budget: bool = False) -> None:
-    """Queue the work of the phase the workflow just entered; a phase with nothing left
-    to run is finished at once."""
-    runnable = list(workflow.tasks.filter(phase=workflow.state).exclude(status__in=[Status.SUCCEEDED, Status.RUNNING]))
-    if runnable:
-        _queue_tasks(runnable, fresh_budget=fresh_budget)
-    elif _phase_finished(workflow):
-        _finish_phase(workflow, actor)
-
-
-def _finish_phase(workflow: Workflow, actor: Actor) -> None:
-    """Store the phase's results; in automatic mode, move on to the next phase."""
-    phase = workflow.state
-    rows = workflow.tasks.filter(phase=phase).values_list("name", "result")
-    workflow.results = {**workflow.results, phase: dict(rows) if phase == State.EXECUTE else _single(rows)}
-    if workflow.mode == Workflow.Mode.MANUAL:
-        workflow.save(update_fields=["results", "updated_at"])
-        return
-    _advance(workflow, actor)
-
-
-def _single(rows):
+def _phase_results(workflow: Workflow):
+    """The results of the current phase's tasks: by task name for EXECUTE, the one
+    handler's result for PREPARE and VALIDATE."""
+    rows = statements.results(workflow.pk, workflow.state)
+    if workflow.state == State.EXECUTE:
+        return dict(rows)
     results = [result for _, result in rows]
     return results[0] if len(results) == 1 else results or None
 
 
-def _advance(workflow: Workflow, actor: Actor) -> None:
-    _fire(workflow, PHASE_EVENTS[workflow.state], actor)
-    if workflow.state in PHASES:
-        _enter_phase(workflow, actor)
+def _finish_phase(workflow: Workflow, actor: Actor, phase_results, *, inline=None, succeeded=None) -> Task | None:
+    """The current phase's work is done (or, with `succeeded`, will be with that success):
+    keep its results and, in automatic mode, move on to the next phase. Returns the task
+    claimed for `inline`, if any."""
+    phase = workflow.state
+    workflow.results = {**workflow.results, phase: phase_results}
+    if workflow.mode == Workflow.Mode.MANUAL:
+        kept = Workflow.objects.filter(pk=workflow.pk, state=phase, last_seq=workflow.last_seq)
+        if not kept.update(results=workflow.results, updated_at=timezone.now()):
+            raise ConcurrentChange(f"workflow {workflow.pk} changed while its {phase} results were being kept")
+        return None
+    return _advance(workflow, actor, inline=inline, succeeded=succeeded)
+
+
+def _advance(workflow: Workflow, actor: Actor, *, inline=None, succeeded=None) -> Task | None:
+    return _fire(workflow, PHASE_EVENTS[workflow.state], actor, inline=inline, succeeded=succeeded)
 
 
 def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
     with transaction.atomic():
         workflow = _locked(workflow_id)
         _fire(workflow, "start", actor)
-        _enter_phase(workflow, actor)
     return workflow
 
 
@@ -379,7 +450,7 @@ def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
             raise InvalidTransition(workflow, "next", "next is only for workflows in manual mode")
         if workflow.state not in PHASE_EVENTS:
             raise InvalidTransition(workflow, "next", f"a workflow in state {workflow.state} has no next step")
-        if workflow.state in PHASES and not _phase_finished(workflow):
+        if workflow.state in PHASES and workflow.unfinished:
             raise InvalidTransition(workflow, "next", f"the {workflow.state} phase's work has not finished")
         _advance(workflow, actor)
     return workflow
@@ -391,7 +462,6 @@ def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
     with transaction.atomic():
         workflow = _locked(workflow_id)
         _fire(workflow, "retry", actor, data={"phase": workflow.failed_phase})
-        _enter_phase(workflow, actor, fresh_budget=True)
     return workflow
 
 
@@ -421,19 +491,22 @@ def workflow_delete(workflow_id, *, actor: Actor) -> None:
 # --- Tasks (called by jobs) ------------------------------------------------------------
 
 
+def _lease(now):
+    return now + timedelta(seconds=settings.ORCH_LEASE_SECONDS)
+
+
 def task_claim(task_id: int, attempt: int, *, worker: str) -> Task | None:
     """Take a queued attempt for this worker. None when another delivery of the same job
     got there first, or the attempt is no longer wanted."""
     now = timezone.now()
-    claimed = Task.objects.filter(pk=task_id, status=Status.QUEUED, attempt=attempt).update(
-        status=Status.RUNNING,
-        started_at=now,
-        lease_expires_at=now + timedelta(seconds=settings.ORCH_LEASE_SECONDS),
-        worker=worker,
-    )
-    if claimed != 1:
-        return None
-    return Task.objects.select_related("workflow").get(pk=task_id)
+    claimed = statements.claim(task_id, attempt, worker=worker, now=now, lease=_lease(now))
+    return claimed.instance() if claimed else None
+
+
+def inline_claim(worker: str, max_timeout: float) -> statements.Inline:
+    """Ask a transition to claim the entered phase's first task (if its timeout is at
+    most `max_timeout`) for `worker`, which will run it itself."""
+    return statements.Inline(worker=worker, lease=_lease(timezone.now()), max_timeout=max_timeout)
 
 
 def task_heartbeat(task_id: int, attempt: int) -> bool:
@@ -469,35 +542,82 @@ def backoff_delay(failed_attempts: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None, workflow_id=None) -> bool:
-    """Record the outcome of one attempt, once, and move the workflow on.
+@dataclass
+class Recorded:
+    recorded: bool  # False: a second delivery, or an attempt taken back by recovery
+    next_task: Task | None = None  # claimed for the worker by the transition this outcome caused
 
-    Returns False when the outcome was not recorded (a second delivery of the job, or an
-    attempt taken back by recovery). A result that arrives after the workflow left the
-    task's phase (cancelled, failed) is recorded and changes nothing. Jobs pass the
-    workflow's id, which spares a query on the hot path.
+
+def task_record(task: Task, *, result=None, stored: str | None = None, error: str | None = None, inline=None):
+    """Record the outcome of one attempt of `task` (claimed), once, and move the workflow on.
+
+    A success is `result` with `stored`, its JSON text (see runner.storable); a failure
+    is `error`. A result that arrives after the workflow left the task's phase
+    (cancelled, failed) is recorded and changes nothing. With `inline`
+    (services.inline_claim), a transition this outcome causes may claim the next phase's
+    first task for the same worker.
+
+    A success that ends its phase moves the workflow on without a lock: the change is
+    computed from the workflow's row as a statement returned it, and written as a
+    compare-and-set on its chain head, which loses to any change made meanwhile (a
+    cancel, recovery), and then this worker stops there. When the claim already showed
+    this task to be the last of its phase, the success and the change are one statement.
     """
-    if workflow_id is None:
-        workflow_id = Task.objects.filter(pk=task_id).values_list("workflow_id", flat=True).first()
-        if workflow_id is None:
-            return False
+    if error is not None:
+        return Recorded(_record_failure(task.pk, task.attempt, error, task.workflow_id))
+    now = timezone.now()
+    if task.snapshot is not None and task.snapshot.last_of_phase(task.phase):
+        succeeded = statements.Succeeded(task.pk, task.attempt, stored)
+        workflow = task.snapshot.workflow(task.workflow_id)
+        try:
+            return Recorded(
+                True, _finish_phase(workflow, Actor.WORKER, _results(task, result), inline=inline, succeeded=succeeded)
+            )
+        except ConcurrentChange as lost:
+            if not lost.recorded:
+                return Recorded(False)
+            fan_in = statements.count_out(task.workflow_id, task.phase)  # recorded: count it out as usual
+    else:
+        fan_in = statements.succeed(task.pk, task.attempt, workflow_id=task.workflow_id, result=stored, now=now)
+        if fan_in is None:
+            return Recorded(False)
+    if not fan_in.phase_done:
+        return Recorded(True)
+    workflow = fan_in.workflow_row.workflow(task.workflow_id)
+    try:
+        return Recorded(True, _finish_phase(workflow, Actor.WORKER, _results(task, result), inline=inline))
+    except ConcurrentChange:
+        return Recorded(True)
+
+
+def _results(task: Task, result):
+    """The results of the phase `task` ends with `result`: PREPARE and VALIDATE have one
+    task; EXECUTE's come by name, this one's perhaps not yet written."""
+    if task.phase != State.EXECUTE:
+        return result
+    return {**dict(statements.results(task.workflow_id, task.phase)), task.name: result}
+
+
+def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None, workflow_id=None) -> bool:
+    """Record the outcome of one attempt (for callers that hold no claimed Task); False
+    when it was not recorded."""
+    task = Task.objects.filter(pk=task_id).only("pk", "workflow_id", "phase", "name").first()
+    if task is None:
+        return False
+    task.attempt = attempt
+    if error is not None:
+        return task_record(task, error=error).recorded
+    return task_record(task, result=result, stored=None if result is None else json.dumps(result)).recorded
+
+
+def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool:
     with transaction.atomic():
         workflow = _locked(workflow_id)
-        running = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt)
-        if error is not None:
-            task = running.first()
-            if task is None:
-                return False
-            _attempt_failed(workflow, task, error, Actor.WORKER)
-            return True
-        # A success is one conditional update: it matches only while this attempt holds the task.
-        outcome = {"status": Status.SUCCEEDED, "result": result, "error": "", "lease_expires_at": None}
-        outcome["finished_at"] = timezone.now()
-        if running.filter(phase=workflow.state).update(**outcome):
-            if _phase_finished(workflow):
-                _finish_phase(workflow, Actor.WORKER)
-            return True
-        return running.update(**outcome) == 1  # late: recorded, and the workflow stays where it is
+        task = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).first()
+        if task is None:
+            return False
+        _attempt_failed(workflow, task, error, Actor.WORKER)
+    return True
 
 
 def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) -> None:
@@ -531,8 +651,9 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) ->
 
 
 def recover(*, now=None) -> dict:
-    """Take back attempts whose worker stopped heartbeating (killed, machine lost) and
-    re-send jobs of attempts queued long ago whose job was lost by the broker."""
+    """Take back attempts whose worker stopped heartbeating (killed, machine lost), re-send
+    jobs of attempts queued long ago whose job was lost by the broker, and move on
+    workflows whose phase's work is done but whose worker died before it moved them on."""
     now = now or timezone.now()
     expired = list(
         Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list("pk", "workflow_id", "attempt")
@@ -547,7 +668,23 @@ def recover(*, now=None) -> dict:
             if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
                 requeued += 1
                 _enqueue_on_commit([queue.task_job(task.pk, task.attempt, task.timeout)])
-    return {"expired": len(expired), "requeued": requeued}
+    return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
+
+
+def _move_on_finished_phases() -> int:
+    """A worker records the success that ends a phase and then, in a second statement,
+    fires the transition; killed in between, it leaves an automatic workflow whose phase
+    is done and that nothing moves on. (Caught in the act instead, the worker's
+    compare-and-set loses to this, and nothing happens twice.)"""
+    done = Workflow.objects.filter(state__in=PHASES, mode=Workflow.Mode.AUTO, unfinished=0).values_list("pk", flat=True)
+    moved = 0
+    for workflow_id in list(done):
+        with transaction.atomic():
+            workflow = _locked(workflow_id)
+            if workflow.state in PHASES and workflow.mode == Workflow.Mode.AUTO and workflow.unfinished == 0:
+                _finish_phase(workflow, Actor.SYSTEM, _phase_results(workflow))
+                moved += 1
+    return moved
 
 
 def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:

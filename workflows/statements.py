@@ -1,0 +1,482 @@
+"""The hot path's SQL, in one place: each step of a task's life is one named statement.
+
+    create       a workflow with its tasks, and when it starts, its first audit row and
+                 its PREPARE task queued: inserted as they will be, nothing read back
+    claim        a queued attempt becomes RUNNING for one worker; it comes back to the
+                 worker with what a transition of its workflow needs
+    succeed      a success is recorded and the workflow's fan-in counter goes down by one
+    results      the results of the EXECUTE tasks, read when that phase ends
+    transition   a state change: the workflow row (compared and set on its chain head),
+                 its audit row and, entering a phase, that phase's tasks queued (one of
+                 them claimed for the worker that made the change); a worker whose task
+                 is the last of its phase records the success in the same statement
+
+What these cost is the orchestrator's speed (every statement is a round trip) and its
+ceiling across machines (one PostgreSQL's statements per second ÷ statements per task),
+so each is one statement on PostgreSQL. SQLite cannot write two tables in one statement:
+there the parts of `create`, `claim`, `succeed` and `transition` run in order, in one
+transaction where they write, so both databases run the same SQL text.
+
+A statement that writes both a task and its workflow locks the workflow's row first, as
+the services' transactions do (`services._locked`), so that the two never deadlock.
+
+Values go in as the database stores them: JSON as text (already serialised and checked,
+see `runner.storable`), UUIDs and times through Django's own adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+TASK_COLUMNS = (
+    "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
+    "max_attempts", "timeout", "worker", "started_at", "lease_expires_at",
+)  # fmt: skip
+# What a transition computed in memory needs of its workflow: its results only when they
+# are about to be extended with the phase's (`{results_when}` says when).
+WORKFLOW_COLUMNS_READ = (
+    "state", "mode", "unfinished", "last_seq", "last_digest", "error", "retries", "failed_phase", "started_at",
+    "finished_at", "results",
+)  # fmt: skip
+
+
+def _columns(columns: tuple, prefix: str = "") -> str:
+    return ", ".join(prefix + column for column in columns)
+
+
+def _workflow_columns(prefix: str = "", results_when: str = "TRUE") -> str:
+    return f"{_columns(WORKFLOW_COLUMNS_READ[:-1], prefix)}, CASE WHEN {results_when} THEN {prefix}results END"
+
+
+# --- claim ------------------------------------------------------------------------------------
+
+CLAIMED = (
+    "status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s"
+)
+# A claim need not be durable: one lost with a crash of the database only means that the
+# job runs again (recovery re-sends a task left QUEUED), and the outcome that follows is
+# committed synchronously, which flushes the claim too. So on PostgreSQL the claim's
+# commit does not wait for the disk: set_config(..., true) is SET LOCAL, within the one
+# statement.
+CLAIM = f"""
+UPDATE workflows_task AS task SET {CLAIMED}
+FROM workflows_workflow AS workflow
+WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
+    AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+RETURNING {_columns(TASK_COLUMNS, "task.")}, {_workflow_columns("workflow.", "workflow.unfinished = 1")}"""
+# SQLite: the claim, then (SQLite's RETURNING cannot name another table) the workflow.
+CLAIM_TASK = f"""
+UPDATE workflows_task SET {CLAIMED}
+WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
+RETURNING {_columns(TASK_COLUMNS)}"""
+WORKFLOW = f"SELECT {_workflow_columns(results_when='unfinished = 1')} FROM workflows_workflow WHERE id = %(workflow)s"
+
+# --- succeed ----------------------------------------------------------------------------------
+
+LOCK_WORKFLOW = "SELECT id FROM workflows_workflow WHERE id = %(workflow)s FOR UPDATE"
+TASK_SUCCEEDED = """
+UPDATE workflows_task
+SET status = 'SUCCEEDED', result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL
+WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s {and_locked}
+RETURNING phase"""
+# Only a success in the workflow's current phase lowers the counter. The row is updated
+# anyway, so that the success waits for (or holds back) a transaction that counts the
+# phase's tasks, such as a retry.
+FAN_IN = f"""
+UPDATE workflows_workflow
+SET unfinished = CASE WHEN state = {{phase}} AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+{{from_done}} WHERE id = %(workflow)s
+RETURNING state = {{phase}}, {_workflow_columns(results_when="state = {phase} AND unfinished = 0")}"""
+
+# --- results ----------------------------------------------------------------------------------
+
+RESULTS = (
+    "SELECT name, result FROM workflows_task WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position"
+)
+
+# --- transition -------------------------------------------------------------------------------
+
+# The workflow row, only while it is still in the state, and at the head of its audit
+# chain, that the change was computed from: a caller that holds no lock (a worker ending
+# a phase) loses to any change made meanwhile.
+CHANGE = """
+UPDATE workflows_workflow
+SET state = %(target)s, results = %(results)s, error = %(error)s, retries = %(retries)s,
+    failed_phase = %(failed_phase)s, started_at = %(started_at)s, finished_at = %(finished_at)s,
+    updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
+    unfinished = (SELECT COUNT(*) FROM workflows_task
+                  WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
+WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s {and_last}
+RETURNING unfinished"""
+AUDIT = """
+INSERT INTO workflows_transition
+    (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
+SELECT %(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s, %(data)s,
+    %(created_at)s, %(digest)s {from_change}"""
+# The entered phase's tasks that still have work to do get their next attempt; the first
+# that fits `inline_timeout` (`pick`) may go straight to RUNNING for the worker that made
+# the change, which runs it itself instead of sending it through the broker.
+RUNNABLE = "workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING')"
+PICK = f"""pick AS (
+    SELECT id FROM workflows_task WHERE {RUNNABLE} AND timeout <= %(inline_timeout)s ORDER BY position LIMIT 1)"""
+QUEUED = "status = 'QUEUED', started_at = NULL, lease_expires_at = NULL, worker = ''"
+QUEUED_OR_PICKED = """status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+    started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
+    lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN %(lease)s END,
+    worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END"""
+QUEUE = f"""
+UPDATE workflows_task
+SET {{status}}, attempt = attempt + 1, attempt_offset = {{offset}}, queued_at = %(now)s, finished_at = NULL
+WHERE {RUNNABLE} {{and_changed}}
+RETURNING {_columns(TASK_COLUMNS)}"""
+
+
+def _postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _fetch(sql: str, params) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _one(sql: str, params) -> tuple | None:
+    rows = _fetch(sql, params)
+    return rows[0] if rows else None
+
+
+# --- Values in and out --------------------------------------------------------------------
+
+
+def db_time(value: datetime | None):
+    return None if value is None else connection.ops.adapt_datetimefield_value(value)
+
+
+def db_uuid(value) -> str | uuid.UUID:
+    # SQLite keeps UUIDs as 32 hex digits, PostgreSQL as its own type: Django's field knows.
+    from .models import Workflow
+
+    return Workflow._meta.pk.get_db_prep_value(value, connection)
+
+
+def from_time(value) -> datetime | None:
+    """SQLite hands times back in UTC without a zone (as text, or parsed by its declared
+    type); PostgreSQL's driver as aware datetimes."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        return timezone.make_aware(value, UTC)
+    return value
+
+
+def from_json(value):
+    """PostgreSQL's driver hands jsonb to Django as text, as SQLite does."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass
+class WorkflowRow:
+    """A workflow's row as a statement returned it: enough to compute its next transition
+    in memory and write it without reading the workflow again."""
+
+    values: dict
+
+    @classmethod
+    def read(cls, row) -> WorkflowRow:
+        values = dict(zip(WORKFLOW_COLUMNS_READ, row, strict=True))
+        values["results"] = from_json(values["results"])
+        values["started_at"], values["finished_at"] = from_time(values["started_at"]), from_time(values["finished_at"])
+        return cls(values)
+
+    @classmethod
+    def of(cls, workflow) -> WorkflowRow:
+        return cls({name: getattr(workflow, name) for name in WORKFLOW_COLUMNS_READ})
+
+    def last_of_phase(self, phase: str) -> bool:
+        """True when a task of `phase` is the only one of its phase not yet succeeded, and
+        the workflow moves on by itself once it succeeds."""
+        return self.values["state"] == phase and self.values["unfinished"] == 1 and self.values["mode"] == "auto"
+
+    def workflow(self, workflow_id):
+        from .models import Workflow
+
+        workflow = Workflow(id=workflow_id, **self.values)
+        workflow._state.adding, workflow._state.db = False, connection.alias
+        return workflow
+
+
+@dataclass
+class ClaimedTask:
+    """A task as a claim (or a transition's inline claim) returns it."""
+
+    values: dict
+    workflow_row: WorkflowRow | None = None
+
+    def instance(self):
+        """The Task, with `snapshot`: its workflow's row as the claim saw it."""
+        from .models import Task
+
+        values = dict(self.values)
+        values["workflow_id"] = uuid.UUID(str(values["workflow_id"]))
+        values["params"] = from_json(values["params"])
+        values["started_at"], values["lease_expires_at"] = (
+            from_time(values["started_at"]),
+            from_time(values["lease_expires_at"]),
+        )
+        task = Task(**values)
+        task._state.adding, task._state.db = False, connection.alias
+        task.snapshot = self.workflow_row
+        return task
+
+
+def _task(row: tuple, workflow_row: WorkflowRow | None = None) -> ClaimedTask:
+    return ClaimedTask(dict(zip(TASK_COLUMNS, row, strict=True)), workflow_row)
+
+
+# --- create -----------------------------------------------------------------------------------
+
+WORKFLOW_COLUMNS = (
+    "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
+    "idempotency_key", "fingerprint", "created_by_id", "created_at", "updated_at", "started_at", "finished_at",
+    "unfinished", "last_seq", "last_digest",
+)  # fmt: skip
+INSERTED_TASK_COLUMNS = (
+    "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
+    "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
+    "worker",
+)  # fmt: skip
+TRANSITION_COLUMNS = (
+    "workflow_id", "seq", "source", "target", "event", "actor_id", "actor_label", "reason", "data", "created_at",
+    "digest",
+)  # fmt: skip
+
+
+def _insert(model, columns: tuple, instances: list, returning: str = "") -> tuple[str, list]:
+    """An INSERT of `instances`, their values prepared by the model's own fields."""
+    fields = [model._meta.get_field(column.removesuffix("_id")) for column in columns]
+    marks = ", ".join(["%s"] * len(columns))
+    values = [field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in instances for field in fields]
+    rows = ", ".join([f"({marks})"] * len(instances))
+    return f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) VALUES {rows} {returning}", values
+
+
+def create(workflow, tasks: list, row=None) -> list[ClaimedTask]:
+    """`create`: insert `workflow` with its `tasks` (and `row`, its first audit row, when it
+    was started in memory), as they are; returns the tasks inserted as QUEUED."""
+    from .models import Task, Transition, Workflow
+
+    parts = [_insert(Workflow, WORKFLOW_COLUMNS, [workflow])]
+    if tasks:
+        parts.append(_insert(Task, INSERTED_TASK_COLUMNS, tasks, f"RETURNING {_columns(TASK_COLUMNS)}"))
+    if row is not None:
+        parts.append(_insert(Transition, TRANSITION_COLUMNS, [row]))
+    if _postgres():
+        names = ["workflow", "tasks", "audit"][: len(parts)]
+        ctes = ", ".join(f"{name} AS ({sql})" for name, (sql, _) in zip(names, parts, strict=True))
+        tail = f"SELECT {_columns(TASK_COLUMNS)} FROM tasks" if tasks else "SELECT 1 FROM workflow WHERE FALSE"
+        rows = _fetch(f"WITH {ctes} {tail}", [value for _, values in parts for value in values])
+    else:
+        with transaction.atomic(savepoint=False):
+            rows = [task for sql, values in parts for task in _fetch(sql, values)]
+    workflow._state.adding, workflow._state.db = False, connection.alias
+    return [task for task in map(_task, rows) if task.values["status"] == "QUEUED"]
+
+
+# --- claim ------------------------------------------------------------------------------------
+
+
+def claim(task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
+    """`claim`: QUEUED → RUNNING for this attempt and worker; None when another delivery
+    of the job got there first or the attempt is no longer wanted."""
+    params = {"task": task_id, "attempt": attempt, "worker": worker, "now": db_time(now), "lease": db_time(lease)}
+    if _postgres():
+        row = _one(CLAIM, params)
+        return _task(row[: len(TASK_COLUMNS)], WorkflowRow.read(row[len(TASK_COLUMNS) :])) if row else None
+    row = _one(CLAIM_TASK, params)
+    if row is None:
+        return None
+    claimed = _task(row)
+    claimed.workflow_row = WorkflowRow.read(_one(WORKFLOW, {"workflow": claimed.values["workflow_id"]}))
+    return claimed
+
+
+# --- succeed -------------------------------------------------------------------------------
+
+
+@dataclass
+class FanIn:
+    """What recording a success told about the workflow."""
+
+    in_phase: bool  # the workflow is still in the task's phase (not cancelled, failed, ...)
+    workflow_row: WorkflowRow  # its unfinished count has this task counted out
+
+    @property
+    def phase_done(self) -> bool:
+        return self.in_phase and self.workflow_row.values["unfinished"] == 0
+
+
+def _fan_in(row) -> FanIn:
+    return FanIn(bool(row[0]), WorkflowRow.read(row[1:]))
+
+
+def succeed(task_id: int, attempt: int, *, workflow_id, result: str | None, now: datetime) -> FanIn | None:
+    """`succeed`: the attempt's success (`result` is JSON text, or None for SQL NULL) and the
+    fan-in, atomically; None when this attempt no longer holds the task (a second delivery,
+    or taken back by recovery)."""
+    params = {"task": task_id, "attempt": attempt, "workflow": db_uuid(workflow_id), "result": result}
+    params["now"] = db_time(now)
+    if _postgres():
+        done = TASK_SUCCEEDED.format(and_locked="AND EXISTS (SELECT 1 FROM locked)")
+        fan_in = FAN_IN.format(phase="done.phase", from_done="FROM done")
+        row = _one(f"WITH locked AS ({LOCK_WORKFLOW}), done AS ({done}) {fan_in}", params)
+        return _fan_in(row) if row else None
+    with transaction.atomic(savepoint=False):
+        done = _one(TASK_SUCCEEDED.format(and_locked=""), params)
+        if done is None:
+            return None
+        return count_out(workflow_id, done[0])
+
+
+def count_out(workflow_id, phase: str) -> FanIn:
+    """The fan-in alone, for a success already recorded."""
+    params = {"workflow": db_uuid(workflow_id), "phase": phase}
+    return _fan_in(_one(FAN_IN.format(phase="%(phase)s", from_done=""), params))
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def results(workflow_id, phase: str) -> list[tuple[str, object]]:
+    """`results`: (name, result) of each of the phase's tasks, in order."""
+    rows = _fetch(RESULTS, {"workflow": db_uuid(workflow_id), "phase": phase})
+    return [(name, from_json(result)) for name, result in rows]
+
+
+# --- transition ----------------------------------------------------------------------------
+
+
+@dataclass
+class Inline:
+    """Claim one task of the phase being entered for this worker, if its timeout fits."""
+
+    worker: str
+    lease: datetime
+    max_timeout: float
+
+
+@dataclass
+class Succeeded:
+    """A task's success to record with the transition it causes: the task was the last of
+    its phase (see WorkflowRow.last_of_phase)."""
+
+    task_id: int
+    attempt: int
+    result: str | None
+
+
+@dataclass
+class Written:
+    recorded: bool  # with `Succeeded`: the success was recorded (else: nothing was written)
+    unfinished: int | None = None  # None: the workflow was not where the change started from
+    queued: list[ClaimedTask] = field(default_factory=list)  # to send through the broker
+    inline: ClaimedTask | None = None  # claimed for the worker that made the change
+
+
+def transition(
+    *,
+    workflow,
+    row,
+    previous_seq: int,
+    now: datetime,
+    queue_phase: bool,
+    fresh_budget: bool = False,
+    inline: Inline | None = None,
+    succeeded: Succeeded | None = None,
+) -> Written:
+    """`transition`: write the change `workflow` made in memory (from `row.source`, at
+    chain head `previous_seq`) with its audit row `row`; with `queue_phase`, give the
+    entered phase's unfinished tasks their next attempt; with `succeeded`, record that
+    success first, and make the change only if it was the phase's last."""
+    params = {
+        "workflow": db_uuid(workflow.pk),
+        "source": row.source,
+        "target": row.target,
+        "previous_seq": previous_seq,
+        "results": json.dumps(workflow.results),
+        "error": workflow.error,
+        "retries": workflow.retries,
+        "failed_phase": workflow.failed_phase,
+        "started_at": db_time(workflow.started_at),
+        "finished_at": db_time(workflow.finished_at),
+        "now": db_time(now),
+        "seq": row.seq,
+        "digest": row.digest,
+        "event": row.event,
+        "actor": row.actor_id,
+        "actor_label": row.actor_label,
+        "reason": row.reason,
+        "data": json.dumps(row.data),
+        "created_at": db_time(row.created_at),
+        "worker": inline.worker if inline else "",
+        "lease": db_time(inline.lease) if inline else None,
+        "inline_timeout": inline.max_timeout if inline else None,
+    }
+    if succeeded:
+        params.update(task=succeeded.task_id, attempt=succeeded.attempt, result=succeeded.result)
+    postgres = _postgres()
+    queue = QUEUE.format(
+        status=QUEUED_OR_PICKED if inline else QUEUED,
+        offset="attempt" if fresh_budget else "attempt_offset",
+        and_changed="AND EXISTS (SELECT 1 FROM change)" if postgres else "",
+    )
+    if postgres:
+        return _transition_in_one(params, queue, queue_phase, inline, succeeded)
+    with transaction.atomic(savepoint=False):
+        if succeeded and _one(TASK_SUCCEEDED.format(and_locked=""), params) is None:
+            return Written(recorded=False)
+        changed = _one(CHANGE.format(and_last="AND unfinished = 1" if succeeded else ""), params)
+        if changed is None:
+            return Written(recorded=True)
+        _fetch(AUDIT.format(from_change=""), params)
+        tasks = _fetch(f"WITH {PICK} {queue}" if inline else queue, params) if queue_phase else []
+    return _written(True, changed[0], tasks)
+
+
+def _transition_in_one(params: dict, queue: str, queue_phase: bool, inline, succeeded) -> Written:
+    parts = []
+    if succeeded:
+        done = TASK_SUCCEEDED.format(and_locked="AND EXISTS (SELECT 1 FROM locked)")
+        parts += [f"locked AS ({LOCK_WORKFLOW})", f"done AS ({done})"]
+    and_last = "AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)" if succeeded else ""
+    parts += [
+        f"change AS ({CHANGE.format(and_last=and_last)})",
+        f"audit AS ({AUDIT.format(from_change='FROM change')})",
+    ]
+    recorded = "(SELECT COUNT(*) FROM done)" if succeeded else "1"
+    if queue_phase:
+        parts += [PICK] if inline else []
+        parts.append(f"queued AS ({queue})")
+        tail = f"SELECT {recorded}, (SELECT unfinished FROM change), queued.* FROM (SELECT 1) AS one"
+        tail += " LEFT JOIN queued ON TRUE"
+    else:
+        tail = f"SELECT {recorded}, (SELECT unfinished FROM change)"
+    rows = _fetch(f"WITH {', '.join(parts)} {tail}", params)
+    return _written(bool(rows[0][0]), rows[0][1], [r[2:] for r in rows if queue_phase and r[2] is not None])
+
+
+def _written(recorded: bool, unfinished: int | None, rows: list) -> Written:
+    written = Written(recorded, unfinished)
+    for task in map(_task, rows):
+        if task.values["status"] == "RUNNING":
+            written.inline = task
+        else:
+            written.queued.append(task)
+    return written
