@@ -53,21 +53,30 @@ def test_bench_quick_reports_every_figure(transactional_db):
         "a_jobs_per_s",
         "b_tasks_per_s",
         "b_workflows_per_s",
+        "c_steps_per_s",
+        "ratio_chain",
         "rss_peak_mb",
         "rss_start_mb",
         "rss_end_mb",
         "workers",
         "jobs",
         "workflows",
+        "chains",
         "rounds",
     )
     assert report["database"] in {"sqlite", "postgresql"}
     assert report["broker"] in {"orm", "redis"}
     assert report["cluster"].startswith("bench")
-    assert report["rounds"] == len(report["a_rounds"]) == len(report["b_rounds"]) == 2
+    assert report["rounds"] == len(report["a_rounds"]) == len(report["b_rounds"]) == len(report["c_rounds"]) == 2
     assert report["tasks_per_workflow"] == 6, "PREPARE + 4 tasks + VALIDATE"
     for b in report["b_rounds"]:
         assert b["tasks"] == 6 * b["workflows"]
+    assert report["steps_per_chain"] == 4
+    for c in report["c_rounds"]:
+        assert c["chains"] == report["chains"] and c["steps"] == 4 * c["chains"]
+        assert c["steps_per_s"] > 0 and c["seconds"] > 0
+    assert report["ratio_chain"] == pytest.approx(report["b_tasks_per_s"] / report["c_steps_per_s"], rel=0.01)
+    assert len(report["ratio_chain_per_round"]) == 2 and all(r > 0 for r in report["ratio_chain_per_round"])
     assert report["latency_p50_ms"] <= report["latency_p95_ms"]
     assert report["worker_processes_seen"] >= report["workers"]
     assert not Workflow.objects.exists(), "the run deletes the workflows it created"

@@ -1,5 +1,5 @@
-"""Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare job of round A, the
-cluster it measures, worker memory sampling, percentiles, and the synthetic data of
+"""Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare jobs of rounds A and C,
+the cluster they run on, worker memory sampling, percentiles, and the synthetic data of
 `bench --api`."""
 
 from __future__ import annotations
@@ -23,19 +23,22 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from . import audit
+from . import audit, queue
 from .models import State, Task, Transition, Workflow
 
 ROOT = Path(settings.BASE_DIR)
 STAMP = struct.Struct("d")
 
-# --- Round A: the bare django-q2 job ----------------------------------------------------------
+# --- Rounds A and C: bare django-q2 jobs -----------------------------------------------------
+
+CHAIN_STEP = "workflows.bench.chain_step"
+CHAIN_LENGTH = 4  # steps per round-C chain, as many as a workflow's EXECUTE tasks in round B
 
 _counter: tuple[str, int] | None = None  # (path, fd) of this worker process's open counter file
 
 
-def noop(path: str) -> None:
-    """Round A's job: nothing, then note its completion time in `path`.
+def stamp(path: str) -> None:
+    """Note the calling job's completion time in `path`.
 
     One 8-byte O_APPEND write per job (a single syscall; appends of this size are atomic on
     a local file system), so the file's size counts the jobs that ran and its largest
@@ -47,6 +50,19 @@ def noop(path: str) -> None:
             os.close(_counter[1])
         _counter = (path, os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     os.write(_counter[1], STAMP.pack(time.time()))
+
+
+def noop(path: str) -> None:
+    """Round A's job: nothing but its stamp."""
+    stamp(path)
+
+
+def chain_step(path: str, step: int) -> None:
+    """Round C's job: step `step` of a chain, chained by hand as a django-q2 user would
+    without an orchestrator: it puts the next step's job on the broker, then stamps."""
+    if step < CHAIN_LENGTH:
+        queue.broker().enqueue_many([queue.package(queue.Job(CHAIN_STEP, (path, step + 1), "bench-chain_step"))])
+    stamp(path)
 
 
 def counted(path: str) -> int:
@@ -177,10 +193,8 @@ class RssSampler(threading.Thread):
         if time.monotonic() - self._helpers_at > 5 or not self._helpers:
             from django_q.status import Stat
 
-            from .queue import broker
-
             with contextlib.suppress(Exception):
-                for stat in Stat.get_all(broker=broker()):
+                for stat in Stat.get_all(broker=queue.broker()):
                     if stat.pid == self.cluster_pid:
                         self._helpers = {stat.monitor, stat.pusher}
                         self._helpers_at = time.monotonic()
@@ -218,9 +232,9 @@ class RssSampler(threading.Thread):
         return time.monotonic()
 
     def summary(self, periods: list[tuple[float, float]], workers: int) -> dict:
-        """Worker RSS over the run: the peak; for each period (an A/B round pair: the same
-        mix of work each time, so a trend across them is growth) the peak, and the RSS of
-        the workers started in it when first seen (django-q2 recycles a worker after
+        """Worker RSS over the run: the peak; for each period (one round each of A, B and C:
+        the same mix of work each time, so a trend across them is growth) the peak, and the
+        RSS of the workers started in it when first seen (django-q2 recycles a worker after
         `recycle` jobs: a fresh one starts from a fork of the sentinel, whose RSS is
         reported too); how many worker processes there were."""
         samples = list(self.samples)

@@ -1,5 +1,6 @@
-"""`manage.py bench`: the orchestrator against bare django-q2 on one cluster, and the API
-and admin at scale (`--api`). What it measures and how: docs/BENCHMARKS.md.
+"""`manage.py bench`: the orchestrator against bare django-q2 (single jobs, and chains of
+jobs that each enqueue the next) on one cluster, and the API and admin at scale (`--api`).
+What it measures and how: docs/BENCHMARKS.md.
 
 django-q2 names its queue (and signs its jobs) after the cluster name, which the
 settings read from ORCH_CLUSTER_NAME once, at start-up. So that a run has a queue of its
@@ -38,6 +39,8 @@ from rich.table import Table
 
 from workflows import audit, queue, services
 from workflows.bench import (
+    CHAIN_LENGTH,
+    CHAIN_STEP,
     ROOT,
     Cluster,
     Generator,
@@ -56,8 +59,8 @@ RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
 NOOP_JOB = "workflows.bench.noop"
 FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
 SIZES = {
-    "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "latency_samples": 30, "api_size": 100_000},
-    "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "latency_samples": 8, "api_size": 2_000},
+    "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "chains": 250, "latency_samples": 30, "api_size": 100_000},
+    "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "chains": 30, "latency_samples": 8, "api_size": 2_000},
 }
 API_SMALL = 1000
 API_LONG_HISTORY = 50
@@ -112,16 +115,19 @@ def rate(count: int, seconds: float) -> float:
 
 class Command(BaseCommand):
     help = (
-        "Benchmark the orchestrator against bare django-q2 on a cluster of its own (alternating rounds), "
-        "or with --api the REST API and the admin at 1,000 and 100,000 workflows."
+        "Benchmark the orchestrator against bare django-q2 jobs and chains on a cluster of its own "
+        "(alternating rounds), or with --api the REST API and the admin at 1,000 and 100,000 workflows."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
         parser.add_argument("--quick", action="store_true", help="Small sizes, two rounds: well under a minute.")
-        parser.add_argument("--rounds", type=positive, help="A/B round pairs (default 3; --quick 2).")
+        parser.add_argument("--rounds", type=positive, help="Rounds of each of A, B, C (default 3; --quick 2).")
         parser.add_argument("--jobs", type=positive, help="Bare django-q2 noop jobs per A round (default 3000).")
         parser.add_argument("--workflows", type=positive, help="Workflows of 4 noop tasks per B round (default 250).")
+        parser.add_argument(
+            "--chains", type=positive, help="Bare django-q2 chains of 4 jobs per C round (default 250; --quick 30)."
+        )
         parser.add_argument(
             "--latency-samples", type=positive, help="1-task workflows timed one at a time (default 30)."
         )
@@ -153,7 +159,7 @@ class Command(BaseCommand):
         for flag in ("json", "quick", "keep", "traceback"):
             if self.options.get(flag):
                 args.append(f"--{flag}")
-        for key in ("rounds", "jobs", "workflows", "latency_samples"):
+        for key in ("rounds", "jobs", "workflows", "chains", "latency_samples"):
             if self.options.get(key):
                 args += [f"--{key.replace('_', '-')}", str(self.options[key])]
         env = {**os.environ, "ORCH_CLUSTER_NAME": name, RUN_ENV: name}
@@ -198,7 +204,7 @@ class Command(BaseCommand):
             console=self.console,
         )
 
-    # --- Throughput: A/B rounds, latency, memory -----------------------------------------------
+    # --- Throughput: A/B/C rounds, latency, memory ---------------------------------------------
 
     def throughput(self) -> dict:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -218,11 +224,12 @@ class Command(BaseCommand):
                 self.warm_up()
                 sampler = RssSampler(self.cluster.pid)
                 sampler.start()
-                a_rounds, b_rounds, periods = [], [], []
+                a_rounds, b_rounds, c_rounds, periods = [], [], [], []
                 for number in range(1, self.sizes["rounds"] + 1):
                     began = sampler.mark()
                     a_rounds.append(self.round_a(number))
                     b_rounds.append(self.round_b(number))
+                    c_rounds.append(self.round_c(number))
                     periods.append((began, sampler.mark()))
                 report["latency"] = self.latency()
                 memory = sampler.summary(periods, settings.ORCH_WORKERS)
@@ -234,25 +241,35 @@ class Command(BaseCommand):
             self.clean_up(keep_log=failed)
         a = median([r["jobs_per_s"] for r in a_rounds])
         b_tasks = median([r["tasks_per_s"] for r in b_rounds])
+        c_steps = median([r["steps_per_s"] for r in c_rounds])
         latency = report.pop("latency")
         report.update(
             {
                 "a_jobs_per_s": round(a, 1),
                 "b_tasks_per_s": round(b_tasks, 1),
                 "b_workflows_per_s": round(median([r["workflows_per_s"] for r in b_rounds]), 1),
+                "c_steps_per_s": round(c_steps, 1),
                 "ratio": round(b_tasks / a, 3),
                 "ratio_per_round": [
                     round(pair_b["tasks_per_s"] / pair_a["jobs_per_s"], 3)
                     for pair_a, pair_b in zip(a_rounds, b_rounds, strict=True)
                 ],
+                "ratio_chain": round(b_tasks / c_steps, 3),
+                "ratio_chain_per_round": [
+                    round(pair_b["tasks_per_s"] / pair_c["steps_per_s"], 3)
+                    for pair_b, pair_c in zip(b_rounds, c_rounds, strict=True)
+                ],
                 "tasks_per_workflow": b_rounds[0]["tasks"] // b_rounds[0]["workflows"],
+                "steps_per_chain": CHAIN_LENGTH,
                 **latency,
                 **memory,
                 "jobs_run_total": sum(r["jobs"] for r in a_rounds)
                 + sum(r["tasks"] for r in b_rounds)
+                + sum(r["steps"] for r in c_rounds)
                 + latency["latency_samples"] * 3,
                 "a_rounds": a_rounds,
                 "b_rounds": b_rounds,
+                "c_rounds": c_rounds,
                 "duration_s": round(time.monotonic() - started, 1),
             }
         )
@@ -288,22 +305,23 @@ class Command(BaseCommand):
         time.sleep(0.3)
         broker.purge_queue()
 
-    def enqueue_noops(self, count: int, path: Path, batch: int = 500) -> None:
-        """Put `count` round-A jobs on the broker, packaged as django-q2's async_task does,
-        in bulk (like the engine's own fan-out)."""
-        job = queue.Job(NOOP_JOB, (str(path),), "bench-noop")
+    def enqueue(self, func: str, path: Path, args: tuple, count: int, batch: int = 500) -> None:
+        """Put `count` jobs `func(path, *args)` on the broker, packaged as django-q2's
+        async_task does, in bulk (like the engine's own fan-out)."""
+        job = queue.Job(func, (str(path), *args), f"bench-{func.rsplit('.', 1)[1]}")
         broker = queue.broker()
         for start in range(0, count, batch):
             broker.enqueue_many([queue.package(job) for _ in range(min(batch, count - start))])
 
     def warm_up(self) -> None:
-        """Wait for the cluster and run a few jobs of both kinds, so that no round pays for
+        """Wait for the cluster and run a few jobs of every kind, so that no round pays for
         start-up or first imports."""
         self.settle()
         path = self.workdir / "warm-up"
         jobs = 4 * settings.ORCH_WORKERS
-        self.enqueue_noops(jobs, path)
-        self.wait("cluster start-up", jobs, lambda: counted(path), 0.05)
+        self.enqueue(NOOP_JOB, path, (), jobs)
+        self.enqueue(CHAIN_STEP, path, (1,), settings.ORCH_WORKERS)
+        self.wait("cluster start-up", jobs + CHAIN_LENGTH * settings.ORCH_WORKERS, lambda: counted(path), 0.05)
         name = f"{self.tag}-warm-up"
         for _ in range(settings.ORCH_WORKERS):
             services.workflow_create(name=name, actor=Actor.CLI, tasks=FOUR_NOOPS, start=True)
@@ -318,19 +336,39 @@ class Command(BaseCommand):
             raise CommandError(f"{counts['failed']} benchmark workflow(s) failed: {error}")
         return counts["ended"]
 
-    def round_a(self, number: int) -> dict:
-        """Bare django-q2: `jobs` noop jobs, from the first enqueue to the last job's end."""
+    def stamped_round(self, name: str, unit: str, func: str, args: tuple, count: int, stamps: int) -> float:
+        """Rounds A and C: `count` jobs `func(path, *args)` put on the broker in bulk, done
+        when the round's file holds `stamps` stamps (`unit`). Returns the seconds from the
+        first enqueue to the last stamp."""
         self.settle()
-        jobs = self.sizes["jobs"]
-        path = self.workdir / f"a{number}"
+        path = self.workdir / name.lower()
         path.touch()
         started = time.time()
-        self.enqueue_noops(jobs, path)
-        task = self.wait(f"A{number} django-q2 noop jobs", jobs, lambda: counted(path), 0.01)
+        self.enqueue(func, path, args, count)
+        task = self.wait(f"{name} django-q2 {unit}", stamps, lambda: counted(path), 0.01)
         seconds = last_stamp(path) - started
-        result = {"round": number, "jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": rate(jobs, seconds)}
-        self.bar.update(task, note=f"{result['jobs_per_s']:.0f} jobs/s")
-        return result
+        self.bar.update(task, note=f"{rate(stamps, seconds):.0f} {unit}/s")
+        return seconds
+
+    def round_a(self, number: int) -> dict:
+        """Bare django-q2: `jobs` noop jobs, from the first enqueue to the last job's end."""
+        jobs = self.sizes["jobs"]
+        seconds = self.stamped_round(f"A{number}", "jobs", NOOP_JOB, (), jobs, jobs)
+        return {"round": number, "jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": rate(jobs, seconds)}
+
+    def round_c(self, number: int) -> dict:
+        """Bare django-q2 chains: the first steps of `chains` chains enqueued in bulk, each
+        step's job enqueuing the next; from the first enqueue to the last step's end."""
+        chains = self.sizes["chains"]
+        steps = chains * CHAIN_LENGTH
+        seconds = self.stamped_round(f"C{number}", "chain steps", CHAIN_STEP, (1,), chains, steps)
+        return {
+            "round": number,
+            "chains": chains,
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "steps_per_s": rate(steps, seconds),
+        }
 
     def round_b(self, number: int) -> dict:
         """The orchestrator: `workflows` workflows of 4 noop tasks, from the first
@@ -529,7 +567,7 @@ class Command(BaseCommand):
         )
         if report["kind"] == "api":
             return [where, self.api_table(report)]
-        figures = Table(title="Throughput: bare django-q2 (A) against the orchestrator (B)")
+        figures = Table(title="Throughput: bare django-q2 jobs (A) and chains (C) against the orchestrator (B)")
         figures.add_column("figure")
         figures.add_column("value", justify="right")
         figures.add_column("rounds", justify="right")
@@ -549,9 +587,19 @@ class Command(BaseCommand):
             " ".join(f"{r['workflows_per_s']:.1f}" for r in report["b_rounds"]),
         )
         figures.add_row(
+            f"C steps/s ({report['chains']} chains × {report['steps_per_chain']} jobs)",
+            f"{report['c_steps_per_s']:.0f}",
+            " ".join(f"{r['steps_per_s']:.0f}" for r in report["c_rounds"]),
+        )
+        figures.add_row(
             "ratio B tasks/s ÷ A jobs/s",
             f"{report['ratio']:.2f}",
             " ".join(f"{ratio:.2f}" for ratio in report["ratio_per_round"]),
+        )
+        figures.add_row(
+            "ratio_chain B tasks/s ÷ C steps/s",
+            f"{report['ratio_chain']:.2f}",
+            " ".join(f"{ratio:.2f}" for ratio in report["ratio_chain_per_round"]),
         )
         figures.add_row(
             f"1-task workflow start→COMPLETE p50 / p95 ({report['latency_samples']} samples)",
