@@ -1,0 +1,169 @@
+"""What each kind of job costs the database, statement by statement: the hot path's
+budget (at most 4 statements per task on PostgreSQL, over a 4-task workflow's 6 jobs).
+A change that adds a round trip fails here; PostgreSQL's own count, BEGIN and COMMIT
+included, comes from ../shared/tools/pg-statements-per-task (docs/BENCHMARKS.md)."""
+
+import pydoc
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django_q.signing import SignedPackage
+
+from tests.conftest import reload, task
+from workflows import queue, services
+from workflows.models import Actor, State, Task
+
+pytestmark = pytest.mark.django_db(transaction=True)  # autocommit, as in a worker
+POSTGRES = connection.vendor == "postgresql"
+
+# The statements' names, by how they begin (workflows/statements.py names them so).
+NAMES = [
+    ("UPDATE workflows_task AS task SET status = 'RUNNING'", "claim"),
+    ("UPDATE workflows_task SET status = 'RUNNING'", "claim"),
+    ("SELECT state, mode, unfinished", "claim: its workflow"),
+    ("WITH locked AS", "succeed"),  # "succeed + transition" when it also holds `change AS`
+    ("WITH change AS", "transition"),
+    ("UPDATE workflows_task SET status = 'SUCCEEDED'", "succeed: the task"),
+    ("UPDATE workflows_workflow SET unfinished", "succeed: the fan-in"),
+    ("UPDATE workflows_workflow SET state", "transition: the workflow"),
+    ("INSERT INTO workflows_transition", "transition: the audit row"),
+    ("WITH pick AS", "transition: the next phase's tasks"),
+    ("UPDATE workflows_task SET status = 'QUEUED'", "transition: the next phase's tasks"),
+    ("SELECT name, result FROM workflows_task", "results"),
+    ('SELECT "workflows_workflow"', "the workflow"),  # FOR UPDATE (PostgreSQL): "lock the workflow"
+    ('SELECT "workflows_task"."name"', "the EXECUTE tasks"),
+    ('SELECT "workflows_task"."id"', "the failed attempt"),
+    ('UPDATE "workflows_task" SET "status" =', "its next attempt"),
+    ('INSERT INTO "django_q_ormq"', "enqueue"),
+]
+
+
+def name(sql: str) -> str:
+    sql = " ".join(sql.split())
+    for start, label in NAMES:
+        if sql.startswith(start):
+            if label == "succeed" and "change AS" in sql:
+                return "succeed + transition"
+            return "lock the workflow" if label == "the workflow" and "FOR UPDATE" in sql else label
+    return sql[:60]
+
+
+class Statements:
+    """The statements a block runs, by name; those that ran in one transaction block
+    come as a tuple. Outside a block, each statement is a transaction of its own (on
+    PostgreSQL: no BEGIN, no COMMIT)."""
+
+    def __enter__(self):
+        self.steps = []
+        self.wrapper = connection.execute_wrapper(self.record)
+        self.wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.wrapper.__exit__(*exc)
+
+    def record(self, execute, sql, params, many, context):
+        if sql.startswith("BEGIN"):  # SQLite's, sent through the cursor; its COMMIT is not
+            self.steps.append(())
+        elif connection.get_autocommit():
+            self.steps.append(name(sql))
+        elif self.steps and isinstance(self.steps[-1], tuple):
+            self.steps[-1] += (name(sql),)
+        else:
+            self.steps.append((name(sql),))
+        return execute(sql, params, many, context)
+
+
+def jobs_on_the_broker() -> list[dict]:
+    broker, found = queue.broker(), []
+    while broker.queue_size():
+        for ack_id, payload in broker.dequeue() or []:
+            found.append(SignedPackage.loads(payload))
+            broker.acknowledge(ack_id)
+    return found
+
+
+def run(job: dict) -> Statements:
+    with Statements() as statements:
+        pydoc.locate(job["func"])(*job["args"], **job["kwargs"])
+    return statements
+
+
+def start(tasks) -> object:
+    queue.broker().purge_queue()
+    workflow, _ = services.workflow_create(name="cost", actor=Actor.CLI, tasks=tasks, start=True)
+    return workflow
+
+
+# One statement each on PostgreSQL; their parts in one transaction on SQLite.
+ENQUEUE = [] if settings.ORCH_BROKER == "redis" else [("enqueue",)]  # the ORM broker's INSERT
+CLAIM = ["claim"] if POSTGRES else ["claim", "claim: its workflow"]
+SUCCEED = ["succeed"] if POSTGRES else [("succeed: the task", "succeed: the fan-in")]
+
+
+def transition(*, succeeded: bool) -> list:
+    if POSTGRES:
+        return ["succeed + transition" if succeeded else "transition"]
+    parts = ("succeed: the task",) if succeeded else ()
+    return [(*parts, "transition: the workflow", "transition: the audit row", "transition: the next phase's tasks")]
+
+
+def test_a_task_in_the_middle_of_its_phase_costs_a_claim_and_a_success():
+    start([{"type": "noop"}] * 3)
+    run(jobs_on_the_broker()[0])  # PREPARE, and the first EXECUTE task
+    middle, _last = jobs_on_the_broker()
+    assert run(middle).steps == [*CLAIM, *SUCCEED]
+
+
+def test_the_last_task_of_a_phase_records_its_success_and_the_transition_in_one_statement():
+    # A 1-second timeout gives the job 31 s: VALIDATE's 300 s do not fit, so it is queued.
+    workflow = start([{"type": "noop"}, {"name": "last", "type": "noop", "timeout": 1}])
+    run(jobs_on_the_broker()[0])  # PREPARE, and noop-1
+    [last] = jobs_on_the_broker()
+    # Its claim showed it to be the phase's last unfinished task: the EXECUTE results
+    # (the others') are read, and its success and the transition to VALIDATE are one.
+    assert run(last).steps == [*CLAIM, "results", *transition(succeeded=True), *ENQUEUE]
+    assert reload(workflow).state == State.VALIDATE
+
+
+def test_a_task_that_turns_out_last_pays_a_separate_transition():
+    workflow = start([{"name": "a", "type": "noop"}, {"name": "b", "type": "noop"}, {"name": "c", "type": "noop"}])
+    run(jobs_on_the_broker()[0])  # PREPARE, and a
+    b, c = (services.task_claim(task(workflow, n).pk, 1, worker=f"w:{n}") for n in "bc")  # at once
+    services.task_record(b, stored=None)
+    with Statements() as statements:  # c's claim saw b unfinished: its success ends the phase after all
+        services.task_record(c, stored=None)
+    assert statements.steps == [*SUCCEED, "results", *transition(succeeded=False), *ENQUEUE]
+    assert reload(workflow).state == State.VALIDATE
+
+
+def test_prepare_then_the_first_execute_task_in_one_job():
+    start([{"type": "noop"}] * 2)
+    assert run(jobs_on_the_broker()[0]).steps == [
+        *CLAIM,
+        "the workflow",  # read by default.prepare, which checks the input
+        *transition(succeeded=True),
+        *ENQUEUE,  # noop-2's job
+        *SUCCEED,  # noop-1, claimed by the transition, run by the same worker
+    ]
+
+
+def test_a_failed_attempt_is_queued_again_under_the_workflow_lock():
+    workflow = start([{"type": "noop"}, {"name": "flaky", "type": "fail", "params": {"times": 1}, "timeout": 1}])
+    run(jobs_on_the_broker()[0])  # PREPARE, and noop-1
+    [flaky] = jobs_on_the_broker()
+    lock = "lock the workflow" if POSTGRES else "the workflow"  # SQLite: BEGIN IMMEDIATE locks it all
+    assert run(flaky).steps == [*CLAIM, (lock, "the failed attempt", "its next attempt"), *ENQUEUE]
+    assert task(workflow, "flaky").status == Task.Status.QUEUED
+
+
+def test_a_four_task_workflow_keeps_the_budget():
+    workflow = start([{"type": "noop"}] * 4)
+    steps = []
+    while batch := jobs_on_the_broker():
+        for job in batch:
+            steps += run(job).steps
+    assert reload(workflow).state == State.COMPLETE
+    if POSTGRES:  # 13 statements, no BEGIN or COMMIT: 2.2 per task against a budget of 4
+        assert all(isinstance(step, str) for step in steps) and len(steps) == 13, steps
