@@ -78,6 +78,12 @@ class Engine(RuleBasedStateMachine):
     def queued(self):
         return Task.objects.filter(workflow_id=self.workflow_id, status=Status.QUEUED).order_by("pk")
 
+    @staticmethod
+    def outcome(succeed: bool) -> dict:
+        if succeed:
+            return {"result": {"ok": True}, "stored": '{"ok": true}'}
+        return {"error": "Traceback...\nRuntimeError: boom"}
+
     @precondition(lambda self: self.workflow_id is not None)
     @rule(pick=st.integers(min_value=0, max_value=10), succeed=st.booleans(), deliver_twice=st.booleans())
     def worker_runs_a_job(self, pick, succeed, deliver_twice):
@@ -87,11 +93,20 @@ class Engine(RuleBasedStateMachine):
         task = queued[pick % len(queued)]
         claimed = services.task_claim(task.pk, task.attempt, worker="hypothesis:1")
         assert claimed is not None
-        outcome = {"result": {"ok": True}} if succeed else {"error": "Traceback...\nRuntimeError: boom"}
-        assert services.task_finished(task.pk, task.attempt, **outcome) is True
+        assert services.task_record(claimed, **self.outcome(succeed)).recorded is True
         if deliver_twice:  # the broker delivers the same job again: nothing may change
             assert services.task_claim(task.pk, task.attempt, worker="hypothesis:2") is None
-            assert services.task_finished(task.pk, task.attempt, **outcome) is False
+            assert services.task_record(claimed, **self.outcome(succeed)).recorded is False
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule(succeed=st.lists(st.booleans(), min_size=2, max_size=2), reverse=st.booleans())
+    def two_workers_at_once(self, succeed, reverse):
+        """Both claim before either records: neither claim sees itself as the last."""
+        queued = list(self.queued())[:2]
+        claimed = [services.task_claim(t.pk, t.attempt, worker=f"hypothesis:{t.pk}") for t in queued]
+        pairs = list(zip(claimed, succeed, strict=False))
+        for task, ok in reversed(pairs) if reverse else pairs:
+            services.task_record(task, **self.outcome(ok))
 
     @precondition(lambda self: self.workflow_id is not None)
     @rule(pick=st.integers(min_value=0, max_value=10))
@@ -130,6 +145,19 @@ class Engine(RuleBasedStateMachine):
         assert len(seqs) >= self.transitions_seen, "audit rows are never removed"
         self.transitions_seen = len(seqs)
         assert audit.verify(workflow) is None
+
+    @invariant()
+    def the_counters_on_the_workflow_row_agree_with_its_rows(self):
+        """The fan-in counter is the number of the current phase's tasks not yet
+        succeeded, and the chain head is the last audit row's seq and digest."""
+        if not self.workflow_id:
+            return
+        workflow = self.workflow
+        if workflow.state in PHASES:
+            unfinished = workflow.tasks.filter(phase=workflow.state).exclude(status=Status.SUCCEEDED).count()
+            assert workflow.unfinished == unfinished
+        last = workflow.transitions.order_by("-seq").values_list("seq", "digest").first() or (0, "")
+        assert (workflow.last_seq, workflow.last_digest) == last
 
     @invariant()
     def task_statuses_agree_with_the_state(self):
