@@ -69,6 +69,7 @@ def make(engine, admin_user):
             workflow, _ = services.workflow_create(
                 name=name, mode=mode, tasks=tasks or [{"type": "noop"}], actor=actor, start=state != State.INIT
             )
+            engine.pending()  # the ORM broker queued its job with it: take it off, unrun
             if state == State.CANCELLED:
                 services.workflow_cancel(workflow.pk, actor=actor)
         workflow = reload(workflow)

@@ -96,17 +96,21 @@ def start(tasks) -> object:
     return workflow
 
 
-# One statement each on PostgreSQL; their parts in one transaction on SQLite.
-ENQUEUE = [] if settings.ORCH_BROKER == "redis" else [("enqueue",)]  # the ORM broker's INSERT
+# One statement each on PostgreSQL; their parts in one transaction on SQLite. The ORM
+# broker's jobs go in the transaction of the change that makes them; Redis gets them after.
+JOBS = ("enqueue",) if settings.ORCH_BROKER == "orm" else ()
 CLAIM = ["claim"] if POSTGRES else ["claim", "claim: its workflow"]
 SUCCEED = ["succeed"] if POSTGRES else [("succeed: the task", "succeed: the fan-in")]
 
 
 def transition(*, succeeded: bool) -> list:
     if POSTGRES:
-        return ["succeed + transition" if succeeded else "transition"]
+        statement = "succeed + transition" if succeeded else "transition"
+        return [(statement, *JOBS)] if JOBS else [statement]
     parts = ("succeed: the task",) if succeeded else ()
-    return [(*parts, "transition: the workflow", "transition: the audit row", "transition: the next phase's tasks")]
+    return [
+        (*parts, "transition: the workflow", "transition: the audit row", "transition: the next phase's tasks", *JOBS)
+    ]
 
 
 def test_a_task_in_the_middle_of_its_phase_costs_a_claim_and_a_success():
@@ -123,7 +127,7 @@ def test_the_last_task_of_a_phase_records_its_success_and_the_transition_in_one_
     [last] = jobs_on_the_broker()
     # Its claim showed it to be the phase's last unfinished task: the EXECUTE results
     # (the others') are read, and its success and the transition to VALIDATE are one.
-    assert run(last).steps == [*CLAIM, "results", *transition(succeeded=True), *ENQUEUE]
+    assert run(last).steps == [*CLAIM, "results", *transition(succeeded=True)]
     assert reload(workflow).state == State.VALIDATE
 
 
@@ -134,7 +138,7 @@ def test_a_task_that_turns_out_last_pays_a_separate_transition():
     services.task_record(b, stored=None)
     with Statements() as statements:  # c's claim saw b unfinished: its success ends the phase after all
         services.task_record(c, stored=None)
-    assert statements.steps == [*SUCCEED, "results", *transition(succeeded=False), *ENQUEUE]
+    assert statements.steps == [*SUCCEED, "results", *transition(succeeded=False)]
     assert reload(workflow).state == State.VALIDATE
 
 
@@ -143,9 +147,8 @@ def test_prepare_then_the_first_execute_task_in_one_job():
     assert run(jobs_on_the_broker()[0]).steps == [
         *CLAIM,
         "the workflow",  # read by default.prepare, which checks the input
-        *transition(succeeded=True),
-        *ENQUEUE,  # noop-2's job
-        *SUCCEED,  # noop-1, claimed by the transition, run by the same worker
+        *transition(succeeded=True),  # noop-2 queued, noop-1 claimed for this worker
+        *SUCCEED,  # noop-1, run by the same worker
     ]
 
 
@@ -154,7 +157,7 @@ def test_a_failed_attempt_is_queued_again_under_the_workflow_lock():
     run(jobs_on_the_broker()[0])  # PREPARE, and noop-1
     [flaky] = jobs_on_the_broker()
     lock = "lock the workflow" if POSTGRES else "the workflow"  # SQLite: BEGIN IMMEDIATE locks it all
-    assert run(flaky).steps == [*CLAIM, (lock, "the failed attempt", "its next attempt"), *ENQUEUE]
+    assert run(flaky).steps == [*CLAIM, (lock, "the failed attempt", "its next attempt", *JOBS)]
     assert task(workflow, "flaky").status == Task.Status.QUEUED
 
 

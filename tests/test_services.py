@@ -48,7 +48,7 @@ def test_a_failure_inside_a_service_leaves_neither_state_change_nor_audit_row(en
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "_enqueue_on_commit", broken)  # after the change, in its transaction
+    monkeypatch.setattr(services, "_enqueue", broken)  # after the change, in its transaction
     with pytest.raises(RuntimeError):
         engine.call(services.workflow_start, workflow.pk, actor=Actor.SYSTEM)
     assert reload(workflow).state == State.INIT

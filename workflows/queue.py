@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import uuid4
 
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.signing import SignedPackage
@@ -48,6 +50,11 @@ def package(job: Job) -> str:
     if job.timeout is not None:
         pack["timeout"] = int(job.timeout) + JOB_TIMEOUT_GRACE
     return SignedPackage.dumps(pack)
+
+
+def in_database() -> bool:
+    """Whether the broker keeps its jobs in the project's database (the ORM broker)."""
+    return settings.Q_CLUSTER.get("orm") == DEFAULT_DB_ALIAS
 
 
 @functools.cache

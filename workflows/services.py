@@ -162,8 +162,9 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
     for task in first:
         task.status, task.attempt, task.queued_at = Status.QUEUED, 1, now
     workflow.unfinished = len(first)
-    queued = statements.create(workflow, tasks, row)
-    _enqueue_on_commit([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in queued])
+    with _with_its_jobs():
+        queued = statements.create(workflow, tasks, row)
+        _enqueue([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in queued])
 
 
 def _fingerprint(**request) -> str:
@@ -321,31 +322,30 @@ def _commit_change(
 ) -> Task | None:
     """Write the change `workflow` has made in memory: the workflow row, its audit row and,
     when it entered a phase, that phase's tasks' next attempts (one statement on
-    PostgreSQL, with `succeeded` the success of the task that ended the phase too); their
-    jobs are sent once the change is committed. Returns the task claimed for `inline`."""
+    PostgreSQL, with `succeeded` the success of the task that ended the phase too), and
+    their jobs (see _enqueue). Returns the task claimed for `inline`."""
     now = timezone.now()
     previous_seq = workflow.last_seq
     row = Transition.objects.build(
         workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data, now=now
     )
-    written = statements.transition(
-        workflow=workflow,
-        row=row,
-        previous_seq=previous_seq,
-        now=now,
-        queue_phase=workflow.state in PHASES,
-        fresh_budget=event == "retry",
-        inline=inline,
-        succeeded=succeeded,
-    )
-    if written.unfinished is None:
+    with _with_its_jobs():
+        written = statements.transition(
+            workflow=workflow,
+            row=row,
+            previous_seq=previous_seq,
+            now=now,
+            queue_phase=workflow.state in PHASES,
+            fresh_budget=event == "retry",
+            inline=inline,
+            succeeded=succeeded,
+        )
+        _enqueue([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in written.queued])
+    if written.unfinished is None:  # outside the transaction: a success recorded with it stays
         raise ConcurrentChange(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
         )
     workflow.unfinished, workflow.updated_at = written.unfinished, now
-    _enqueue_on_commit(
-        [queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in written.queued]
-    )
     if written.inline is None:
         return None
     written.inline.workflow_row = statements.WorkflowRow.of(workflow)
@@ -377,9 +377,23 @@ def _send(jobs: list[queue.Job]) -> None:
         logger.warning("could not reach the broker: %d job(s) will be re-sent by recovery", len(jobs), exc_info=True)
 
 
-def _enqueue_on_commit(jobs: list[queue.Job]) -> None:
-    if jobs:
+def _enqueue(jobs: list[queue.Job]) -> None:
+    """Send the jobs of a change. The ORM broker keeps them in this database: they go in
+    the change's own transaction, so that a change rolled back takes its jobs with it
+    and one committed cannot lose them. Any other broker gets them once the change is
+    committed, so that a job never sees a row that was rolled back."""
+    if not jobs:
+        return
+    if queue.in_database():
+        queue.enqueue(jobs)
+    else:
         transaction.on_commit(lambda: _send(jobs))
+
+
+def _with_its_jobs():
+    """A transaction for a change and its jobs, when the jobs live in the database too;
+    a single statement needs none."""
+    return transaction.atomic(savepoint=False) if queue.in_database() else contextlib.nullcontext()
 
 
 def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None) -> None:
@@ -400,7 +414,7 @@ def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str
     if error is not None:
         changes["error"] = error
     Task.objects.filter(pk__in=[task.pk for task in tasks]).update(**changes)
-    _enqueue_on_commit([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
+    _enqueue([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
 
 
 # The results of a phase that had no work to do.
@@ -667,7 +681,7 @@ def recover(*, now=None) -> dict:
         with transaction.atomic():
             if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
                 requeued += 1
-                _enqueue_on_commit([queue.task_job(task.pk, task.attempt, task.timeout)])
+                _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
     return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
 
 
