@@ -28,6 +28,8 @@ WORKER_KILLS = max(5, WORKFLOWS // 40)
 # Each worker process kills itself at every this-many-th success that ends a phase, before
 # it fires the transition (tests/chaos_tasks.py).
 WINDOW_EVERY = 3 if WORKFLOWS < 100 else 20
+# Small runs get longer tasks, so that they are still running when the last kill comes.
+PROBE_SECONDS = (0.2, 0.6) if WORKFLOWS < 100 else (0.05, 0.3)
 LEASE = 2
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
@@ -56,7 +58,7 @@ def test_chaos(cluster, tmp_path):
     started = time.monotonic()
     workflows = []
     for i in range(WORKFLOWS):
-        sleeps = [round(rng.uniform(0.05, 0.3), 3) for _ in range(4)]
+        sleeps = [round(rng.uniform(*PROBE_SECONDS), 3) for _ in range(4)]
         tasks = [
             {"name": f"probe-{j}", "type": "chaos.probe", "params": {"seconds": s}, "max_attempts": 20}
             for j, s in enumerate(sleeps)
