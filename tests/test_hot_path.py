@@ -30,7 +30,7 @@ NAMES = [
     ("INSERT INTO workflows_transition", "transition: the audit row"),
     ("WITH pick AS", "transition: the next phase's tasks"),
     ("UPDATE workflows_task SET status = 'QUEUED'", "transition: the next phase's tasks"),
-    ("SELECT name, result FROM workflows_task", "results"),
+    ("SELECT input, results FROM workflows_workflow", "the workflow's input"),
     ('SELECT "workflows_workflow"', "the workflow"),  # FOR UPDATE (PostgreSQL): "lock the workflow"
     ('SELECT "workflows_task"."name"', "the EXECUTE tasks"),
     ('SELECT "workflows_task"."id"', "the failed attempt"),
@@ -125,9 +125,9 @@ def test_the_last_task_of_a_phase_records_its_success_and_the_transition_in_one_
     workflow = start([{"type": "noop"}, {"name": "last", "type": "noop", "timeout": 1}])
     run(jobs_on_the_broker()[0])  # PREPARE, and noop-1
     [last] = jobs_on_the_broker()
-    # Its claim showed it to be the phase's last unfinished task: the EXECUTE results
-    # (the others') are read, and its success and the transition to VALIDATE are one.
-    assert run(last).steps == [*CLAIM, "results", *transition(succeeded=True)]
+    # Its claim showed it to be the phase's last unfinished task: its success and the
+    # transition to VALIDATE (which gathers the EXECUTE results) are one statement.
+    assert run(last).steps == [*CLAIM, *transition(succeeded=True)]
     assert reload(workflow).state == State.VALIDATE
 
 
@@ -138,7 +138,7 @@ def test_a_task_that_turns_out_last_pays_a_separate_transition():
     services.task_record(b, stored=None)
     with Statements() as statements:  # c's claim saw b unfinished: its success ends the phase after all
         services.task_record(c, stored=None)
-    assert statements.steps == [*SUCCEED, "results", *transition(succeeded=False)]
+    assert statements.steps == [*SUCCEED, *transition(succeeded=False)]
     assert reload(workflow).state == State.VALIDATE
 
 
@@ -146,7 +146,7 @@ def test_prepare_then_the_first_execute_task_in_one_job():
     start([{"type": "noop"}] * 2)
     assert run(jobs_on_the_broker()[0]).steps == [
         *CLAIM,
-        "the workflow",  # read by default.prepare, which checks the input
+        "the workflow's input",  # read by default.prepare, which checks it
         *transition(succeeded=True),  # noop-2 queued, noop-1 claimed for this worker
         *SUCCEED,  # noop-1, run by the same worker
     ]
@@ -168,5 +168,5 @@ def test_a_four_task_workflow_keeps_the_budget():
         for job in batch:
             steps += run(job).steps
     assert reload(workflow).state == State.COMPLETE
-    if POSTGRES:  # 13 statements, no BEGIN or COMMIT: 2.2 per task against a budget of 4
-        assert all(isinstance(step, str) for step in steps) and len(steps) == 13, steps
+    if POSTGRES:  # 12 statements, no BEGIN or COMMIT: 2 per task against a budget of 4
+        assert all(isinstance(step, str) for step in steps) and len(steps) == 12, steps

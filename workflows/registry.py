@@ -112,6 +112,7 @@ class TaskContext:
         self.logger = logging.getLogger(f"workflows.task.{task.type}")
         self._cancelled = cancelled
         self._workflow = workflow
+        self._read = None
 
     @property
     def workflow(self):
@@ -123,12 +124,21 @@ class TaskContext:
 
     @property
     def input(self) -> dict:
-        return self.workflow.input
+        return self._input_and_results()[0]
 
     @property
     def results(self) -> dict:
         """The results of the phases before this one, by phase."""
-        return self.workflow.results
+        return self._input_and_results()[1]
+
+    def _input_and_results(self) -> tuple[dict, dict]:
+        if self._workflow is not None:
+            return self._workflow.input, self._workflow.results
+        if self._read is None:
+            from .statements import workflow_input
+
+            self._read = workflow_input(self.workflow_id)
+        return self._read
 
     def cancelled(self) -> bool:
         """True once the workflow's cancel was committed, or once recovery took this

@@ -318,7 +318,16 @@ class ConcurrentChange(WorkflowError):
 
 
 def _commit_change(
-    workflow: Workflow, source: str, event: str, actor: Actor, *, reason="", data=None, inline=None, succeeded=None
+    workflow: Workflow,
+    source: str,
+    event: str,
+    actor: Actor,
+    *,
+    reason="",
+    data=None,
+    inline=None,
+    succeeded=None,
+    phase_results=statements.UNCHANGED,
 ) -> Task | None:
     """Write the change `workflow` has made in memory: the workflow row, its audit row and,
     when it entered a phase, that phase's tasks' next attempts (one statement on
@@ -339,6 +348,7 @@ def _commit_change(
             fresh_budget=event == "retry",
             inline=inline,
             succeeded=succeeded,
+            phase_results=phase_results,
         )
         _enqueue([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in written.queued])
     if written.unfinished is None:  # outside the transaction: a success recorded with it stays
@@ -352,19 +362,20 @@ def _commit_change(
     return written.inline.instance()
 
 
-def _fire(workflow: Workflow, event: str, actor: Actor, *, reason="", data=None, inline=None, succeeded=None, **kwargs):
-    """Fire the django-fsm transition `event` and commit it; a phase it enters with nothing
+def _fire(workflow: Workflow, event: str, actor: Actor, *, reason="", data=None, inline=None, **commit):
+    """Fire the django-fsm transition `event` (`commit` holds its arguments, such as a
+    fail's error, and _commit_change's) and commit it; a phase it enters with nothing
     left to run is finished at once. Returns the task claimed for `inline`, if any."""
+    arguments = {name: commit.pop(name) for name in list(commit) if name not in ("succeeded", "phase_results")}
     source = workflow.state
     try:
-        getattr(workflow, event)(**kwargs)
+        getattr(workflow, event)(**arguments)
     except TransitionNotAllowed:
         raise InvalidTransition(workflow, event) from None
-    claimed = _commit_change(
-        workflow, source, event, actor, reason=reason, data=data, inline=inline, succeeded=succeeded
-    )
+    claimed = _commit_change(workflow, source, event, actor, reason=reason, data=data, inline=inline, **commit)
     if workflow.state in PHASES and workflow.unfinished == 0:
-        return _finish_phase(workflow, actor, EMPTY_PHASE_RESULTS.get(workflow.state), inline=inline)
+        nothing = statements.GATHER if workflow.state == State.EXECUTE else json.dumps(None)
+        return _finish_phase(workflow, actor, nothing, inline=inline)
     return claimed
 
 
@@ -417,10 +428,6 @@ def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str
     _enqueue([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
 
 
-# The results of a phase that had no work to do.
-EMPTY_PHASE_RESULTS = {State.EXECUTE: {}}
-
-
 def _phase_results(workflow: Workflow):
     """The results of the current phase's tasks: by task name for EXECUTE, the one
     handler's result for PREPARE and VALIDATE."""
@@ -431,22 +438,34 @@ def _phase_results(workflow: Workflow):
     return results[0] if len(results) == 1 else results or None
 
 
+def _gathered(workflow: Workflow):
+    """The current phase's results for a transition: EXECUTE's are gathered by its
+    statement; PREPARE's and VALIDATE's are read here."""
+    return statements.GATHER if workflow.state == State.EXECUTE else json.dumps(_phase_results(workflow))
+
+
 def _finish_phase(workflow: Workflow, actor: Actor, phase_results, *, inline=None, succeeded=None) -> Task | None:
     """The current phase's work is done (or, with `succeeded`, will be with that success):
-    keep its results and, in automatic mode, move on to the next phase. Returns the task
-    claimed for `inline`, if any."""
-    phase = workflow.state
-    workflow.results = {**workflow.results, phase: phase_results}
+    add its results (JSON text, or statements.GATHER) to the workflow's and, in
+    automatic mode, move on to the next phase. Returns the task claimed for `inline`."""
     if workflow.mode == Workflow.Mode.MANUAL:
-        kept = Workflow.objects.filter(pk=workflow.pk, state=phase, last_seq=workflow.last_seq)
-        if not kept.update(results=workflow.results, updated_at=timezone.now()):
-            raise ConcurrentChange(f"workflow {workflow.pk} changed while its {phase} results were being kept")
+        _keep_results(workflow.pk, workflow.state, workflow.last_seq)
         return None
-    return _advance(workflow, actor, inline=inline, succeeded=succeeded)
+    return _advance(workflow, actor, inline=inline, succeeded=succeeded, phase_results=phase_results)
 
 
-def _advance(workflow: Workflow, actor: Actor, *, inline=None, succeeded=None) -> Task | None:
-    return _fire(workflow, PHASE_EVENTS[workflow.state], actor, inline=inline, succeeded=succeeded)
+def _keep_results(workflow_id, phase: str, last_seq: int) -> None:
+    """A manual workflow waits for `next` with its phase's results in view."""
+    with transaction.atomic():
+        workflow = _locked(workflow_id)
+        if (workflow.state, workflow.last_seq) != (phase, last_seq):
+            raise ConcurrentChange(f"workflow {workflow_id} changed while its {phase} results were being kept")
+        workflow.results = {**workflow.results, phase: _phase_results(workflow)}
+        workflow.save(update_fields=["results", "updated_at"])
+
+
+def _advance(workflow: Workflow, actor: Actor, **commit) -> Task | None:
+    return _fire(workflow, PHASE_EVENTS[workflow.state], actor, **commit)
 
 
 def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
@@ -585,7 +604,7 @@ def task_record(task: Task, *, result=None, stored: str | None = None, error: st
         workflow = task.snapshot.workflow(task.workflow_id)
         try:
             return Recorded(
-                True, _finish_phase(workflow, Actor.WORKER, _results(task, result), inline=inline, succeeded=succeeded)
+                True, _finish_phase(workflow, Actor.WORKER, _results(task, stored), inline=inline, succeeded=succeeded)
             )
         except ConcurrentChange as lost:
             if not lost.recorded:
@@ -599,17 +618,15 @@ def task_record(task: Task, *, result=None, stored: str | None = None, error: st
         return Recorded(True)
     workflow = fan_in.workflow_row.workflow(task.workflow_id)
     try:
-        return Recorded(True, _finish_phase(workflow, Actor.WORKER, _results(task, result), inline=inline))
+        return Recorded(True, _finish_phase(workflow, Actor.WORKER, _results(task, stored), inline=inline))
     except ConcurrentChange:
         return Recorded(True)
 
 
-def _results(task: Task, result):
-    """The results of the phase `task` ends with `result`: PREPARE and VALIDATE have one
-    task; EXECUTE's come by name, this one's perhaps not yet written."""
-    if task.phase != State.EXECUTE:
-        return result
-    return {**dict(statements.results(task.workflow_id, task.phase)), task.name: result}
+def _results(task: Task, stored: str | None):
+    """The results of the phase `task` ends: PREPARE and VALIDATE have one task, whose
+    result is the phase's; EXECUTE's are gathered by the transition's statement."""
+    return statements.GATHER if task.phase == State.EXECUTE else stored
 
 
 def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None, workflow_id=None) -> bool:
@@ -696,7 +713,7 @@ def _move_on_finished_phases() -> int:
         with transaction.atomic():
             workflow = _locked(workflow_id)
             if workflow.state in PHASES and workflow.mode == Workflow.Mode.AUTO and workflow.unfinished == 0:
-                _finish_phase(workflow, Actor.SYSTEM, _phase_results(workflow))
+                _finish_phase(workflow, Actor.SYSTEM, _gathered(workflow))
                 moved += 1
     return moved
 

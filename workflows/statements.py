@@ -5,11 +5,11 @@
     claim        a queued attempt becomes RUNNING for one worker; it comes back to the
                  worker with what a transition of its workflow needs
     succeed      a success is recorded and the workflow's fan-in counter goes down by one
-    results      the results of the EXECUTE tasks, read when that phase ends
-    transition   a state change: the workflow row (compared and set on its chain head),
-                 its audit row and, entering a phase, that phase's tasks queued (one of
-                 them claimed for the worker that made the change); a worker whose task
-                 is the last of its phase records the success in the same statement
+    transition   a state change: the workflow row (compared and set on its chain head,
+                 the phase's results added to its own), its audit row and, entering a
+                 phase, that phase's tasks queued (one of them claimed for the worker
+                 that made the change); a worker whose task is the last of its phase
+                 records the success in the same statement
 
 What these cost is the orchestrator's speed (every statement is a round trip) and its
 ceiling across machines (one PostgreSQL's statements per second ÷ statements per task),
@@ -39,20 +39,16 @@ TASK_COLUMNS = (
     "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "worker", "started_at", "lease_expires_at",
 )  # fmt: skip
-# What a transition computed in memory needs of its workflow: its results only when they
-# are about to be extended with the phase's (`{results_when}` says when).
+# What a transition computed in memory needs of its workflow (its results are extended in
+# the statement, never written back from a copy).
 WORKFLOW_COLUMNS_READ = (
     "state", "mode", "unfinished", "last_seq", "last_digest", "error", "retries", "failed_phase", "started_at",
-    "finished_at", "results",
+    "finished_at",
 )  # fmt: skip
 
 
 def _columns(columns: tuple, prefix: str = "") -> str:
     return ", ".join(prefix + column for column in columns)
-
-
-def _workflow_columns(prefix: str = "", results_when: str = "TRUE") -> str:
-    return f"{_columns(WORKFLOW_COLUMNS_READ[:-1], prefix)}, CASE WHEN {results_when} THEN {prefix}results END"
 
 
 # --- claim ------------------------------------------------------------------------------------
@@ -70,13 +66,13 @@ UPDATE workflows_task AS task SET {CLAIMED}
 FROM workflows_workflow AS workflow
 WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
     AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-RETURNING {_columns(TASK_COLUMNS, "task.")}, {_workflow_columns("workflow.", "workflow.unfinished = 1")}"""
+RETURNING {_columns(TASK_COLUMNS, "task.")}, {_columns(WORKFLOW_COLUMNS_READ, "workflow.")}"""
 # SQLite: the claim, then (SQLite's RETURNING cannot name another table) the workflow.
 CLAIM_TASK = f"""
 UPDATE workflows_task SET {CLAIMED}
 WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
 RETURNING {_columns(TASK_COLUMNS)}"""
-WORKFLOW = f"SELECT {_workflow_columns(results_when='unfinished = 1')} FROM workflows_workflow WHERE id = %(workflow)s"
+WORKFLOW = f"SELECT {_columns(WORKFLOW_COLUMNS_READ)} FROM workflows_workflow WHERE id = %(workflow)s"
 
 # --- succeed ----------------------------------------------------------------------------------
 
@@ -93,10 +89,13 @@ FAN_IN = f"""
 UPDATE workflows_workflow
 SET unfinished = CASE WHEN state = {{phase}} AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 {{from_done}} WHERE id = %(workflow)s
-RETURNING state = {{phase}}, {_workflow_columns(results_when="state = {phase} AND unfinished = 0")}"""
+RETURNING state = {{phase}}, {_columns(WORKFLOW_COLUMNS_READ)}"""
 
 # --- results ----------------------------------------------------------------------------------
 
+# What a handler reads of its workflow, when it asks (TaskContext.input, .results).
+INPUT = "SELECT input, results FROM workflows_workflow WHERE id = %(workflow)s"
+# For a caller that gathers a phase's results itself (recovery, a manual workflow).
 RESULTS = (
     "SELECT name, result FROM workflows_task WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position"
 )
@@ -108,7 +107,7 @@ RESULTS = (
 # a phase) loses to any change made meanwhile.
 CHANGE = """
 UPDATE workflows_workflow
-SET state = %(target)s, results = %(results)s, error = %(error)s, retries = %(retries)s,
+SET state = %(target)s, results = {results}, error = %(error)s, retries = %(retries)s,
     failed_phase = %(failed_phase)s, started_at = %(started_at)s, finished_at = %(finished_at)s,
     updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
     unfinished = (SELECT COUNT(*) FROM workflows_task
@@ -120,6 +119,24 @@ INSERT INTO workflows_transition
     (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
 SELECT %(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s, %(data)s,
     %(created_at)s, %(digest)s {from_change}"""
+# A phase that ends adds its results to the workflow's, under its name: `phase_results`
+# (JSON text) for PREPARE and VALIDATE, whose one task's worker knows it; for EXECUTE,
+# its tasks' results by name, gathered here (the success recorded in the same statement
+# is not visible to it yet: `task` and `result` stand in for it).
+PHASE_RESULTS = {
+    "postgresql": "results || jsonb_build_object(%(source)s, CAST(%(phase_results)s AS jsonb))",
+    "sqlite": "json_set(results, '$.' || %(source)s, json(%(phase_results)s))",
+}
+EXECUTE_RESULTS = {
+    "postgresql": """results || jsonb_build_object(%(source)s, (
+        SELECT COALESCE(jsonb_object_agg(name, CASE WHEN id = %(task)s THEN CAST(%(result)s AS jsonb) ELSE result END),
+                        '{}')
+        FROM workflows_task WHERE workflow_id = %(workflow)s AND phase = %(source)s))""",
+    "sqlite": """json_set(results, '$.' || %(source)s, json((
+        SELECT json_group_object(name, json(CASE WHEN id = %(task)s THEN %(result)s ELSE result END))
+        FROM (SELECT id, name, result FROM workflows_task
+              WHERE workflow_id = %(workflow)s AND phase = %(source)s ORDER BY position))))""",
+}
 # The entered phase's tasks that still have work to do get their next attempt; the first
 # that fits `inline_timeout` (`pick`) may go straight to RUNNING for the worker that made
 # the change, which runs it itself instead of sending it through the broker.
@@ -192,7 +209,6 @@ class WorkflowRow:
     @classmethod
     def read(cls, row) -> WorkflowRow:
         values = dict(zip(WORKFLOW_COLUMNS_READ, row, strict=True))
-        values["results"] = from_json(values["results"])
         values["started_at"], values["finished_at"] = from_time(values["started_at"]), from_time(values["finished_at"])
         return cls(values)
 
@@ -354,13 +370,28 @@ def count_out(workflow_id, phase: str) -> FanIn:
 # --- results --------------------------------------------------------------------------------
 
 
+def workflow_input(workflow_id) -> tuple[dict, dict]:
+    """The workflow's input and its results so far."""
+    input, results = _one(INPUT, {"workflow": db_uuid(workflow_id)})
+    return from_json(input), from_json(results)
+
+
 def results(workflow_id, phase: str) -> list[tuple[str, object]]:
-    """`results`: (name, result) of each of the phase's tasks, in order."""
+    """(name, result) of each of the phase's tasks, in order."""
     rows = _fetch(RESULTS, {"workflow": db_uuid(workflow_id), "phase": phase})
     return [(name, from_json(result)) for name, result in rows]
 
 
 # --- transition ----------------------------------------------------------------------------
+
+
+class UNCHANGED:
+    """transition(phase_results=UNCHANGED): the change adds no results."""
+
+
+class GATHER:
+    """transition(phase_results=GATHER): the change ends EXECUTE, whose results are its
+    tasks', gathered in the statement."""
 
 
 @dataclass
@@ -400,17 +431,28 @@ def transition(
     fresh_budget: bool = False,
     inline: Inline | None = None,
     succeeded: Succeeded | None = None,
+    phase_results: str | None | type[GATHER] = UNCHANGED,
 ) -> Written:
     """`transition`: write the change `workflow` made in memory (from `row.source`, at
-    chain head `previous_seq`) with its audit row `row`; with `queue_phase`, give the
+    chain head `previous_seq`) with its audit row `row`; add the phase's results (JSON
+    text, or GATHER for EXECUTE's) unless UNCHANGED; with `queue_phase`, give the
     entered phase's unfinished tasks their next attempt; with `succeeded`, record that
     success first, and make the change only if it was the phase's last."""
+    vendor = connection.vendor
+    if phase_results is UNCHANGED:
+        results = "results"
+    elif phase_results is GATHER:
+        results = EXECUTE_RESULTS[vendor]
+    else:
+        results = PHASE_RESULTS[vendor]
     params = {
         "workflow": db_uuid(workflow.pk),
         "source": row.source,
         "target": row.target,
         "previous_seq": previous_seq,
-        "results": json.dumps(workflow.results),
+        "phase_results": None if phase_results in (UNCHANGED, GATHER) else phase_results,
+        "task": succeeded.task_id if succeeded else None,
+        "result": succeeded.result if succeeded else None,
         "error": workflow.error,
         "retries": workflow.retries,
         "failed_phase": workflow.failed_phase,
@@ -430,19 +472,19 @@ def transition(
         "inline_timeout": inline.max_timeout if inline else None,
     }
     if succeeded:
-        params.update(task=succeeded.task_id, attempt=succeeded.attempt, result=succeeded.result)
-    postgres = _postgres()
+        params["attempt"] = succeeded.attempt
+    postgres = vendor == "postgresql"
     queue = QUEUE.format(
         status=QUEUED_OR_PICKED if inline else QUEUED,
         offset="attempt" if fresh_budget else "attempt_offset",
         and_changed="AND EXISTS (SELECT 1 FROM change)" if postgres else "",
     )
     if postgres:
-        return _transition_in_one(params, queue, queue_phase, inline, succeeded)
+        return _transition_in_one(params, results, queue, queue_phase, inline, succeeded)
     with transaction.atomic(savepoint=False):
         if succeeded and _one(TASK_SUCCEEDED.format(and_locked=""), params) is None:
             return Written(recorded=False)
-        changed = _one(CHANGE.format(and_last="AND unfinished = 1" if succeeded else ""), params)
+        changed = _one(CHANGE.format(results=results, and_last="AND unfinished = 1" if succeeded else ""), params)
         if changed is None:
             return Written(recorded=True)
         _fetch(AUDIT.format(from_change=""), params)
@@ -450,14 +492,14 @@ def transition(
     return _written(True, changed[0], tasks)
 
 
-def _transition_in_one(params: dict, queue: str, queue_phase: bool, inline, succeeded) -> Written:
+def _transition_in_one(params: dict, results: str, queue: str, queue_phase: bool, inline, succeeded) -> Written:
     parts = []
     if succeeded:
         done = TASK_SUCCEEDED.format(and_locked="AND EXISTS (SELECT 1 FROM locked)")
         parts += [f"locked AS ({LOCK_WORKFLOW})", f"done AS ({done})"]
     and_last = "AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)" if succeeded else ""
     parts += [
-        f"change AS ({CHANGE.format(and_last=and_last)})",
+        f"change AS ({CHANGE.format(results=results, and_last=and_last)})",
         f"audit AS ({AUDIT.format(from_change='FROM change')})",
     ]
     recorded = "(SELECT COUNT(*) FROM done)" if succeeded else "1"
