@@ -8,6 +8,7 @@ the future, and the Redis broker keeps due times in a sorted set beside its list
 
 import time
 from datetime import datetime
+from math import inf
 
 from django.utils import timezone
 from django_q.brokers.orm import ORM
@@ -17,6 +18,27 @@ from django_q.models import OrmQ
 
 
 class OrmBroker(ORM):
+    # An empty queue is looked at every ORCH_POLL seconds, but for a second after jobs
+    # were found, ten times as often: a workflow's next job is usually queued within
+    # milliseconds of the last one, and a pusher asleep for a whole poll stalls every
+    # worker. An idle cluster still polls every ORCH_POLL.
+    busy_seconds = 1.0
+    busy_poll_fraction = 0.1
+
+    def dequeue(self):
+        """django-q2's ORM dequeue, but for the pause when the queue is empty."""
+        jobs = []
+        for job in self.get_connection().filter(key=self.list_key, lock__lt=timezone.now())[: Conf.BULK]:
+            # Zero rows updated: another cluster took the job first.
+            if self.get_connection().filter(id=job.id, lock=job.lock).update(lock=self.timeout(job)):
+                jobs.append((job.pk, job.payload))
+        if jobs:
+            self._found_at = time.monotonic()
+            return jobs
+        busy = time.monotonic() - getattr(self, "_found_at", -inf) < self.busy_seconds
+        time.sleep(Conf.POLL * (self.busy_poll_fraction if busy else 1))
+        return None
+
     def enqueue_many(self, packages: list[str], eta: datetime | None = None) -> None:
         lock = eta or timezone.now()
         key = self.list_key
