@@ -4,6 +4,7 @@
                  its PREPARE task queued: inserted as they will be, nothing read back
     claim        a queued attempt becomes RUNNING for one worker; it comes back to the
                  worker with what a transition of its workflow needs
+    input        what a handler reads of its workflow, only when it asks
     succeed      a success is recorded and the workflow's fan-in counter goes down by one
     transition   a state change: the workflow row (compared and set on its chain head,
                  the phase's results added to its own), its audit row and, entering a
@@ -15,7 +16,8 @@ What these cost is the orchestrator's speed (every statement is a round trip) an
 ceiling across machines (one PostgreSQL's statements per second ÷ statements per task),
 so each is one statement on PostgreSQL. SQLite cannot write two tables in one statement:
 there the parts of `create`, `claim`, `succeed` and `transition` run in order, in one
-transaction where they write, so both databases run the same SQL text.
+transaction where they write. Both databases run the same SQL text but for the JSON of a
+phase's results and the claim's RETURNING, which each spells its own way.
 
 A statement that writes both a task and its workflow locks the workflow's row first, as
 the services' transactions do (`services._locked`), so that the two never deadlock.
@@ -91,7 +93,7 @@ SET unfinished = CASE WHEN state = {{phase}} AND unfinished > 0 THEN unfinished 
 {{from_done}} WHERE id = %(workflow)s
 RETURNING state = {{phase}}, {_columns(WORKFLOW_COLUMNS_READ)}"""
 
-# --- results ----------------------------------------------------------------------------------
+# --- reads ------------------------------------------------------------------------------------
 
 # What a handler reads of its workflow, when it asks (TaskContext.input, .results).
 INPUT = "SELECT input, results FROM workflows_workflow WHERE id = %(workflow)s"
