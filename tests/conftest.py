@@ -99,7 +99,12 @@ class Engine:
         while ran < limit:
             jobs = self.pending()
             if not jobs:
-                if not self.broker.delayed_size() or time.monotonic() > deadline:
+                # Delayed first, then due: a job only ever moves from delayed to due, so
+                # one that falls due between the two looks is not missed.
+                waiting = self.broker.delayed_size()
+                if self.broker.queue_size():
+                    continue
+                if not waiting or time.monotonic() > deadline:
                     return ran
                 jobs = self._take()  # waits for the next delayed job to fall due
             for job in jobs:
