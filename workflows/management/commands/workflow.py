@@ -91,7 +91,9 @@ class Command(BaseCommand):
         cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
         cancel.add_argument("ids", nargs="+", metavar="ID")
         cancel.add_argument("--reason", default="", help="Kept in the audit log.")
-        commands.add_parser("recover", help="Take back expired leases and re-send lost jobs now.")
+        commands.add_parser(
+            "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
+        )
         verify = commands.add_parser(
             "verify", help="Check the audit log's hash chain; exit 1 at the first broken link."
         )
@@ -247,4 +249,7 @@ class Command(BaseCommand):
 
     def do_recover(self, **_):
         found = services.recover()
-        self.stdout.write(f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}")
+        self.stdout.write(
+            f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
+            f"finished phases moved on: {found['moved_on']}"
+        )
