@@ -81,7 +81,7 @@ class Engine(RuleBasedStateMachine):
     @staticmethod
     def outcome(succeed: bool) -> dict:
         if succeed:
-            return {"result": {"ok": True}, "stored": '{"ok": true}'}
+            return {"stored": '{"ok": true}'}
         return {"error": "Traceback...\nRuntimeError: boom"}
 
     @precondition(lambda self: self.workflow_id is not None)

@@ -59,9 +59,7 @@ def run_task(task_id: int, attempt: int) -> None:
         if outcome.stopped:
             services.task_hand_back(task.pk, task.attempt, workflow_id=task.workflow_id)
             raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
-        recorded = services.task_record(
-            task, result=outcome.result, stored=outcome.stored, error=outcome.error, inline=chain.next_claim()
-        )
+        recorded = services.task_record(task, stored=outcome.stored, error=outcome.error, inline=chain.next_claim())
         task = recorded.next_task
 
 

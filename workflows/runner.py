@@ -41,8 +41,7 @@ class WorkerStopping(BaseException):
 
 @dataclass
 class Outcome:
-    result: Any = None
-    stored: str | None = None  # the result as the JSON text the database will hold
+    stored: str | None = None  # the result, as the JSON text the database will hold
     error: str | None = None
     stopped: bool = False  # the worker was stopped mid-run: hand the attempt back
 
@@ -266,4 +265,4 @@ def run_handler(task: Task) -> Outcome:
     stored, problem = storable(result)
     if problem:
         return Outcome(error=problem)
-    return Outcome(result=result, stored=stored)
+    return Outcome(stored=stored)

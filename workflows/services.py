@@ -408,8 +408,8 @@ def _with_its_jobs():
 
 
 def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None) -> None:
-    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs after
-    commit. `charge=False` keeps the attempt from counting against the budget (a
+    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs (see
+    _enqueue). `charge=False` keeps the attempt from counting against the budget (a
     handed-back attempt)."""
     changes = {
         "status": Status.QUEUED,
@@ -581,11 +581,11 @@ class Recorded:
     next_task: Task | None = None  # claimed for the worker by the transition this outcome caused
 
 
-def task_record(task: Task, *, result=None, stored: str | None = None, error: str | None = None, inline=None):
+def task_record(task: Task, *, stored: str | None = None, error: str | None = None, inline=None):
     """Record the outcome of one attempt of `task` (claimed), once, and move the workflow on.
 
-    A success is `result` with `stored`, its JSON text (see runner.storable); a failure
-    is `error`. A result that arrives after the workflow left the task's phase
+    A success is its result as the JSON text to store (`stored`, see runner.storable;
+    None for no result); a failure is `error`. A result that arrives after the workflow left the task's phase
     (cancelled, failed) is recorded and changes nothing. With `inline`
     (services.inline_claim), a transition this outcome causes may claim the next phase's
     first task for the same worker.
@@ -638,7 +638,7 @@ def task_finished(task_id: int, attempt: int, *, result=None, error: str | None 
     task.attempt = attempt
     if error is not None:
         return task_record(task, error=error).recorded
-    return task_record(task, result=result, stored=None if result is None else json.dumps(result)).recorded
+    return task_record(task, stored=None if result is None else json.dumps(result)).recorded
 
 
 def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool:
