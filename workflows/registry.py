@@ -105,13 +105,13 @@ class TaskContext:
     `results`) is read from the database when a handler first asks for it: a handler that
     needs none of it costs no query."""
 
-    def __init__(self, *, task, cancelled: Callable[[], bool], workflow=None):
+    def __init__(self, *, task, cancelled: Callable[[], bool]):
         self.task = task
         self.workflow_id = task.workflow_id
         self.attempt = task.attempt
         self.logger = logging.getLogger(f"workflows.task.{task.type}")
         self._cancelled = cancelled
-        self._workflow = workflow
+        self._workflow = None
         self._read = None
 
     @property

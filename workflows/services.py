@@ -3,8 +3,8 @@
 Each one runs in `transaction.atomic()`, locks the workflow row, fires the django-fsm
 transition, and commits it with `_commit_change`: the workflow row, its audit row (made
 by `Transition.objects.build`) and the next phase's tasks are written together, and
-jobs are sent with `transaction.on_commit`, so that a job never sees a rolled-back row
-and an audit row exists exactly when its state change was committed.
+their jobs are sent with the change (`_enqueue`), so that a job never sees a rolled-back
+row and an audit row exists exactly when its state change was committed.
 
 The exception is the hot path (`task_claim`, `task_record`): a worker records a success
 and, when it ended a phase, fires the next transition without a lock, as a
@@ -163,8 +163,7 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
         task.status, task.attempt, task.queued_at = Status.QUEUED, 1, now
     workflow.unfinished = len(first)
     with _with_its_jobs():
-        queued = statements.create(workflow, tasks, row)
-        _enqueue([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in queued])
+        _enqueue(_jobs(statements.create(workflow, tasks, row)))
 
 
 def _fingerprint(**request) -> str:
@@ -350,7 +349,7 @@ def _commit_change(
             succeeded=succeeded,
             phase_results=phase_results,
         )
-        _enqueue([queue.task_job(t.values["id"], t.values["attempt"], t.values["timeout"]) for t in written.queued])
+        _enqueue(_jobs(written.queued))
     if written.unfinished is None:  # outside the transaction: a success recorded with it stays
         raise ConcurrentChange(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
@@ -362,17 +361,37 @@ def _commit_change(
     return written.inline.instance()
 
 
-def _fire(workflow: Workflow, event: str, actor: Actor, *, reason="", data=None, inline=None, **commit):
-    """Fire the django-fsm transition `event` (`commit` holds its arguments, such as a
-    fail's error, and _commit_change's) and commit it; a phase it enters with nothing
-    left to run is finished at once. Returns the task claimed for `inline`, if any."""
-    arguments = {name: commit.pop(name) for name in list(commit) if name not in ("succeeded", "phase_results")}
+def _fire(
+    workflow: Workflow,
+    event: str,
+    actor: Actor,
+    *,
+    reason="",
+    data=None,
+    inline=None,
+    succeeded=None,
+    phase_results=statements.UNCHANGED,
+    **arguments,
+):
+    """Fire the django-fsm transition `event` (with its `arguments`, such as a fail's
+    error) and commit it (see _commit_change); a phase it enters with nothing left to run
+    is finished at once. Returns the task claimed for `inline`, if any."""
     source = workflow.state
     try:
         getattr(workflow, event)(**arguments)
     except TransitionNotAllowed:
         raise InvalidTransition(workflow, event) from None
-    claimed = _commit_change(workflow, source, event, actor, reason=reason, data=data, inline=inline, **commit)
+    claimed = _commit_change(
+        workflow,
+        source,
+        event,
+        actor,
+        reason=reason,
+        data=data,
+        inline=inline,
+        succeeded=succeeded,
+        phase_results=phase_results,
+    )
     if workflow.state in PHASES and workflow.unfinished == 0:
         nothing = statements.GATHER if workflow.state == State.EXECUTE else json.dumps(None)
         return _finish_phase(workflow, actor, nothing, inline=inline)
@@ -399,6 +418,10 @@ def _enqueue(jobs: list[queue.Job]) -> None:
         queue.enqueue(jobs)
     else:
         transaction.on_commit(lambda: _send(jobs))
+
+
+def _jobs(queued: list[statements.ClaimedTask]) -> list[queue.Job]:
+    return [queue.task_job(task.values["id"], task.values["attempt"], task.values["timeout"]) for task in queued]
 
 
 def _with_its_jobs():
@@ -585,8 +608,8 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
     """Record the outcome of one attempt of `task` (claimed), once, and move the workflow on.
 
     A success is its result as the JSON text to store (`stored`, see runner.storable;
-    None for no result); a failure is `error`. A result that arrives after the workflow left the task's phase
-    (cancelled, failed) is recorded and changes nothing. With `inline`
+    None for no result); a failure is `error`. A result that arrives after the workflow
+    left the task's phase (cancelled, failed) is recorded and changes nothing. With `inline`
     (services.inline_claim), a transition this outcome causes may claim the next phase's
     first task for the same worker.
 
@@ -629,7 +652,7 @@ def _results(task: Task, stored: str | None):
     return statements.GATHER if task.phase == State.EXECUTE else stored
 
 
-def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None, workflow_id=None) -> bool:
+def task_finished(task_id: int, attempt: int, *, result=None, error: str | None = None) -> bool:
     """Record the outcome of one attempt (for callers that hold no claimed Task); False
     when it was not recorded."""
     task = Task.objects.filter(pk=task_id).only("pk", "workflow_id", "phase", "name").first()

@@ -452,7 +452,7 @@ def transition(
         "source": row.source,
         "target": row.target,
         "previous_seq": previous_seq,
-        "phase_results": None if phase_results in (UNCHANGED, GATHER) else phase_results,
+        "phase_results": None if phase_results is UNCHANGED or phase_results is GATHER else phase_results,
         "task": succeeded.task_id if succeeded else None,
         "result": succeeded.result if succeeded else None,
         "error": workflow.error,
