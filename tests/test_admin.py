@@ -486,6 +486,15 @@ def test_add_without_starting_and_with_the_definition_s_default_tasks(admin_clie
         ({"definition": "nope"}, "definition", "Select a valid choice."),
         ({"name": ""}, "name", "This field is required."),
         ({"mode": "sometimes"}, "mode", "Select a valid choice."),
+        # What the database cannot store is refused with the field, not a 500.
+        ({"input": '{"k": "\\ud800"}'}, "input", "input.k contains a lone surrogate"),
+        ({"input": '{"k": "a\\u0000b"}'}, "input", "input.k contains a NUL character"),
+        ({"input": '{"\\u0000": 1}'}, "input", "a key of input contains a NUL character"),
+        ({"input": '{"a": ' * 100 + "1" + "}" * 100}, "input", "nested more than 64 levels deep"),
+        ({"input": '{"a": ' * 5000 + "1" + "}" * 5000}, "input", "Nested more than 64 levels deep."),
+        ({"tasks": '[{"type": "echo", "params": {"k": "\\udfff"}}]'}, "tasks", "params.k contains a lone surrogate"),
+        ({"tasks": '[{"type": "echo", "name": "a\\u0000"}]'}, "tasks", "name contains a NUL character"),
+        ({"name": "a\x00b"}, "name", "Null characters are not allowed."),
     ],
 )
 def test_bad_input_shows_errors_on_the_form_and_creates_nothing(admin_client, changes, field, message):

@@ -244,7 +244,7 @@ def test_retry_of_a_workflow_that_did_not_fail_is_refused_with_its_state(engine)
     with pytest.raises(services.InvalidTransition) as error:
         engine.call(services.workflow_retry, workflow.pk, actor=Actor.SYSTEM)
     assert error.value.state == State.COMPLETE
-    assert error.value.allowed == []
+    assert error.value.allowed == ["delete"]
     assert events(reload(workflow)) == ["start", "execute", "validate", "complete"]
 
 
@@ -338,4 +338,4 @@ def test_next_is_refused_in_auto_mode(engine):
     with pytest.raises(services.InvalidTransition, match="only for workflows in manual mode") as error:
         engine.call(services.workflow_next, workflow.pk, actor=Actor.SYSTEM)
     assert error.value.state == State.PREPARE
-    assert set(error.value.allowed) == {"execute", "fail", "cancel"}
+    assert error.value.allowed == ["cancel"]

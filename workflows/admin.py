@@ -17,8 +17,9 @@ from django.utils.html import format_html
 
 from . import services
 from .diagrams import STATE_COLOURS, STATUS_COLOURS, state_graph_svg, task_timeline_svg
-from .models import PHASES, Actor, State, Task, Transition, Workflow
+from .models import PHASES, Actor, Task, Transition, Workflow
 from .registry import definition_keys
+from .values import MAX_DEPTH
 
 
 def badge(value: str, colour: str):
@@ -107,6 +108,8 @@ class JSONTextField(forms.CharField):
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"Not valid JSON: {exc}")
+        except RecursionError:
+            raise ValidationError(f"Nested more than {MAX_DEPTH} levels deep.")
         if not isinstance(parsed, self.kind):
             raise ValidationError(f"Must be a JSON {'object' if self.kind is dict else 'list'}.")
         return parsed
@@ -311,13 +314,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _offers(workflow: Workflow, event: str) -> bool:
-        if event == "next":
-            return workflow.mode == Workflow.Mode.MANUAL and workflow.state in (
-                State.PREPARE,
-                State.EXECUTE,
-                State.VALIDATE,
-            )
-        return event in workflow.available_events
+        return event in services.available_actions(workflow)
 
     def transition_view(self, request, object_id, event):
         workflow = self.get_object(request, object_id)

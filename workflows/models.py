@@ -65,8 +65,16 @@ class Workflow(FSMModelMixin, models.Model):
     error = models.TextField(blank=True)
     retries = models.PositiveIntegerField(default=0, help_text="Manual retries so far.")
     failed_phase = models.CharField(max_length=16, blank=True, choices=Phase.choices)
-    # NULL, not "", when unset: the unique constraint only covers keys that were given.
+    # NULL, not "", when unset: the unique constraints only cover keys that were given.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
+    # The scope is kept apart from created_by, which deleting the user clears.
+    idempotency_scope = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Whose idempotency key it is: the creating user's id; empty for the CLI and the system.",
+    )
     fingerprint = models.CharField(
         max_length=64, blank=True, help_text="Hash of the creating request, to tell a repeat from a conflict."
     )
@@ -91,9 +99,9 @@ class Workflow(FSMModelMixin, models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["idempotency_key"],
+                fields=["idempotency_scope", "idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
-                name="workflow_idempotency_key_unique",
+                name="workflow_idempotency_key_unique_in_scope",
             ),
         ]
         indexes = [

@@ -30,7 +30,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import queue, statements
+from . import queue, statements, values
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
@@ -46,12 +46,32 @@ class WorkflowError(Exception):
     """A request the workflow cannot honour in its current state."""
 
 
+# What a user can do to a workflow (the transitions that end a phase, and `fail`, are the
+# engine's own).
+ACTIONS = ("start", "next", "retry", "cancel", "delete")
+
+
+def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
+    """The ACTIONS the service functions below would accept for `workflow` now, from a
+    caller who may change it and (`may_delete`) delete it."""
+    state = workflow.state
+    allowed = {
+        "start": state == State.INIT,
+        "next": workflow.mode == Workflow.Mode.MANUAL
+        and (state == State.INIT or (state in PHASES and not workflow.unfinished)),
+        "retry": state == State.FAILED,
+        "cancel": state in (State.INIT, *PHASES, State.FAILED),
+    }
+    actions = [action for action, ok in allowed.items() if ok and may_change]
+    return [*actions, "delete"] if may_delete and state not in PHASES else actions
+
+
 class InvalidTransition(WorkflowError):
     def __init__(self, workflow: Workflow, event: str, message: str = ""):
         self.workflow = workflow
         self.event = event
         self.state = workflow.state
-        self.allowed = workflow.available_events
+        self.allowed = available_actions(workflow)
         super().__init__(message or f"cannot {event} a workflow in state {workflow.state}")
 
 
@@ -83,15 +103,19 @@ def _normalize_task(index: int, spec) -> dict:
     task_type = spec.get("type")
     if not isinstance(task_type, str) or not task_type:
         raise ValueError("type is required")
+    _storable_text(task_type, "type")
     get_task_type(task_type)
     name = spec.get("name") or f"{task_type}-{index + 1}"
     if not isinstance(name, str) or len(name) > 200:
         raise ValueError("name must be a string of at most 200 characters")
+    _storable_text(name, "name")
     if name in RESERVED_TASK_NAMES:
         raise ValueError(f"name {name!r} is reserved for the {name.upper()} phase")
     params = spec.get("params", {})
     if not isinstance(params, dict):
         raise ValueError("params must be an object")
+    if problem := values.json_problem(params, "params"):
+        raise ValueError(problem)
     max_attempts = spec.get("max_attempts", settings.ORCH_MAX_ATTEMPTS)
     timeout = spec.get("timeout", settings.ORCH_TASK_TIMEOUT)
     return {
@@ -101,6 +125,11 @@ def _normalize_task(index: int, spec) -> dict:
         "max_attempts": _number(max_attempts, "max_attempts", whole=True, low=1, high=MAX_TASK_ATTEMPTS),
         "timeout": _number(timeout, "timeout", whole=False, low=0.1, high=MAX_TASK_TIMEOUT),
     }
+
+
+def _storable_text(text: str, field: str) -> None:
+    if problem := values.text_problem(text):
+        raise ValueError(f"{field} {problem}")
 
 
 def normalize_tasks(specs) -> list[dict]:
@@ -174,6 +203,8 @@ def _validated(name, definition, mode, input, tasks) -> tuple:
     errors = {}
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         errors["name"] = ["name is required: a string of at most 200 characters"]
+    elif problem := values.text_problem(name):
+        errors["name"] = [f"name {problem}"]
     try:
         definition_obj = get_definition(definition)
     except UnknownDefinition as exc:
@@ -183,6 +214,8 @@ def _validated(name, definition, mode, input, tasks) -> tuple:
         errors["mode"] = [f"mode must be one of {', '.join(Workflow.Mode.values)}"]
     if not isinstance(input, dict):
         errors["input"] = ["input must be a JSON object"]
+    elif problem := values.json_problem(input, "input"):
+        errors["input"] = [problem]
     try:
         specs = tasks if tasks is not None else list(definition_obj.tasks if definition_obj else [])
         normalized = normalize_tasks(specs)
@@ -213,8 +246,10 @@ def workflow_create(
     """
     input = {} if input is None else input
     definition_obj, specs = _validated(name, definition, mode, input, tasks)
-    # The creator is part of the request: another user repeating a key is a conflict,
-    # never a way to read someone else's workflow.
+    if idempotency_key is not None and (problem := values.text_problem(str(idempotency_key))):
+        raise ValidationError({"idempotency_key": [f"idempotency_key {problem}"]})
+    # The creator is part of the request, as it is of the key's scope: another user's
+    # same key is another request, never a way to read or block someone else's workflow.
     fingerprint = _fingerprint(
         user=actor.user.pk if actor.user else None,
         name=name,
@@ -225,7 +260,7 @@ def workflow_create(
         start=start,
     )
     if idempotency_key:
-        existing = _existing_for_key(idempotency_key, fingerprint)
+        existing = _existing_for_key(idempotency_key, actor, fingerprint)
         if existing:
             return existing, False
     workflow = Workflow(
@@ -234,6 +269,7 @@ def workflow_create(
         mode=mode,
         input=input,
         idempotency_key=idempotency_key or None,
+        idempotency_scope=_scope(actor) if idempotency_key else "",
         fingerprint=fingerprint,
         created_by=actor.user,
     )
@@ -252,15 +288,21 @@ def workflow_create(
                         _fire(workflow, "start", actor)
     except IntegrityError:
         # Another request with the same idempotency key committed first.
-        existing = idempotency_key and _existing_for_key(idempotency_key, fingerprint)
+        existing = idempotency_key and _existing_for_key(idempotency_key, actor, fingerprint)
         if not existing:
             raise
         return existing, False
     return workflow, True
 
 
-def _existing_for_key(key: str, fingerprint: str) -> Workflow | None:
-    existing = Workflow.objects.filter(idempotency_key=key).first()
+def _scope(actor: Actor) -> str:
+    return str(actor.user.pk) if actor.user else ""
+
+
+def _existing_for_key(key: str, actor: Actor, fingerprint: str) -> Workflow | None:
+    """The workflow that `actor`'s user (keys are scoped to their creator) created with
+    `key`; IdempotencyConflict when that was for a different request."""
+    existing = Workflow.objects.filter(idempotency_key=key, idempotency_scope=_scope(actor)).first()
     if existing and existing.fingerprint != fingerprint:
         raise IdempotencyConflict(existing)
     return existing
@@ -524,6 +566,8 @@ def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
 def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     """Cancel: tasks not yet running are cancelled at once; running ones see
     `ctx.cancelled()` and their late results change nothing."""
+    if problem := values.text_problem(reason):
+        raise ValidationError({"reason": [f"reason {problem}"]})
     with transaction.atomic():
         workflow = _locked(workflow_id)
         _fire(workflow, "cancel", actor, reason=reason)

@@ -263,8 +263,8 @@ def _task(row: tuple, workflow_row: WorkflowRow | None = None) -> ClaimedTask:
 
 WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-    "idempotency_key", "fingerprint", "created_by_id", "created_at", "updated_at", "started_at", "finished_at",
-    "unfinished", "last_seq", "last_digest",
+    "idempotency_key", "idempotency_scope", "fingerprint", "created_by_id", "created_at", "updated_at",
+    "started_at", "finished_at", "unfinished", "last_seq", "last_digest",
 )  # fmt: skip
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",

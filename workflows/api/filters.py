@@ -3,6 +3,8 @@ from datetime import UTC
 import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
+from rest_framework.exceptions import ValidationError as BadRequest
+from rest_framework.filters import OrderingFilter
 
 from ..models import State, Workflow
 
@@ -38,3 +40,23 @@ class WorkflowFilter(django_filters.FilterSet):
     class Meta:
         model = Workflow
         fields = ["state", "definition", "mode", "created_after", "created_before"]
+
+
+class StrictOrderingFilter(OrderingFilter):
+    """?ordering=: a field that cannot be ordered by is a 400 naming it (DRF drops it
+    silently, and the client gets an order it did not ask for)."""
+
+    def get_ordering(self, request, queryset, view):
+        terms = [term.strip() for term in request.query_params.get(self.ordering_param, "").split(",")]
+        allowed = {name for name, _ in self.get_valid_fields(queryset, view, {"request": request})}
+        invalid = [term for term in terms if term and term.removeprefix("-") not in allowed]
+        if invalid:
+            raise BadRequest(
+                {
+                    self.ordering_param: [
+                        f"Cannot order by {', '.join(invalid)}: choose from {', '.join(sorted(allowed))}, "
+                        "each optionally prefixed with - for descending order."
+                    ]
+                }
+            )
+        return super().get_ordering(request, queryset, view)

@@ -4,42 +4,97 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .. import services, values
 from ..models import PHASES, Phase, State, Task, Transition, Workflow
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
+from . import access
+
+# Input fields take JSON's own types, as the CLI and the engine do: DRF would otherwise
+# read 0 as the name "0", "3" as the number 3 and true as 1.0.
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string (DRF's CharField also turns numbers into text)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON whole number: not a string, a boolean or a fraction."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number: not a string or a boolean."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, alongside any other field errors: a misspelt
+    field is a mistake to report, not one to ignore."""
+
+    def to_internal_value(self, data):
+        known = set(self.fields)
+        unknown = {
+            str(field): [f"Unknown field: the fields are {', '.join(sorted(known))}."]
+            for field in (data if isinstance(data, dict) else ())
+            if field not in known
+        }
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, dict):
+                exc.detail.update(serializers.as_serializer_error(serializers.ValidationError(unknown)))
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class JSONObjectField(serializers.JSONField):
-    """A JSON object (not a list, string or number)."""
+    """A JSON object (not a list, string or number) that the database can store."""
 
     default_error_messages = {"not_an_object": "Must be a JSON object."}
 
     def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        if not isinstance(value, dict):
+        if not isinstance(data, dict):
             self.fail("not_an_object")
-        return value
+        if problem := values.json_problem(data, self.field_name):
+            raise serializers.ValidationError(problem)
+        return super().to_internal_value(data)
 
 
 extend_schema_field({"type": "object", "additionalProperties": True})(JSONObjectField)
 
 
-class TaskSpecSerializer(serializers.Serializer):
-    name = serializers.CharField(required=False, max_length=200, help_text="Defaults to the type and a number.")
-    type = serializers.CharField(max_length=100, help_text="A registered task type, e.g. echo, sleep, noop, fail.")
+class TaskSpecSerializer(StrictSerializer):
+    name = StrictCharField(required=False, max_length=200, help_text="Defaults to the type and a number.")
+    type = StrictCharField(max_length=100, help_text="A registered task type, e.g. echo, sleep, noop, fail.")
     params = JSONObjectField(required=False, help_text="Given to the handler.")
-    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TASK_ATTEMPTS)
-    timeout = serializers.FloatField(required=False, min_value=0.1, max_value=MAX_TASK_TIMEOUT, help_text="Seconds.")
+    max_attempts = StrictIntegerField(required=False, min_value=1, max_value=MAX_TASK_ATTEMPTS)
+    timeout = StrictFloatField(required=False, min_value=0.1, max_value=MAX_TASK_TIMEOUT, help_text="Seconds.")
 
 
-class WorkflowInputSerializer(serializers.Serializer):
+class WorkflowInputSerializer(StrictSerializer):
     """The body that creates (and, on the start endpoints, starts) a workflow."""
 
-    name = serializers.CharField(max_length=200)
-    definition = serializers.CharField(max_length=100, default="default")
+    name = StrictCharField(max_length=200)
+    definition = StrictCharField(max_length=100, default="default")
     mode = serializers.ChoiceField(choices=Workflow.Mode.choices, default=Workflow.Mode.AUTO)
     input = JSONObjectField(default=dict)
     tasks = TaskSpecSerializer(many=True, required=False, max_length=MAX_TASKS)
-    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, allow_blank=False)
+    idempotency_key = StrictCharField(max_length=200, required=False, allow_null=True, allow_blank=False)
 
 
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
@@ -84,10 +139,15 @@ class ProgressMixin(serializers.Serializer):
         tasks = list(workflow.tasks.all())
         return {"done": sum(t.status == Task.Status.SUCCEEDED for t in tasks), "total": len(tasks)}
 
-    @extend_schema_field(serializers.ListField(child=serializers.ChoiceField(choices=[
-        "start", "execute", "validate", "complete", "fail", "retry", "cancel"])))  # fmt: skip
+    @extend_schema_field(
+        serializers.ListField(
+            child=serializers.ChoiceField(choices=services.ACTIONS),
+            help_text="What you can do to the workflow now.",
+        )
+    )
     def get_available_transitions(self, workflow) -> list[str]:
-        return workflow.available_events
+        request = self.context.get("request")
+        return services.available_actions(workflow, **access.rights(request and request.user, workflow))
 
 
 WORKFLOW_FIELDS = [
@@ -134,16 +194,16 @@ class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
         return None
 
 
-class CancelSerializer(serializers.Serializer):
-    reason = serializers.CharField(
-        required=False, allow_blank=True, max_length=1000, help_text="Kept in the audit log."
-    )
+class CancelSerializer(StrictSerializer):
+    reason = StrictCharField(required=False, allow_blank=True, max_length=1000, help_text="Kept in the audit log.")
 
 
 class ConflictSerializer(serializers.Serializer):
     detail = serializers.CharField()
     state = serializers.ChoiceField(choices=State.choices)
-    available_transitions = serializers.ListField(child=serializers.CharField())
+    available_transitions = serializers.ListField(
+        child=serializers.ChoiceField(choices=services.ACTIONS), help_text="What you can do to the workflow now."
+    )
 
 
 class DurationSerializer(serializers.Serializer):
