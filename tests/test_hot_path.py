@@ -24,7 +24,7 @@ NAMES = [
     ("SELECT state, mode, unfinished", "claim: its workflow"),
     ("WITH locked AS", "succeed"),  # "succeed + transition" when it also holds `change AS`
     ("WITH change AS", "transition"),
-    ("UPDATE workflows_task SET status = 'SUCCEEDED'", "succeed: the task"),
+    ("UPDATE workflows_task SET status = CASE", "succeed: the task"),
     ("UPDATE workflows_workflow SET unfinished", "succeed: the fan-in"),
     ("UPDATE workflows_workflow SET state", "transition: the workflow"),
     ("INSERT INTO workflows_transition", "transition: the audit row"),

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -212,13 +214,14 @@ def test_retry_resumes_the_failed_phase_without_rerunning_succeeded_tasks(engine
         ]
     )
     engine.drain()
-    assert reload(workflow).state == State.FAILED
+    assert (reload(workflow).state, reload(workflow).failed_phase) == (State.FAILED, State.EXECUTE)
     engine.call(services.workflow_retry, workflow.pk, actor=Actor.CLI)
-    assert reload(workflow).state == State.EXECUTE
+    assert (reload(workflow).state, reload(workflow).failed_phase) == (State.EXECUTE, "")
     engine.drain()
     workflow = reload(workflow)
     assert workflow.state == State.COMPLETE
-    assert workflow.retries == 1 and workflow.error == ""
+    assert workflow.retries == 1 and workflow.error == "" and workflow.failed_phase == ""
+    assert workflow.transitions.get(event="retry").data == {"phase": "EXECUTE"}  # the history keeps it
     assert task(workflow, "ok").attempt == 1
     once = task(workflow, "once")
     assert (once.status, once.attempt, once.attempt_offset) == (Status.SUCCEEDED, 2, 1)
@@ -286,10 +289,37 @@ def test_cancel_during_execute_cancels_waiting_tasks_and_ignores_late_results(en
     engine.drain()
     workflow = reload(workflow)
     assert workflow.state == State.CANCELLED
-    assert task(workflow, "a").result == {"late": True}
+    assert (task(workflow, "a").status, task(workflow, "a").result) == (Status.CANCELLED, {"late": True})
     assert events(workflow) == ["start", "execute", "cancel"]
     assert workflow.transitions.get(event="cancel").reason == "no longer needed"
     assert "EXECUTE" not in workflow.results
+
+
+@pytest.mark.parametrize("outcome", ["success", "last success of the phase", "failure", "lease expired"])
+def test_a_task_running_when_its_workflow_was_cancelled_ends_cancelled(engine, outcome):
+    tasks = [{"name": "a", "type": "noop"}]
+    if outcome != "last success of the phase":
+        tasks.append({"name": "b", "type": "noop"})
+    workflow = engine.start(tasks=tasks)
+    (prepare,) = engine.pending()
+    engine.call(services.task_record, services.task_claim(prepare["args"][0], 1, worker="test"))
+    engine.pending()  # EXECUTE's jobs: this test plays the worker
+    running = services.task_claim(task(workflow, "a").pk, 1, worker="test")
+    assert running.snapshot.last_of_phase(State.EXECUTE) == (outcome == "last success of the phase")
+    engine.call(services.workflow_cancel, workflow.pk, actor=Actor.CLI)
+    if outcome == "failure":
+        assert engine.call(services.task_record, running, error="boom").recorded
+    elif outcome == "lease expired":
+        assert engine.call(services.recover, now=timezone.now() + timedelta(days=1))["expired"] == 1
+    else:
+        assert engine.call(services.task_record, running, stored='{"late": true}').recorded
+    a = task(workflow, "a")
+    assert a.status == Status.CANCELLED
+    if "success" in outcome:
+        assert (a.result, a.error) == ({"late": True}, "")  # the late result is kept
+    else:
+        assert a.error and a.result is None
+    assert events(reload(workflow)) == ["start", "execute", "cancel"]
 
 
 def test_cancel_of_a_finished_workflow_is_refused(engine):

@@ -411,7 +411,7 @@ class Generator:
         workflow_id = adapt.id(pk)
         created = self.origin + self.span * (index / max(total, 1))
         retries = sum(1 for _, _, event in steps if event == "retry")
-        failed_phase = State.VALIDATE if state == State.FAILED else (State.EXECUTE if retries else "")
+        failed_phase = State.VALIDATE if state == State.FAILED else ""
         finished = created + timedelta(seconds=len(steps)) if state != State.EXECUTE else None
         history, previous = [], ""
         for seq, (source, target, event) in enumerate(steps, start=1):

@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django_fsm import GET_STATE, FSMField, FSMModelMixin, transition
+from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 
 
 class State(models.TextChoices):
@@ -64,7 +64,12 @@ class Workflow(FSMModelMixin, models.Model):
     results = models.JSONField(default=dict, blank=True, help_text="Results by phase.")
     error = models.TextField(blank=True)
     retries = models.PositiveIntegerField(default=0, help_text="Manual retries so far.")
-    failed_phase = models.CharField(max_length=16, blank=True, choices=Phase.choices)
+    failed_phase = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=Phase.choices,
+        help_text="The phase that failed, while the workflow is FAILED.",
+    )
     # NULL, not "", when unset: the unique constraints only cover keys that were given.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
@@ -148,11 +153,15 @@ class Workflow(FSMModelMixin, models.Model):
         self.error = error
         self.finished_at = timezone.now()
 
-    @transition(field=state, source=State.FAILED, target=GET_STATE(lambda wf: wf.failed_phase, states=PHASES))
+    @transition(field=state, source=State.FAILED, target=RETURN_VALUE(*PHASES))
     def retry(self):
+        """Back to the phase that failed; it no longer counts as failed (the audit log
+        keeps the failure)."""
+        phase, self.failed_phase = self.failed_phase, ""
         self.retries += 1
         self.error = ""
         self.finished_at = None
+        return phase
 
     @transition(field=state, source=[State.INIT, *PHASES, State.FAILED], target=State.CANCELLED)
     def cancel(self):

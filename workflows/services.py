@@ -728,7 +728,8 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) ->
         eta = timezone.now() + timedelta(seconds=backoff_delay(task.attempt - task.attempt_offset))
         _queue_tasks([task], eta=eta, error=error)
         return
-    task.status = Status.FAILED
+    # An attempt that ends after its workflow was cancelled ends the task as CANCELLED.
+    task.status = Status.CANCELLED if workflow.state == State.CANCELLED else Status.FAILED
     task.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
     if not in_phase:
         return

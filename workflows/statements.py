@@ -78,12 +78,24 @@ WORKFLOW = f"SELECT {_columns(WORKFLOW_COLUMNS_READ)} FROM workflows_workflow WH
 
 # --- succeed ----------------------------------------------------------------------------------
 
-LOCK_WORKFLOW = "SELECT id FROM workflows_workflow WHERE id = %(workflow)s FOR UPDATE"
+# The lock returns the workflow's state as it is once locked (a cancel that committed
+# while this waited included), where a subquery would see the statement's snapshot.
+LOCK_WORKFLOW = "SELECT id, state FROM workflows_workflow WHERE id = %(workflow)s FOR UPDATE"
+# A success that comes after its workflow was cancelled is kept, and the task reads
+# CANCELLED: the work it did no longer counts.
 TASK_SUCCEEDED = """
 UPDATE workflows_task
-SET status = 'SUCCEEDED', result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL
+SET status = CASE WHEN {workflow_state} = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
+    result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL
 WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s {and_locked}
 RETURNING phase"""
+SUCCEEDED_LOCKED = TASK_SUCCEEDED.format(
+    workflow_state="(SELECT state FROM locked)", and_locked="AND EXISTS (SELECT 1 FROM locked)"
+)
+# SQLite runs one writer at a time: the workflow's state cannot change under the statement.
+SUCCEEDED_ALONE = TASK_SUCCEEDED.format(
+    workflow_state="(SELECT state FROM workflows_workflow WHERE id = %(workflow)s)", and_locked=""
+)
 # Only a success in the workflow's current phase lowers the counter. The row is updated
 # anyway, so that the success waits for (or holds back) a transaction that counts the
 # phase's tasks, such as a retry.
@@ -352,12 +364,11 @@ def succeed(task_id: int, attempt: int, *, workflow_id, result: str | None, now:
     params = {"task": task_id, "attempt": attempt, "workflow": db_uuid(workflow_id), "result": result}
     params["now"] = db_time(now)
     if _postgres():
-        done = TASK_SUCCEEDED.format(and_locked="AND EXISTS (SELECT 1 FROM locked)")
         fan_in = FAN_IN.format(phase="done.phase", from_done="FROM done")
-        row = _one(f"WITH locked AS ({LOCK_WORKFLOW}), done AS ({done}) {fan_in}", params)
+        row = _one(f"WITH locked AS ({LOCK_WORKFLOW}), done AS ({SUCCEEDED_LOCKED}) {fan_in}", params)
         return _fan_in(row) if row else None
     with transaction.atomic(savepoint=False):
-        done = _one(TASK_SUCCEEDED.format(and_locked=""), params)
+        done = _one(SUCCEEDED_ALONE, params)
         if done is None:
             return None
         return count_out(workflow_id, done[0])
@@ -484,7 +495,7 @@ def transition(
     if postgres:
         return _transition_in_one(params, results, queue, queue_phase, inline, succeeded)
     with transaction.atomic(savepoint=False):
-        if succeeded and _one(TASK_SUCCEEDED.format(and_locked=""), params) is None:
+        if succeeded and _one(SUCCEEDED_ALONE, params) is None:
             return Written(recorded=False)
         changed = _one(CHANGE.format(results=results, and_last="AND unfinished = 1" if succeeded else ""), params)
         if changed is None:
@@ -497,8 +508,7 @@ def transition(
 def _transition_in_one(params: dict, results: str, queue: str, queue_phase: bool, inline, succeeded) -> Written:
     parts = []
     if succeeded:
-        done = TASK_SUCCEEDED.format(and_locked="AND EXISTS (SELECT 1 FROM locked)")
-        parts += [f"locked AS ({LOCK_WORKFLOW})", f"done AS ({done})"]
+        parts += [f"locked AS ({LOCK_WORKFLOW})", f"done AS ({SUCCEEDED_LOCKED})"]
     and_last = "AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)" if succeeded else ""
     parts += [
         f"change AS ({CHANGE.format(results=results, and_last=and_last)})",

@@ -160,7 +160,10 @@ class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     # Declared: a read-only model field loses allow_blank, and the schema would then forbid "".
     failed_phase = serializers.ChoiceField(
-        choices=Phase.choices, allow_blank=True, read_only=True, help_text="The phase that failed last; blank if none."
+        choices=Phase.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="The phase that failed, while the workflow is FAILED (a retry clears it); blank otherwise.",
     )
 
     class Meta:
