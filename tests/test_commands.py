@@ -1,10 +1,12 @@
 import json
+import re
 from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from rest_framework.test import APIClient
 
 from tests.conftest import reload
 from workflows.models import State, Workflow
@@ -23,7 +25,7 @@ def test_start_prints_the_workflow_as_json(engine):
     assert data["name"] == "demo" and data["state"] == State.PREPARE
     assert [t["name"] for t in data["tasks"]] == ["prepare", "echo-1", "validate"]
     assert data["transitions"][0]["event"] == "start"
-    assert data["transitions"][0]["actor_label"] == "cli"
+    assert data["transitions"][0]["actor"] == "cli"
     engine.drain()
     shown = json.loads(run(engine, "show", data["id"], "--json"))
     assert shown["state"] == State.COMPLETE
@@ -115,6 +117,17 @@ def test_next_retry_cancel_delete_and_list(engine):
     assert "deleted" in run(engine, "delete", manual["id"])
     assert Workflow.objects.count() == 1
     assert "lost jobs re-sent: 0; finished phases moved on: 0" in run(engine, "recover")
+
+
+def test_json_describes_workflows_as_the_api_does(engine, admin_user):
+    started = json.loads(run(engine, "start", "--name", "same", "--tasks", '[{"type": "echo"}]', "--json"))
+    engine.drain()
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    shown = json.loads(run(engine, "show", started["id"], "--json"))
+    assert shown == api.get(f"/workflow/{started['id']}").json()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", shown["finished_at"])  # microseconds
+    assert json.loads(run(engine, "list", "--json")) == api.get("/workflows/").json()["results"]
 
 
 def test_wait_without_a_cluster_gives_up_with_a_hint(engine):

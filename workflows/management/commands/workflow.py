@@ -12,28 +12,15 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from workflows import audit, services
+from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflows.models import Actor, State, Workflow
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
 
 def workflow_json(workflow: Workflow) -> dict:
-    fields = [
-        "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-        "idempotency_key", "created_at", "updated_at", "started_at", "finished_at",
-    ]  # fmt: skip
-    data = {"id": str(workflow.pk), **{field: getattr(workflow, field) for field in fields}}
-    data["progress"] = services.workflow_progress(workflow)
-    data["tasks"] = list(
-        workflow.tasks.values(
-            "id", "phase", "name", "type", "params", "status", "attempt", "max_attempts", "timeout",
-            "result", "error", "queued_at", "started_at", "finished_at", "worker",
-        )
-    )  # fmt: skip
-    data["transitions"] = list(
-        workflow.transitions.values("seq", "event", "source", "target", "actor_label", "reason", "data", "created_at")
-    )
-    return data
+    """The workflow as the API's detail describes it: the same fields, names and formats."""
+    return WorkflowDetailSerializer(workflow).data
 
 
 def _json_arg(value: str, option: str):
@@ -179,10 +166,7 @@ class Command(BaseCommand):
             workflows = workflows.filter(state=state)
         workflows = workflows[:limit]
         if as_json:
-            rows = [
-                {"id": str(w.pk), "name": w.name, "state": w.state, "mode": w.mode, "created_at": w.created_at}
-                for w in workflows
-            ]
+            rows = WorkflowListSerializer(workflows.with_progress().select_related("created_by"), many=True).data
             self.stdout.write(json.dumps(rows, cls=DjangoJSONEncoder, indent=2))
             return
         for w in workflows:
