@@ -23,6 +23,7 @@ from django.urls import resolve
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import (
@@ -33,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 
 from workflows import services
 from workflows.api.views import WorkflowViewSet
-from workflows.models import Actor, State, Workflow
+from workflows.models import Actor, State, Transition, Workflow
 
 # --- The schema validates ------------------------------------------------------------------
 
@@ -175,9 +176,27 @@ def test_every_operation_has_a_summary_and_documents_its_errors(served_schema):
 # is a test of its own; the schema view needs no database.
 schema = schemathesis.openapi.from_wsgi("/schema", get_wsgi_application())
 
+# Valid requests and invalid ones (wrong types, missing and unknown fields, NUL
+# characters): each must get a documented answer.
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], allow_x00=True)
+
+
+def not_unavailable(ctx, response, case):
+    """503 means "the database is out of reach, retry later": never the answer to a
+    client's mistake, which no retry can mend (the database is up during the tests)."""
+    if response.status_code == 503:
+        raise AssertionError(f"503 for {case.method} {case.formatted_path}: {response.text[:300]}")
+
+
 # Not negative_data_rejection: django-filter ignores an empty filter value (?created_before=)
 # by design, which that check reports as "invalid data accepted".
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    not_unavailable,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture
@@ -279,3 +298,44 @@ def test_each_operation_on_a_workflow_in_each_state(fuzz_user, label):
         answers[name] = case.call_and_validate(headers=fuzz_user["headers"], checks=CHECKS).status_code
     assert answers.pop("not yours") == 404
     assert any(200 <= status < 300 for status in answers.values()), answers
+
+
+# --- Sequences of calls ---------------------------------------------------------------------
+
+# Schemathesis links the operations itself (each {id} comes from a workflow an earlier
+# call created or read), then chains random calls: create, start, cancel, retry, next,
+# update, delete and read the same workflows in any order.
+StatefulAPI = schema.as_state_machine()
+
+
+def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
+    class Session(StatefulAPI):
+        def before_call(self, case):
+            # Generated definitions and task types are random strings, never registered
+            # ones: creations name real ones, so that sequences start from real workflows.
+            body = case.body if isinstance(case.body, dict) else {}
+            if isinstance(body.get("definition"), str):
+                body["definition"] = "default"
+            for task in body.get("tasks") if isinstance(body.get("tasks"), list) else []:
+                if isinstance(task, dict) and isinstance(task.get("type"), str):
+                    task["type"] = "noop"
+
+        def get_call_kwargs(self, case):
+            return {"headers": fuzz_user["headers"]}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    Session.run(
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=10,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    created = Workflow.objects.filter(created_by__username="fuzzer").exclude(pk__in=fuzz_user["ids"])
+    assert created.exists(), "no sequence created a workflow: the calls never reached the workflows' own operations"
+    assert Transition.objects.filter(actor_label="api:fuzzer").exists()
