@@ -259,3 +259,13 @@ def test_idempotency_keys_are_scoped_to_their_creator(owner):
     assert Workflow.objects.count() == 3
     other.delete()  # the scope outlives the user: deleting one breaks no constraint
     assert Workflow.objects.filter(created_by=None).count() == 2
+
+
+def test_wrong_method_and_wrong_content_type_answer_as_documented(api, owner):
+    workflow = create(owner)
+    wrong_method = api.put(f"/workflow/{workflow.pk}", {"name": "x"}, format="json")
+    assert wrong_method.status_code == 405 and "DELETE" in wrong_method["Allow"]
+    form = api.post("/workflow/start", {"name": "x"})  # multipart, as a browser form sends it
+    assert form.status_code == 415 and "multipart/form-data" in form.json()["detail"]
+    assert api.get("/workflows/", {"page": 99}).status_code == 404
+    assert Workflow.objects.get() == workflow and reload(workflow).name == "wf"
