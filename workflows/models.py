@@ -84,6 +84,9 @@ class Workflow(FSMModelMixin, models.Model):
     )
     last_seq = models.PositiveIntegerField(default=0, help_text="The seq of the latest audit row (the chain's head).")
     last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of the latest audit row.")
+    head_mac = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="HMAC of its id, state and chain head (workflows.audit)."
+    )
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -251,7 +254,7 @@ class TransitionManager(models.Manager):
         the change (`workflows.statements.transition`), so that a row exists exactly when
         its change was committed, and seq numbers are gap-free and unique.
         """
-        from .audit import digest
+        from .audit import digest, sign_head
 
         row = self.model(
             workflow=workflow,
@@ -267,6 +270,7 @@ class TransitionManager(models.Manager):
         )
         row.digest = digest(row, workflow.last_digest)
         workflow.last_seq, workflow.last_digest = row.seq, row.digest
+        sign_head(workflow)
         return row
 
 

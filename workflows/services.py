@@ -30,7 +30,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import queue, statements
+from . import audit, queue, statements
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
@@ -238,6 +238,7 @@ def workflow_create(
         created_by=actor.user,
     )
     workflow.updated_at = workflow.created_at
+    audit.sign_head(workflow)  # a new head: INIT, no audit row yet
     tasks = _tasks(workflow, definition_obj, specs)
     # Only a repeated idempotency key can break a constraint: then a savepoint keeps an
     # enclosing transaction usable for looking up the workflow that has the key.
