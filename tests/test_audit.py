@@ -1,14 +1,22 @@
 import importlib
+import threading
+import uuid
 from io import StringIO
 
 import pytest
 from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
 
-from tests.conftest import reload
+from tests.conftest import reload, wait_for
 from workflows import audit, services
-from workflows.models import Actor, State, Transition, Workflow
+from workflows.models import Actor, DeletionLogHead, State, Transition, Workflow, WorkflowDeletion
+
+FOUR = [{"type": "noop"}, {"type": "echo", "params": {"n": 1}}, {"type": "noop"}, {"type": "noop"}]
 
 
 @pytest.fixture
@@ -184,3 +192,198 @@ def test_the_migration_signs_the_heads_of_existing_workflows(finished):
     assert audit.verify(reload(finished)) is not None
     migration.sign_heads(django_apps, None)
     assert audit.verify(reload(finished)) is None
+
+
+# --- The deletion log -------------------------------------------------------------------------
+
+
+def test_a_deletion_is_recorded_with_who_when_and_the_chain_head(engine, admin_user):
+    workflow = engine.start(name="gone", tasks=[{"type": "noop"}])
+    engine.drain()
+    workflow = reload(workflow)
+    before = timezone.now()
+    engine.call(services.workflow_delete, workflow.pk, actor=Actor.api(admin_user))
+    row = WorkflowDeletion.objects.get()
+    assert (row.seq, row.workflow_id, row.name, row.state) == (1, workflow.pk, "gone", State.COMPLETE)
+    assert (row.last_seq, row.last_digest) == (4, workflow.last_digest)
+    assert (row.actor_id, row.actor_label) == (admin_user.pk, f"api:{admin_user.username}")
+    assert before <= row.deleted_at <= timezone.now()
+    assert len(row.digest) == 64 and row.digest == audit.deletion_digest(row, "")
+    assert audit.verify_deletions() is None
+
+
+def test_a_refused_deletion_records_nothing(engine):
+    running = engine.start(tasks=[{"type": "noop"}])
+    with pytest.raises(services.InvalidTransition):
+        engine.call(services.workflow_delete, running.pk, actor=Actor.CLI)
+    assert not WorkflowDeletion.objects.exists()
+
+
+def test_the_deletion_log_outlives_the_user_who_deleted(engine, django_user_model, admin_client):
+    user = django_user_model.objects.create_user("leaver")
+    workflow, _ = services.workflow_create(name="x", actor=Actor.api(user))
+    engine.call(services.workflow_delete, workflow.pk, actor=Actor.api(user))
+    user_id = user.pk
+    user.delete()
+    row = WorkflowDeletion.objects.get()
+    assert (row.actor_id, row.actor_label) == (user_id, "api:leaver")
+    assert audit.verify_deletions() is None
+    page = admin_client.get(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]))
+    assert page.status_code == 200 and "api:leaver" in page.content.decode()
+
+
+def test_the_api_the_cli_the_admin_and_its_bulk_action_record_deletions(engine, admin_user, admin_client):
+    made = {name: services.workflow_create(name=name, actor=Actor.SYSTEM)[0] for name in ("a", "c", "d", "b1", "b2")}
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    assert api.delete(f"/workflow/{made['a'].pk}").status_code == 204
+    call_command("workflow", "delete", str(made["c"].pk), stdout=StringIO())
+    admin_client.post(reverse("admin:workflows_workflow_delete", args=[made["d"].pk]), {"post": "yes"})
+    bulk = {"action": "delete_selected", "_selected_action": [str(made["b1"].pk), str(made["b2"].pk)], "post": "yes"}
+    admin_client.post(reverse("admin:workflows_workflow_changelist"), bulk)
+    assert not Workflow.objects.exists()
+    log = list(WorkflowDeletion.objects.order_by("seq").values_list("seq", "name", "actor_label"))
+    admin = f"admin:{admin_user.username}"
+    assert log[:3] == [(1, "a", f"api:{admin_user.username}"), (2, "c", "cli"), (3, "d", admin)]
+    assert {(name, label) for _, name, label in log[3:]} == {("b1", admin), ("b2", admin)}
+    assert [seq for seq, _, _ in log] == [1, 2, 3, 4, 5]
+    assert audit.verify_deletions() is None
+
+
+@pytest.fixture
+def deletions(engine):
+    for i in range(4):
+        workflow, _ = services.workflow_create(name=f"d{i}", actor=Actor.CLI)
+        engine.call(services.workflow_delete, workflow.pk, actor=Actor.CLI)
+    return list(WorkflowDeletion.objects.order_by("seq"))
+
+
+def test_an_edited_deletion_row_is_caught(deletions):
+    WorkflowDeletion.objects.filter(seq=2).update(actor_label="admin:mallory")
+    broken = audit.verify_deletions()
+    assert broken.seq == 2 and "edited or inserted" in broken.problem
+
+
+def test_a_removed_deletion_row_is_caught(deletions):
+    WorkflowDeletion.objects.filter(seq=3).delete()
+    broken = audit.verify_deletions()
+    assert broken.seq == 3 and "a row was removed" in broken.problem
+
+
+def test_a_removed_last_deletion_row_is_caught(deletions):
+    WorkflowDeletion.objects.filter(seq=4).delete()
+    broken = audit.verify_deletions()
+    assert broken.seq == 4 and "the log ends at #3 but its head is at #4" in broken.problem
+
+
+def test_a_removed_last_deletion_row_is_caught_with_the_head_moved_back(deletions):
+    WorkflowDeletion.objects.filter(seq=4).delete()
+    DeletionLogHead.objects.update(last_seq=3, last_digest=deletions[2].digest)
+    broken = audit.verify_deletions()
+    assert broken.seq is None and "its MAC does not match" in broken.problem
+
+
+def test_an_inserted_deletion_row_is_caught(deletions):
+    WorkflowDeletion.objects.filter(seq=4).update(seq=5)
+    forged = WorkflowDeletion(
+        seq=4,
+        workflow_id=uuid.uuid4(),
+        name="planted",
+        state=State.COMPLETE,
+        last_seq=4,
+        actor_label="cli",
+        digest="0" * 64,
+    )
+    forged.save()
+    assert audit.verify_deletions().seq == 4
+
+
+def test_a_deletion_log_without_its_head_is_caught(deletions):
+    DeletionLogHead.objects.all().delete()
+    broken = audit.verify_deletions()
+    assert broken.seq is None and "its head is missing" in broken.problem
+
+
+def test_deletion_rows_are_append_only(deletions):
+    row = deletions[0]
+    row.name = "renamed"
+    with pytest.raises(ValueError, match="append-only"):
+        row.save()
+
+
+def test_the_deletion_log_verifies_after_a_secret_key_rotation(deletions, settings):
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY = "a-new-secret-key-" + "z" * 40
+    assert audit.verify_deletions() is not None
+    settings.SECRET_KEY_FALLBACKS = [old_key]
+    assert audit.verify_deletions() is None
+
+
+def test_the_deletion_log_is_read_only_in_the_admin(deletions, admin_client):
+    changelist = admin_client.get(reverse("admin:workflows_workflowdeletion_changelist"))
+    assert changelist.status_code == 200
+    html = changelist.content.decode()
+    assert all(row.name in html for row in deletions)
+    assert "delete_selected" not in html
+    assert reverse("admin:workflows_workflowdeletion_add") not in html
+    row = deletions[0]
+    page = admin_client.get(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]))
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert admin_client.post(reverse("admin:workflows_workflowdeletion_add"), {}).status_code == 403
+    admin_client.post(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]), {"name": "x"})
+    delete = admin_client.post(reverse("admin:workflows_workflowdeletion_delete", args=[row.pk]), {"post": "yes"})
+    assert delete.status_code == 403
+    assert list(WorkflowDeletion.objects.order_by("seq")) == deletions
+    assert WorkflowDeletion.objects.get(pk=row.pk).name == row.name
+    assert audit.verify_deletions() is None
+
+
+def delete_concurrently(workflow_ids: list) -> None:
+    """Delete each workflow from its own thread (and database connection), all at once."""
+    barrier = threading.Barrier(len(workflow_ids))
+    errors: list[BaseException] = []
+
+    def delete(workflow_id):
+        try:
+            barrier.wait(timeout=30)
+            services.workflow_delete(workflow_id, actor=Actor.CLI)
+        except BaseException as exc:  # reported below, in the test thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=delete, args=(workflow_id,)) for workflow_id in workflow_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not errors, errors
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_deletions_chain_one_after_another():
+    workflows = [services.workflow_create(name=f"c{i}", actor=Actor.CLI)[0] for i in range(12)]
+    delete_concurrently([workflow.pk for workflow in workflows])
+    assert not Workflow.objects.exists()
+    log = WorkflowDeletion.objects.order_by("seq")
+    assert list(log.values_list("seq", flat=True)) == list(range(1, 13))
+    assert {row.workflow_id for row in log} == {workflow.pk for workflow in workflows}
+    assert audit.verify_deletions() is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_deletions_run_alongside_a_real_cluster_without_deadlock(cluster):
+    """Deleting ended workflows (the log's head locked until each commits) while a real
+    cluster runs other workflows' jobs: both finish, and every chain verifies."""
+    idle = [services.workflow_create(name=f"idle-{i}", actor=Actor.CLI)[0] for i in range(10)]
+    cluster(ORCH_WORKERS=2)
+    busy = [services.workflow_create(name=f"busy-{i}", tasks=FOUR, actor=Actor.CLI, start=True)[0] for i in range(8)]
+    delete_concurrently([workflow.pk for workflow in idle])
+    wait_for(
+        lambda: Workflow.objects.filter(state=State.COMPLETE).count() == len(busy), 120, "the busy workflows to end"
+    )
+    assert Workflow.objects.count() == len(busy)
+    assert all(audit.verify(workflow) is None for workflow in Workflow.objects.all())
+    assert WorkflowDeletion.objects.count() == len(idle) and audit.verify_deletions() is None

@@ -6,6 +6,8 @@ nobody can mend what an edit breaks.
 - Each workflow row carries the chain's head (last seq and digest) and `head_mac`, an HMAC
   over its id, state and head: a removed tail, or a state changed without its row, no
   longer matches the head, and moving the head back does not match its MAC.
+- The deletion log (WorkflowDeletion) is one chain of the same kind across all workflows,
+  whose head (DeletionLogHead) is signed the same way.
 
 Rows written before a SECRET_KEY rotation verify with the old key in SECRET_KEY_FALLBACKS.
 """
@@ -19,6 +21,8 @@ from django.utils.crypto import salted_hmac
 
 SALT = "workflows.audit.transition"
 HEAD_SALT = "workflows.audit.head"
+DELETION_SALT = "workflows.audit.deletion"
+DELETION_HEAD_SALT = "workflows.audit.deletion-head"
 
 
 def _canonical(content: dict) -> str:
@@ -113,3 +117,65 @@ def _head_mismatch(last_seq: int, head_seq: int) -> tuple[int | None, str]:
     if head_seq > last_seq:
         return last_seq + 1, f"missing: the log ends at #{last_seq} but its head is at #{head_seq}: its end was cut off"
     return None, f"the head (#{head_seq}) is not the log's last row (#{last_seq}): it was changed"
+
+
+# --- The deletion log -----------------------------------------------------------------------
+
+
+def _deletion(row, previous_digest: str) -> dict:
+    return {
+        "seq": row.seq,
+        "workflow": str(row.workflow_id),
+        "name": row.name,
+        "state": row.state,
+        "last_seq": row.last_seq,
+        "last_digest": row.last_digest,
+        "actor": row.actor_id,
+        "actor_label": row.actor_label,
+        "deleted_at": row.deleted_at.isoformat(),
+        "previous": previous_digest,
+    }
+
+
+def deletion_digest(row, previous_digest: str, secret: str | None = None) -> str:
+    return _mac(DELETION_SALT, _deletion(row, previous_digest), secret)
+
+
+def _deletion_head(head) -> dict:
+    return {"last_seq": head.last_seq, "last_digest": head.last_digest}
+
+
+def sign_deletion_head(head) -> None:
+    head.head_mac = _mac(DELETION_HEAD_SALT, _deletion_head(head))
+
+
+@dataclass
+class BrokenDeletion:
+    seq: int | None  # None: the log's head
+    problem: str
+
+    def __str__(self) -> str:
+        where = "head" if self.seq is None else f"deletion #{self.seq}"
+        return f"deletion log: {where}: {self.problem}"
+
+
+def verify_deletions() -> BrokenDeletion | None:
+    """The first broken link of the deletion log or of its head, or None when both are whole."""
+    from .models import DeletionLogHead, WorkflowDeletion
+
+    previous_digest, expected_seq = "", 1
+    for row in WorkflowDeletion.objects.order_by("seq").iterator():
+        if row.seq != expected_seq:
+            return BrokenDeletion(expected_seq, f"missing (found #{row.seq} next): a row was removed")
+        if not _signed(row.digest, DELETION_SALT, _deletion(row, previous_digest)):
+            return BrokenDeletion(row.seq, "its digest does not match: the row was edited or inserted")
+        previous_digest, expected_seq = row.digest, expected_seq + 1
+    head = DeletionLogHead.objects.filter(pk=DeletionLogHead.ONLY).first()
+    if head is None:
+        # No head: no deletion was ever recorded, so the log must be empty too.
+        return BrokenDeletion(None, "its head is missing: it was deleted") if expected_seq > 1 else None
+    if (head.last_seq, head.last_digest) != (expected_seq - 1, previous_digest):
+        return BrokenDeletion(*_head_mismatch(expected_seq - 1, head.last_seq))
+    if not _signed(head.head_mac, DELETION_HEAD_SALT, _deletion_head(head)):
+        return BrokenDeletion(None, "its MAC does not match: the head was changed")
+    return None

@@ -31,7 +31,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from . import audit, queue, statements
-from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
+from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
 logger = logging.getLogger(__name__)
@@ -535,14 +535,19 @@ def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
 
 
 def workflow_delete(workflow_id, *, actor: Actor) -> None:
-    """Delete a workflow that is not running, with its tasks and history."""
+    """Delete a workflow that is not running, with its tasks and history, and record the
+    deletion (who, when, the workflow's final state and chain head) in the deletion log,
+    in the same transaction."""
     with transaction.atomic():
         workflow = _locked(workflow_id)
         if workflow.is_running:
             raise InvalidTransition(
                 workflow, "delete", f"cannot delete a workflow in state {workflow.state}: cancel it first"
             )
-        workflow.delete()
+        # The log's head is taken last, so that deletions wait for one another only as
+        # long as it takes to append a row and commit.
+        Workflow.objects.filter(pk=workflow.pk).delete()
+        WorkflowDeletion.objects.record(workflow=workflow, actor=actor)
 
 
 # --- Tasks (called by jobs) ------------------------------------------------------------
