@@ -1,4 +1,6 @@
 import importlib
+import subprocess
+import sys
 import threading
 import uuid
 from io import StringIO
@@ -12,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tests.conftest import reload, wait_for
+from tests.conftest import ROOT, child_env, reload, wait_for
 from workflows import audit, services
 from workflows.models import Actor, DeletionLogHead, State, Transition, Workflow, WorkflowDeletion
 
@@ -194,6 +196,54 @@ def test_the_migration_signs_the_heads_of_existing_workflows(finished):
     assert audit.verify(reload(finished)) is None
 
 
+# --- verify --all -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(engine):
+    workflows = [engine.start(name=f"w{i}", tasks=[{"type": "noop"}]) for i in range(3)]
+    engine.drain()
+    return [reload(workflow) for workflow in workflows]
+
+
+def test_verify_all_reports_every_broken_workflow_then_fails(three):
+    edited, whole, truncated = three
+    Transition.objects.filter(workflow=edited, seq=2).update(reason="rewritten")
+    Transition.objects.filter(workflow=truncated, seq=4).delete()
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"2 of 3 workflow\(s\) have a broken audit chain"):
+        call_command("workflow", "verify", "--all", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert sorted(lines) == sorted(
+        [
+            f"workflow {edited.pk}: transition #2: its digest does not match: the row was edited or inserted",
+            f"workflow {truncated.pk}: transition #4: missing: the log ends in VALIDATE but the workflow is COMPLETE",
+        ]
+    )
+    assert str(whole.pk) not in out.getvalue()
+
+
+def test_verify_all_sums_up_when_every_chain_is_whole(three, engine):
+    engine.call(services.workflow_delete, three[0].pk, actor=Actor.CLI)
+    out = verify_command("--all")
+    assert out.strip() == "audit chain intact for 2 workflow(s); deletion log intact (1 deletion(s))"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_all_exits_1_with_every_broken_workflow_from_a_shell():
+    workflows = [services.workflow_create(name=f"w{i}", actor=Actor.CLI)[0] for i in range(3)]
+    for workflow in workflows[:2]:
+        Workflow.objects.filter(pk=workflow.pk).update(state=State.FAILED)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "workflow", "verify", "--all"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+    assert {str(w.pk) for w in workflows[:2]} == {line.split()[1].rstrip(":") for line in result.stdout.splitlines()}
+    assert "2 of 3 workflow(s) have a broken audit chain" in result.stderr
+
+
 # --- The deletion log -------------------------------------------------------------------------
 
 
@@ -262,6 +312,12 @@ def test_an_edited_deletion_row_is_caught(deletions):
     WorkflowDeletion.objects.filter(seq=2).update(actor_label="admin:mallory")
     broken = audit.verify_deletions()
     assert broken.seq == 2 and "edited or inserted" in broken.problem
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"the deletion log is broken"):
+        call_command("workflow", "verify", "--all", stdout=out)
+    assert out.getvalue().strip() == (
+        "deletion log: deletion #2: its digest does not match: the row was edited or inserted"
+    )
 
 
 def test_a_removed_deletion_row_is_caught(deletions):
