@@ -17,7 +17,7 @@ from django.utils.html import format_html
 
 from . import services
 from .diagrams import STATE_COLOURS, STATUS_COLOURS, state_graph_svg, task_timeline_svg
-from .models import PHASES, Actor, Task, Transition, Workflow
+from .models import PHASES, Actor, Task, Transition, Workflow, WorkflowDeletion
 from .registry import definition_keys
 from .values import MAX_DEPTH
 
@@ -435,3 +435,19 @@ class TransitionAdmin(ReadOnlyAdmin):
     search_fields = ["workflow__name", "actor_label", "reason"]
     list_select_related = ["workflow"]
     show_full_result_count = False
+
+
+@admin.register(WorkflowDeletion)
+class WorkflowDeletionAdmin(ReadOnlyAdmin):
+    """The deletion log: who deleted which workflow, when, in which state and at which
+    chain head. Nobody adds, changes or deletes its rows, not even a superuser."""
+
+    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted_at"]
+    list_filter = ["state", "deleted_at"]
+    search_fields = ["name", "=workflow_id", "actor_label"]
+    show_full_result_count = False
+    readonly_fields = [
+        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted_at",
+        "digest",
+    ]  # fmt: skip
+    fields = readonly_fields

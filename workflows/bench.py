@@ -368,7 +368,7 @@ class Adapt:
 WORKFLOW_COLUMNS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "fingerprint", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-    "unfinished", "last_seq", "last_digest",
+    "unfinished", "last_seq", "last_digest", "head_mac",
 ]  # fmt: skip
 TASK_COLUMNS = [
     "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
@@ -388,8 +388,8 @@ TASKS = (  # (phase, name, type) of each generated workflow's tasks
 @dataclass
 class Generator:
     """Bulk-inserts synthetic workflows, three tasks each, and their audit rows with real
-    digest chains (`workflows.audit`, so `audit.verify` accepts them), in batches of
-    `batch` workflows per transaction."""
+    digest chains and signed heads (`workflows.audit`, so `audit.verify` accepts them), in
+    batches of `batch` workflows per transaction."""
 
     owner: object
     tag: str
@@ -429,6 +429,7 @@ class Generator:
             "validate: synthetic failure" if state == State.FAILED else "", retries, failed_phase,
             None, "", self.owner.pk, when(created), when(finished or created), when(created + timedelta(seconds=1)),
             when(finished), int(state == State.EXECUTE), len(steps), previous,
+            audit.head_mac(SimpleNamespace(pk=pk, state=state, last_seq=len(steps), last_digest=previous)),
         )  # fmt: skip
         tasks = []
         for position, ((phase, name, kind), status) in enumerate(zip(TASKS, TASK_STATUS[state], strict=True)):

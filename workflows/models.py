@@ -97,6 +97,9 @@ class Workflow(FSMModelMixin, models.Model):
     )
     last_seq = models.PositiveIntegerField(default=0, help_text="The seq of the latest audit row (the chain's head).")
     last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of the latest audit row.")
+    head_mac = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="HMAC of its id, state and chain head (workflows.audit)."
+    )
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -268,7 +271,7 @@ class TransitionManager(models.Manager):
         the change (`workflows.statements.transition`), so that a row exists exactly when
         its change was committed, and seq numbers are gap-free and unique.
         """
-        from .audit import digest
+        from .audit import digest, sign_head
 
         row = self.model(
             workflow=workflow,
@@ -284,6 +287,7 @@ class TransitionManager(models.Manager):
         )
         row.digest = digest(row, workflow.last_digest)
         workflow.last_seq, workflow.last_digest = row.seq, row.digest
+        sign_head(workflow)
         return row
 
 
@@ -319,3 +323,103 @@ class Transition(models.Model):
         if not self._state.adding:
             raise ValueError("Transitions are append-only and cannot be changed.")
         super().save(*args, **kwargs)
+
+
+class WorkflowDeletionManager(models.Manager):
+    def record(self, *, workflow: Workflow, actor: Actor, now=None) -> "WorkflowDeletion":
+        """Append the deletion of `workflow` (its last values, as read under its lock) to
+        the deletion log, chained to the log's head, which moves on to the new row.
+
+        The only way rows are made; call it in the transaction that deletes the workflow,
+        after the delete: the log's head stays locked until that transaction ends, so
+        deletions are recorded one after another, and one transaction deletes one
+        workflow (holding the head while locking another workflow could deadlock with a
+        deletion that holds that one).
+        """
+        from .audit import deletion_digest, sign_deletion_head
+
+        head = DeletionLogHead.objects.locked()
+        row = self.model(
+            seq=head.last_seq + 1,
+            workflow_id=workflow.pk,
+            name=workflow.name,
+            state=workflow.state,
+            last_seq=workflow.last_seq,
+            last_digest=workflow.last_digest,
+            actor_id=actor.user.pk if actor.user else None,
+            actor_label=actor.label,
+            deleted_at=now or timezone.now(),
+        )
+        row.digest = deletion_digest(row, head.last_digest)
+        row.save()
+        head.last_seq, head.last_digest = row.seq, row.digest
+        sign_deletion_head(head)
+        head.save()
+        return row
+
+
+class WorkflowDeletion(models.Model):
+    """The deletion log: one row per deleted workflow, append-only, one HMAC chain across
+    all workflows (see workflows.audit)."""
+
+    seq = models.PositiveIntegerField(unique=True)
+    workflow_id = models.UUIDField(db_index=True, help_text="The deleted workflow's id.")
+    name = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=State.choices, help_text="Its state when it was deleted.")
+    last_seq = models.PositiveIntegerField(help_text="The seq of its latest audit row.")
+    last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of its latest audit row.")
+    # Not a constraint: the row keeps the id of a user deleted since (the digest covers it).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=200)
+    deleted_at = models.DateTimeField(default=timezone.now, db_index=True)
+    digest = models.CharField(
+        max_length=64, editable=False, help_text="HMAC of this row and the previous row's digest (see workflows.audit)."
+    )
+
+    objects = WorkflowDeletionManager()
+
+    class Meta:
+        ordering = ["-seq"]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.name} ({self.state}) deleted by {self.actor_label}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Workflow deletions are append-only and cannot be changed.")
+        super().save(*args, **kwargs)
+
+
+class DeletionLogHeadManager(models.Manager):
+    def locked(self) -> "DeletionLogHead":
+        """The log's head, locked until the transaction ends (made on first use)."""
+        head = self.select_for_update().filter(pk=self.model.ONLY).first()
+        if head is None:
+            # Two first deletions at once: the second waits for the first's row here.
+            self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
+            head = self.select_for_update().get(pk=self.model.ONLY)
+        return head
+
+
+class DeletionLogHead(models.Model):
+    """The deletion log's head (one row): the last seq and digest, signed, so that a
+    removed last row is noticed (see workflows.audit)."""
+
+    ONLY = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY)
+    last_seq = models.PositiveIntegerField(default=0)
+    last_digest = models.CharField(max_length=64, blank=True)
+    head_mac = models.CharField(max_length=64, blank=True)
+
+    objects = DeletionLogHeadManager()
+
+    def __str__(self) -> str:
+        return f"deletion log head at #{self.last_seq}"

@@ -30,8 +30,8 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import queue, statements, values
-from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow
+from . import audit, queue, statements, values
+from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,7 @@ def workflow_create(
         created_by=actor.user,
     )
     workflow.updated_at = workflow.created_at
+    audit.sign_head(workflow)  # a new head: INIT, no audit row yet
     tasks = _tasks(workflow, definition_obj, specs)
     # Only a repeated idempotency key can break a constraint: then a savepoint keeps an
     # enclosing transaction usable for looking up the workflow that has the key.
@@ -578,14 +579,19 @@ def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
 
 
 def workflow_delete(workflow_id, *, actor: Actor) -> None:
-    """Delete a workflow that is not running, with its tasks and history."""
+    """Delete a workflow that is not running, with its tasks and history, and record the
+    deletion (who, when, the workflow's final state and chain head) in the deletion log,
+    in the same transaction."""
     with transaction.atomic():
         workflow = _locked(workflow_id)
         if workflow.is_running:
             raise InvalidTransition(
                 workflow, "delete", f"cannot delete a workflow in state {workflow.state}: cancel it first"
             )
-        workflow.delete()
+        # The log's head is taken last, so that deletions wait for one another only as
+        # long as it takes to append a row and commit.
+        Workflow.objects.filter(pk=workflow.pk).delete()
+        WorkflowDeletion.objects.record(workflow=workflow, actor=actor)
 
 
 # --- Tasks (called by jobs) ------------------------------------------------------------

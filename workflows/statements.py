@@ -118,12 +118,13 @@ RESULTS = (
 
 # The workflow row, only while it is still in the state, and at the head of its audit
 # chain, that the change was computed from: a caller that holds no lock (a worker ending
-# a phase) loses to any change made meanwhile.
+# a phase) loses to any change made meanwhile. The new head goes with its MAC (made in
+# Python by Transition.objects.build, see workflows.audit).
 CHANGE = """
 UPDATE workflows_workflow
 SET state = %(target)s, results = {results}, error = %(error)s, retries = %(retries)s,
     failed_phase = %(failed_phase)s, started_at = %(started_at)s, finished_at = %(finished_at)s,
-    updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
+    updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s, head_mac = %(head_mac)s,
     unfinished = (SELECT COUNT(*) FROM workflows_task
                   WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
 WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s {and_last}
@@ -276,7 +277,7 @@ def _task(row: tuple, workflow_row: WorkflowRow | None = None) -> ClaimedTask:
 WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "idempotency_scope", "fingerprint", "created_by_id", "created_at", "updated_at",
-    "started_at", "finished_at", "unfinished", "last_seq", "last_digest",
+    "started_at", "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
 )  # fmt: skip
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
@@ -474,6 +475,7 @@ def transition(
         "now": db_time(now),
         "seq": row.seq,
         "digest": row.digest,
+        "head_mac": workflow.head_mac,
         "event": row.event,
         "actor": row.actor_id,
         "actor_label": row.actor_label,

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from workflows import audit, services
 from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
-from workflows.models import Actor, State, Workflow
+from workflows.models import Actor, State, Workflow, WorkflowDeletion
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
@@ -82,10 +82,15 @@ class Command(BaseCommand):
             "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
         )
         verify = commands.add_parser(
-            "verify", help="Check the audit log's hash chain; exit 1 at the first broken link."
+            "verify", help="Check a workflow's audit chain and its head; exit 1 if it is broken."
         )
         verify.add_argument("id", nargs="?")
-        verify.add_argument("--all", action="store_true", dest="verify_all", help="Check every workflow.")
+        verify.add_argument(
+            "--all",
+            action="store_true",
+            dest="verify_all",
+            help="Check every workflow and the deletion log; print each broken one, then exit 1.",
+        )
 
     def handle(self, *args, action, **options):
         try:
@@ -222,14 +227,33 @@ class Command(BaseCommand):
     def do_verify(self, *, id, verify_all, **_):
         if bool(id) == verify_all:
             raise CommandError("give one workflow id, or --all")
-        workflows = Workflow.objects.all() if verify_all else [self._get(id)]
-        checked = 0
-        for workflow in workflows.iterator() if verify_all else workflows:
-            broken = audit.verify(workflow)
+        if not verify_all:
+            broken = audit.verify(self._get(id))
             if broken:
                 raise CommandError(f"broken audit chain: {broken}")
+            self.stdout.write("audit chain intact for 1 workflow(s)")
+            return
+        self._verify_all()
+
+    def _verify_all(self) -> None:
+        """Every workflow's chain and the deletion log: each broken one on a line of its own."""
+        checked, broken = 0, 0
+        for workflow in Workflow.objects.order_by("created_at", "pk").iterator():
             checked += 1
-        self.stdout.write(f"audit chain intact for {checked} workflow(s)")
+            link = audit.verify(workflow)
+            if link:
+                broken += 1
+                self.stdout.write(str(link))
+        deletions = audit.verify_deletions()
+        if deletions:
+            self.stdout.write(str(deletions))
+        log = "the deletion log is broken" if deletions else "the deletion log is intact"
+        if broken or deletions:
+            raise CommandError(f"{broken} of {checked} workflow(s) have a broken audit chain; {log}")
+        self.stdout.write(
+            f"audit chain intact for {checked} workflow(s); "
+            f"deletion log intact ({WorkflowDeletion.objects.count()} deletion(s))"
+        )
 
     def do_recover(self, **_):
         found = services.recover()
