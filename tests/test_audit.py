@@ -41,6 +41,20 @@ def test_an_untouched_chain_verifies(finished):
     assert "intact for 1 workflow" in verify_command("--all")
 
 
+def test_deleting_a_user_who_acted_breaks_no_chain(engine, django_user_model):
+    user = django_user_model.objects.create_user("leaver", password="pw")
+    workflow, _ = engine.call(services.workflow_create, name="w", tasks=[], actor=Actor.api(user))
+    engine.call(services.workflow_start, workflow.pk, actor=Actor.api(user))
+    engine.drain()
+    user_id = user.pk
+    user.delete()
+    workflow = reload(workflow)
+    assert workflow.transitions.filter(actor_id=user_id).count() == 1  # the id stays, as the digest has it
+    assert audit.verify(workflow) is None
+    assert "intact for 1 workflow" in verify_command("--all")
+    assert APIClient().get(f"/workflow/{workflow.pk}").status_code == 401  # and nothing else reads the user
+
+
 def test_each_row_carries_a_digest_chained_to_the_previous_one(finished):
     rows = list(finished.transitions.order_by("seq"))
     assert all(len(row.digest) == 64 for row in rows)

@@ -299,7 +299,11 @@ class Transition(models.Model):
     source = models.CharField(max_length=16, choices=State.choices)
     target = models.CharField(max_length=16, choices=State.choices)
     event = models.CharField(max_length=32)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Not a constraint: the row keeps the id of a user deleted since, which its digest
+    # covers (clearing it would break the chain of every workflow that user acted on).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
     actor_label = models.CharField(max_length=200)
     reason = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
