@@ -16,12 +16,14 @@ class WorkflowsConfig(AppConfig):
 
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
         from .jobs import skip_connection_health_checks
+        from .runner import end_overdue_workers
 
         autodiscover_modules("workflow_tasks")
         for module in settings.ORCH_TASK_MODULES:
             import_module(module)
         post_migrate.connect(ensure_recovery_schedule, sender=self)
         post_spawn.connect(skip_connection_health_checks)
+        post_spawn.connect(end_overdue_workers)
 
 
 def ensure_recovery_schedule(using="default", **kwargs) -> None:

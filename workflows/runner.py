@@ -1,9 +1,11 @@
-"""Running one claimed attempt's handler: outside any transaction, under its timeout,
-with a heartbeat that keeps the lease and notices cancellation."""
+"""Running one claimed attempt's handler: outside any transaction, under a timeout that
+holds whatever the handler does, with a heartbeat that keeps the lease and notices
+cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +30,10 @@ logger = logging.getLogger(__name__)
 # How often a running attempt looks for cancellation (from this long after its start); its
 # lease is renewed every third of the lease.
 CANCEL_CHECK_SECONDS = 0.5
+# How long a handler has, after TaskTimeout was raised in it, to stop. A worker process
+# whose handler is still running then (it swallowed the exception, or it is blocked in a
+# C call or a child process) fails the attempt itself and ends: see Heartbeat.
+TIMEOUT_GRACE_SECONDS = 2.0
 
 
 class TaskTimeout(BaseException):
@@ -57,12 +63,18 @@ class Attempt:
     task_id: int
     number: int
     workflow_id: Any
+    timeout: float
     started: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
+    def overdue(self, now: float) -> float:
+        """Seconds past its timeout at `now` (negative before)."""
+        return now - self.started - self.timeout
+
 
 class Heartbeat:
-    """Renews the running attempt's lease and watches for its workflow's cancellation.
+    """Renews the running attempt's lease, watches for its workflow's cancellation, and
+    holds its timeout when the handler does not stop.
 
     One thread per worker process, started with its first attempt, which looks at an
     attempt only once it has run for CANCEL_CHECK_SECONDS: a short task costs neither a
@@ -70,15 +82,21 @@ class Heartbeat:
     restart): the thread reconnects and tries again with backoff while the lease lasts,
     and never takes it for a cancellation. Only a committed cancel, or recovery taking
     the attempt back, sets `Attempt.cancelled`.
+
+    In a worker process (`ends_overdue_workers`, set when django-q2 spawns one), a handler
+    still running TIMEOUT_GRACE_SECONDS after its timeout cannot be stopped from inside:
+    the heartbeat fails the attempt with TaskTimeout itself, kills the processes the
+    handler started, and ends the worker process, which django-q2 replaces.
     """
 
     def __init__(self):
         self._condition = threading.Condition()
         self._attempt: Attempt | None = None
         self._thread: threading.Thread | None = None
+        self.ends_overdue_workers = False
 
     def watch(self, task: Task) -> Attempt:
-        attempt = Attempt(task.pk, task.attempt, task.workflow_id)
+        attempt = Attempt(task.pk, task.attempt, task.workflow_id, task.timeout)
         with self._condition:
             self._attempt = attempt
             if self._thread is None or not self._thread.is_alive():  # none yet, or forked without it
@@ -88,6 +106,8 @@ class Heartbeat:
         return attempt
 
     def release(self, attempt: Attempt) -> None:
+        """The handler has ended. Blocks for good if the heartbeat is ending this process
+        for that attempt: its outcome is recorded there, once."""
         with self._condition:
             if self._attempt is attempt:
                 self._attempt = None
@@ -102,31 +122,134 @@ class Heartbeat:
                 attempt = self._attempt
             self._keep(attempt)
 
-    def _running(self, attempt: Attempt, delay: float) -> bool:
-        """Wait `delay` seconds; False as soon as the attempt has ended."""
+    def _running(self, attempt: Attempt, until: float | None) -> bool:
+        """Wait until `until` (a time.monotonic(); None: no limit); False as soon as the
+        attempt has ended."""
+        timeout = None if until is None else max(until - time.monotonic(), 0)
         with self._condition:
-            return not self._condition.wait_for(lambda: self._attempt is not attempt, timeout=max(delay, 0))
+            return not self._condition.wait_for(lambda: self._attempt is not attempt, timeout=timeout)
 
     def _keep(self, attempt: Attempt) -> None:
         renew_every = settings.ORCH_LEASE_SECONDS / 3
         renewed = attempt.started  # the claim took the first lease
-        delay = attempt.started + CANCEL_CHECK_SECONDS - time.monotonic()
+        check_at: float | None = attempt.started + CANCEL_CHECK_SECONDS
+        stop_at = attempt.started + attempt.timeout + TIMEOUT_GRACE_SECONDS if self.ends_overdue_workers else None
         failures = 0
-        while self._running(attempt, delay):
+        while self._running(attempt, _earliest(check_at, stop_at)):
+            now = time.monotonic()
+            if stop_at is not None and now >= stop_at:
+                self._end_overdue(attempt)
+                return  # it ended just in time: its runner records the timeout
+            if check_at is None or now < check_at:
+                continue
             try:
-                if time.monotonic() - renewed >= renew_every:
+                if now - renewed >= renew_every:
                     if not services.task_heartbeat(attempt.task_id, attempt.number):
-                        attempt.cancelled.set()  # taken back by recovery: its outcome would not be recorded
-                        return
+                        # Taken back by recovery: its outcome would not be recorded. Nothing
+                        # is left to renew or look for, but its timeout still holds.
+                        attempt.cancelled.set()
+                        check_at = None
+                        continue
                     renewed = time.monotonic()
                 if not attempt.cancelled.is_set() and services.workflow_is_cancelled(attempt.workflow_id):
                     attempt.cancelled.set()
-                failures, delay = 0, CANCEL_CHECK_SECONDS
+                failures, check_at = 0, time.monotonic() + CANCEL_CHECK_SECONDS
             except DatabaseError as exc:
                 failures += 1
                 delay = min(CANCEL_CHECK_SECONDS * 2**failures, renew_every / 2)
                 logger.warning("heartbeat of task %s: %s; trying again in %.1f s", attempt.task_id, exc, delay)
                 connections.close_all()
+                check_at = time.monotonic() + delay
+
+    def _end_overdue(self, attempt: Attempt) -> None:
+        """The handler did not stop within TIMEOUT_GRACE_SECONDS of its timeout: fail the
+        attempt with TaskTimeout, kill what it started, and end this worker process.
+
+        The heartbeat's lock is held from the moment it takes the attempt over until the
+        process ends, so that a handler returning meanwhile finds its runner waiting in
+        `release`: the attempt's outcome is recorded here, and only here."""
+        with self._condition:
+            if self._attempt is not attempt:
+                return
+            try:
+                killed = kill_descendants()
+                error = (
+                    f"TaskTimeout: timed out after {attempt.timeout:g} s; the handler did not stop within "
+                    f"{TIMEOUT_GRACE_SECONDS:g} s, so its worker process {worker_name()} was ended"
+                    + (f", with {killed} child process(es)" if killed else "")
+                )
+                logger.error("task %s, attempt %s: %s", attempt.task_id, attempt.number, error)
+                _record_overdue(attempt, error)
+            finally:
+                os._exit(1)  # django-q2 spawns a new worker in its place
+
+
+def _earliest(*times: float | None) -> float | None:
+    return min((t for t in times if t is not None), default=None)
+
+
+def _record_overdue(attempt: Attempt, error: str) -> None:
+    """Fail an overdue attempt through the same service as any failed attempt (retried if
+    it has attempts left). If the database cannot be reached, the attempt's lease runs out
+    and recovery fails it instead."""
+    for tries_left in (1, 0):
+        try:
+            services.task_finished(attempt.task_id, attempt.number, error=error)
+            return
+        except Exception:
+            logger.warning("could not record the timeout of task %s", attempt.task_id, exc_info=True)
+            connections.close_all()
+            if not tries_left:
+                return
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, as /proc shows them now (none where there
+    is no /proc)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])  # after "pid (comm) state"
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants() -> int:
+    """SIGKILL the processes this one started, and theirs (a handler's `os.system`, its
+    subprocesses). They share the cluster's process group, so they are found through /proc:
+    each is stopped first, so that none can start another or outlive its parent unseen,
+    then all are killed. Returns how many."""
+    found: set[int] = set()
+    for _ in range(5):  # new ones may have been started while the last were being stopped
+        new = set(_descendants(os.getpid())) - found
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        found |= new
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(found)
+
+
+def end_overdue_workers(**kwargs) -> None:
+    """Connected to django-q2's post_spawn signal: a worker process, which django-q2
+    replaces when it ends, ends itself when a handler outlives its timeout. Elsewhere (a
+    shell, a test) only a late outcome is refused."""
+    HEARTBEAT.ends_overdue_workers = True
 
 
 HEARTBEAT = Heartbeat()
@@ -244,13 +367,15 @@ def _call(handler, ctx: TaskContext, params: dict, timeout: float, is_async: boo
 def run_handler(task: Task) -> Outcome:
     """Run the handler of a claimed attempt and return what happened; never raises.
     Whatever the handler raises (SystemExit and KeyboardInterrupt too) fails the attempt,
-    and the worker goes on serving."""
+    and the worker goes on serving. An attempt whose handler ends after its timeout,
+    however it ends, fails with TaskTimeout."""
     try:
         task_type = get_task_type(task.type)
     except UnknownTaskType as exc:
         return Outcome(error=str(exc))
     attempt = HEARTBEAT.watch(task)
     ctx = TaskContext(task=task, cancelled=attempt.cancelled.is_set)
+    error = None
     try:
         with handing_back_on_sigterm():
             result = _call(task_type.handler, ctx, task.params, task.timeout, task_type.is_async)
@@ -259,10 +384,26 @@ def run_handler(task: Task) -> Outcome:
     except TaskTimeout as exc:
         return Outcome(error=f"TaskTimeout: {exc}")
     except (Exception, SystemExit, KeyboardInterrupt):
-        return Outcome(error=storable_text(traceback.format_exc()))
+        error = storable_text(traceback.format_exc())
     finally:
+        ended = time.monotonic()
         HEARTBEAT.release(attempt)
+    late = attempt.overdue(ended)
+    if late >= 0:
+        return Outcome(error=_ignored_timeout(task.timeout, late, error))
+    if error is not None:
+        return Outcome(error=error)
     stored, problem = storable(result)
     if problem:
         return Outcome(error=problem)
     return Outcome(stored=stored)
+
+
+def _ignored_timeout(timeout: float, late: float, error: str | None) -> str:
+    """The error of an attempt whose handler ended `late` seconds past its timeout, with
+    `error` or with a result (which is discarded): TaskTimeout, on the last line."""
+    if error is None:
+        return f"TaskTimeout: timed out after {timeout:g} s; the handler returned {late:.1f} s later, result discarded"
+    return (
+        f"{error.rstrip()}\nTaskTimeout: timed out after {timeout:g} s; the handler raised the above {late:.1f} s later"
+    )
