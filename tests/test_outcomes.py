@@ -21,7 +21,7 @@ def only(type_: str, **params) -> list[dict]:
     [
         ("nul", "$.text contains a NUL character"),
         ("surrogate", "$.items[1] contains a lone surrogate"),
-        ("surrogate key", "$ (a key) contains a lone surrogate"),
+        ("surrogate key", "a key of $ contains a lone surrogate"),
         ("nan", "it is not JSON-serialisable: Out of range float values are not JSON compliant"),
         ("infinity", "it is not JSON-serialisable: Out of range float values are not JSON compliant"),
         ("deep", "it is nested too deeply"),

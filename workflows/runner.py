@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from . import services
+from . import services, values
 from .models import Task
 from .registry import TaskContext, UnknownTaskType, get_task_type
 
@@ -261,28 +261,6 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _unstorable(value, path: str = "$") -> str | None:
-    """Where `value` holds a string the database cannot store, and why."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return f"{path} contains a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"{path} contains a lone surrogate"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found = _unstorable(key, f"{path} (a key)") or _unstorable(item, f"{path}.{key}")
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _unstorable(item, f"{path}[{index}]")
-            if found:
-                return found
-    return None
-
-
 def storable(result) -> tuple[str | None, str | None]:
     """(the JSON text the database will hold, None), or (None, why it cannot be stored).
     None stays SQL NULL, as Django's JSONField stores it."""
@@ -292,7 +270,7 @@ def storable(result) -> tuple[str | None, str | None]:
         text = json.dumps(result, ensure_ascii=False, allow_nan=False)
         # json.dumps writes NUL as an escape and lets lone surrogates through: PostgreSQL's
         # jsonb refuses both, and a surrogate cannot even be encoded.
-        where = _unstorable(result) if "\\u0000" in text or not _encodes(text) else None
+        where = values.json_problem(result, max_depth=None) if "\\u0000" in text or not _encodes(text) else None
     except (TypeError, ValueError) as exc:
         return None, f"the result cannot be stored: it is not JSON-serialisable: {exc}"
     except RecursionError:

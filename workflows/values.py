@@ -21,8 +21,9 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def json_problem(value, path: str = "$", *, max_depth: int = MAX_DEPTH) -> str | None:
-    """Why the JSON value `value` cannot be stored, or None; `path` names where."""
+def json_problem(value, path: str = "$", *, max_depth: int | None = MAX_DEPTH) -> str | None:
+    """Why the JSON value `value` cannot be stored, or None; `path` names where. With
+    `max_depth` None, only its text is checked."""
     stack = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
@@ -31,7 +32,7 @@ def json_problem(value, path: str = "$", *, max_depth: int = MAX_DEPTH) -> str |
             if problem:
                 return f"{where} {problem}"
         elif isinstance(item, dict | list | tuple):
-            if depth >= max_depth:
+            if max_depth is not None and depth >= max_depth:
                 return f"{where} is nested more than {max_depth} levels deep"
             if isinstance(item, dict):
                 children = []
