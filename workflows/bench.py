@@ -367,8 +367,8 @@ class Adapt:
 
 WORKFLOW_COLUMNS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-    "idempotency_key", "fingerprint", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-    "unfinished", "last_seq", "last_digest", "head_mac",
+    "idempotency_key", "idempotency_scope", "fingerprint", "created_by", "created_at", "updated_at", "started_at",
+    "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
 ]  # fmt: skip
 TASK_COLUMNS = [
     "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
@@ -427,7 +427,7 @@ class Generator:
         workflow = (
             workflow_id, f"{self.tag}-{index}", "default", state, "auto", adapt.json({"i": index}), adapt.empty,
             "validate: synthetic failure" if state == State.FAILED else "", retries, failed_phase,
-            None, "", self.owner.pk, when(created), when(finished or created), when(created + timedelta(seconds=1)),
+            None, "", "", self.owner.pk, when(created), when(finished or created), when(created + timedelta(seconds=1)),
             when(finished), int(state == State.EXECUTE), len(steps), previous,
             audit.head_mac(SimpleNamespace(pk=pk, state=state, last_seq=len(steps), last_digest=previous)),
         )  # fmt: skip
