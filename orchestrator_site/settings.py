@@ -87,8 +87,9 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
+    # Before django_q: the project's `qcluster` command (graceful stop) replaces django-q2's.
     "workflows",
+    "django_q",
 ]
 
 MIDDLEWARE = [
