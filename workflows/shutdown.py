@@ -2,19 +2,20 @@
 
 django-q2 expects SIGTERM or SIGINT at the `qcluster` main process only, which then tells
 its sentinel to stop the cluster in order: the pusher stops taking jobs, the workers
-finish theirs and the monitor saves the last results. A terminal's Ctrl-C, honcho and a
-service manager that stops a process group signal every process of the cluster at once
-instead. The sentinel then dies of SIGTERM while it sleeps on the stop event, and the main
-process waits forever to wake it; the pusher, monitor and workers die wherever they are,
-a worker possibly between recording an outcome and committing it.
+finish theirs and the monitor saves the last results. honcho (`make run`), systemd's
+default KillMode and `kill -TERM -- -PGID` send SIGTERM to every process of the cluster at
+once instead. The sentinel then dies of it while it sleeps on the stop event, and the main
+process waits forever to wake it; the pusher, monitor and workers die wherever they are, a
+worker possibly halfway through recording an outcome. (django-q2 has the other processes
+ignore SIGINT, so Ctrl-C in a terminal, which signals the whole group too, did no harm.)
 
 So only the main process acts on these signals. `qcluster` starts the sentinel with them
 blocked, and the processes it starts (pusher, monitor, workers) inherit that. A worker
-then lets SIGTERM through again (`worker_started`), to hand work back rather than finish
-it: a running handler is interrupted and its attempt handed back (runner), and from then
-on an attempt it claims is handed back unrun. Engine code between two handlers is never
-interrupted. SIGINT stays blocked in workers: Ctrl-C on a `qcluster` in a terminal lets
-running tasks finish, as django-q2 does.
+then lets them through again (`worker_started`) and remembers SIGTERM, to hand work back
+rather than finish it: a running handler is interrupted and its attempt handed back
+(runner), and from then on an attempt it claims is handed back unrun. Engine code between
+two handlers is never interrupted. Workers ignore SIGINT, as django-q2 has them do: Ctrl-C
+on a `qcluster` in a terminal lets running tasks finish.
 """
 
 import signal
@@ -49,6 +50,7 @@ def _remember_stop(signum, frame) -> None:
 
 def worker_started(**kwargs) -> None:
     """Connected to django-q2's post_spawn signal by `qcluster`: in a new worker process,
-    SIGTERM is remembered instead of killing it (the runner interrupts a handler with it)."""
+    SIGTERM is remembered instead of killing it (the runner interrupts a handler with it),
+    and SIGINT stays ignored, as django-q2's sentinel left it."""
     signal.signal(signal.SIGTERM, _remember_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
