@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-.PHONY: install dev run test test-unit test-integration chaos bench lint format clean
+.PHONY: install dev run serve test test-unit test-integration chaos bench lint format clean
+
+# HOST, PORT and WEB_CONCURRENCY come from the settings (environment, then .env, then defaults).
+SERVER_SETTINGS = $(BIN)/python manage.py shell --no-imports -c \
+	"from django.conf import settings as s; print(s.HOST, s.PORT, s.WEB_CONCURRENCY)"
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,17 +21,27 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 
 dev: $(VENV)/.dev-installed
 
-## Set up, migrate, and start the web server and a worker cluster together (SQLite by default).
-# HOST and PORT come from the settings (environment, then .env, then defaults); honcho is
-# told not to read .env itself, so that it cannot disagree with them.
+## Set up, migrate, and start the development web server and a worker cluster together (SQLite by default).
+# honcho is told not to read .env itself, so that it cannot disagree with the settings.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createadmin
 	@set -e; \
-	addr=$$($(BIN)/python manage.py shell --no-imports -c "from django.conf import settings as s; print(s.HOST, s.PORT)"); \
+	addr=$$($(SERVER_SETTINGS)); \
 	set -- $$addr; \
 	printf '\n  Admin:  http://%s:%s/admin/\n\n' "$$1" "$$2"; \
 	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --port "$$2"
+
+## The production web server: collect the static files, then gunicorn with WEB_CONCURRENCY workers.
+# Migrate first, and run worker clusters beside it (`manage.py qcluster`): see the README.
+# No control socket: gunicorn's is one path per user, which a second server would take over.
+serve: install
+	$(BIN)/python manage.py collectstatic --noinput
+	@set -e; \
+	addr=$$($(SERVER_SETTINGS)); \
+	set -- $$addr; \
+	exec $(BIN)/gunicorn orchestrator_site.wsgi --bind "$$1:$$2" --workers "$$3" \
+		--access-logfile - --no-control-socket
 
 ## The whole test suite, on whatever DATABASE_URL and ORCH_BROKER select.
 test: install

@@ -74,6 +74,8 @@ X_FRAME_OPTIONS = "DENY"
 
 HOST = _raw("HOST", "127.0.0.1")
 PORT = int(env_number("PORT", 8000, minimum=1, whole=True))
+# gunicorn worker processes of `make serve` (gunicorn's own variable; its advice: 2 per CPU, plus one).
+WEB_CONCURRENCY = int(env_number("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1, minimum=1, whole=True))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -87,12 +89,15 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
+    # Before django_q: the project's `qcluster` command (graceful stop) replaces django-q2's.
     "workflows",
+    "django_q",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the static files (the admin's, Swagger UI's) from STATIC_ROOT without another server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -279,7 +284,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `make serve` collects the static files here (`manage.py collectstatic`); WhiteNoise serves
+# them, compressed, when DEBUG is off, and straight from the apps when it is on.
+STATIC_ROOT = Path(_raw("DJANGO_STATIC_ROOT", "") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

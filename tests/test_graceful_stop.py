@@ -1,12 +1,16 @@
 """Stopping a cluster: nothing is lost, and nothing waits for a lease when it need not."""
 
 import os
+import re
 import signal
+import subprocess
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import events, wait_for
+from tests.conftest import ROOT, child_env, events, free_port, wait_for
 from workflows import services
 from workflows.models import Actor, State, Task, Workflow
 
@@ -56,3 +60,96 @@ def test_sigterm_to_a_busy_worker_hands_its_task_back_at_once(cluster):
     assert again.worker != nap.worker and again.attempt_offset == 1, "a handed-back attempt costs no budget"
     wait_for(lambda: Workflow.objects.get(pk=workflow.pk).state == State.COMPLETE, 60, "the workflow to complete")
     assert events(Workflow.objects.get(pk=workflow.pk)) == ["start", "execute", "validate", "complete"]
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    """The processes of a process group that still run (a zombie has ended)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # ended meanwhile
+            continue
+        if int(group) == pgid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def budget_attempt(task: Task) -> int:
+    """Which attempt of its budget the task's latest (or next) attempt is."""
+    return task.attempt - task.attempt_offset
+
+
+def test_sigterm_to_an_idle_clusters_whole_process_group_stops_it(cluster):
+    idle = cluster(LOG_LEVEL="info")
+    wait_for(lambda: "running." in idle.output(), 60, "the cluster to run")
+    os.killpg(idle.process.pid, signal.SIGTERM)  # what a terminal or a plain service manager does
+    assert idle.process.wait(timeout=10) == 0, idle.output()[-3000:]
+    assert "has stopped" in idle.output()
+    wait_for(lambda: not alive_in_group(idle.process.pid), 5, "every process of the cluster to end")
+
+
+def test_sigterm_to_a_busy_clusters_whole_process_group_hands_its_task_back(cluster):
+    first = cluster(ORCH_LEASE_SECONDS=120)
+    workflow = start_sleeper(12)  # longer than the stop may take
+    nap = wait_for(lambda: running(workflow), 60, "the task to start")
+    time.sleep(0.5)  # into its handler
+    os.killpg(first.process.pid, signal.SIGTERM)
+    assert first.process.wait(timeout=10) == 0, first.output()[-3000:]
+    wait_for(lambda: not alive_in_group(first.process.pid), 5, "every process of the cluster to end")
+    handed_back = Task.objects.get(pk=nap.pk)
+    assert handed_back.status == Task.Status.QUEUED, first.output()[-3000:]
+    assert budget_attempt(handed_back) == 1, "a handed-back attempt costs no budget"
+
+    cluster()
+    wait_for(lambda: Workflow.objects.get(pk=workflow.pk).state == State.COMPLETE, 60, "the workflow to complete")
+    done = Task.objects.get(pk=nap.pk)
+    assert done.status == Task.Status.SUCCEEDED and budget_attempt(done) == 1
+    assert done.worker != nap.worker, "run to the end by the second cluster"
+    assert events(Workflow.objects.get(pk=workflow.pk)) == ["start", "execute", "validate", "complete"]
+
+
+def web_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_make_run_stops_the_web_server_and_the_cluster_without_sigkill(cluster, tmp_path, signum):
+    """`make run` runs honcho, which gives each process of the Procfile a process group of
+    its own, sends them SIGTERM when it is stopped and SIGKILL five seconds later."""
+    port = free_port()
+    log_path = tmp_path / "make-run.log"
+    with open(log_path, "w") as log:
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=ROOT,
+            env=child_env(PORT=port, ORCH_WORKERS=2, ORCH_LEASE_SECONDS=120),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group, as in a terminal
+        )
+    try:
+        workflow = start_sleeper(30)
+        nap = wait_for(lambda: running(workflow), 90, "the task to start")
+        wait_for(lambda: web_answers(port), 30, "the web server to answer")
+        time.sleep(0.5)  # into its handler
+        os.killpg(make.pid, signum)  # Ctrl-C in a terminal sends SIGINT to its foreground group
+        make.wait(timeout=10)
+        output = log_path.read_text()
+        assert "SIGKILL" not in output, output[-3000:]
+        started = dict(re.findall(r"(\S+) started \(pid=(\d+)\)", output))
+        stopped = dict(re.findall(r"(\S+) stopped \(rc=(-?\d+)\)", output))
+        # runserver ends with the SIGTERM honcho sends it; the cluster stops by itself.
+        assert stopped == {"web.1": "-15", "worker.1": "0"}, output[-3000:]
+        for pid in started.values():
+            wait_for(lambda pid=pid: not alive_in_group(int(pid)), 5, "every process to end")
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    handed_back = Task.objects.get(pk=nap.pk)
+    assert handed_back.status == Task.Status.QUEUED and budget_attempt(handed_back) == 1

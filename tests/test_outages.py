@@ -8,18 +8,12 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, child_env, events, wait_for
+from tests.conftest import ROOT, child_env, events, free_port, wait_for
 from workflows.models import State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 REDIS = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateRedis:

@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from . import services, values
+from . import services, shutdown, values
 from .models import Task
 from .registry import TaskContext, UnknownTaskType, get_task_type
 
@@ -327,6 +327,8 @@ def handing_back_on_sigterm():
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        if shutdown.told_to_stop():  # between two handlers (see shutdown): this one does not start
+            raise WorkerStopping("the worker was told to stop")
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
