@@ -58,6 +58,9 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
     SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
+# Earlier keys, after a rotation: sessions signed with them stay valid, and the audit log's
+# rows and heads signed with them still verify.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", "")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 
 # HTTPS hardening: on by default when DEBUG is off (`manage.py check --deploy` is clean),

@@ -122,3 +122,20 @@ def test_throttling_is_configurable():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "{'user': '5/min'}" in result.stdout, result.stderr
+
+
+def test_earlier_secret_keys_come_from_the_environment():
+    probe = "from django.conf import settings; print(settings.SECRET_KEY_FALLBACKS)"
+    found = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {probe}"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+            "DJANGO_SECRET_KEY_FALLBACKS": "old-key-1, old-key-2",
+        },  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.stdout.strip() == "['old-key-1', 'old-key-2']", found.stderr
