@@ -8,6 +8,7 @@ content types, and bodies that match their schemas.
 
 import re
 import uuid
+from collections import Counter
 from html.parser import HTMLParser
 
 import pytest
@@ -34,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from workflows import services
 from workflows.api.views import WorkflowViewSet
-from workflows.models import Actor, State, Transition, Workflow
+from workflows.models import Actor, State, Workflow
 
 # --- The schema validates ------------------------------------------------------------------
 
@@ -309,7 +310,15 @@ StatefulAPI = schema.as_state_machine()
 
 
 def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
+    answered = Counter()
+
     class Session(StatefulAPI):
+        def setup(self):
+            # Each sequence starts from the same workflows: what an earlier one created (an
+            # idempotency key, say) would answer a repeated request differently, and
+            # hypothesis requires the same calls to meet the same answers.
+            Workflow.objects.exclude(pk__in=fuzz_user["ids"]).delete()
+
         def before_call(self, case):
             # Generated definitions and task types are random strings, never registered
             # ones: creations name real ones, so that sequences start from real workflows.
@@ -324,6 +333,7 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
             return {"headers": fuzz_user["headers"]}
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
+            answered[response.status_code] += 1
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
     Session.run(
@@ -336,6 +346,5 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
             suppress_health_check=list(HealthCheck),
         )
     )
-    created = Workflow.objects.filter(created_by__username="fuzzer").exclude(pk__in=fuzz_user["ids"])
-    assert created.exists(), "no sequence created a workflow: the calls never reached the workflows' own operations"
-    assert Transition.objects.filter(actor_label="api:fuzzer").exists()
+    assert answered[201], "no sequence created a workflow: the calls never reached the workflows' own operations"
+    assert answered[202], "no sequence fired a transition"
