@@ -26,6 +26,7 @@ NAMES = [
     ("WITH change AS", "transition"),
     ("UPDATE workflows_task SET status = CASE", "succeed: the task"),
     ("UPDATE workflows_workflow SET unfinished", "succeed: the fan-in"),
+    ("WITH next_up AS", "succeed: release what waited"),
     ("UPDATE workflows_workflow SET state", "transition: the workflow"),
     ("INSERT INTO workflows_transition", "transition: the audit row"),
     ("WITH pick AS", "transition: the next phase's tasks"),
@@ -140,6 +141,34 @@ def test_a_task_that_turns_out_last_pays_a_separate_transition():
         services.task_record(c, stored=None)
     assert statements.steps == [*SUCCEED, *transition(succeeded=False)]
     assert reload(workflow).state == State.VALIDATE
+
+
+def test_a_task_others_wait_for_costs_at_most_one_more_statement_and_hands_one_on():
+    workflow = start([{"name": "x", "type": "noop"}, {"name": "a", "type": "noop"},
+                      {"name": "b", "type": "noop", "after": ["a"]}, {"name": "d", "type": "noop"}])  # fmt: skip
+    run(jobs_on_the_broker()[0])  # PREPARE, and x
+    a, _d = jobs_on_the_broker()
+    release = (
+        ["succeed"] if POSTGRES else [("succeed: the task", "succeed: the fan-in", "succeed: release what waited")]
+    )
+    # a's success releases b in the same statement (SQLite: transaction), claimed for this
+    # worker, which runs it at once: b costs no claim and no job.
+    assert run(a).steps == [*CLAIM, *release, *SUCCEED]
+    assert task(workflow, "b").status == Task.Status.SUCCEEDED and not jobs_on_the_broker()
+
+
+def test_a_task_that_releases_several_queues_the_rest_with_their_jobs():
+    after_a = [{"name": name, "type": "noop", "after": ["a"]} for name in "bc"]
+    workflow = start([{"name": "x", "type": "noop"}, {"name": "a", "type": "noop"}, *after_a])
+    run(jobs_on_the_broker()[0])  # PREPARE, and x
+    [a] = jobs_on_the_broker()
+    if POSTGRES:
+        release = [("succeed", *JOBS)] if JOBS else ["succeed"]
+    else:
+        release = [("succeed: the task", "succeed: the fan-in", "succeed: release what waited", *JOBS)]
+    assert run(a).steps == [*CLAIM, *release, *SUCCEED]  # b runs here; c is queued
+    [c] = jobs_on_the_broker()
+    assert tuple(c["args"][:2]) == (task(workflow, "c").pk, 1)
 
 
 def test_prepare_then_the_first_execute_task_in_one_job():

@@ -123,8 +123,8 @@ class WorkflowAddForm(forms.Form):
     tasks = JSONTextField(
         kind=list,
         required=False,
-        help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout"}; only type is required. '
-        "Empty: the definition's default tasks.",
+        help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is '
+        'required, and "after" names the tasks that must succeed first. Empty: the definition\'s default tasks.',
     )
     start_now = forms.BooleanField(required=False, initial=True, label="Start now")
 

@@ -32,6 +32,12 @@ def sleep(ctx, params):
     return {"slept": seconds}
 
 
+@task_type("gather")
+def gather(ctx, params):
+    """The results of the tasks this one runs after, by name (`ctx.upstream`)."""
+    return ctx.upstream
+
+
 @task_type("fail")
 def fail(ctx, params):
     """Fail while the attempt number is at most `times` (always, without `times`)."""
@@ -66,6 +72,7 @@ register_definition(
         prepare="default.prepare",
         validate="default.validate",
         tasks=({"name": "noop", "type": "noop"},),
-        description="Validates the input, runs the workflow's tasks in parallel, checks they all succeeded.",
+        description="Validates the input, runs the workflow's tasks (in parallel, each after the tasks in its "
+        "`after`), checks they all succeeded.",
     )
 )

@@ -171,6 +171,18 @@ class Workflow(FSMModelMixin, models.Model):
         self.finished_at = timezone.now()
 
 
+# How an attempt ended, as a task's `attempts` record it.
+ATTEMPT_OUTCOMES = {
+    "running": "still running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "timed_out": "ran past its timeout",
+    "lease_expired": "taken back after its worker stopped heartbeating",
+    "handed_back": "handed back by a stopping worker",
+    "cancelled": "ended after its workflow was cancelled",
+}
+
+
 class Task(models.Model):
     """One unit of a workflow's work, run as one django-q2 job per attempt."""
 
@@ -204,6 +216,17 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # Dependencies within EXECUTE: the names of the tasks that must succeed first.
+    after = models.JSONField(default=list, blank=True, help_text="Names of the tasks that must succeed first.")
+    waiting = models.PositiveIntegerField(
+        default=0, help_text="Tasks named in `after` that have not succeeded yet: the task runs at 0."
+    )
+    dependents = models.PositiveIntegerField(default=0, help_text="Tasks that name this one in their `after`.")
+    attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every attempt: its number, worker, start and end, outcome and error (see ATTEMPT_OUTCOMES).",
+    )
 
     # Not a column: the workflow's row as this task's claim saw it (workflows.statements).
     snapshot = None

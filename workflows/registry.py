@@ -113,6 +113,7 @@ class TaskContext:
         self._cancelled = cancelled
         self._workflow = None
         self._read = None
+        self._upstream = None
 
     @property
     def workflow(self):
@@ -139,6 +140,22 @@ class TaskContext:
 
             self._read = workflow_input(self.workflow_id)
         return self._read
+
+    @property
+    def upstream(self) -> dict:
+        """The results of the tasks named in this task's `after`, by name (read when first
+        asked for)."""
+        if self._upstream is None:
+            after = list(getattr(self.task, "after", None) or [])
+            self._upstream = {}
+            if after:
+                from .models import Task
+
+                found = dict(
+                    Task.objects.filter(workflow_id=self.workflow_id, name__in=after).values_list("name", "result")
+                )
+                self._upstream = {name: found.get(name) for name in after}
+        return self._upstream
 
     def cancelled(self) -> bool:
         """True once the workflow's cancel was committed, or once recovery took this

@@ -19,8 +19,10 @@ import hashlib
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
+from graphlib import CycleError, TopologicalSorter
 from uuid import UUID
 
 from django.conf import settings
@@ -97,7 +99,7 @@ def _number(value, field: str, *, whole: bool, low: float, high: float) -> float
 def _normalize_task(index: int, spec) -> dict:
     if not isinstance(spec, dict):
         raise ValueError("must be an object with at least a type")
-    unknown = set(spec) - {"name", "type", "params", "max_attempts", "timeout"}
+    unknown = set(spec) - {"name", "type", "params", "max_attempts", "timeout", "after"}
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
     task_type = spec.get("type")
@@ -118,10 +120,14 @@ def _normalize_task(index: int, spec) -> dict:
         raise ValueError(problem)
     max_attempts = spec.get("max_attempts", settings.ORCH_MAX_ATTEMPTS)
     timeout = spec.get("timeout", settings.ORCH_TASK_TIMEOUT)
+    after = spec.get("after", [])
+    if not isinstance(after, list) or not all(isinstance(upstream, str) for upstream in after):
+        raise ValueError("after must be a list of task names")
     return {
         "name": name,
         "type": task_type,
         "params": params,
+        "after": list(dict.fromkeys(after)),
         "max_attempts": _number(max_attempts, "max_attempts", whole=True, low=1, high=MAX_TASK_ATTEMPTS),
         "timeout": _number(timeout, "timeout", whole=False, low=0.1, high=MAX_TASK_TIMEOUT),
     }
@@ -148,9 +154,30 @@ def normalize_tasks(specs) -> list[dict]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         errors.append(f"task names must be unique: {', '.join(duplicates)}")
+    if not errors:
+        errors += _dependency_errors(tasks)
     if errors:
         raise ValueError("; ".join(errors))
     return tasks
+
+
+def _dependency_errors(tasks: list[dict]) -> list[str]:
+    """What is wrong with the tasks' `after`: unknown names, a task naming itself, cycles."""
+    names = {task["name"] for task in tasks}
+    errors = []
+    for task in tasks:
+        if task["name"] in task["after"]:
+            errors.append(f"task {task['name']}: after names the task itself")
+        unknown = [upstream for upstream in task["after"] if upstream not in names]
+        if unknown:
+            errors.append(f"task {task['name']}: after names unknown tasks: {', '.join(unknown)}")
+    if errors:
+        return errors
+    try:
+        TopologicalSorter({task["name"]: task["after"] for task in tasks}).prepare()
+    except CycleError as cycle:
+        return [f"tasks depend on each other in a cycle: {' → '.join(cycle.args[1])}"]
+    return []
 
 
 def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int) -> Task:
@@ -167,8 +194,19 @@ def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int)
 
 def _tasks(workflow: Workflow, definition, specs: list[dict]) -> list[Task]:
     """The workflow's tasks, in order: its definition's PREPARE handler, its EXECUTE
-    tasks, its definition's VALIDATE handler."""
-    rows = [Task(workflow=workflow, phase=State.EXECUTE, position=i + 1, **spec) for i, spec in enumerate(specs)]
+    tasks (each waiting for the tasks in its `after`), its definition's VALIDATE handler."""
+    dependents = Counter(upstream for spec in specs for upstream in spec["after"])
+    rows = [
+        Task(
+            workflow=workflow,
+            phase=State.EXECUTE,
+            position=i + 1,
+            waiting=len(spec["after"]),
+            dependents=dependents[spec["name"]],
+            **spec,
+        )
+        for i, spec in enumerate(specs)
+    ]
     if definition.prepare:
         rows.insert(0, _phase_task(workflow, State.PREPARE, definition.prepare, 0))
     if definition.validate:
@@ -327,7 +365,9 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
             )
         current = {field: getattr(workflow, field) for field in ("name", "definition", "mode", "input")}
         current["tasks"] = list(
-            workflow.tasks.filter(phase=State.EXECUTE).values("name", "type", "params", "max_attempts", "timeout")
+            workflow.tasks.filter(phase=State.EXECUTE).values(
+                "name", "type", "params", "max_attempts", "timeout", "after"
+            )
         )
         merged = {**current, **changes}
         definition, specs = _validated(**merged)
@@ -473,7 +513,9 @@ def _with_its_jobs():
     return transaction.atomic(savepoint=False) if queue.in_database() else contextlib.nullcontext()
 
 
-def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None) -> None:
+def _queue_tasks(
+    tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None, attempts: list | None = None
+) -> None:
     """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs (see
     _enqueue). `charge=False` keeps the attempt from counting against the budget (a
     handed-back attempt)."""
@@ -490,6 +532,8 @@ def _queue_tasks(tasks: list[Task], *, charge: bool = True, eta=None, error: str
         changes["attempt_offset"] = F("attempt_offset") + 1
     if error is not None:
         changes["error"] = error
+    if attempts is not None:
+        changes["attempts"] = attempts
     Task.objects.filter(pk__in=[task.pk for task in tasks]).update(**changes)
     _enqueue([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
 
@@ -631,10 +675,13 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
             return False
         if workflow.state != task.phase:  # cancelled or failed meanwhile: nothing to hand back
             Task.objects.filter(pk=task.pk).update(
-                status=Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
+                status=Status.CANCELLED,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+                attempts=_end_attempt(task, "cancelled"),
             )
             return True
-        _queue_tasks([task], charge=False)
+        _queue_tasks([task], charge=False, attempts=_end_attempt(task, "handed_back"))
     return True
 
 
@@ -684,9 +731,24 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
                 return Recorded(False)
             fan_in = statements.count_out(task.workflow_id, task.phase)  # recorded: count it out as usual
     else:
-        fan_in = statements.succeed(task.pk, task.attempt, workflow_id=task.workflow_id, result=stored, now=now)
-        if fan_in is None:
-            return Recorded(False)
+        # A task others wait for queues those it releases, with their jobs (see _enqueue),
+        # and hands one of them to this worker (`inline`).
+        with _with_its_jobs() if task.dependents else contextlib.nullcontext():
+            fan_in = statements.succeed(
+                task.pk,
+                task.attempt,
+                workflow_id=task.workflow_id,
+                result=stored,
+                now=now,
+                name=task.name,
+                dependents=task.dependents,
+                inline=inline,
+            )
+            if fan_in is None:
+                return Recorded(False)
+            _enqueue(_jobs(fan_in.released))
+        if fan_in.inline is not None:
+            return Recorded(True, fan_in.inline.instance())
     if not fan_in.phase_done:
         return Recorded(True)
     workflow = fan_in.workflow_row.workflow(task.workflow_id)
@@ -724,19 +786,36 @@ def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool
     return True
 
 
-def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor) -> None:
+def _outcome_of(error: str) -> str:
+    """How a failed attempt ended (see models.ATTEMPT_OUTCOMES), from its error."""
+    lines = error.strip().splitlines()
+    return "timed_out" if lines and lines[-1].startswith("TaskTimeout:") else "failed"
+
+
+def _end_attempt(task: Task, outcome: str, error: str = "") -> list:
+    """`task.attempts` with its latest attempt ended now (for an UPDATE)."""
+    attempts = list(task.attempts or [])
+    if attempts:
+        ended = {"outcome": outcome, "finished_at": timezone.now().isoformat()}
+        attempts[-1] = {**attempts[-1], **ended, **({"error": error} if error else {})}
+    return attempts
+
+
+def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, outcome: str = "") -> None:
     """A failed attempt: queue the next one after a backoff, or, with the budget spent,
     fail the task and its workflow."""
+    cancelled = workflow.state == State.CANCELLED
     task.error = error
     task.finished_at, task.lease_expires_at = timezone.now(), None
+    task.attempts = _end_attempt(task, "cancelled" if cancelled else outcome or _outcome_of(error), error)
     in_phase = workflow.state == task.phase
     if in_phase and task.attempts_left > 0:
         eta = timezone.now() + timedelta(seconds=backoff_delay(task.attempt - task.attempt_offset))
-        _queue_tasks([task], eta=eta, error=error)
+        _queue_tasks([task], eta=eta, error=error, attempts=task.attempts)
         return
     # An attempt that ends after its workflow was cancelled ends the task as CANCELLED.
-    task.status = Status.CANCELLED if workflow.state == State.CANCELLED else Status.FAILED
-    task.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
+    task.status = Status.CANCELLED if cancelled else Status.FAILED
+    task.save(update_fields=["status", "error", "finished_at", "lease_expires_at", "attempts"])
     if not in_phase:
         return
     last_line = error.strip().splitlines()[-1] if error.strip() else "failed"
@@ -800,9 +879,8 @@ def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:
         ).first()
         if task:  # still expired now that we hold the lock
             worker = task.worker or "unknown worker"
-            _attempt_failed(
-                workflow, task, f"lease expired: {worker} stopped heartbeating (attempt {attempt})", Actor.SYSTEM
-            )
+            error = f"lease expired: {worker} stopped heartbeating (attempt {attempt})"
+            _attempt_failed(workflow, task, error, Actor.SYSTEM, outcome="lease_expired")
 
 
 def workflow_progress(workflow: Workflow) -> dict:

@@ -39,7 +39,7 @@ from django.utils.dateparse import parse_datetime
 
 TASK_COLUMNS = (
     "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
-    "max_attempts", "timeout", "worker", "started_at", "lease_expires_at",
+    "max_attempts", "timeout", "worker", "started_at", "lease_expires_at", "after", "dependents",
 )  # fmt: skip
 # What a transition computed in memory needs of its workflow (its results are extended in
 # the statement, never written back from a copy).
@@ -53,10 +53,42 @@ def _columns(columns: tuple, prefix: str = "") -> str:
     return ", ".join(prefix + column for column in columns)
 
 
+# --- attempts ---------------------------------------------------------------------------------
+
+# Each attempt is kept in its task's `attempts` (a JSON list), written by the statements
+# that start and end it: the history costs no statement of its own.
+
+
+def attempt_started(number: str, vendor: str) -> str:
+    """`attempts` with a running attempt `number` (an SQL expression) appended."""
+    if vendor == "postgresql":
+        entry = (
+            f"jsonb_build_object('attempt', {number}, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s,"
+            " 'outcome', 'running')"
+        )
+        return f"attempts || jsonb_build_array({entry})"
+    entry = f"json_object('attempt', {number}, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running')"
+    return f"json_insert(attempts, '$[#]', {entry})"
+
+
+def attempt_ended(outcome: str, vendor: str) -> str:
+    """`attempts` with the latest attempt ended now with `outcome` (an SQL expression)."""
+    if vendor == "postgresql":
+        return (
+            "CASE WHEN jsonb_array_length(attempts) = 0 THEN attempts ELSE jsonb_set(attempts, '{-1}',"
+            f" (attempts -> -1) || jsonb_build_object('outcome', {outcome}, 'finished_at', %(now)s)) END"
+        )
+    return (
+        "CASE WHEN json_array_length(attempts) = 0 THEN attempts ELSE"
+        f" json_set(attempts, '$[#-1].outcome', {outcome}, '$[#-1].finished_at', %(now)s) END"
+    )
+
+
 # --- claim ------------------------------------------------------------------------------------
 
 CLAIMED = (
-    "status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s"
+    "status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,"
+    " attempts = {attempts}"
 )
 # A claim need not be durable: one lost with a crash of the database only means that the
 # job runs again (recovery re-sends a task left QUEUED), and the outcome that follows is
@@ -64,14 +96,14 @@ CLAIMED = (
 # commit does not wait for the disk: set_config(..., true) is SET LOCAL, within the one
 # statement.
 CLAIM = f"""
-UPDATE workflows_task AS task SET {CLAIMED}
+UPDATE workflows_task AS task SET {CLAIMED.format(attempts=attempt_started("task.attempt", "postgresql"))}
 FROM workflows_workflow AS workflow
 WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
     AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING {_columns(TASK_COLUMNS, "task.")}, {_columns(WORKFLOW_COLUMNS_READ, "workflow.")}"""
 # SQLite: the claim, then (SQLite's RETURNING cannot name another table) the workflow.
 CLAIM_TASK = f"""
-UPDATE workflows_task SET {CLAIMED}
+UPDATE workflows_task SET {CLAIMED.format(attempts=attempt_started("attempt", "sqlite"))}
 WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
 RETURNING {_columns(TASK_COLUMNS)}"""
 WORKFLOW = f"SELECT {_columns(WORKFLOW_COLUMNS_READ)} FROM workflows_workflow WHERE id = %(workflow)s"
@@ -86,16 +118,71 @@ LOCK_WORKFLOW = "SELECT id, state FROM workflows_workflow WHERE id = %(workflow)
 TASK_SUCCEEDED = """
 UPDATE workflows_task
 SET status = CASE WHEN {workflow_state} = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
-    result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL
+    result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL, attempts = {attempts}
 WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s {and_locked}
 RETURNING phase"""
-SUCCEEDED_LOCKED = TASK_SUCCEEDED.format(
-    workflow_state="(SELECT state FROM locked)", and_locked="AND EXISTS (SELECT 1 FROM locked)"
-)
+LOCKED_STATE = "(SELECT state FROM locked)"
 # SQLite runs one writer at a time: the workflow's state cannot change under the statement.
-SUCCEEDED_ALONE = TASK_SUCCEEDED.format(
-    workflow_state="(SELECT state FROM workflows_workflow WHERE id = %(workflow)s)", and_locked=""
+CURRENT_STATE = "(SELECT state FROM workflows_workflow WHERE id = %(workflow)s)"
+SUCCESS_OUTCOME = "CASE WHEN {state} = 'CANCELLED' THEN 'cancelled' ELSE 'succeeded' END"
+SUCCEEDED_LOCKED = TASK_SUCCEEDED.format(
+    workflow_state=LOCKED_STATE,
+    and_locked="AND EXISTS (SELECT 1 FROM locked)",
+    attempts=attempt_ended(SUCCESS_OUTCOME.format(state=LOCKED_STATE), "postgresql"),
 )
+SUCCEEDED_ALONE = TASK_SUCCEEDED.format(
+    workflow_state=CURRENT_STATE,
+    and_locked="",
+    attempts=attempt_ended(SUCCESS_OUTCOME.format(state=CURRENT_STATE), "sqlite"),
+)
+# A success releases the tasks waiting for it: each counts it out of `waiting`, and one
+# with nothing left to wait for is queued, while the workflow is in EXECUTE (otherwise a
+# retry queues it). Counting on the waiting task's own row keeps two successes released
+# at once from both missing the last one: PostgreSQL re-reads a row updated meanwhile.
+# The first released task that fits `inline_timeout` (`next_up`) goes straight to
+# RUNNING for the worker that released it, which runs it itself: a chain of tasks costs
+# no trip through the broker and no claim per link.
+NAMES_IT = {
+    "postgresql": "after @> jsonb_build_array(CAST(%(name)s AS text))",
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(workflows_task.after) WHERE value = %(name)s)",
+}
+WAITING_FOR_IT = (
+    "workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0 AND {names_it}"
+)
+NEXT_UP = """next_up AS (
+    SELECT id FROM workflows_task WHERE {waiting_for_it} AND waiting = 1 AND {state} = 'EXECUTE'
+        AND timeout <= %(inline_timeout)s ORDER BY position LIMIT 1)"""
+READY = "waiting = 1 AND {state} = 'EXECUTE'"
+RUNS_HERE = "id = (SELECT id FROM next_up)"
+RELEASE = f"""
+UPDATE workflows_task
+SET waiting = waiting - 1,
+    status = CASE WHEN {RUNS_HERE} THEN 'RUNNING' WHEN {READY} THEN 'QUEUED' ELSE status END,
+    attempt = CASE WHEN {READY} THEN attempt + 1 ELSE attempt END,
+    queued_at = CASE WHEN {READY} THEN %(now)s ELSE queued_at END,
+    started_at = CASE WHEN {RUNS_HERE} THEN %(now)s ELSE started_at END,
+    lease_expires_at = CASE WHEN {RUNS_HERE} THEN %(lease)s ELSE lease_expires_at END,
+    worker = CASE WHEN {RUNS_HERE} THEN %(worker)s ELSE worker END,
+    attempts = CASE WHEN {RUNS_HERE} THEN {{attempts}} ELSE attempts END
+WHERE {{waiting_for_it}} {{and_done}}
+RETURNING {_columns(TASK_COLUMNS)}"""
+
+
+def _release(vendor: str, state: str, and_done: str = "") -> tuple[str, str]:
+    """The `next_up` CTE and the UPDATE that releases what waited for a success."""
+    waiting_for_it = WAITING_FOR_IT.format(names_it=NAMES_IT[vendor])
+    next_up = NEXT_UP.format(waiting_for_it=waiting_for_it, state=state)
+    release = RELEASE.format(
+        state=state,
+        attempts=attempt_started("attempt + 1", vendor),
+        waiting_for_it=waiting_for_it,
+        and_done=and_done,
+    )
+    return next_up, release
+
+
+RELEASE_NEXT_UP_LOCKED, RELEASE_LOCKED = _release("postgresql", LOCKED_STATE, "AND EXISTS (SELECT 1 FROM done)")
+RELEASE_NEXT_UP_ALONE, RELEASE_ALONE = _release("sqlite", CURRENT_STATE)
 # Only a success in the workflow's current phase lowers the counter. The row is updated
 # anyway, so that the success waits for (or holds back) a transaction that counts the
 # phase's tasks, such as a retry.
@@ -155,14 +242,17 @@ EXECUTE_RESULTS = {
 # The entered phase's tasks that still have work to do get their next attempt; the first
 # that fits `inline_timeout` (`pick`) may go straight to RUNNING for the worker that made
 # the change, which runs it itself instead of sending it through the broker.
-RUNNABLE = "workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING')"
+RUNNABLE = (
+    "workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0"
+)
 PICK = f"""pick AS (
     SELECT id FROM workflows_task WHERE {RUNNABLE} AND timeout <= %(inline_timeout)s ORDER BY position LIMIT 1)"""
 QUEUED = "status = 'QUEUED', started_at = NULL, lease_expires_at = NULL, worker = ''"
 QUEUED_OR_PICKED = """status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
     started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
     lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN %(lease)s END,
-    worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END"""
+    worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
+    attempts = CASE WHEN id = (SELECT id FROM pick) THEN {attempts} ELSE attempts END"""
 QUEUE = f"""
 UPDATE workflows_task
 SET {{status}}, attempt = attempt + 1, attempt_offset = {{offset}}, queued_at = %(now)s, finished_at = NULL
@@ -257,7 +347,7 @@ class ClaimedTask:
 
         values = dict(self.values)
         values["workflow_id"] = uuid.UUID(str(values["workflow_id"]))
-        values["params"] = from_json(values["params"])
+        values["params"], values["after"] = from_json(values["params"]), from_json(values["after"])
         values["started_at"], values["lease_expires_at"] = (
             from_time(values["started_at"]),
             from_time(values["lease_expires_at"]),
@@ -282,7 +372,7 @@ WORKFLOW_COLUMNS = (
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
-    "worker",
+    "worker", "after", "waiting", "dependents", "attempts",
 )  # fmt: skip
 TRANSITION_COLUMNS = (
     "workflow_id", "seq", "source", "target", "event", "actor_id", "actor_label", "reason", "data", "created_at",
@@ -348,6 +438,8 @@ class FanIn:
 
     in_phase: bool  # the workflow is still in the task's phase (not cancelled, failed, ...)
     workflow_row: WorkflowRow  # its unfinished count has this task counted out
+    released: list[ClaimedTask] = field(default_factory=list)  # tasks it queued: they waited for it
+    inline: ClaimedTask | None = None  # a released task, claimed for the worker that released it
 
     @property
     def phase_done(self) -> bool:
@@ -358,21 +450,62 @@ def _fan_in(row) -> FanIn:
     return FanIn(bool(row[0]), WorkflowRow.read(row[1:]))
 
 
-def succeed(task_id: int, attempt: int, *, workflow_id, result: str | None, now: datetime) -> FanIn | None:
+def succeed(
+    task_id: int,
+    attempt: int,
+    *,
+    workflow_id,
+    result: str | None,
+    now: datetime,
+    name: str = "",
+    dependents: int = 0,
+    inline: Inline | None = None,
+) -> FanIn | None:
     """`succeed`: the attempt's success (`result` is JSON text, or None for SQL NULL) and the
-    fan-in, atomically; None when this attempt no longer holds the task (a second delivery,
-    or taken back by recovery)."""
+    fan-in, atomically, and for a task with `dependents` (its `name` in their `after`)
+    their release, one of them claimed for `inline`; None when this attempt no longer
+    holds the task (a second delivery, or taken back by recovery)."""
     params = {"task": task_id, "attempt": attempt, "workflow": db_uuid(workflow_id), "result": result}
-    params["now"] = db_time(now)
+    params.update(
+        now=db_time(now),
+        name=name,
+        worker=inline.worker if inline else "",
+        lease=db_time(inline.lease) if inline else None,
+        inline_timeout=inline.max_timeout if inline else None,
+    )
     if _postgres():
         fan_in = FAN_IN.format(phase="done.phase", from_done="FROM done")
-        row = _one(f"WITH locked AS ({LOCK_WORKFLOW}), done AS ({SUCCEEDED_LOCKED}) {fan_in}", params)
-        return _fan_in(row) if row else None
+        head = f"WITH locked AS ({LOCK_WORKFLOW}), done AS ({SUCCEEDED_LOCKED})"
+        if not dependents:
+            row = _one(f"{head} {fan_in}", params)
+            return _fan_in(row) if row else None
+        rows = _fetch(
+            f"{head}, {RELEASE_NEXT_UP_LOCKED}, released AS ({RELEASE_LOCKED}), fan AS ({fan_in})"
+            " SELECT fan.*, released.* FROM fan LEFT JOIN released ON TRUE",
+            params,
+        )
+        if not rows:
+            return None
+        width = 1 + len(WORKFLOW_COLUMNS_READ)
+        return _released(_fan_in(rows[0][:width]), [row[width:] for row in rows if row[width] is not None])
     with transaction.atomic(savepoint=False):
         done = _one(SUCCEEDED_ALONE, params)
         if done is None:
             return None
-        return count_out(workflow_id, done[0])
+        fan_in = count_out(workflow_id, done[0])
+        if not dependents:
+            return fan_in
+        return _released(fan_in, _fetch(f"WITH {RELEASE_NEXT_UP_ALONE} {RELEASE_ALONE}", params))
+
+
+def _released(fan_in: FanIn, rows: list) -> FanIn:
+    for task in map(_task, rows):
+        if task.values["status"] == "RUNNING":
+            task.workflow_row = fan_in.workflow_row
+            fan_in.inline = task
+        elif task.values["status"] == "QUEUED":
+            fan_in.released.append(task)
+    return fan_in
 
 
 def count_out(workflow_id, phase: str) -> FanIn:
@@ -490,7 +623,7 @@ def transition(
         params["attempt"] = succeeded.attempt
     postgres = vendor == "postgresql"
     queue = QUEUE.format(
-        status=QUEUED_OR_PICKED if inline else QUEUED,
+        status=QUEUED_OR_PICKED.format(attempts=attempt_started("attempt + 1", vendor)) if inline else QUEUED,
         offset="attempt" if fresh_budget else "attempt_offset",
         and_changed="AND EXISTS (SELECT 1 FROM change)" if postgres else "",
     )

@@ -4,8 +4,8 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .. import services, values
-from ..models import PHASES, Phase, State, Task, Transition, Workflow
+from .. import services, statements, values
+from ..models import ATTEMPT_OUTCOMES, PHASES, Phase, State, Task, Transition, Workflow
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
 from . import access
 
@@ -84,6 +84,12 @@ class TaskSpecSerializer(StrictSerializer):
     params = JSONObjectField(required=False, help_text="Given to the handler.")
     max_attempts = StrictIntegerField(required=False, min_value=1, max_value=MAX_TASK_ATTEMPTS)
     timeout = StrictFloatField(required=False, min_value=0.1, max_value=MAX_TASK_TIMEOUT, help_text="Seconds.")
+    after = serializers.ListField(
+        child=StrictCharField(max_length=200),
+        required=False,
+        max_length=MAX_TASKS,
+        help_text="Names of this workflow's tasks that must succeed before this one runs.",
+    )
 
 
 class WorkflowInputSerializer(StrictSerializer):
@@ -103,12 +109,30 @@ class WorkflowUpdateSerializer(WorkflowInputSerializer):
     idempotency_key = None
 
 
+class StoredTimeField(serializers.DateTimeField):
+    """A time kept inside JSON (as each database writes it), shown as every other time."""
+
+    def to_representation(self, value):
+        return super().to_representation(statements.from_time(value))
+
+
+class AttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    worker = serializers.CharField()
+    started_at = StoredTimeField()
+    finished_at = StoredTimeField(required=False, allow_null=True, default=None)
+    outcome = serializers.ChoiceField(choices=list(ATTEMPT_OUTCOMES), help_text="running while it runs.")
+    error = serializers.CharField(required=False, default="", help_text="Why it failed, if it did.")
+
+
 class TaskSerializer(serializers.ModelSerializer):
+    attempts = AttemptSerializer(many=True, read_only=True, help_text="Every attempt, oldest first.")
+
     class Meta:
         model = Task
         fields = [
-            "id", "phase", "name", "type", "params", "status", "attempt", "max_attempts", "timeout", "result",
-            "error", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+            "id", "phase", "name", "type", "params", "after", "status", "attempt", "max_attempts", "timeout",
+            "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker", "attempts",
         ]  # fmt: skip
         read_only_fields = fields
 

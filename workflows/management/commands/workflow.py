@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflows import audit, services
+from workflows import audit, services, statements
 from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflows.models import Actor, State, Workflow, WorkflowDeletion
 
@@ -21,6 +21,12 @@ ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 def workflow_json(workflow: Workflow) -> dict:
     """The workflow as the API's detail describes it: the same fields, names and formats."""
     return WorkflowDetailSerializer(workflow).data
+
+
+def _when(stored) -> str:
+    """A time kept in a task's attempts, to the millisecond in UTC."""
+    moment = statements.from_time(stored) if stored else None
+    return f"{moment:%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "…"
 
 
 def _json_arg(value: str, option: str):
@@ -43,7 +49,7 @@ class Command(BaseCommand):
         start.add_argument("--input", default="{}", help="The input, a JSON object.")
         start.add_argument(
             "--tasks",
-            help='JSON list of {"name", "type", "params", "max_attempts", "timeout"}; only type is required.',
+            help='JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is required.',
         )
         start.add_argument("--idempotency-key", help="Starting twice with one key returns the first workflow.")
         start.add_argument(
@@ -124,7 +130,15 @@ class Command(BaseCommand):
         if workflow.error:
             self.stdout.write(f"  error: {workflow.error}")
         for task in workflow.tasks.all():
-            self.stdout.write(f"  task {task.name:<24} {task.type:<18} {task.status:<10} attempt {task.attempt}")
+            after = f"  after {', '.join(task.after)}" if task.after else ""
+            self.stdout.write(f"  task {task.name:<24} {task.type:<18} {task.status:<10} attempt {task.attempt}{after}")
+            for attempt in task.attempts:
+                error = attempt.get("error", "").strip().splitlines()
+                self.stdout.write(
+                    f"    attempt {attempt['attempt']}  {attempt['outcome']:<13} {attempt['worker']}"
+                    f"  {_when(attempt.get('started_at'))} → {_when(attempt.get('finished_at'))}"
+                    + (f"  {error[-1]}" if error else "")
+                )
         for transition in workflow.transitions.all():
             self.stdout.write(
                 f"  #{transition.seq} {transition.event:<9} {transition.source} → {transition.target}"
