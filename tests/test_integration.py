@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ROOT, child_env, events, wait_for
 from workflows import services
 from workflows.models import Actor, State, Task, Workflow
+from workflows.statements import from_time
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -119,3 +120,35 @@ def test_a_killed_worker_s_task_is_taken_back_and_run_again(cluster):
     assert workflow.state == State.COMPLETE, running.output()[-3000:]
     assert victim.attempt == 2 and str(pid) not in victim.worker
     assert events(workflow) == ["start", "execute", "validate", "complete"]
+
+
+def test_dependencies_run_in_order_on_a_real_cluster_and_a_chain_of_twenty_completes(cluster):
+    cluster()
+    nightly = start(
+        name="nightly",
+        tasks=[
+            {"name": "fetch", "type": "echo", "params": {"rows": 3}},
+            {"name": "transform", "type": "gather", "after": ["fetch"]},
+            {"name": "flaky", "type": "fail", "params": {"times": 1}, "max_attempts": 2, "after": ["transform"]},
+            {"name": "load", "type": "gather", "after": ["flaky"]},
+            {"name": "notify", "type": "sleep", "params": {"seconds": 0.2}, "after": ["transform"]},
+            {"name": "report", "type": "gather", "after": ["load", "notify"]},
+        ],
+    )
+    chain = start(name="chain", tasks=[{"name": f"t{i}", "type": "noop", "after": [f"t{i - 1}"] if i else []}
+                                       for i in range(20)])  # fmt: skip
+    wait_for(lambda: ended(nightly, chain), 120, "both workflows to end")
+    for workflow in (nightly, chain):
+        workflow.refresh_from_db()
+        assert workflow.state == State.COMPLETE, workflow.error
+        tasks = {t.name: t for t in workflow.tasks.filter(phase=State.EXECUTE)}
+        for t in tasks.values():
+            first_start = from_time(t.attempts[0]["started_at"])
+            for upstream in t.after:
+                success = tasks[upstream].attempts[-1]
+                assert success["outcome"] == "succeeded"
+                assert from_time(success["finished_at"]) <= first_start, (upstream, t.name)
+    flaky = nightly.tasks.get(name="flaky")
+    assert [a["outcome"] for a in flaky.attempts] == ["failed", "succeeded"]
+    assert nightly.tasks.get(name="report").result == {"load": {"flaky": {"attempt": 2}}, "notify": {"slept": 0.2}}
+    assert all(len(t.attempts) == 1 for t in chain.tasks.all())
