@@ -2,8 +2,10 @@
 `gather`), and every attempt kept (`Task.attempts`)."""
 
 import json
+import re
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -245,3 +247,14 @@ def test_the_admin_add_form_takes_dependencies_and_refuses_a_cycle(admin_client)
     assert not Workflow.objects.exists()
     assert admin_client.post(add, {**form, "tasks": json.dumps(NIGHTLY)}).status_code == 302
     assert Workflow.objects.get().tasks.get(name="report").after == ["load", "notify"]
+
+
+def test_the_readme_s_dependency_example_runs(engine):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r'```python\n(@task_type\("etl\.transform"\).*?)```', readme, re.S).group(1)
+    exec(f"from workflows.registry import WorkflowDefinition, register_definition, task_type\n{block}", {})
+    workflow = engine.start(definition="etl", tasks=None)
+    engine.drain()
+    workflow = reload(workflow)
+    assert workflow.state == State.COMPLETE, workflow.error
+    assert workflow.results["EXECUTE"]["report"] == {"load": {"transform": {"rows": ["A", "B"]}}, "notify": None}
