@@ -373,7 +373,7 @@ WORKFLOW_COLUMNS = [
 TASK_COLUMNS = [
     "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
-    "worker",
+    "worker", "after", "waiting", "dependents", "attempts",
 ]  # fmt: skip
 TRANSITION_COLUMNS = [
     "workflow", "seq", "source", "target", "event", "actor", "actor_label", "reason", "data", "created_at", "digest",
@@ -454,6 +454,10 @@ class Generator:
                     when(created + timedelta(seconds=position + 2)) if ran else None,
                     None,
                     "",
+                    adapt.json([]),
+                    0,
+                    0,
+                    adapt.json([]),
                 )  # fmt: skip
             )
         return workflow, tasks, history, pk
