@@ -575,6 +575,14 @@ def test_the_task_page_lists_every_attempt_with_its_outcome_and_error(admin_clie
     assert '<div class="readonly">fetch</div>' in html  # its `after`
 
 
+def test_the_task_lists_show_the_attempt_out_of_its_budget_not_the_attempt_records(admin_client, make):
+    workflow = make(State.FAILED, tasks=[{"name": "flaky", "type": "fail", "params": {"times": 9}, "max_attempts": 2}])
+    for url in (change_url(workflow), reverse("admin:workflows_task_changelist")):
+        html = admin_client.get(url).content.decode()
+        assert re.search(r'<td class="field-attempt_of_budget">\s*(<p>)?2/2', html), url
+        assert "&quot;outcome&quot;" not in html
+
+
 def test_the_task_page_of_a_task_not_started_says_so(admin_client, make):
     workflow = make(State.INIT)
     task = workflow.tasks.get(phase="EXECUTE")
@@ -605,6 +613,8 @@ def test_change_page_draws_execute_as_a_graph_of_its_dependencies(admin_client, 
                      ("notify", "report")}  # fmt: skip
     assert 'class="dep-edge" data-from="load"' in graph  # not met: load failed
     assert "prepare" not in graph and "validate" not in graph  # EXECUTE's tasks only
+    load = workflow.tasks.get(name="load")
+    assert f'<a href="{reverse("admin:workflows_task_change", args=[load.pk])}"><g class="task-node' in graph
 
 
 # --- Deleting ---------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def test_a_retried_task_keeps_its_earlier_attempts_wide_enough_to_see_after_a_lo
     widths = {(g.get("data-task"), g.get("data-attempt")): bar_width(g) for g in bars(svg)}
     assert set(widths) == {("fetch", "1"), ("load", "1"), ("load", "2"), ("notify", "1")}
     assert all(width >= MIN_BAR > 2 for width in widths.values())
-    assert widths[("fetch", "1")] > 100  # half a second of 1.3 s worked, on a 420 px scale
+    assert widths[("fetch", "1")] > 100  # half a second of 1.3 s worked, on a 360 px chart
     (gap,) = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "idle-gap"]
     assert gap.find(f"{SVG}text").text == "59 min 59 s idle"
     x = {key: float(g.find(f"{SVG}rect").get("x")) for key, g in zip(widths, bars(svg), strict=True)}
@@ -225,7 +225,7 @@ def test_a_task_run_before_attempts_were_kept_shows_its_latest_run():
     task = make_task("old", S.SUCCEEDED)
     task.started_at, task.finished_at, task.attempt = T0, T0 + timedelta(seconds=2), 1
     (bar,) = bars(parse(task_timeline_svg([task], now=T0)))
-    assert bar.get("class") == "bar bar-succeeded" and bar_width(bar) > 400
+    assert bar.get("class") == "bar bar-succeeded" and bar_width(bar) > 300  # the whole chart
 
 
 def test_nothing_started_yet_is_said_in_words():

@@ -181,8 +181,9 @@ class TaskColumns:
     def status_badge(self, task):
         return badge(task.status, STATUS_COLOURS[task.status])
 
+    # Not `attempts`: the model's field of that name (every attempt's record) would win.
     @admin.display(description="attempt")
-    def attempts(self, task):
+    def attempt_of_budget(self, task):
         return f"{task.attempt}/{task.attempt_budget}"
 
     @admin.display(description="duration")
@@ -205,7 +206,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class TaskInline(TaskColumns, ReadOnlyInline):
     model = Task
-    fields = ["name", "phase", "type", "status_badge", "attempts", "run_time", "error_excerpt"]
+    fields = ["name", "phase", "type", "status_badge", "attempt_of_budget", "run_time", "error_excerpt"]
     ordering = ["position"]
 
     @admin.display(description="error")
@@ -311,7 +312,10 @@ class WorkflowAdmin(admin.ModelAdmin):
             can_change = self.has_change_permission(request, workflow)
             extra_context.update(
                 state_graph=state_graph_svg(workflow.state, taken),
-                task_graph=task_graph_svg([task for task in tasks if task.phase == Phase.EXECUTE]),
+                task_graph=task_graph_svg(
+                    [task for task in tasks if task.phase == Phase.EXECUTE],
+                    link=lambda task: reverse("admin:workflows_task_change", args=[task.pk]),
+                ),
                 task_timeline=task_timeline_svg(tasks),
                 buttons=[
                     {"event": event, "label": label, "confirm": confirm}
@@ -432,7 +436,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Task)
 class TaskAdmin(TaskColumns, ReadOnlyAdmin):
-    list_display = ["name", "workflow_link", "phase", "type", "status_badge", "attempts", "started_at", "run_time"]
+    list_display = [
+        "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started_at", "run_time",
+    ]  # fmt: skip
     list_filter = ["status", "type", "phase"]
     search_fields = ["name", "type"]
     list_select_related = ["workflow"]
@@ -471,7 +477,8 @@ class TaskAdmin(TaskColumns, ReadOnlyAdmin):
     def _attempt_row(attempt) -> tuple:
         error = (
             format_html(
-                "<details><summary>{}</summary><pre class='attempt-traceback'>{}</pre></details>",
+                "<details><summary>{}</summary><pre class='attempt-traceback' "
+                "style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</pre></details>",
                 attempt.error_last_line,
                 attempt.error,
             )

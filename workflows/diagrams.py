@@ -2,6 +2,7 @@
 fetched): the state graph with the path a workflow took, EXECUTE's tasks as a graph of
 their dependencies, and a timeline of every attempt."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -185,9 +186,10 @@ def _layers(tasks: list[Task]) -> list[list[Task]]:
     return layers
 
 
-def task_graph_svg(tasks: list[Task]) -> SafeString:
+def task_graph_svg(tasks: list[Task], link: Callable[[Task], str] | None = None) -> SafeString:
     """EXECUTE's tasks left to right by dependency depth, an arrow from each task named in a
-    task's `after` to the task, and each task's status in text, colour and label."""
+    task's `after` to the task, and each task's status in text, colour and label; with
+    `link`, each node links to the page it names."""
     if not tasks:
         return mark_safe('<p class="task-graph-empty">No EXECUTE tasks.</p>')
     layers = _layers(tasks)
@@ -225,7 +227,7 @@ def task_graph_svg(tasks: list[Task]) -> SafeString:
         label = f"{task.name}: {task.status}{after}"
         nodes.append(
             (
-                task.status.lower(), task.name, label, label,
+                format_html(' href="{}"', link(task)) if link else "", task.status.lower(), task.name, label, label,
                 x, y, TASK_W, TASK_H, STATUS_FILLS[task.status], STATUS_COLOURS[task.status],
                 "4 3" if task.status == Task.Status.PENDING else "",
                 x + 10, y + 17, _clip(task.name, NAME_CHARS),
@@ -251,10 +253,10 @@ def task_graph_svg(tasks: list[Task]) -> SafeString:
         ),
         format_html_join(
             "",
-            '<g class="task-node task-{}" data-task="{}" role="img" aria-label="{}"><title>{}</title>'
+            '<a{}><g class="task-node task-{}" data-task="{}" role="img" aria-label="{}"><title>{}</title>'
             '<rect x="{}" y="{}" width="{}" height="{}" rx="6" fill="{}" stroke="{}" stroke-width="2" '
             'stroke-dasharray="{}"/><text x="{}" y="{}" font-weight="600" fill="#111827">{}</text>'
-            '<text x="{}" y="{}" font-size="11" fill="#374151">{}</text></g>',
+            '<text x="{}" y="{}" font-size="11" fill="#374151">{}</text></g></a>',
             nodes,
         ),
     )  # fmt: skip
@@ -392,7 +394,7 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
     rows = [(task, attempt) for task in tasks for attempt in task_attempts(task) if attempt.started_at]
     if not rows:
         return mark_safe('<p class="timeline-empty">No task has started yet.</p>')
-    label_w, chart_w, note_w, row_h, top = 190, 420, 190, 20, 24
+    label_w, chart_w, note_w, row_h, top = 150, 360, 150, 20, 24
     scale = TimeScale([(a.started_at, a.finished_at or now) for _, a in rows], label_w, chart_w)
     bars, y = [], top
     for task in tasks:
@@ -405,7 +407,7 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             bars.append(
                 (
                     attempt.outcome, task.name, attempt.number,
-                    y + 14, f"{_clip(task.name, 22)} #{attempt.number}",
+                    y + 14, f"{_clip(task.name, 20)} #{attempt.number}",
                     min(x, label_w + chart_w - MIN_BAR), y + 3, bar_w, OUTCOME_COLOURS.get(attempt.outcome, "#8a8f98"),
                     f"{task.name}, attempt {attempt.number}: {attempt.description}, {spent}"
                     + (f", on {attempt.worker}" if attempt.worker else "") + error,
@@ -417,7 +419,7 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             waiting = f", after {', '.join(task.after)}" if task.after else ""
             bars.append(
                 (
-                    task.status.lower(), task.name, 0, y + 14, _clip(task.name, 25), label_w, y + 3, 0, "none",
+                    task.status.lower(), task.name, 0, y + 14, _clip(task.name, 23), label_w, y + 3, 0, "none",
                     f"{task.name}: {task.status}, not started{waiting}", label_w + chart_w + 12, y + 14,
                     f"{task.status.lower()}, not started",
                 )
