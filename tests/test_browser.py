@@ -3,7 +3,8 @@
 the jobs.
 
 With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows
-(docs/img/admin-changelist.png and docs/img/admin-workflow.png).
+(docs/img/admin-changelist.png, admin-workflow.png, admin-workflow-graph.png and
+admin-task.png).
 """
 
 import os
