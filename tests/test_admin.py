@@ -3,6 +3,8 @@ actions, the change page's buttons and pictures, the transition view, adding a w
 the read-only task and transition admins, and deleting. State changes go through the
 engine's services, so they land in the audit log as `admin:<username>`."""
 
+import re
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
@@ -292,8 +294,9 @@ def test_change_page_shows_both_pictures_and_the_inlines(admin_client, make):
     assert '<g class="node node-failed current">' in html
     assert html.count('class="edge taken"') == 3  # start, execute, fail
     assert '<svg class="task-timeline"' in html
-    assert '<g class="bar bar-succeeded">' in html and '<g class="bar bar-failed">' in html
-    assert '<g class="bar bar-pending">' in html  # validate has not run
+    assert '<g class="bar bar-succeeded"' in html and '<g class="bar bar-failed"' in html
+    assert '<g class="bar bar-pending"' in html  # validate has not run
+    assert '<svg class="task-graph"' in html and 'aria-label="echo-1: SUCCEEDED"' in html
     # The inlines: every task with its status, and the audit log in order.
     assert "Tasks" in html and "Transitions" in html
     for name in ("prepare", "echo-1", "fail-2", "validate"):
@@ -551,6 +554,67 @@ def test_the_task_page_shows_the_full_traceback(admin_client, make):
     html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
     assert "Traceback (most recent call last)" in html and "TaskFailed: failed on attempt 1 as asked" in html
     assert change_url(workflow) in html  # the link back to its workflow
+
+
+def test_the_task_page_lists_every_attempt_with_its_outcome_and_error(admin_client, make):
+    retried = {"name": "flaky", "type": "fail", "params": {"times": 1, "message": "disk full"}, "max_attempts": 2}
+    workflow = make(State.COMPLETE, tasks=[{"name": "fetch", "type": "echo"}, {**retried, "after": ["fetch"]}])
+    task = workflow.tasks.get(name="flaky")
+    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    assert '<table class="attempt-list">' in html
+    first, second = html.split('<tr class="attempt attempt-')[1:]
+    assert first.startswith('failed"><td>1</td>') and ">failed</span>" in first  # the outcome in words
+    assert second.startswith('succeeded"><td>2</td>') and ">succeeded</span>" in second
+    for attempt, row in zip(task.attempts, (first, second), strict=True):
+        assert f"<td>{attempt['worker']}</td>" in row
+        assert re.search(r"<td>[0-9.]+ m?s</td>", row)  # its duration
+    # The error's last line, with the whole traceback folded under it.
+    assert "<summary>workflows.builtin_tasks.TaskFailed: disk full</summary>" in first
+    assert "Traceback (most recent call last)" in first.split("<summary>")[1]
+    assert "<summary>" not in second
+    assert '<div class="readonly">fetch</div>' in html  # its `after`
+
+
+def test_the_task_lists_show_the_attempt_out_of_its_budget_not_the_attempt_records(admin_client, make):
+    workflow = make(State.FAILED, tasks=[{"name": "flaky", "type": "fail", "params": {"times": 9}, "max_attempts": 2}])
+    for url in (change_url(workflow), reverse("admin:workflows_task_changelist")):
+        html = admin_client.get(url).content.decode()
+        assert re.search(r'<td class="field-attempt_of_budget">\s*(<p>)?2/2', html), url
+        assert "&quot;outcome&quot;" not in html
+
+
+def test_the_task_page_of_a_task_not_started_says_so(admin_client, make):
+    workflow = make(State.INIT)
+    task = workflow.tasks.get(phase="EXECUTE")
+    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    assert "Not started yet." in html and "attempt-list" not in html
+
+
+def test_change_page_draws_execute_as_a_graph_of_its_dependencies(admin_client, make):
+    tasks = [
+        {"name": "fetch", "type": "echo"},
+        {"name": "transform", "type": "echo", "after": ["fetch"]},
+        {"name": "load", "type": "fail", "params": {"times": 5}, "max_attempts": 1, "after": ["transform"]},
+        {"name": "notify", "type": "echo", "after": ["fetch"]},
+        {"name": "report", "type": "gather", "after": ["load", "notify"]},
+    ]
+    workflow = make(State.FAILED, tasks=tasks)
+    html = admin_client.get(change_url(workflow)).content.decode()
+    graph = html[html.index('<svg class="task-graph"') :]
+    graph = graph[: graph.index("</svg>")]
+    statuses = dict(workflow.tasks.filter(phase="EXECUTE").values_list("name", "status"))
+    assert (statuses["transform"], statuses["load"], statuses["report"]) == ("SUCCEEDED", "FAILED", "PENDING")
+    for name, status in statuses.items():  # each node: its name and its status, in words and in its label
+        assert f'data-task="{name}" role="img" aria-label="{name}: {status}' in graph
+        assert f">{name}</text>" in graph
+    assert "✗ FAILED</text>" in graph and "○ PENDING</text>" in graph
+    edges = {(a, b) for a, b in re.findall(r'class="dep-edge[^"]*" data-from="([^"]+)" data-to="([^"]+)"', graph)}
+    assert edges == {("fetch", "transform"), ("transform", "load"), ("fetch", "notify"), ("load", "report"),
+                     ("notify", "report")}  # fmt: skip
+    assert 'class="dep-edge" data-from="load"' in graph  # not met: load failed
+    assert "prepare" not in graph and "validate" not in graph  # EXECUTE's tasks only
+    load = workflow.tasks.get(name="load")
+    assert f'<a href="{reverse("admin:workflows_task_change", args=[load.pk])}"><g class="task-node' in graph
 
 
 # --- Deleting ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 the jobs.
 
 With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows
-(docs/img/admin-changelist.png and docs/img/admin-workflow.png).
+(docs/img/admin-changelist.png, admin-workflow.png, admin-workflow-graph.png and
+admin-task.png).
 """
 
 import os
@@ -34,6 +35,17 @@ FAILS_ONCE = [
     {"name": "load", "type": "fail", "params": {"times": 1, "message": "warehouse unavailable"}, "max_attempts": 1},
     {"name": "notify", "type": "sleep", "params": {"seconds": 0.2}},
 ]
+# fetch → transform → load, notify beside them, joined by a gather; `flaky` needs two attempts.
+PIPELINE = [
+    {"name": "fetch", "type": "echo", "params": {"rows": 120}},
+    {"name": "transform", "type": "sleep", "params": {"seconds": 0.3}, "after": ["fetch"]},
+    {"name": "load", "type": "echo", "params": {"table": "orders"}, "after": ["transform"]},
+    {"name": "notify", "type": "sleep", "params": {"seconds": 0.2}, "after": ["fetch"]},
+    {"name": "flaky", "type": "fail", "params": {"times": 1, "message": "mail relay down"}, "max_attempts": 2},
+    {"name": "report", "type": "gather", "after": ["load", "notify", "flaky"]},
+]
+PIPELINE_EDGES = {("fetch", "transform"), ("transform", "load"), ("fetch", "notify"), ("load", "report"),
+                  ("notify", "report"), ("flaky", "report")}  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,3 +206,53 @@ def test_cancel_a_running_workflow_from_its_page(cluster, page):
     )
     assert long.status == Task.Status.CANCELLED  # its late result kept, but not a success
     assert long.result["cancelled"] is True and long.result["slept"] < 30
+
+
+def test_the_dependency_graph_and_a_retried_task_s_attempts(cluster, page):
+    running = cluster(ORCH_RETRY_BACKOFF=0.05)
+    workflow = start("nightly pipeline", PIPELINE)
+    wait_for(lambda: states(workflow) == {State.COMPLETE}, 30, f"the pipeline to complete\n{running.output()[-3000:]}")
+
+    page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+    graph = page.locator("#execute-graph svg.task-graph")
+    expect(graph).to_be_visible()
+    expect(graph).to_have_attribute("aria-label", "EXECUTE: 6 tasks, 6 dependencies")
+    for spec in PIPELINE:  # every task a node, named, with its status in words and in its label
+        node = graph.get_by_role("img", name=re.compile(rf"^{spec['name']}: SUCCEEDED"))
+        expect(node).to_be_visible()
+        expect(node).to_contain_text(spec["name"])
+        expect(node).to_contain_text("✓ SUCCEEDED")
+    edges = graph.locator("path.dep-edge.met")
+    expect(edges).to_have_count(len(PIPELINE_EDGES))
+    drawn = {(edges.nth(i).get_attribute("data-from"), edges.nth(i).get_attribute("data-to")) for i in range(6)}
+    assert drawn == PIPELINE_EDGES
+    # Left to right by dependency depth, as the browser lays it out.
+    x = {spec["name"]: graph.locator(f'g[data-task="{spec["name"]}"]').bounding_box()["x"] for spec in PIPELINE}
+    assert x["fetch"] == x["flaky"] < x["transform"] == x["notify"] < x["load"] < x["report"]
+    assert graph.bounding_box()["width"] > 600  # drawn across the page, not a thumbnail
+    # The timeline: a bar per attempt, flaky's first (failed) one among them.
+    timeline = page.locator("svg.task-timeline")
+    expect(timeline.locator('g[data-task="flaky"]')).to_have_count(2)
+    expect(timeline.locator('g.bar-failed[data-task="flaky"]')).to_contain_text("failed")
+    for bar in timeline.locator("g.bar rect").all():
+        if bar.get_attribute("width") != "0":
+            assert bar.bounding_box()["width"] > 2
+    screenshot(page, "admin-workflow-graph.png")
+
+    # A node links to its task's page, which lists both attempts with their outcomes.
+    graph.get_by_role("img", name=re.compile(r"^flaky: ")).click()
+    expect(page.locator("h2", has_text="flaky")).to_be_visible()
+    attempts = page.locator("table.attempt-list tbody tr")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0).locator("td").nth(0)).to_have_text("1")
+    expect(attempts.nth(0).locator(".badge")).to_have_text("failed")
+    expect(attempts.nth(1).locator("td").nth(0)).to_have_text("2")
+    expect(attempts.nth(1).locator(".badge")).to_have_text("succeeded")
+    error = attempts.nth(0).locator("details")
+    expect(error.locator("summary")).to_have_text("workflows.builtin_tasks.TaskFailed: mail relay down")
+    expect(error.locator("pre")).to_be_hidden()  # the full traceback is one click away
+    error.locator("summary").click()
+    expect(error.locator("pre")).to_contain_text("Traceback (most recent call last)")
+    worker = Task.objects.get(workflow=workflow, name="flaky").attempts[0]["worker"]
+    expect(attempts.nth(0).locator("td").nth(1)).to_have_text(worker)
+    screenshot(page, "admin-task.png")

@@ -13,11 +13,20 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from . import services
-from .diagrams import STATE_COLOURS, STATUS_COLOURS, state_graph_svg, task_timeline_svg
-from .models import PHASES, Actor, Task, Transition, Workflow, WorkflowDeletion
+from .diagrams import (
+    OUTCOME_COLOURS,
+    STATE_COLOURS,
+    STATUS_COLOURS,
+    format_seconds,
+    state_graph_svg,
+    task_attempts,
+    task_graph_svg,
+    task_timeline_svg,
+)
+from .models import PHASES, Actor, Phase, Task, Transition, Workflow, WorkflowDeletion
 from .registry import definition_keys
 from .values import MAX_DEPTH
 
@@ -172,8 +181,9 @@ class TaskColumns:
     def status_badge(self, task):
         return badge(task.status, STATUS_COLOURS[task.status])
 
+    # Not `attempts`: the model's field of that name (every attempt's record) would win.
     @admin.display(description="attempt")
-    def attempts(self, task):
+    def attempt_of_budget(self, task):
         return f"{task.attempt}/{task.attempt_budget}"
 
     @admin.display(description="duration")
@@ -196,7 +206,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class TaskInline(TaskColumns, ReadOnlyInline):
     model = Task
-    fields = ["name", "phase", "type", "status_badge", "attempts", "run_time", "error_excerpt"]
+    fields = ["name", "phase", "type", "status_badge", "attempt_of_budget", "run_time", "error_excerpt"]
     ordering = ["position"]
 
     @admin.display(description="error")
@@ -302,6 +312,10 @@ class WorkflowAdmin(admin.ModelAdmin):
             can_change = self.has_change_permission(request, workflow)
             extra_context.update(
                 state_graph=state_graph_svg(workflow.state, taken),
+                task_graph=task_graph_svg(
+                    [task for task in tasks if task.phase == Phase.EXECUTE],
+                    link=lambda task: reverse("admin:workflows_task_change", args=[task.pk]),
+                ),
                 task_timeline=task_timeline_svg(tasks),
                 buttons=[
                     {"event": event, "label": label, "confirm": confirm}
@@ -394,6 +408,21 @@ class WorkflowAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
 
 
+ATTEMPT_TABLE = (
+    '<table class="attempt-list"><thead><tr><th>#</th><th>worker</th><th>started</th><th>finished</th>'
+    "<th>duration</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>"
+)
+ATTEMPT_ROW = (
+    '<tr class="attempt attempt-{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+    '<td title="{}">{}</td><td>{}</td></tr>'
+)
+
+
+def _when(moment) -> str:
+    """A time of an attempt, in the site's time zone, to the millisecond."""
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
@@ -407,14 +436,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Task)
 class TaskAdmin(TaskColumns, ReadOnlyAdmin):
-    list_display = ["name", "workflow_link", "phase", "type", "status_badge", "attempts", "started_at", "run_time"]
+    list_display = [
+        "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started_at", "run_time",
+    ]  # fmt: skip
     list_filter = ["status", "type", "phase"]
     search_fields = ["name", "type"]
     list_select_related = ["workflow"]
     show_full_result_count = False
     readonly_fields = [
-        "workflow_link", "phase", "name", "type", "params", "status_badge", "attempt", "max_attempts", "timeout",
-        "result", "error_block", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+        "workflow_link", "phase", "name", "type", "params", "after_list", "status_badge", "attempt", "max_attempts",
+        "timeout", "result", "error_block", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+        "attempt_list",
     ]  # fmt: skip
     fields = readonly_fields
 
@@ -426,6 +458,38 @@ class TaskAdmin(TaskColumns, ReadOnlyAdmin):
     @admin.display(description="error")
     def error_block(self, task):
         return format_html("<pre style='white-space:pre-wrap'>{}</pre>", task.error) if task.error else "—"
+
+    @admin.display(description="after")
+    def after_list(self, task):
+        return ", ".join(task.after) if task.after else "—"
+
+    @admin.display(description="attempts")
+    def attempt_list(self, task):
+        """Every attempt, oldest first: its worker, times, outcome in words and its error's
+        last line, the full error one click away (a <details>, no script)."""
+        attempts = task_attempts(task)
+        if not attempts:
+            return "Not started yet."
+        rows = format_html_join("", ATTEMPT_ROW, [self._attempt_row(attempt) for attempt in attempts])
+        return format_html(ATTEMPT_TABLE, rows)
+
+    @staticmethod
+    def _attempt_row(attempt) -> tuple:
+        error = (
+            format_html(
+                "<details><summary>{}</summary><pre class='attempt-traceback' "
+                "style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</pre></details>",
+                attempt.error_last_line,
+                attempt.error,
+            )
+            if attempt.error
+            else "—"
+        )
+        return (
+            attempt.outcome, attempt.number, attempt.worker or "—", _when(attempt.started_at),
+            _when(attempt.finished_at), format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
+            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#8a8f98")), error,
+        )  # fmt: skip
 
 
 @admin.register(Transition)

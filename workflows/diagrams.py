@@ -1,13 +1,17 @@
 """Pictures for the admin, drawn as inline SVG on the server (no JavaScript, nothing
-fetched): the state graph with the path a workflow took, and a timeline of its tasks."""
+fetched): the state graph with the path a workflow took, EXECUTE's tasks as a graph of
+their dependencies, and a timeline of every attempt."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from .models import State, Task
+from .models import ATTEMPT_OUTCOMES, State, Task
+from .statements import from_time
 
 STATE_COLOURS = {
     State.INIT: "#8a8f98",
@@ -119,49 +123,332 @@ def state_graph_svg(current: str, taken: list[tuple[str, str]]) -> SafeString:
     )
 
 
+# --- EXECUTE as a graph of its tasks -----------------------------------------------------
+
+# A light fill per status behind dark text, the status's colour as the border, and the
+# status spelt out: colour is never the only sign.
+STATUS_FILLS = {
+    Task.Status.PENDING: "#f3f4f6",
+    Task.Status.QUEUED: "#edf3fc",
+    Task.Status.RUNNING: "#dde9fc",
+    Task.Status.SUCCEEDED: "#e4f5eb",
+    Task.Status.FAILED: "#fbe5e5",
+    Task.Status.CANCELLED: "#ececee",
+}
+STATUS_MARKS = {
+    Task.Status.PENDING: "○",
+    Task.Status.QUEUED: "◔",
+    Task.Status.RUNNING: "▶",
+    Task.Status.SUCCEEDED: "✓",
+    Task.Status.FAILED: "✗",
+    Task.Status.CANCELLED: "⊘",
+}
+TASK_W, TASK_H, COLUMN_GAP, ROW_GAP, MARGIN = 150, 42, 54, 14, 12
+NAME_CHARS = 21  # what fits in a node at 12 px; the full name is in its title and label
+MIN_SCALE = 0.75  # narrower than this, 12 px text gets too small to read: the figure scrolls instead
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def dependency_depths(tasks: list[Task]) -> dict[str, int]:
+    """Each task's column: 0 without `after`, else one more than the deepest task it waits for.
+    Names outside `tasks` are ignored, and a cycle (refused at creation) cannot loop."""
+    by_name = {task.name: task for task in tasks}
+    depths: dict[str, int] = {}
+
+    def depth(name: str, seen: frozenset) -> int:
+        if name not in depths:
+            upstream = [n for n in by_name[name].after or [] if n in by_name and n not in seen]
+            depths[name] = 1 + max((depth(n, seen | {name}) for n in upstream), default=-1)
+        return depths[name]
+
+    for task in tasks:
+        depth(task.name, frozenset())
+    return depths
+
+
+def _layers(tasks: list[Task]) -> list[list[Task]]:
+    """Tasks by column; within a column, near the mean row of what they wait for (fewer
+    crossing edges), then in their own order."""
+    depths = dependency_depths(tasks)
+    layers: list[list[Task]] = [[] for _ in range(max(depths.values(), default=-1) + 1)]
+    row: dict[str, float] = {}
+    for column, layer in enumerate(layers):
+        members = [t for t in tasks if depths[t.name] == column]
+        keys = []
+        for index, task in enumerate(members):
+            rows = [row[name] for name in task.after or [] if name in row]
+            keys.append((sum(rows) / len(rows) if rows else index, index))
+        layer.extend(task for _, task in sorted(zip(keys, members, strict=True), key=lambda pair: pair[0]))
+        row.update({task.name: index for index, task in enumerate(layer)})
+    return layers
+
+
+def task_graph_svg(tasks: list[Task], link: Callable[[Task], str] | None = None) -> SafeString:
+    """EXECUTE's tasks left to right by dependency depth, an arrow from each task named in a
+    task's `after` to the task, and each task's status in text, colour and label; with
+    `link`, each node links to the page it names."""
+    if not tasks:
+        return mark_safe('<p class="task-graph-empty">No EXECUTE tasks.</p>')
+    layers = _layers(tasks)
+    tallest = max(len(layer) for layer in layers)
+    width = 2 * MARGIN + len(layers) * TASK_W + (len(layers) - 1) * COLUMN_GAP
+    height = 2 * MARGIN + tallest * TASK_H + (tallest - 1) * ROW_GAP
+    place: dict[str, tuple[float, float]] = {}  # top-left corner of each node
+    for column, layer in enumerate(layers):
+        offset = (tallest - len(layer)) * (TASK_H + ROW_GAP) / 2  # centre short columns
+        for index, task in enumerate(layer):
+            place[task.name] = (MARGIN + column * (TASK_W + COLUMN_GAP), MARGIN + offset + index * (TASK_H + ROW_GAP))
+    status = {task.name: task.status for task in tasks}
+    edges = []
+    for task in tasks:
+        for upstream in task.after or []:
+            if upstream not in place:
+                continue
+            (x1, y1), (x2, y2) = place[upstream], place[task.name]
+            x1, y1, y2 = x1 + TASK_W, y1 + TASK_H / 2, y2 + TASK_H / 2
+            bend = (x2 - x1) / 2
+            met = status[upstream] == Task.Status.SUCCEEDED
+            edges.append(
+                (
+                    " met" if met else "", upstream, task.name,
+                    f"M{x1:g},{y1:g} C{x1 + bend:g},{y1:g} {x2 - bend:g},{y2:g} {x2 - 2:g},{y2:g}",
+                    "#374151" if met else "#9aa1ab", "" if met else "5 4",
+                    "url(#dep-arrow-met)" if met else "url(#dep-arrow)",
+                    f"{upstream} → {task.name}" + ("" if met else " (not yet succeeded)"),
+                )
+            )  # fmt: skip
+    nodes = []
+    for task in tasks:
+        x, y = place[task.name]
+        after = f", after {', '.join(task.after)}" if task.after else ""
+        label = f"{task.name}: {task.status}{after}"
+        nodes.append(
+            (
+                format_html(' href="{}"', link(task)) if link else "", task.status.lower(), task.name, label, label,
+                x, y, TASK_W, TASK_H, STATUS_FILLS[task.status], STATUS_COLOURS[task.status],
+                "4 3" if task.status == Task.Status.PENDING else "",
+                x + 10, y + 17, _clip(task.name, NAME_CHARS),
+                x + 10, y + 33, f"{STATUS_MARKS[task.status]} {task.status}",
+            )
+        )  # fmt: skip
+    return format_html(
+        '<svg class="task-graph" role="group" aria-label="EXECUTE: {} tasks, {} dependencies" viewBox="0 0 {} {}" '
+        'width="100%" style="max-width:{}px;min-width:{}px" xmlns="http://www.w3.org/2000/svg" '
+        'font-family="sans-serif" font-size="12">'
+        "<defs>"
+        '<marker id="dep-arrow" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#9aa1ab"/></marker>'
+        '<marker id="dep-arrow-met" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#374151"/></marker>'
+        "</defs>{}{}</svg>",
+        len(tasks), len(edges), width, height, width, round(width * MIN_SCALE),
+        format_html_join(
+            "",
+            '<path class="dep-edge{}" data-from="{}" data-to="{}" d="{}" fill="none" stroke="{}" stroke-width="1.6" '
+            'stroke-dasharray="{}" marker-end="{}"><title>{}</title></path>',
+            edges,
+        ),
+        format_html_join(
+            "",
+            '<a{}><g class="task-node task-{}" data-task="{}" role="img" aria-label="{}"><title>{}</title>'
+            '<rect x="{}" y="{}" width="{}" height="{}" rx="6" fill="{}" stroke="{}" stroke-width="2" '
+            'stroke-dasharray="{}"/><text x="{}" y="{}" font-weight="600" fill="#111827">{}</text>'
+            '<text x="{}" y="{}" font-size="11" fill="#374151">{}</text></g></a>',
+            nodes,
+        ),
+    )  # fmt: skip
+
+
+# --- The timeline: every attempt its own bar ----------------------------------------------
+
+OUTCOME_LABELS = {
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "timed_out": "timed out",
+    "lease_expired": "lease expired",
+    "handed_back": "handed back",
+    "cancelled": "cancelled",
+}
+OUTCOME_COLOURS = {
+    "running": "#2f80ed",
+    "succeeded": "#27ae60",
+    "failed": "#d63b3b",
+    "timed_out": "#b5470f",
+    "lease_expired": "#c98a00",
+    "handed_back": "#7b8794",
+    "cancelled": "#6c6f75",
+}
+MIN_BAR = 6  # px: the shortest attempt still shows as a bar, not a sliver
+GAP_W = 28  # px: what an idle stretch longer than the work around it is drawn as
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration a person reads at a glance: 340 ms, 2.41 s, 3 min 5 s, 2 h 4 min."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+@dataclass
+class Attempt:
+    """One attempt of a task, its times parsed, as the timeline and the task page show it."""
+
+    number: int
+    worker: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str
+    error: str
+
+    @property
+    def label(self) -> str:
+        return OUTCOME_LABELS.get(self.outcome, self.outcome)
+
+    @property
+    def description(self) -> str:
+        return ATTEMPT_OUTCOMES.get(self.outcome, self.outcome)
+
+    @property
+    def error_last_line(self) -> str:
+        lines = self.error.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def seconds(self, now: datetime) -> float:
+        return _seconds(self.started_at, self.finished_at or now) if self.started_at else 0.0
+
+
+def task_attempts(task: Task) -> list[Attempt]:
+    """The task's attempts, oldest first. A task run before attempts were kept shows its
+    latest run as its one attempt."""
+    if not task.attempts and task.started_at:
+        outcome = {Task.Status.RUNNING: "running", Task.Status.SUCCEEDED: "succeeded"}.get(task.status, "failed")
+        return [Attempt(task.attempt, task.worker, task.started_at, task.finished_at, outcome, task.error)]
+    return [
+        Attempt(
+            number=entry.get("attempt", index + 1),
+            worker=entry.get("worker") or "",
+            started_at=from_time(entry.get("started_at")),
+            finished_at=from_time(entry.get("finished_at")),
+            outcome=entry.get("outcome", "running"),
+            error=entry.get("error") or "",
+        )
+        for index, entry in enumerate(task.attempts or [])
+    ]
+
+
 def _seconds(start: datetime, moment: datetime) -> float:
     return max((moment - start).total_seconds(), 0.0)
 
 
+class TimeScale:
+    """Seconds to x: linear across the work, but an idle stretch (between the end of one
+    attempt and the start of the next, when nothing ran) longer than all the work around it
+    shrinks to GAP_W px, so a retry an hour later does not crush every bar into a sliver."""
+
+    def __init__(self, spans: list[tuple[datetime, datetime]], x0: float, width: float):
+        spans = sorted(spans)
+        self.origin = spans[0][0]
+        busy: list[list[float]] = []
+        for start, end in spans:
+            a, b = _seconds(self.origin, start), _seconds(self.origin, end)
+            if busy and a <= busy[-1][1]:
+                busy[-1][1] = max(busy[-1][1], b)
+            else:
+                busy.append([a, b])
+        self.end = busy[-1][1]
+        worked = sum(b - a for a, b in busy)
+        threshold = max(worked, 1.0)
+        self.gaps = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)]
+        self.gaps = [(a, b) for a, b in self.gaps if b - a > threshold]
+        linear = max(self.end - sum(b - a for a, b in self.gaps), 0.001)
+        self.x0, self.per_second = x0, (width - GAP_W * len(self.gaps)) / linear
+
+    def x(self, moment: datetime) -> float:
+        return self.at(_seconds(self.origin, moment))
+
+    def at(self, t: float) -> float:
+        """The x of `t` seconds after the first start."""
+        x, before = self.x0, 0.0
+        for a, b in self.gaps:
+            if t <= a:
+                break
+            if t < b:  # inside an idle stretch: somewhere along its short stand-in
+                return x + (a - before) * self.per_second + GAP_W * (t - a) / (b - a)
+            x += (a - before) * self.per_second + GAP_W
+            before = b
+        return x + (t - before) * self.per_second
+
+
 def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeString:
-    """A bar per task from its start to its end (or now), coloured by status."""
+    """A row per attempt (a row per task not started yet), each attempt a bar from its start
+    to its end (or now) with its outcome and duration written beside it."""
     now = now or timezone.now()
-    started = [t.started_at for t in tasks if t.started_at]
-    if not started:
+    rows = [(task, attempt) for task in tasks for attempt in task_attempts(task) if attempt.started_at]
+    if not rows:
         return mark_safe('<p class="timeline-empty">No task has started yet.</p>')
-    origin = min(started)
-    end = max([t.finished_at or now for t in tasks if t.started_at] + [origin])
-    span = max(_seconds(origin, end), 0.001)
-    label_w, chart_w, row_h = 200, 460, 22
-    rows = []
-    for index, task in enumerate(tasks):
-        y = 10 + index * row_h
-        if task.started_at:
-            x = label_w + chart_w * _seconds(origin, task.started_at) / span
-            width = max(chart_w * _seconds(task.started_at, task.finished_at or now) / span, 2)
-            duration = f"{_seconds(task.started_at, task.finished_at or now):.2f} s"
-        else:
-            x, width, duration = label_w, 0, "not started"
-        rows.append(
-            (
-                task.status.lower(),
-                y + 13, f"{task.name[:28]} ({task.attempt}/{task.attempt_budget})",
-                x, y + 3, width, STATUS_COLOURS[task.status],
-                f"{task.name}: {task.status}, attempt {task.attempt}, {duration}",
-            )
-        )  # fmt: skip
-    height = 20 + len(tasks) * row_h + 16
+    label_w, chart_w, note_w, row_h, top = 150, 360, 150, 20, 24
+    scale = TimeScale([(a.started_at, a.finished_at or now) for _, a in rows], label_w, chart_w)
+    bars, y = [], top
+    for task in tasks:
+        attempts = [a for a in task_attempts(task) if a.started_at]
+        for attempt in attempts:
+            x = scale.x(attempt.started_at)
+            bar_w = max(scale.x(attempt.finished_at or now) - x, MIN_BAR)
+            spent = format_seconds(attempt.seconds(now))
+            error = f": {attempt.error_last_line}" if attempt.error_last_line else ""
+            bars.append(
+                (
+                    attempt.outcome, task.name, attempt.number,
+                    y + 14, f"{_clip(task.name, 20)} #{attempt.number}",
+                    min(x, label_w + chart_w - MIN_BAR), y + 3, bar_w, OUTCOME_COLOURS.get(attempt.outcome, "#8a8f98"),
+                    f"{task.name}, attempt {attempt.number}: {attempt.description}, {spent}"
+                    + (f", on {attempt.worker}" if attempt.worker else "") + error,
+                    label_w + chart_w + 12, y + 14, f"{attempt.label} · {spent}",
+                )
+            )  # fmt: skip
+            y += row_h
+        if not attempts:
+            waiting = f", after {', '.join(task.after)}" if task.after else ""
+            bars.append(
+                (
+                    task.status.lower(), task.name, 0, y + 14, _clip(task.name, 23), label_w, y + 3, 0, "none",
+                    f"{task.name}: {task.status}, not started{waiting}", label_w + chart_w + 12, y + 14,
+                    f"{task.status.lower()}, not started",
+                )
+            )  # fmt: skip
+            y += row_h
+    width, height = label_w + chart_w + note_w, y + 22
+    gap_marks = [
+        (scale.at(a), top - 4, GAP_W, y - top + 4, scale.at(a) + GAP_W / 2, top - 8, f"{format_seconds(b - a)} idle")
+        for a, b in scale.gaps
+    ]
     return format_html(
-        '<svg class="task-timeline" role="img" aria-label="Task timeline" viewBox="0 0 {} {}" width="{}" '
-        'height="{}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">{}'
+        '<svg class="task-timeline" role="img" aria-label="Task timeline: {} attempts" viewBox="0 0 {} {}" '
+        'width="100%" style="max-width:{}px" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
+        'font-size="11">{}{}'
         '<text x="{}" y="{}" fill="#6b7280">0 s</text><text x="{}" y="{}" text-anchor="end" fill="#6b7280">'
-        "{} s</text></svg>",
-        label_w + chart_w + 10, height, label_w + chart_w + 10, height,
+        "{}</text></svg>",
+        len(rows), width, height, width,
         format_html_join(
             "",
-            '<g class="bar bar-{}"><text x="4" y="{}" fill="#1f2937">{}</text>'
-            '<rect x="{}" y="{}" width="{}" height="14" rx="3" fill="{}"><title>{}</title></rect></g>',
-            rows,
+            '<g class="idle-gap"><rect x="{}" y="{}" width="{}" height="{}" fill="#f3f4f6" stroke="#c9ced6" '
+            'stroke-dasharray="3 3"/><text x="{}" y="{}" text-anchor="middle" fill="#6b7280">{}</text></g>',
+            gap_marks,
         ),
-        label_w, height - 4, label_w + chart_w, height - 4, f"{span:.2f}",
+        format_html_join(
+            "",
+            '<g class="bar bar-{}" data-task="{}" data-attempt="{}"><text x="4" y="{}" fill="#1f2937">{}</text>'
+            '<rect x="{}" y="{}" width="{}" height="14" rx="3" fill="{}"><title>{}</title></rect>'
+            '<text x="{}" y="{}" fill="#374151">{}</text></g>',
+            bars,
+        ),
+        label_w, height - 4, label_w + chart_w, height - 4, format_seconds(scale.end),
     )  # fmt: skip
