@@ -389,6 +389,7 @@ class Adapt:
         self.json_field = Workflow._meta.get_field("input")
         self.datetime = connection.ops.adapt_datetimefield_value
         self.empty = self.json({})
+        self.empty_list = self.json([])
 
     def json(self, value):
         return self.json_field.get_db_prep_save(value, connection)
@@ -400,6 +401,18 @@ class Adapt:
         return None if value is None else self.datetime(value)
 
 
+def attempt_entry(status: str, began, ended) -> dict:
+    """A generated task's one attempt, as the engine records it in `Task.attempts`."""
+    return {
+        "attempt": 1,
+        "worker": "",
+        "started_at": began.isoformat(),
+        "finished_at": ended.isoformat(),
+        "outcome": status.lower(),
+        "error": "",
+    }
+
+
 WORKFLOW_COLUMNS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "idempotency_scope", "fingerprint", "created_by", "created_at", "updated_at", "started_at",
@@ -408,7 +421,7 @@ WORKFLOW_COLUMNS = [
 TASK_COLUMNS = [
     "workflow", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
-    "worker",
+    "worker", "after", "waiting", "dependents", "attempts",
 ]  # fmt: skip
 TRANSITION_COLUMNS = [
     "workflow", "seq", "source", "target", "event", "actor", "actor_label", "reason", "data", "created_at", "digest",
@@ -469,6 +482,8 @@ class Generator:
         tasks = []
         for position, ((phase, name, kind), status) in enumerate(zip(TASKS, TASK_STATUS[state], strict=True)):
             ran = status != "PENDING"
+            began, ended = created + timedelta(seconds=position + 1), created + timedelta(seconds=position + 2)
+            attempts = [attempt_entry(status, began, ended)] if ran else []
             tasks.append(
                 (
                     workflow_id,
@@ -485,10 +500,14 @@ class Generator:
                     None,
                     "",
                     when(created + timedelta(seconds=position)) if ran else None,
-                    when(created + timedelta(seconds=position + 1)) if ran else None,
-                    when(created + timedelta(seconds=position + 2)) if ran else None,
+                    when(began) if ran else None,
+                    when(ended) if ran else None,
                     None,
                     "",
+                    adapt.empty_list,
+                    0,
+                    0,
+                    adapt.json(attempts),
                 )  # fmt: skip
             )
         return workflow, tasks, history, pk
