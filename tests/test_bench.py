@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, child_env
-from workflows.bench import percentile
+from workflows.bench import chain_tasks, hops_ms, percentile
 from workflows.models import Workflow
 
 
@@ -39,6 +39,20 @@ def test_percentile_interpolates_between_ranks():
     assert percentile(range(101), 0.95) == 95
 
 
+def test_hops_run_from_one_finish_to_the_next():
+    assert hops_ms([10.0, 10.002, 10.0025]) == pytest.approx([2.0, 0.5])
+    assert hops_ms([10.0]) == []
+
+
+def test_chain_tasks_are_each_after_the_one_before():
+    links = chain_tasks(3)
+    assert [(t["name"], t.get("after")) for t in links] == [
+        ("link-1", None),
+        ("link-2", ["link-1"]),
+        ("link-3", ["link-2"]),
+    ]
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_bench_quick_reports_every_figure(transactional_db):
@@ -55,6 +69,10 @@ def test_bench_quick_reports_every_figure(transactional_db):
         "b_workflows_per_s",
         "c_steps_per_s",
         "ratio_chain",
+        "hop_p50_ms",
+        "hop_p95_ms",
+        "q2_hop_p50_ms",
+        "q2_hop_p95_ms",
         "rss_peak_mb",
         "rss_start_mb",
         "rss_end_mb",
@@ -78,6 +96,12 @@ def test_bench_quick_reports_every_figure(transactional_db):
     assert report["ratio_chain"] == pytest.approx(report["b_tasks_per_s"] / report["c_steps_per_s"], rel=0.01)
     assert len(report["ratio_chain_per_round"]) == 2 and all(r > 0 for r in report["ratio_chain_per_round"])
     assert report["latency_p50_ms"] <= report["latency_p95_ms"]
+    # Chains of 20 links, one hop between each two: timed on the orchestrator and on django-q2.
+    assert report["hop_links"] == 20 and report["hop_chains"] == 3
+    assert report["hops"] == report["q2_hops"] == 3 * 19
+    assert report["hop_p50_ms"] <= report["hop_p95_ms"]
+    assert report["q2_hop_p50_ms"] <= report["q2_hop_p95_ms"]
+    assert 0 <= report["hops_inline"] <= report["hops"]
     assert report["worker_processes_seen"] >= report["workers"]
     assert not Workflow.objects.exists(), "the run deletes the workflows it created"
 

@@ -1,6 +1,6 @@
-"""Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare jobs of rounds A and C,
-the cluster they run on, worker memory sampling, percentiles, and the synthetic data of
-`bench --api`."""
+"""Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare jobs of rounds A and C
+and of the chains whose hops it times, the cluster they run on, worker memory sampling,
+percentiles, and the synthetic data of `bench --api`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from uuid import uuid4
@@ -65,6 +66,35 @@ def chain_step(path: str, step: int) -> None:
     stamp(path)
 
 
+# --- Hops: chains of HOP_LINKS links, bare django-q2 against the orchestrator ------------------
+
+HOP_STEP = "workflows.bench.hop_step"
+HOP_LINKS = 20  # links per chain
+
+
+def hop_step(path: str, step: int) -> None:
+    """Link `step` of a bare django-q2 chain of HOP_LINKS jobs: it stamps its finish, then
+    puts the next link's job on the broker as `async_task` would, from inside the job."""
+    stamp(path)
+    if step < HOP_LINKS:
+        queue.broker().enqueue_many([queue.package(queue.Job(HOP_STEP, (path, step + 1), "bench-hop_step"))])
+
+
+def chain_tasks(links: int = HOP_LINKS) -> list[dict]:
+    """`links` noop tasks, each after the one before."""
+    return [
+        {"name": f"link-{number}", "type": "noop", **({"after": [f"link-{number - 1}"]} if number > 1 else {})}
+        for number in range(1, links + 1)
+    ]
+
+
+def hops_ms(finishes: list[float]) -> list[float]:
+    """A chain's hops in ms, from its links' finishing times (seconds, in order): each from
+    one link's finish to the next link's finish, which with links that do nothing is the
+    hand-over from one to the next."""
+    return [(after - before) * 1000 for before, after in pairwise(finishes)]
+
+
 def counted(path: str) -> int:
     try:
         return os.stat(path).st_size // STAMP.size
@@ -72,10 +102,15 @@ def counted(path: str) -> int:
         return 0
 
 
-def last_stamp(path: str) -> float:
+def stamps(path: str) -> list[float]:
+    """The stamps in `path`, in the order they were written."""
     data = Path(path).read_bytes()
     usable = len(data) - len(data) % STAMP.size
-    return max(value for (value,) in STAMP.iter_unpack(data[:usable]))
+    return [value for (value,) in STAMP.iter_unpack(data[:usable])]
+
+
+def last_stamp(path: str) -> float:
+    return max(stamps(path))
 
 
 # --- Figures ----------------------------------------------------------------------------------
@@ -354,6 +389,7 @@ class Adapt:
         self.json_field = Workflow._meta.get_field("input")
         self.datetime = connection.ops.adapt_datetimefield_value
         self.empty = self.json({})
+        self.empty_list = self.json([])
 
     def json(self, value):
         return self.json_field.get_db_prep_save(value, connection)
@@ -363,6 +399,18 @@ class Adapt:
 
     def when(self, value):
         return None if value is None else self.datetime(value)
+
+
+def attempt_entry(status: str, began, ended) -> dict:
+    """A generated task's one attempt, as the engine records it in `Task.attempts`."""
+    return {
+        "attempt": 1,
+        "worker": "",
+        "started_at": began.isoformat(),
+        "finished_at": ended.isoformat(),
+        "outcome": status.lower(),
+        "error": "",
+    }
 
 
 WORKFLOW_COLUMNS = [
@@ -434,6 +482,8 @@ class Generator:
         tasks = []
         for position, ((phase, name, kind), status) in enumerate(zip(TASKS, TASK_STATUS[state], strict=True)):
             ran = status != "PENDING"
+            began, ended = created + timedelta(seconds=position + 1), created + timedelta(seconds=position + 2)
+            attempts = [attempt_entry(status, began, ended)] if ran else []
             tasks.append(
                 (
                     workflow_id,
@@ -450,14 +500,14 @@ class Generator:
                     None,
                     "",
                     when(created + timedelta(seconds=position)) if ran else None,
-                    when(created + timedelta(seconds=position + 1)) if ran else None,
-                    when(created + timedelta(seconds=position + 2)) if ran else None,
+                    when(began) if ran else None,
+                    when(ended) if ran else None,
                     None,
                     "",
-                    adapt.json([]),
+                    adapt.empty_list,
                     0,
                     0,
-                    adapt.json([]),
+                    adapt.json(attempts),
                 )  # fmt: skip
             )
         return workflow, tasks, history, pk

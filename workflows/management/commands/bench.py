@@ -1,5 +1,6 @@
 """`manage.py bench`: the orchestrator against bare django-q2 (single jobs, and chains of
-jobs that each enqueue the next) on one cluster, and the API and admin at scale (`--api`).
+jobs that each enqueue the next, also timed hop by hop against chains of dependent tasks)
+on one cluster, and the API and admin at scale (`--api`).
 What it measures and how: docs/BENCHMARKS.md.
 
 django-q2 names its queue (and signs its jobs) after the cluster name, which the
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 from django.conf import settings
@@ -41,16 +43,21 @@ from workflows import audit, queue, services
 from workflows.bench import (
     CHAIN_LENGTH,
     CHAIN_STEP,
+    HOP_LINKS,
+    HOP_STEP,
     ROOT,
     Cluster,
     Generator,
     RssSampler,
     analyze,
+    chain_tasks,
     counted,
     delete_generated,
+    hops_ms,
     last_stamp,
     median,
     percentile,
+    stamps,
     vacuum,
 )
 from workflows.models import Actor, State, Task, Workflow
@@ -59,8 +66,24 @@ RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
 NOOP_JOB = "workflows.bench.noop"
 FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
 SIZES = {
-    "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "chains": 250, "latency_samples": 30, "api_size": 100_000},
-    "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "chains": 30, "latency_samples": 8, "api_size": 2_000},
+    "default": {
+        "rounds": 3,
+        "jobs": 3000,
+        "workflows": 250,
+        "chains": 250,
+        "latency_samples": 30,
+        "hop_chains": 20,
+        "api_size": 100_000,
+    },
+    "quick": {
+        "rounds": 2,
+        "jobs": 300,
+        "workflows": 30,
+        "chains": 30,
+        "latency_samples": 8,
+        "hop_chains": 3,
+        "api_size": 2_000,
+    },
 }
 API_SMALL = 1000
 API_LONG_HISTORY = 50
@@ -131,6 +154,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--latency-samples", type=positive, help="1-task workflows timed one at a time (default 30)."
         )
+        parser.add_argument(
+            "--hop-chains",
+            type=positive,
+            help=f"Chains of {HOP_LINKS} noop tasks, and of {HOP_LINKS} bare django-q2 jobs, timed hop by hop "
+            "(default 20; --quick 3).",
+        )
         parser.add_argument("--keep", action="store_true", help="Keep the workflows the run created.")
         api = parser.add_argument_group("API and admin at scale")
         api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
@@ -159,7 +188,7 @@ class Command(BaseCommand):
         for flag in ("json", "quick", "keep", "traceback"):
             if self.options.get(flag):
                 args.append(f"--{flag}")
-        for key in ("rounds", "jobs", "workflows", "chains", "latency_samples"):
+        for key in ("rounds", "jobs", "workflows", "chains", "latency_samples", "hop_chains"):
             if self.options.get(key):
                 args += [f"--{key.replace('_', '-')}", str(self.options[key])]
         env = {**os.environ, "ORCH_CLUSTER_NAME": name, RUN_ENV: name}
@@ -232,6 +261,7 @@ class Command(BaseCommand):
                     c_rounds.append(self.round_c(number))
                     periods.append((began, sampler.mark()))
                 report["latency"] = self.latency()
+                report["hops"] = self.hops()
                 memory = sampler.summary(periods, settings.ORCH_WORKERS)
             failed = False
         finally:
@@ -243,6 +273,7 @@ class Command(BaseCommand):
         b_tasks = median([r["tasks_per_s"] for r in b_rounds])
         c_steps = median([r["steps_per_s"] for r in c_rounds])
         latency = report.pop("latency")
+        hops = report.pop("hops")
         report.update(
             {
                 "a_jobs_per_s": round(a, 1),
@@ -262,11 +293,13 @@ class Command(BaseCommand):
                 "tasks_per_workflow": b_rounds[0]["tasks"] // b_rounds[0]["workflows"],
                 "steps_per_chain": CHAIN_LENGTH,
                 **latency,
+                **hops,
                 **memory,
                 "jobs_run_total": sum(r["jobs"] for r in a_rounds)
                 + sum(r["tasks"] for r in b_rounds)
                 + sum(r["steps"] for r in c_rounds)
-                + latency["latency_samples"] * 3,
+                + latency["latency_samples"] * 3
+                + hops["hop_chains"] * (HOP_LINKS + 2 + HOP_LINKS),
                 "a_rounds": a_rounds,
                 "b_rounds": b_rounds,
                 "c_rounds": c_rounds,
@@ -413,18 +446,7 @@ class Command(BaseCommand):
             time.sleep(random.uniform(0, poll))
             started = time.time()
             workflow, _ = services.workflow_create(name=name, actor=Actor.CLI, tasks=[{"type": "noop"}], start=True)
-            while True:
-                state, began, finished = Workflow.objects.values_list("state", "started_at", "finished_at").get(
-                    pk=workflow.pk
-                )
-                if state in ENDED:
-                    seen = time.time()
-                    break
-                if not self.cluster.alive() or overdue(started):
-                    raise CommandError(f"a latency sample did not complete:\n{self.cluster.log_tail()}")
-                time.sleep(0.002)
-            if state != State.COMPLETE:
-                raise CommandError(f"a latency sample ended {state}")
+            began, finished, seen = self.completed(workflow.pk, started, "a latency sample", interval=0.002)
             total.append((finished.timestamp() - started) * 1000)
             observed.append((seen - started) * 1000)
             engine.append((finished - began).total_seconds() * 1000)
@@ -443,6 +465,89 @@ class Command(BaseCommand):
             "latency_engine_p50_ms": ms(engine, 0.5),
             "latency_engine_p95_ms": ms(engine, 0.95),
         }
+
+    def completed(self, workflow_id, started: float, what: str, interval: float) -> tuple:
+        """Poll the workflow every `interval` s until it has ended; its started_at and
+        finished_at, and the wall clock at which the poll saw it end. Fails unless it
+        ended COMPLETE."""
+        while True:
+            state, began, finished = Workflow.objects.values_list("state", "started_at", "finished_at").get(
+                pk=workflow_id
+            )
+            if state in ENDED:
+                seen = time.time()
+                break
+            if not self.cluster.alive() or overdue(started):
+                raise CommandError(f"{what} did not complete:\n{self.cluster.log_tail()}")
+            time.sleep(interval)
+        if state != State.COMPLETE:
+            raise CommandError(f"{what} ended {state}")
+        return began, finished, seen
+
+    def hops(self) -> dict:
+        """Chains of HOP_LINKS noop tasks, each after the one before, and bare django-q2
+        chains of HOP_LINKS jobs, each enqueuing the next: one chain at a time on the idle
+        cluster, alternating, each after a random pause of up to one broker poll. A hop
+        runs from one link's finish to the next link's finish (see hops_ms)."""
+        self.settle()
+        chains = self.sizes["hop_chains"]
+        poll = settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05
+        engine, bare, inline = [], [], 0
+        task = self.bar.add_task(f"chains of {HOP_LINKS} links (hops)", total=chains, note="")
+        for number in range(1, chains + 1):
+            time.sleep(random.uniform(0, poll))
+            hops, ran_inline = self.task_chain(number)
+            engine += hops
+            inline += ran_inline
+            time.sleep(random.uniform(0, poll))
+            bare += self.job_chain(number)
+            self.bar.advance(task)
+        self.bar.update(task, note=f"p50 {median(engine):.1f} ms against {median(bare):.1f} ms")
+
+        def ms(values, fraction):
+            return round(percentile(values, fraction), 2)
+
+        return {
+            "hop_chains": chains,
+            "hop_links": HOP_LINKS,
+            "hops": len(engine),
+            "hops_inline": inline,
+            "hop_p50_ms": ms(engine, 0.5),
+            "hop_p95_ms": ms(engine, 0.95),
+            "q2_hops": len(bare),
+            "q2_hop_p50_ms": ms(bare, 0.5),
+            "q2_hop_p95_ms": ms(bare, 0.95),
+        }
+
+    def task_chain(self, number: int) -> tuple[list[float], int]:
+        """One workflow whose EXECUTE is a chain of HOP_LINKS noop tasks: its hops, from the
+        tasks' finished_at, and how many of them the worker that ran a link took straight
+        on (the next link's started_at is then the moment its predecessor's success was
+        recorded)."""
+        started = time.time()
+        workflow, _ = services.workflow_create(
+            name=f"{self.tag}-hops", actor=Actor.CLI, tasks=chain_tasks(HOP_LINKS), start=True
+        )
+        self.completed(workflow.pk, started, f"chain {number} of {HOP_LINKS} tasks", interval=0.005)
+        links = list(
+            Task.objects.filter(workflow=workflow, phase=State.EXECUTE)
+            .order_by("position")
+            .values_list("started_at", "finished_at")
+        )
+        inline = sum(after[0] == before[1] for before, after in pairwise(links))
+        return hops_ms([finished.timestamp() for _, finished in links]), inline
+
+    def job_chain(self, number: int) -> list[float]:
+        """One bare django-q2 chain of HOP_LINKS jobs: its hops, from the jobs' stamps."""
+        path = self.workdir / f"hops-{number}"
+        path.touch()
+        started = time.time()
+        self.enqueue(HOP_STEP, path, (1,), 1)
+        while counted(path) < HOP_LINKS:
+            if not self.cluster.alive() or overdue(started):
+                raise CommandError(f"django-q2 chain {number} did not complete:\n{self.cluster.log_tail()}")
+            time.sleep(0.005)
+        return hops_ms(stamps(path))
 
     def clean_up(self, keep_log: bool) -> None:
         try:
@@ -609,6 +714,16 @@ class Command(BaseCommand):
         figures.add_row(
             "  observed by polling / engine started→finished p50",
             f"{report['latency_observed_p50_ms']:.0f} / {report['latency_engine_p50_ms']:.0f} ms",
+            "",
+        )
+        figures.add_row(
+            f"chain of {report['hop_links']} noop tasks (after): hop p50 / p95 ({report['hops']} hops)",
+            f"{report['hop_p50_ms']:.1f} / {report['hop_p95_ms']:.1f} ms",
+            f"{report['hops_inline']} of {report['hops']} taken straight on",
+        )
+        figures.add_row(
+            f"django-q2 chain of {report['hop_links']} noop jobs: hop p50 / p95 ({report['q2_hops']} hops)",
+            f"{report['q2_hop_p50_ms']:.1f} / {report['q2_hop_p95_ms']:.1f} ms",
             "",
         )
         if "rss_peak_mb" in report:

@@ -11,20 +11,29 @@ from rich.table import Table
 from workflows import queue, services
 from workflows.models import Actor, State, Workflow
 
+# The nightly import: fetch → transform → load, with notify beside load (both after
+# transform), and a report that gathers what load and notify returned.
+NIGHTLY_IMPORT = [
+    {"name": "fetch", "type": "echo", "params": {"rows": 3}},
+    {"name": "transform", "type": "gather", "after": ["fetch"]},
+    {"name": "load", "type": "gather", "after": ["transform"]},
+    {"name": "notify", "type": "sleep", "params": {"seconds": 0.3}, "after": ["transform"]},
+    {"name": "report", "type": "gather", "after": ["load", "notify"]},
+]
+
 # name, tasks, what should become of it
 KINDS = [
     (
-        "succeeds",
-        [
-            {"type": "echo", "params": {"hello": "world"}},
-            {"type": "sleep", "params": {"seconds": 0.3}},
-            {"type": "noop"},
-        ],
-        "COMPLETE",
+        "nightly import",
+        NIGHTLY_IMPORT,
+        "COMPLETE: fetch → transform → load and notify → report",
     ),
     (
         "flaky",
-        [{"type": "fail", "params": {"times": 2}, "max_attempts": 3}, {"type": "echo"}],
+        [
+            {"name": "flaky", "type": "fail", "params": {"times": 2}, "max_attempts": 3},
+            {"name": "then", "type": "echo", "after": ["flaky"]},
+        ],
         "COMPLETE after step retries",
     ),
     (
@@ -39,8 +48,9 @@ ENDED = (State.COMPLETE, State.CANCELLED)
 
 class Command(BaseCommand):
     help = (
-        "Start a mixed set of workflows on the running cluster (succeeding, flaky then succeeding, failing then "
-        "retried, cancelled), show a progress bar until all have ended, and print a summary table. "
+        "Start a mixed set of workflows on the running cluster (a nightly import whose tasks depend on each "
+        "other, flaky then succeeding, failing then retried, cancelled), show a progress bar until all have "
+        "ended, and print a summary table. "
         "A cluster must be running: `python manage.py qcluster` (make run starts one)."
     )
 

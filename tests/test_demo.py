@@ -1,0 +1,55 @@
+"""`manage.py demo` on a real cluster: its workflows end as it says, and the nightly
+import's tasks run in the order their dependencies set."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django_q.status import Stat
+
+from tests.conftest import task, wait_for
+from workflows import queue
+from workflows.models import State, Workflow
+from workflows.statements import from_time
+
+
+def attempt_times(workflow: Workflow, name: str) -> tuple:
+    """When the task's last attempt started and finished."""
+    last = task(workflow, name).attempts[-1]
+    return from_time(last["started_at"]), from_time(last["finished_at"])
+
+
+def runs_after(workflow: Workflow, name: str, *upstream: str) -> bool:
+    started, _ = attempt_times(workflow, name)
+    return all(attempt_times(workflow, before)[1] <= started for before in upstream)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_demo_runs_its_workflows_and_the_nightly_import_in_dependency_order(cluster):
+    cluster(ORCH_RETRY_BACKOFF=0.05)
+    wait_for(lambda: Stat.get_all(broker=queue.broker()), 60, "the cluster reports itself")
+    out = StringIO()
+    call_command("demo", timeout=120, stdout=out, stderr=StringIO())
+
+    workflows = {w.name: w for w in Workflow.objects.all()}
+    assert {name: w.state for name, w in workflows.items()} == {
+        "demo nightly import 1": State.COMPLETE,
+        "demo flaky 1": State.COMPLETE,
+        "demo fails, retried 1": State.COMPLETE,
+        "demo cancelled 1": State.CANCELLED,
+    }
+    nightly = workflows["demo nightly import 1"]
+    assert runs_after(nightly, "transform", "fetch")
+    assert runs_after(nightly, "load", "transform")
+    assert runs_after(nightly, "notify", "transform")
+    assert runs_after(nightly, "report", "load", "notify")
+    report = task(nightly, "report").result
+    assert report["load"] == {"transform": {"fetch": {"rows": 3}}}
+    assert report["notify"]["slept"] > 0
+
+    flaky = workflows["demo flaky 1"]
+    assert [a["outcome"] for a in task(flaky, "flaky").attempts] == ["failed", "failed", "succeeded"]
+    assert runs_after(flaky, "then", "flaky")
+    assert workflows["demo fails, retried 1"].retries == 1
+    assert "nightly import" in out.getvalue() and "COMPLETE" in out.getvalue()
