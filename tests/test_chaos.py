@@ -1,7 +1,10 @@
 """Chaos: workflows on two clusters while worker processes, and once a whole cluster, are
 killed with SIGKILL; workers also kill themselves between recording the success that
-ends a phase and firing its transition. Nothing may be lost and no transition may happen
-twice.
+ends a phase and firing its transition. A third of the workflows run their tasks side by
+side; the others are chains and diamonds joined by a `gather`, so kills also land on
+tasks that a success released and handed to its worker. Nothing may be lost, no
+transition may happen twice, and no task may start before the tasks in its `after`
+succeeded.
 
 `make chaos` runs it with CHAOS_WORKFLOWS=200 (`make chaos N=1000` by hand); the plain
 suite runs a small size. The figures go to CHAOS_REPORT (JSON) when it is set.
@@ -22,6 +25,7 @@ from django.db import connection
 import tests.chaos_tasks  # noqa: F401  (registers chaos.probe in this process too)
 from workflows import audit, services
 from workflows.models import Actor, State, Task, Transition, Workflow
+from workflows.statements import from_time
 
 WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
 WORKER_KILLS = max(5, WORKFLOWS // 40)
@@ -33,6 +37,62 @@ PROBE_SECONDS = (0.2, 0.6) if WORKFLOWS < 100 else (0.05, 0.3)
 LEASE = 2
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
+
+
+def probe(name: str, seconds: float, after: tuple = ()) -> dict:
+    spec = {"name": name, "type": "chaos.probe", "params": {"seconds": seconds}, "max_attempts": 20}
+    return {**spec, "after": list(after)} if after else spec
+
+
+def join(after: list[str]) -> dict:
+    return {"name": "join", "type": "gather", "after": after, "max_attempts": 20}
+
+
+def shape(i: int, sleeps: list[float]) -> list[dict]:
+    """Four tasks: side by side, a chain into a gather, or a diamond into a gather."""
+    if i % 3 == 0:
+        return [probe(f"probe-{j}", s) for j, s in enumerate(sleeps)]
+    if i % 3 == 1:  # probe-0 → probe-1 → probe-2 → join
+        chain = [probe("probe-0", sleeps[0])]
+        chain += [probe(f"probe-{j}", sleeps[j], (f"probe-{j - 1}",)) for j in (1, 2)]
+        return [*chain, join(["probe-2"])]
+    # probe-0 → (probe-1, probe-2) → join
+    diamond = [probe("probe-0", sleeps[0])]
+    diamond += [probe(f"probe-{j}", sleeps[j], ("probe-0",)) for j in (1, 2)]
+    return [*diamond, join(["probe-1", "probe-2"])]
+
+
+def in_order(tasks: list[Task], left_execute) -> list[str]:
+    """What ran out of order in one workflow's EXECUTE: an attempt that started before
+    one of its `after` tasks' success was recorded, or after the workflow left EXECUTE
+    (at `left_execute`), and a gather whose result is not its upstream's results."""
+    by_name = {task.name: task for task in tasks}
+    problems = []
+    for task in tasks:
+        for entry in task.attempts:
+            started = from_time(entry["started_at"])
+            if started > left_execute:
+                problems.append(f"{task.name} attempt {entry['attempt']} started after EXECUTE ended")
+            for name in task.after:
+                (success,) = [a for a in by_name[name].attempts if a["outcome"] == "succeeded"]
+                if started < from_time(success["finished_at"]):
+                    problems.append(f"{task.name} attempt {entry['attempt']} started before {name} succeeded")
+        if task.type == "gather" and task.result != {name: by_name[name].result for name in task.after}:
+            problems.append(f"{task.name} gathered {task.result}")
+    return problems
+
+
+def succeeded_once(task: Task) -> bool:
+    """The task's attempts, in order, end with its one success, the attempt the row names."""
+    numbers = [a["attempt"] for a in task.attempts]
+    outcomes = [a["outcome"] for a in task.attempts]
+    return (
+        numbers == sorted(set(numbers))
+        and outcomes.count("succeeded") == 1
+        and outcomes[-1] == "succeeded"
+        and numbers[-1] == task.attempt
+        and "running" not in outcomes
+    )
 
 
 def running_workers() -> list[tuple[int, int, int]]:
@@ -59,11 +119,9 @@ def test_chaos(cluster, tmp_path):
     workflows = []
     for i in range(WORKFLOWS):
         sleeps = [round(rng.uniform(*PROBE_SECONDS), 3) for _ in range(4)]
-        tasks = [
-            {"name": f"probe-{j}", "type": "chaos.probe", "params": {"seconds": s}, "max_attempts": 20}
-            for j, s in enumerate(sleeps)
-        ]
-        workflow, _ = services.workflow_create(name=f"chaos-{i}", tasks=tasks, actor=Actor.SYSTEM, start=True)
+        workflow, _ = services.workflow_create(
+            name=f"chaos-{i}", tasks=shape(i, sleeps), actor=Actor.SYSTEM, start=True
+        )
         workflows.append(workflow.pk)
 
     clusters = [cluster(**env), cluster(**env)]
@@ -111,15 +169,29 @@ def test_chaos(cluster, tmp_path):
     tasks = Task.objects.filter(workflow__in=workflows, phase=State.EXECUTE)
     assert set(tasks.values_list("status", flat=True)) == {Task.Status.SUCCEEDED}
 
+    # Nothing out of order: each attempt of a task started after the success of every task
+    # in its `after`, and before its workflow left EXECUTE; each task succeeded once.
+    all_tasks = Task.objects.filter(workflow__in=workflows)
+    not_once = [(t.workflow_id, t.name, t.attempts) for t in all_tasks if not succeeded_once(t)]
+    assert not not_once, not_once[:5]
+    left_execute = dict(
+        Transition.objects.filter(workflow__in=workflows, event="validate").values_list("workflow", "created_at")
+    )
+    by_workflow = {}
+    for task in tasks:
+        by_workflow.setdefault(task.workflow_id, []).append(task)
+    out_of_order = {w: p for w, ts in by_workflow.items() if (p := in_order(ts, left_execute[w]))}
+    assert not out_of_order, out_of_order
+    with_dependencies = sum(any(t.after for t in ts) for ts in by_workflow.values())
+
     # Work may have run more than once (a kill after the handler, before the record), but
     # every task's outcome was recorded by exactly one attempt: the one the row names.
     executions = Counter(tuple(map(int, line.split()[:2])) for line in probe_log.read_text().splitlines())
     per_task = Counter()
     for (task_id, _attempt), count in executions.items():
         per_task[task_id] += count
-    all_tasks = Task.objects.filter(workflow__in=workflows)
     final = dict(all_tasks.values_list("pk", "attempt"))
-    probes = dict(tasks.values_list("pk", "attempt"))
+    probes = dict(tasks.filter(type="chaos.probe").values_list("pk", "attempt"))
     assert all((task_id, attempt) in executions for task_id, attempt in probes.items())
     rerun = sum(count - 1 for count in per_task.values() if count > 1)
 
@@ -130,6 +202,7 @@ def test_chaos(cluster, tmp_path):
     ]
     report = {
         "workflows": WORKFLOWS,
+        "with_dependencies": with_dependencies,
         "tasks": WORKFLOWS * 4,
         "task_runs_recorded": sum(final.values()),
         "clusters": 2,
@@ -138,6 +211,7 @@ def test_chaos(cluster, tmp_path):
         "kills_between_success_and_transition": window_kills,
         "lost": WORKFLOWS - complete.count(),
         "duplicated_transitions": sum(sequences.values()) - 4 * WORKFLOWS,
+        "out_of_order": len(out_of_order),
         "work_run_again": rerun,
         "slowest_take_back_seconds": round(max((at - kill[0] for kill, at in taken_back.items()), default=0), 2),
         "slowest_rerun_seconds": round(max(recoveries, default=0), 2),
@@ -149,4 +223,4 @@ def test_chaos(cluster, tmp_path):
     print("chaos report:", json.dumps(report))
     if os.environ.get("CHAOS_REPORT"):
         Path(os.environ["CHAOS_REPORT"]).write_text(json.dumps(report, indent=2) + "\n")
-    assert report["lost"] == 0 and report["duplicated_transitions"] == 0
+    assert report["lost"] == 0 and report["duplicated_transitions"] == 0 and report["out_of_order"] == 0

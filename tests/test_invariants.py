@@ -1,7 +1,15 @@
 """Random sequences of service calls and worker outcomes, with the engine's invariants
-checked after every step (hypothesis stateful testing)."""
+checked after every step (hypothesis stateful testing).
+
+A workflow's EXECUTE tasks form a random DAG (each task's `after` names earlier tasks, so
+there is no cycle). Workers claim attempts and hold them while other things happen
+(cancel, retry, other workers' outcomes, recovery), record successes and failures,
+hand on the task a success releases (`inline`), get the same job twice, and die: recovery
+takes their attempts back once their lease has run out, and a dead worker that comes back
+records nothing."""
 
 import contextlib
+import inspect
 from datetime import timedelta
 
 import pytest
@@ -19,10 +27,27 @@ from hypothesis.stateful import (
 )
 
 from workflows import audit, services
-from workflows.models import PHASES, TERMINAL_STATES, Actor, State, Task, Workflow
+from workflows.models import ATTEMPT_OUTCOMES, PHASES, TERMINAL_STATES, Actor, State, Task, Workflow
+from workflows.statements import from_time
 
 Status = Task.Status
 ORDER = {State.PREPARE: 0, State.EXECUTE: 1, State.VALIDATE: 2}
+# Statuses a task reaches only by being claimed: its `after` tasks had all succeeded.
+CLAIMED_ONCE = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
+ENDED_BY_FAILURE = ("failed", "timed_out", "lease_expired")
+# Large enough for any task: a worker asked to run what its outcome releases takes it.
+HAND_ON = 10**6
+
+
+@st.composite
+def dags(draw, max_tasks: int = 5) -> list[dict]:
+    """EXECUTE task specs, each `after` some of the tasks before it (none, one, a fan-in)."""
+    specs = []
+    for i in range(draw(st.integers(min_value=0, max_value=max_tasks))):
+        upstream = draw(st.integers(min_value=0, max_value=2**i - 1))  # a bit for each earlier task
+        kind = draw(st.sampled_from(["noop", "echo"]))
+        specs.append({"name": f"t{i}", "type": kind, "after": [f"t{j}" for j in range(i) if upstream >> j & 1]})
+    return specs
 
 
 class Engine(RuleBasedStateMachine):
@@ -35,6 +60,10 @@ class Engine(RuleBasedStateMachine):
         self.workflow_id = None
         self.final_state = None  # a terminal state, once reached, never changes
         self.transitions_seen = 0
+        self.claims: set[tuple[int, int]] = set()  # every (task, attempt) a worker was given
+        self.held: list[Task] = []  # attempts claimed by live workers, not yet recorded
+        self.dead: list[Task] = []  # attempts of workers that died and were taken back
+        self.workers = 0
 
     def teardown(self):
         transaction.set_rollback(True)
@@ -42,12 +71,12 @@ class Engine(RuleBasedStateMachine):
 
     @initialize(
         mode=st.sampled_from(["auto", "manual"]),
-        tasks=st.lists(st.sampled_from(["noop", "echo"]), min_size=0, max_size=3),
+        tasks=dags(),
         max_attempts=st.integers(min_value=1, max_value=3),
         start=st.booleans(),
     )
     def create(self, mode, tasks, max_attempts, start):
-        specs = [{"type": t, "max_attempts": max_attempts} for t in tasks]
+        specs = [{**spec, "max_attempts": max_attempts} for spec in tasks]
         workflow, _ = services.workflow_create(name="h", mode=mode, tasks=specs, actor=Actor.SYSTEM, start=start)
         self.workflow_id = workflow.pk
 
@@ -71,9 +100,13 @@ class Engine(RuleBasedStateMachine):
     def retry(self):
         self.call(services.workflow_retry)
 
-    @rule()
-    def cancel(self):
-        self.call(services.workflow_cancel)
+    @rule(now=st.integers(min_value=0, max_value=3))
+    def cancel(self, now):
+        """Now and then: a cancelled workflow has little left to explore."""
+        if now == 0:
+            self.call(services.workflow_cancel)
+
+    # --- Workers --------------------------------------------------------------------------
 
     def queued(self):
         return Task.objects.filter(workflow_id=self.workflow_id, status=Status.QUEUED).order_by("pk")
@@ -84,39 +117,129 @@ class Engine(RuleBasedStateMachine):
             return {"stored": '{"ok": true}'}
         return {"error": "Traceback...\nRuntimeError: boom"}
 
-    @precondition(lambda self: self.workflow_id is not None)
-    @rule(pick=st.integers(min_value=0, max_value=10), succeed=st.booleans(), deliver_twice=st.booleans())
-    def worker_runs_a_job(self, pick, succeed, deliver_twice):
+    def worker(self) -> str:
+        self.workers += 1
+        return f"hypothesis:{self.workers}"
+
+    def given(self, task: Task) -> Task:
+        """A worker was given `task` (a claim, or a success handing it on): it may start
+        only while its workflow is in the task's phase, and only once every task in its
+        `after` has succeeded."""
+        assert task.status == Status.RUNNING
+        assert (task.pk, task.attempt) not in self.claims, "an attempt was given to two workers"
+        self.claims.add((task.pk, task.attempt))
+        assert self.workflow.state == task.phase, f"{task.name} started in a workflow that left {task.phase}"
+        upstream = Task.objects.filter(workflow_id=self.workflow_id, phase=State.EXECUTE, name__in=task.after)
+        statuses = dict(upstream.values_list("name", "status"))
+        assert statuses == dict.fromkeys(task.after, Status.SUCCEEDED), f"{task.name} started before {statuses}"
+        self.held.append(task)
+        return task
+
+    def claim(self, pick: int, deliver_twice: bool = False) -> Task | None:
         queued = list(self.queued())
         if not queued:
-            return
+            return None
         task = queued[pick % len(queued)]
-        claimed = services.task_claim(task.pk, task.attempt, worker="hypothesis:1")
+        claimed = services.task_claim(task.pk, task.attempt, worker=self.worker())
         assert claimed is not None
-        assert services.task_record(claimed, **self.outcome(succeed)).recorded is True
-        if deliver_twice:  # the broker delivers the same job again: nothing may change
-            assert services.task_claim(task.pk, task.attempt, worker="hypothesis:2") is None
-            assert services.task_record(claimed, **self.outcome(succeed)).recorded is False
+        if deliver_twice:  # the broker delivers the same job again: it finds nothing to claim
+            assert services.task_claim(task.pk, task.attempt, worker=self.worker()) is None
+        return self.given(claimed)
+
+    def record(self, task: Task, succeed: bool, *, hand_on: bool = False, deliver_twice: bool = False) -> Task | None:
+        """The worker holding `task` records its outcome; with `hand_on`, it is given what
+        the outcome releases (returned, and held until a step records it)."""
+        self.held.remove(task)
+        inline = services.inline_claim(task.worker, HAND_ON) if hand_on else None
+        recorded = services.task_record(task, **self.outcome(succeed), inline=inline)
+        assert recorded.recorded is True
+        if deliver_twice:  # the same job again, after the outcome: nothing may change
+            assert services.task_record(task, **self.outcome(succeed)).recorded is False
+        if recorded.next_task is None:
+            return None
+        assert hand_on
+        return self.given(recorded.next_task)
 
     @precondition(lambda self: self.workflow_id is not None)
-    @rule(succeed=st.lists(st.booleans(), min_size=2, max_size=2), reverse=st.booleans())
-    def two_workers_at_once(self, succeed, reverse):
+    @rule(
+        pick=st.integers(min_value=0, max_value=10),
+        succeed=st.booleans(),
+        hand_on=st.booleans(),
+        deliver_twice=st.booleans(),
+    )
+    def worker_runs_a_job(self, pick, succeed, hand_on, deliver_twice):
+        task = self.claim(pick, deliver_twice)
+        if task is not None:
+            self.record(task, succeed, hand_on=hand_on, deliver_twice=deliver_twice)
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule(hand_on=st.booleans())
+    def workers_run_every_queued_job(self, hand_on):
+        """...and they all succeed (what a healthy cluster does most of the time)."""
+        for _ in range(len(self.queued())):
+            task = self.claim(0)
+            while task is not None:  # a worker runs what its success hands on, as jobs.run_task does
+                task = self.record(task, True, hand_on=hand_on)
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule(pick=st.integers(min_value=0, max_value=10), deliver_twice=st.booleans())
+    def worker_claims_a_job(self, pick, deliver_twice):
+        """...and holds it while other steps happen."""
+        self.claim(pick, deliver_twice)
+
+    @precondition(lambda self: self.held)
+    @rule(
+        pick=st.integers(min_value=0, max_value=10),
+        succeed=st.booleans(),
+        hand_on=st.booleans(),
+        deliver_twice=st.booleans(),
+    )
+    def a_busy_worker_records(self, pick, succeed, hand_on, deliver_twice):
+        self.record(self.held[pick % len(self.held)], succeed, hand_on=hand_on, deliver_twice=deliver_twice)
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule(succeed=st.lists(st.booleans(), min_size=2, max_size=2), reverse=st.booleans(), hand_on=st.booleans())
+    def two_workers_at_once(self, succeed, reverse, hand_on):
         """Both claim before either records: neither claim sees itself as the last."""
         queued = list(self.queued())[:2]
-        claimed = [services.task_claim(t.pk, t.attempt, worker=f"hypothesis:{t.pk}") for t in queued]
+        claimed = [self.given(services.task_claim(t.pk, t.attempt, worker=self.worker())) for t in queued]
         pairs = list(zip(claimed, succeed, strict=False))
         for task, ok in reversed(pairs) if reverse else pairs:
-            services.task_record(task, **self.outcome(ok))
+            self.record(task, ok, hand_on=hand_on)
+
+    def recover(self, now) -> None:
+        """Recovery at `now`: attempts whose lease ran out by then are taken back, and
+        their workers count as dead."""
+        services.recover(now=now)
+        for task in list(self.held):
+            if not Task.objects.filter(pk=task.pk, status=Status.RUNNING, attempt=task.attempt).exists():
+                self.held.remove(task)
+                self.dead.append(task)
 
     @precondition(lambda self: self.workflow_id is not None)
     @rule(pick=st.integers(min_value=0, max_value=10))
     def worker_dies_mid_job(self, pick):
-        queued = list(self.queued())
-        if not queued:
-            return
-        task = queued[pick % len(queued)]
-        services.task_claim(task.pk, task.attempt, worker="doomed:1")
-        services.recover(now=timezone.now() + timedelta(hours=1))
+        self.claim(pick)
+        self.recover(timezone.now() + timedelta(hours=1))
+
+    @precondition(lambda self: self.held)
+    @rule(pick=st.integers(min_value=0, max_value=10))
+    def a_busy_worker_dies(self, pick):
+        """It stops heartbeating while the others renew their leases: its lease alone runs out."""
+        task = self.held[pick % len(self.held)]
+        for alive in self.held:
+            if alive is not task:
+                assert services.task_heartbeat(alive.pk, alive.attempt)
+        lease = Task.objects.get(pk=task.pk).lease_expires_at  # as renewed when others died before
+        self.recover(lease + timedelta(microseconds=1))
+        assert self.dead[-1] is task and task not in self.held
+
+    @precondition(lambda self: self.dead)
+    @rule(pick=st.integers(min_value=0, max_value=10), succeed=st.booleans())
+    def a_dead_worker_comes_back(self, pick, succeed):
+        """A worker taken for dead (paused, cut off) records its attempt late: nothing changes."""
+        task = self.dead[pick % len(self.dead)]
+        assert services.task_record(task, **self.outcome(succeed)).recorded is False
 
     # --- Invariants ---------------------------------------------------------------------
 
@@ -180,17 +303,130 @@ class Engine(RuleBasedStateMachine):
         for task in tasks:
             assert task.attempt <= task.attempt_offset + task.max_attempts
             assert (task.status == Status.RUNNING) == (task.lease_expires_at is not None)
+            if task.status == Status.QUEUED:
+                assert task.phase == workflow.state, "only the current phase's tasks wait for a worker"
         progress = services.workflow_progress(workflow)
         assert 0 <= progress["done"] <= progress["total"] == len(tasks)
 
+    @invariant()
+    def each_task_waits_for_exactly_its_upstream_not_yet_succeeded(self):
+        """`waiting` counts the tasks in `after` that have not succeeded; a task that was
+        ever queued had none left."""
+        if not self.workflow_id:
+            return
+        tasks = {t.name: t for t in Task.objects.filter(workflow_id=self.workflow_id, phase=State.EXECUTE)}
+        for task in tasks.values():
+            not_succeeded = [name for name in task.after if tasks[name].status != Status.SUCCEEDED]
+            if task.status != Status.CANCELLED:  # cancelled while waiting: nothing counts it down any more
+                assert task.waiting == len(not_succeeded), (task.name, task.waiting, not_succeeded)
+            if task.status in CLAIMED_ONCE:
+                assert not not_succeeded, f"{task.name} is {task.status} before {not_succeeded} succeeded"
+            assert task.dependents == sum(task.name in t.after for t in tasks.values())
 
-@pytest.mark.timeout(240)
+    @invariant()
+    def a_running_phase_always_has_work_under_way(self):
+        """Nothing is left behind: in a phase, a task with nothing to wait for is queued or
+        running, so the phase either is done or has some attempt queued or running."""
+        if not self.workflow_id:
+            return
+        workflow = self.workflow
+        if workflow.state not in PHASES:
+            return
+        tasks = list(workflow.tasks.filter(phase=workflow.state))
+        forgotten = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
+        assert not forgotten, f"{forgotten} can run but nothing will run them"
+        under_way = any(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
+        assert under_way or workflow.unfinished == 0
+
+    @invariant()
+    def every_attempt_given_to_a_worker_is_kept_once_in_order(self):
+        """A task's `attempts` hold one entry per attempt a worker was given, numbered in
+        order, ended with an outcome except the running one, which is the task's latest."""
+        if not self.workflow_id:
+            return
+        for task in Task.objects.filter(workflow_id=self.workflow_id):
+            numbers = [a["attempt"] for a in task.attempts]
+            assert numbers == sorted(set(numbers)), numbers
+            assert set(numbers) == {attempt for pk, attempt in self.claims if pk == task.pk}
+            assert all(number <= task.attempt for number in numbers)
+            running = [a for a in task.attempts if a["outcome"] == "running"]
+            assert len(running) == (task.status == Status.RUNNING)
+            if running:
+                assert task.attempts[-1] is running[0] and running[0]["attempt"] == task.attempt
+            for entry in task.attempts:
+                assert entry["outcome"] in ATTEMPT_OUTCOMES
+                if entry["outcome"] != "running":
+                    assert from_time(entry["started_at"]) <= from_time(entry["finished_at"])
+            succeeded = [a for a in task.attempts if a["outcome"] == "succeeded"]
+            assert len(succeeded) == (task.status == Status.SUCCEEDED), "a task succeeds once"
+            if task.status == Status.SUCCEEDED:
+                assert succeeded[0] is task.attempts[-1] and succeeded[0]["attempt"] == task.attempt
+            if task.status == Status.FAILED:
+                assert task.attempts[-1]["outcome"] in ENDED_BY_FAILURE
+
+    @invariant()
+    def no_attempt_started_before_its_upstream_succeeded(self):
+        if not self.workflow_id:
+            return
+        tasks = {t.name: t for t in Task.objects.filter(workflow_id=self.workflow_id, phase=State.EXECUTE)}
+        for task in tasks.values():
+            for entry in task.attempts:
+                started = from_time(entry["started_at"])
+                for name in task.after:
+                    (success,) = [a for a in tasks[name].attempts if a["outcome"] == "succeeded"]
+                    assert from_time(success["finished_at"]) <= started, (task.name, entry, name, success)
+
+
+def check_every_invariant(machine: Engine) -> None:
+    for _, check in inspect.getmembers(machine, lambda f: hasattr(f, "hypothesis_stateful_invariant")):
+        check()
+
+
+def test_a_success_recorded_after_its_workflow_failed_releases_nothing_until_a_retry(db):
+    """A sequence random runs reach only now and then, replayed step by step with every
+    invariant checked: t0's worker is still running when t1 fails for good; t0's success
+    then counts itself out of t2's `waiting`, but t2 may not be queued in a FAILED workflow;
+    the retry queues it."""
+    machine = Engine()
+    try:
+        machine.create(
+            mode="auto",
+            tasks=[
+                {"name": "t0", "type": "noop", "after": []},
+                {"name": "t1", "type": "noop", "after": []},
+                {"name": "t2", "type": "noop", "after": ["t0"]},
+            ],  # fmt: skip
+            max_attempts=1,
+            start=True,
+        )
+        steps = [
+            lambda: machine.workers_run_every_queued_job(hand_on=False),  # PREPARE: t0 and t1 queued
+            lambda: machine.worker_claims_a_job(pick=0, deliver_twice=False),  # t0, held
+            lambda: machine.worker_runs_a_job(pick=0, succeed=False, hand_on=True, deliver_twice=False),  # t1
+            lambda: machine.a_busy_worker_records(pick=0, succeed=True, hand_on=True, deliver_twice=True),  # t0
+            lambda: machine.retry(),
+            lambda: machine.workers_run_every_queued_job(hand_on=True),
+            lambda: machine.workers_run_every_queued_job(hand_on=True),  # VALIDATE
+        ]
+        for step in steps:
+            step()
+            check_every_invariant(machine)
+        assert machine.workflow.state == State.COMPLETE
+        assert [a["outcome"] for a in Task.objects.get(workflow_id=machine.workflow_id, name="t1").attempts] == [
+            "failed",
+            "succeeded",
+        ]
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.timeout(300)
 def test_engine_invariants_hold_under_random_operations(db):
     run_state_machine_as_test(
         Engine,
         settings=settings(
-            max_examples=60,
-            stateful_step_count=25,
+            max_examples=80,
+            stateful_step_count=30,
             deadline=None,
             derandomize=True,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
