@@ -53,7 +53,7 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest -m integration
 
-## Kill workers and a whole cluster while N workflows run; nothing may be lost or happen twice.
+## Kill workers and a whole cluster while N workflows run; nothing may be lost, happen twice or run out of order.
 N ?= 200
 chaos: install
 	CHAOS_WORKFLOWS=$(N) $(BIN)/pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
