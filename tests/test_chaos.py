@@ -30,8 +30,10 @@ from workflows.statements import from_time
 WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
 WORKER_KILLS = max(5, WORKFLOWS // 40)
 # Each worker process kills itself at every this-many-th success that ends a phase, before
-# it fires the transition (tests/chaos_tasks.py).
-WINDOW_EVERY = 3 if WORKFLOWS < 100 else 20
+# it fires the transition (tests/chaos_tasks.py). Such successes are rarer with
+# dependencies (the last task of a chain knows it is last when it is claimed, and ends the
+# phase in one statement): a small run kills at each one it sees.
+WINDOW_EVERY = 1 if WORKFLOWS < 100 else 5
 # Small runs get longer tasks, so that they are still running when the last kill comes.
 PROBE_SECONDS = (0.2, 0.6) if WORKFLOWS < 100 else (0.05, 0.3)
 LEASE = 2
