@@ -219,17 +219,45 @@ def test_bulk_retry_of_nothing_retryable_is_an_error(admin_client, make):
     assert not Transition.objects.filter(event="retry").exists()
 
 
-def test_bulk_cancel(admin_client, make):
+def bulk_cancel(client, *workflows, reason: str = ""):
+    """The action, then its confirmation page's form as a browser would post it."""
+    return client.post(
+        CHANGELIST,
+        {
+            "action": "cancel_selected",
+            "_selected_action": [str(w.pk) for w in workflows],
+            "confirm": "yes",
+            "reason": reason,
+        },
+    )
+
+
+def test_bulk_cancel_asks_first_and_changes_nothing_until_confirmed(admin_client, make):
+    running, complete = make(State.PREPARE, name="running"), make(State.COMPLETE, name="done")
+    response = bulk(admin_client, "cancel_selected", running, complete)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Cancel 2 workflows?" in html and "1 can be cancelled" in html
+    assert 'name="reason"' in html and 'id="confirm"' in html
+    assert 'name="action" value="cancel_selected"' in html
+    for workflow in (running, complete):
+        assert f'name="_selected_action" value="{workflow.pk}"' in html
+    assert reload(running).state == State.PREPARE
+    assert not Transition.objects.filter(event="cancel").exists()
+
+
+def test_bulk_cancel_keeps_the_reason_in_each_audit_row(admin_client, admin_user, make):
     running, created, complete = make(State.PREPARE), make(State.INIT), make(State.COMPLETE)
-    response = bulk(admin_client, "cancel_selected", running, created, complete)
+    response = bulk_cancel(admin_client, running, created, complete, reason="deploy rolled back")
     assert messages_of(response) == [("warning", "2 cancelled; 1 skipped: COMPLETE cannot be cancelled")]
     for workflow in (running, created):
         assert reload(workflow).state == State.CANCELLED
-        assert workflow.transitions.get(event="cancel").actor_label == "admin:admin"
+        cancel = workflow.transitions.get(event="cancel")
+        assert (cancel.actor_label, cancel.actor, cancel.reason) == ("admin:admin", admin_user, "deploy rolled back")
         assert set(workflow.tasks.values_list("status", flat=True)) == {Task.Status.CANCELLED}
     assert reload(complete).state == State.COMPLETE
 
-    response = bulk(admin_client, "cancel_selected", make(State.FAILED))
+    response = bulk_cancel(admin_client, make(State.FAILED))
     assert messages_of(response) == [("success", "1 cancelled")]
 
 
@@ -256,7 +284,7 @@ def test_a_view_only_user_is_offered_no_actions_and_cannot_run_them(viewer_clien
     assert response.status_code == 200 and listed(response) == {failed.name}
     assert "Retry selected workflows" not in response.content.decode()
     bulk(viewer_client, "retry_selected", failed)
-    bulk(viewer_client, "cancel_selected", failed)
+    bulk_cancel(viewer_client, failed)
     assert reload(failed).state == State.FAILED
     assert events(failed) == ["start", "execute", "fail"]
 

@@ -256,3 +256,53 @@ def test_the_dependency_graph_and_a_retried_task_s_attempts(cluster, page):
     worker = Task.objects.get(workflow=workflow, name="flaky").attempts[0]["worker"]
     expect(attempts.nth(0).locator("td").nth(1)).to_have_text(worker)
     screenshot(page, "admin-task.png")
+
+
+def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluster, page):
+    cluster()
+    page.goto("/workflow/start")
+    expect(page).to_have_title("Start a workflow – Workflow orchestrator API")
+    form = page.locator("#post-object-form")
+    expect(form.locator("#start-definition option:checked")).to_have_text("default")
+    page.fill("#start-name", "report from the form")
+    page.select_option("#start-mode", "auto")
+    page.fill("#start-input", "{oops")
+    page.fill("#start-tasks", '[{"name": "long", "type": "sleep", "params": {"seconds": 60}}]')
+    form.get_by_role("button", name="POST").click()
+
+    # Refused: the page comes back with what was typed and the field's message.
+    expect(page.locator(".response-info")).to_contain_text("400 Bad Request")
+    expect(page.locator("#start-name")).to_have_value("report from the form")
+    expect(page.locator("#start-input")).to_have_value("{oops")
+    expect(page.locator("#post-object-form")).to_contain_text("Must be a JSON object.")
+    assert not Workflow.objects.exists()
+
+    page.fill("#start-input", '{"day": "2025-01-01"}')
+    page.locator("#post-object-form").get_by_role("button", name="POST").click()
+    expect(page.locator(".response-info")).to_contain_text("201 Created")
+    created = Workflow.objects.get(name="report from the form")
+    assert (created.input, created.created_by.username) == ({"day": "2025-01-01"}, "admin")
+    other = start("second sleeper", [{"name": "long", "type": "sleep", "params": {"seconds": 60}}])
+    for workflow in (created, other):
+        wait_for(lambda w=workflow: states(w) == {State.EXECUTE}, 30, f"{workflow.name} to run")
+
+    # Its page offers the transitions it allows, nothing else.
+    page.goto(f"/workflow/{created.pk}")
+    page.click("#extra-actions-menu")
+    expect(page.locator("[aria-labelledby=extra-actions-menu] a")).to_have_text(
+        ["Cancel", "Status", "Tasks", "Transitions"]
+    )
+
+    # Bulk cancel: the action asks first, with a reason for the audit log.
+    page.goto("/admin/workflows/workflow/")
+    page.check("#action-toggle")
+    page.select_option("select[name=action]", label="Cancel selected workflows")
+    page.get_by_role("button", name="Go").click()
+    expect(page.locator("#content")).to_contain_text("Cancel these 2 workflows?")
+    assert states(created, other) == {State.EXECUTE}
+    page.fill("#id_reason", "wrong day")
+    page.click("#confirm")
+    expect(page.locator(".messagelist .success")).to_have_text("2 cancelled")
+    for workflow in (created, other):
+        cancel = workflow.transitions.get(event="cancel")
+        assert (cancel.actor_label, cancel.reason, cancel.target) == ("admin:admin", "wrong day", State.CANCELLED)

@@ -7,6 +7,7 @@ import uuid
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -57,13 +58,13 @@ BULK = {
 }
 
 
-def run_bulk(modeladmin, request, queryset, operation: str) -> None:
+def run_bulk(modeladmin, request, queryset, operation: str, **kwargs) -> None:
     service, verb = BULK[operation]
     done, skipped = 0, {}
     actor = Actor.admin(request.user)
     for workflow_id in queryset.values_list("pk", flat=True):
         try:
-            service(workflow_id, actor=actor)
+            service(workflow_id, actor=actor, **kwargs)
             done += 1
         except services.InvalidTransition as exc:
             reason = f"{exc.state} cannot be {verb}" if operation != "next" else str(exc)
@@ -81,7 +82,21 @@ def retry_selected(modeladmin, request, queryset):
 
 @admin.action(description="Cancel selected workflows", permissions=["change"])
 def cancel_selected(modeladmin, request, queryset):
-    run_bulk(modeladmin, request, queryset, "cancel")
+    """Asks first, as the change page's Cancel does, with a reason kept in each audit row;
+    the confirmation page posts the same action back with `confirm` set."""
+    if request.POST.get("confirm"):
+        run_bulk(modeladmin, request, queryset, "cancel", reason=request.POST.get("reason", "")[:1000])
+        return None
+    workflows = list(queryset.order_by("-created_at"))
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.opts,
+        "title": f"Cancel {len(workflows)} workflow{'s' if len(workflows) != 1 else ''}?",
+        "workflows": workflows,
+        "cancellable": sum("cancel" in services.available_actions(w) for w in workflows),
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/workflows/workflow/confirm_bulk_cancel.html", context)
 
 
 @admin.action(description="Advance selected workflows (next)", permissions=["change"])

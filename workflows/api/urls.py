@@ -13,19 +13,20 @@ router.register("workflows", WorkflowViewSet, basename="workflow")
 ID = r"(?P<pk>[^/]+)"
 
 
-def route(path: str, actions: dict, name: str, detail: bool = True):
-    view = WorkflowViewSet.as_view(actions, detail=detail, basename="workflow")
+def route(path: str, actions: dict, name: str, title: str, detail: bool = True):
+    """`title` names the view on the browsable API's page."""
+    view = WorkflowViewSet.as_view(actions, detail=detail, basename="workflow", name=title)
     return re_path(rf"^{path}/?$", view, name=name)
 
 
 urlpatterns = [
-    route("workflow/start", {"post": "create_and_start"}, "workflow-create-and-start", detail=False),
-    route(f"workflow/{ID}", {"get": "retrieve", "delete": "destroy"}, "workflow-legacy-detail"),
-    route(f"workflow/{ID}/next", {"post": "next_step"}, "workflow-legacy-next"),
-    route(f"workflow/{ID}/retry", {"post": "retry"}, "workflow-legacy-retry"),
-    route(f"execution/workflows/{ID}/start", {"post": "start"}, "execution-start"),
-    route(f"execution/workflows/{ID}/status", {"get": "status"}, "execution-status"),
-    route(f"execution/workflows/{ID}/cancel", {"post": "cancel"}, "execution-cancel"),
-    route("execution/stats", {"get": "stats"}, "execution-stats", detail=False),
+    route("workflow/start", {"post": "create_and_start"}, "workflow-create-and-start", "Start a workflow", False),
+    route(f"workflow/{ID}", {"get": "retrieve", "delete": "destroy"}, "workflow-legacy-detail", "Workflow"),
+    route(f"workflow/{ID}/next", {"post": "next_step"}, "workflow-legacy-next", "Next step"),
+    route(f"workflow/{ID}/retry", {"post": "retry"}, "workflow-legacy-retry", "Retry"),
+    route(f"execution/workflows/{ID}/start", {"post": "start"}, "execution-start", "Start"),
+    route(f"execution/workflows/{ID}/status", {"get": "status"}, "execution-status", "Status"),
+    route(f"execution/workflows/{ID}/cancel", {"post": "cancel"}, "execution-cancel", "Cancel"),
+    route("execution/stats", {"get": "stats"}, "execution-stats", "Stats", detail=False),
     *router.urls,
 ]

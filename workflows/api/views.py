@@ -2,6 +2,7 @@
 answers; the engine's errors become 400/409 in `errors.py`."""
 
 from django.db.models import Prefetch
+from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -9,13 +10,16 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import SearchFilter
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from .. import services, values
 from ..models import Actor, Task, Transition, Workflow
 from ..stats import workflow_stats
 from . import access
 from .filters import StrictOrderingFilter, WorkflowFilter
+from .renderers import START_EXAMPLE, OrchestratorBrowsableAPIRenderer
 from .serializers import (
     CancelSerializer,
     ConflictSerializer,
@@ -106,6 +110,7 @@ class WorkflowViewSet(
     ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
     ordering = ["-created_at"]
     serializer_class = WorkflowDetailSerializer
+    renderer_classes = [JSONRenderer, OrchestratorBrowsableAPIRenderer]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -130,6 +135,31 @@ class WorkflowViewSet(
             Prefetch("tasks", queryset=Task.objects.order_by("position")),
             Prefetch("transitions", queryset=Transition.objects.order_by("seq")),
         )
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        # A browser that opens /workflow/start gets the page with its form (the renderer's);
+        # API clients still get 405, with the Allow header naming POST.
+        browser = isinstance(getattr(request, "accepted_renderer", None), BrowsableAPIRenderer)
+        if browser and request.method == "GET" and self.action_map.get("post") == "create_and_start":
+            return Response({"example": START_EXAMPLE})
+        return super().http_method_not_allowed(request, *args, **kwargs)
+
+    def get_extra_action_url_map(self):
+        """The browsable API's "Extra Actions": the reads, and only the transitions the
+        workflow allows now (to this user)."""
+        if not self.detail:
+            return super().get_extra_action_url_map()
+        try:
+            workflow = self.get_object()
+        except Http404:
+            return {}
+        allowed = services.available_actions(workflow, **access.rights(self.request.user, workflow))
+        urls = {}
+        for extra in self.get_extra_actions():
+            if extra.detail and (extra.url_path not in services.ACTIONS or extra.url_path in allowed):
+                name = self.__class__(**extra.kwargs).get_view_name()
+                urls[name] = reverse(f"{self.basename}-{extra.url_name}", kwargs=self.kwargs, request=self.request)
+        return urls
 
     def get_serializer_class(self):
         return WorkflowListSerializer if self.action == "list" else self.serializer_class

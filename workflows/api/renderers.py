@@ -1,0 +1,81 @@
+"""The browsable API's pages. The paths that create a workflow get a form with a field per
+input (the definition and the mode as choices), sent as the JSON body the API takes: the
+API reads JSON only, so DRF's own HTML form (form-encoded) would be refused."""
+
+import json
+
+from django.template.loader import render_to_string
+from rest_framework import status
+from rest_framework.renderers import BrowsableAPIRenderer
+
+from ..models import Workflow
+from ..registry import definition_keys
+
+START_EXAMPLE = {
+    "name": "demo",
+    "definition": "default",
+    "mode": "auto",
+    "input": {},
+    "tasks": [{"type": "echo", "params": {"x": 1}}, {"type": "sleep", "params": {"seconds": 0.1}}],
+}
+
+
+def creates_workflows(view) -> bool:
+    return getattr(view, "action_map", {}).get("post") in ("create", "create_and_start")
+
+
+def flat_messages(messages) -> list[str]:
+    """A field's errors as lines. The errors of a list of tasks come keyed by position
+    ("0", "1" …), each task's by field."""
+    if isinstance(messages, dict):
+        return [
+            f"{f'task {int(key) + 1}' if str(key).isdigit() else key}: {line}"
+            for key, value in messages.items()
+            for line in flat_messages(value)
+        ]
+    if isinstance(messages, list):
+        return [line for message in messages for line in flat_messages(message)]
+    return [str(messages)]
+
+
+def as_text(value) -> str:
+    """A typed value back into its text box: text as it was, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, indent=2)
+
+
+class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
+    template = "rest_framework/orchestrator_api.html"
+
+    def get_rendered_html_form(self, data, view, method, request):
+        if method == "POST" and creates_workflows(view) and self.show_form_for_method(view, method, request, None):
+            return self.start_form(view, request)
+        return super().get_rendered_html_form(data, view, method, request)
+
+    def get_raw_data_form(self, data, view, method, request):
+        form = super().get_raw_data_form(data, view, method, request)
+        if form is not None and method == "POST" and creates_workflows(view):
+            form.fields["_content"].initial = json.dumps(START_EXAMPLE, indent=4)
+        return form
+
+    def start_form(self, view, request) -> str:
+        """The form, filled with what was sent when the answer is a 400, else with the example."""
+        response = self.renderer_context["response"]
+        rejected = request.method == "POST" and response.status_code == status.HTTP_400_BAD_REQUEST
+        given = request.data if rejected and isinstance(request.data, dict) else START_EXAMPLE
+        errors = response.data if rejected and isinstance(response.data, dict) else {}
+        values = {
+            "name": given.get("name", ""),
+            "definition": given.get("definition", "default"),
+            "mode": given.get("mode", Workflow.Mode.AUTO),
+            "input": as_text(given.get("input", {})),
+            "tasks": as_text(given["tasks"]) if "tasks" in given else "",
+            "idempotency_key": given.get("idempotency_key") or "",
+        }
+        context = {
+            "values": values,
+            "errors": {field: flat_messages(messages) for field, messages in errors.items()},
+            "definitions": definition_keys(),
+            "modes": Workflow.Mode.choices,
+            "example": json.dumps(START_EXAMPLE["tasks"], indent=2),
+        }
+        return render_to_string("rest_framework/start_workflow_form.html", context, request=request)
