@@ -166,6 +166,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "phase": "EXECUTE",
         "progress": {"done": 2, "total": 4},
         "available_transitions": ["cancel"],
+        "waiting_for_next": False,
         "error": "",
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()
