@@ -284,6 +284,7 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     wait_for(lambda: busy.tasks.filter(name="long", status=Task.Status.RUNNING).exists(), 30, "the long sleep")
 
     page.goto("/admin/workflows/workflow/")
+    page.click("#toggle-nav-sidebar")  # room for every column in the screenshot
     row = page.locator("#result_list tbody tr", has_text="schema migration")
     badge = row.locator(".badge-waiting")
     expect(badge).to_have_text("WAITING")
