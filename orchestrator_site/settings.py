@@ -285,6 +285,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times with seconds (orchestrator_site/formats/en/formats.py); other formats stay Django's.
+FORMAT_MODULE_PATH = ["orchestrator_site.formats"]
 
 STATIC_URL = "static/"
 # `make serve` collects the static files here (`manage.py collectstatic`); WhiteNoise serves

@@ -4,12 +4,15 @@ the read-only task and transition admins, and deleting. State changes go through
 engine's services, so they land in the audit log as `admin:<username>`."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape
 
 from tests.conftest import events, reload
 from workflows import services
@@ -301,6 +304,7 @@ def button_ids(html: str) -> set[str]:
     [
         (State.INIT, "auto", {"start", "cancel", "delete"}),
         (State.PREPARE, "auto", {"cancel"}),
+        (State.PREPARE, "manual", {"cancel"}),  # its work runs: no Next yet
         ("PREPARE done", "manual", {"next", "cancel"}),
         (State.FAILED, "auto", {"retry", "cancel", "delete"}),
         (State.COMPLETE, "auto", {"delete"}),
@@ -698,3 +702,143 @@ def test_a_view_only_user_cannot_delete(viewer_client, make):
     workflow = make(State.COMPLETE)
     assert viewer_client.post(delete_url(workflow), {"post": "yes"}).status_code == 403
     assert Workflow.objects.filter(pk=workflow.pk).exists()
+
+
+# --- Waiting for next --------------------------------------------------------------------
+
+
+def test_a_manual_workflow_whose_phase_is_done_shows_a_waiting_badge(admin_client, make):
+    waiting = make("PREPARE done", name="waits")
+    working = make(State.PREPARE, name="works", mode="manual")  # its PREPARE task is queued
+    make(State.PREPARE, name="auto")
+
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert html.count("badge-waiting") == 1 and html.count(">WAITING<") == 1
+    row = re.search(r"<tr>(?:(?!</tr>).)*>waits<(?:(?!</tr>).)*</tr>", html, re.S).group(0)
+    assert ">WAITING<" in row
+    assert ">WAITING<" in admin_client.get(change_url(waiting)).content.decode()
+    assert ">WAITING<" not in admin_client.get(change_url(working)).content.decode()
+    engine_advanced = services.workflow_next(waiting.pk, actor=Actor.SYSTEM)
+    assert engine_advanced.state == State.EXECUTE
+    assert ">WAITING<" not in admin_client.get(change_url(waiting)).content.decode()
+
+
+def test_a_waiting_workflow_s_duration_ends_when_its_phase_s_work_ended(admin_client, make):
+    waiting = make("PREPARE done", name="waits")
+    working = make(State.PREPARE, name="works", mode="manual")
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    Workflow.objects.filter(pk__in=[waiting.pk, working.pk]).update(started_at=an_hour_ago)
+    Task.objects.filter(workflow=waiting, phase="PREPARE").update(finished_at=an_hour_ago + timedelta(seconds=2))
+
+    cl = admin_client.get(CHANGELIST).context["cl"]
+    rows = {workflow.name: workflow for workflow in cl.result_list}
+    assert cl.model_admin.run_time(rows["waits"]) == "2.0 s"
+    assert cl.model_admin.run_time(rows["works"]).startswith("60 min")
+
+
+# --- Triage ------------------------------------------------------------------------------
+
+
+def test_search_finds_a_workflow_by_a_prefix_of_its_id(admin_client, make):
+    wanted = make(State.COMPLETE, name="wanted")
+    make(State.INIT, name="other")
+    pk = str(wanted.pk)
+
+    for term in (pk[:8], pk[:4], pk[:13], pk[:13].replace("-", ""), pk[:8].upper(), f" {pk} "):
+        found = admin_client.get(CHANGELIST, {"q": term}).context["cl"].result_list
+        assert wanted.pk in {workflow.pk for workflow in found}, term
+    assert listed(admin_client.get(CHANGELIST, {"q": pk[:3]})) == set()  # too short to be an id
+    assert listed(admin_client.get(CHANGELIST, {"q": "zzzz"})) == set()
+
+
+def test_the_task_admin_searches_by_workflow_name_and_id(admin_client, make):
+    wanted = make(State.COMPLETE, name="nightly export")
+    make(State.COMPLETE, name="other")
+    tasks = reverse("admin:workflows_task_changelist")
+
+    def found(term) -> set:
+        return {task.workflow_id for task in admin_client.get(tasks, {"q": term}).context["cl"].result_list}
+
+    assert found("nightly") == {wanted.pk}
+    assert found(str(wanted.pk)[:8]) == {wanted.pk}
+    assert found(str(wanted.pk)) == {wanted.pk}
+
+
+def test_a_failed_workflow_s_row_shows_its_error_s_last_line(admin_client, make):
+    failed = make(State.FAILED, name="broken")
+    make(State.COMPLETE, name="fine")
+    last = failed.error.strip().splitlines()[-1]
+
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert html.count('class="error-line"') == 1
+    assert f'<span class="error-line" title="{escape(last)}">{escape(last[:120])}</span>' in html
+
+
+def test_every_time_in_the_admin_shows_seconds(admin_client, make):
+    workflow = make(State.FAILED, name="timed")
+    with_seconds = re.compile(r"\d\d:\d\d:\d\d")
+    pages = {
+        "changelist": (CHANGELIST, 'class="field-created_at'),
+        "change page": (change_url(workflow), "field-started_at"),
+        "task list": (reverse("admin:workflows_task_changelist"), 'class="field-started_at'),
+        "transition list": (reverse("admin:workflows_transition_changelist"), 'class="field-created_at'),
+        "history": (reverse("admin:workflows_workflow_history", args=[workflow.pk]), '<tr class="transition">'),
+    }
+    for page, (url, marker) in pages.items():
+        html = admin_client.get(url).content.decode()
+        assert marker in html, (page, re.findall(r'class="[^"]*(?:created|started)[^"]*"', html))
+        cell = html[html.index(marker) :][:400]
+        assert with_seconds.search(cell), (page, cell)
+
+
+def test_sorting_by_duration_orders_running_workflows_by_their_elapsed_time(admin_client, make):
+    now = timezone.now()
+    quick = make(State.COMPLETE, name="quick")
+    two_hours_ago = now - timedelta(hours=2)
+    Workflow.objects.filter(pk=quick.pk).update(
+        started_at=two_hours_ago, finished_at=two_hours_ago + timedelta(seconds=1)
+    )
+    for name, minutes in (("running an hour", 60), ("running 5 min", 5)):
+        running = make(State.PREPARE, name=name)
+        Workflow.objects.filter(pk=running.pk).update(started_at=now - timedelta(minutes=minutes))
+    make(State.INIT, name="not started")
+
+    cl = admin_client.get(CHANGELIST).context["cl"]
+    column = str(cl.list_display.index("run_time"))
+    ascending = [w.name for w in admin_client.get(CHANGELIST, {"o": column}).context["cl"].result_list]
+    descending = [w.name for w in admin_client.get(CHANGELIST, {"o": f"-{column}"}).context["cl"].result_list]
+    started = ["quick", "running 5 min", "running an hour"]
+    assert [name for name in ascending if name in started] == started
+    assert [name for name in descending if name in started] == started[::-1]
+
+
+def test_the_history_button_shows_the_transitions_newest_first(admin_client, admin_user, make):
+    workflow = make(State.FAILED, name="history")
+    services.workflow_cancel(workflow.pk, actor=Actor.admin(admin_user), reason="giving up")
+
+    change = admin_client.get(change_url(workflow)).content.decode()
+    history_url = reverse("admin:workflows_workflow_history", args=[workflow.pk])
+    assert f'href="{history_url}"' in change
+    html = admin_client.get(history_url).content.decode()
+    assert "doesn’t have a change history" not in html
+    rows = re.findall(r'<tr class="transition">\s*<td>(\d+)</td>', html)
+    assert rows == ["4", "3", "2", "1"]
+    assert "FAILED → CANCELLED" in html and "giving up" in html and f"admin:{admin_user.username}" in html
+
+
+def test_the_history_of_a_workflow_needs_the_view_permission(client, make):
+    workflow = make(State.COMPLETE)
+    nobody = User.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(nobody)
+    assert client.get(reverse("admin:workflows_workflow_history", args=[workflow.pk])).status_code == 403
+
+
+def test_the_transition_list_sorts_by_time_newest_first(admin_client, make):
+    first = make(State.COMPLETE, name="first")
+    second = make(State.FAILED, name="second")
+    Transition.objects.filter(workflow=second).update(created_at=timezone.now() - timedelta(days=1))
+
+    result = admin_client.get(reverse("admin:workflows_transition_changelist")).context["cl"].result_list
+    times = [transition.created_at for transition in result]
+    assert times == sorted(times, reverse=True)
+    assert result[0].workflow_id == first.pk and result[len(result) - 1].workflow_id == second.pk

@@ -166,6 +166,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "phase": "EXECUTE",
         "progress": {"done": 2, "total": 4},
         "available_transitions": ["cancel"],
+        "waiting_for_next": False,
         "error": "",
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()
@@ -257,6 +258,44 @@ def test_manual_workflow_stepped_over_the_api(engine, api):
             response = api.post(f"/workflow/{workflow_id}/next/")
         assert response.status_code == 202 and response.json()["state"] == expected
     assert events(Workflow.objects.get(pk=workflow_id)) == ["start", "execute", "validate", "complete"]
+
+
+def test_waiting_for_next_is_true_only_while_a_manual_phase_waits(engine, api, owner):
+    def waiting(workflow_id) -> set[bool]:
+        return {
+            api.get(f"/execution/workflows/{workflow_id}/status").json()["waiting_for_next"],
+            api.get(f"/workflow/{workflow_id}").json()["waiting_for_next"],
+            next(w for w in api.get("/workflows/").json()["results"] if w["id"] == str(workflow_id))[
+                "waiting_for_next"
+            ],
+        }
+
+    manual = create(owner, engine, name="m", mode="manual", start=True)
+    automatic = create(owner, name="a", start=True)  # its PREPARE work is queued, not done
+    assert waiting(manual.pk) == {False}  # PREPARE's work is still queued
+    engine.drain()
+    assert waiting(manual.pk) == {True}
+    assert "next" in api.get(f"/execution/workflows/{manual.pk}/status").json()["available_transitions"]
+    assert waiting(automatic.pk) == {False}
+    with engine.capture(execute=True):
+        assert api.post(f"/workflow/{manual.pk}/next").json()["state"] == "EXECUTE"
+    assert waiting(manual.pk) == {False}  # EXECUTE's tasks are queued
+    engine.drain()
+    assert waiting(manual.pk) == {True}
+    with engine.capture(execute=True):
+        api.post(f"/workflow/{manual.pk}/next")
+    engine.drain()
+    with engine.capture(execute=True):
+        assert api.post(f"/workflow/{manual.pk}/next").json()["state"] == "COMPLETE"
+    assert waiting(manual.pk) == {False}
+
+
+def test_the_schema_documents_waiting_for_next(api):
+    schema = api.get("/schema", {"format": "json"}).json()["components"]["schemas"]
+    for name in ("WorkflowStatus", "WorkflowDetail", "WorkflowList"):
+        field = schema[name]["properties"]["waiting_for_next"]
+        assert field["type"] == "boolean" and "next" in field["description"]
+        assert "waiting_for_next" in schema[name]["required"]
 
 
 def test_retry_and_its_conflicts(engine, api):

@@ -306,3 +306,61 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     for workflow in (created, other):
         cancel = workflow.transitions.get(event="cancel")
         assert (cancel.actor_label, cancel.reason, cancel.target) == ("admin:admin", "wrong day", State.CANCELLED)
+
+
+def contrast(page, locator) -> float:
+    """The WCAG contrast ratio of an element's text against its background, from the colours
+    the browser rendered."""
+    return page.evaluate(
+        """element => {
+            const rgb = value => value.match(/[\\d.]+/g).slice(0, 3).map(Number);
+            const luminance = ([r, g, b]) => [r, g, b]
+                .map(c => c / 255)
+                .map(c => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4))
+                .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+            const style = getComputedStyle(element);
+            const [a, b] = [luminance(rgb(style.color)), luminance(rgb(style.backgroundColor))];
+            return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        }""",
+        locator.element_handle(),
+    )
+
+
+def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
+    cluster()
+    waiting = start("schema migration", [{"type": "noop"}], mode="manual")
+    busy = start("busy import", [{"name": "long", "type": "sleep", "params": {"seconds": 60}}])
+    wait_for(lambda: waiting.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
+    wait_for(lambda: busy.tasks.filter(name="long", status=Task.Status.RUNNING).exists(), 30, "the long sleep")
+
+    page.goto("/admin/workflows/workflow/")
+    page.click("#toggle-nav-sidebar")  # room for every column in the screenshot
+    row = page.locator("#result_list tbody tr", has_text="schema migration")
+    badge = row.locator(".badge-waiting")
+    expect(badge).to_have_text("WAITING")
+    expect(row.locator(".field-state_badge")).to_contain_text("PREPARE")
+    assert contrast(page, badge) >= 4.5
+    expect(page.locator("#result_list tbody tr", has_text="busy import").locator(".badge-waiting")).to_have_count(0)
+
+    # The 8-character id shown in the list finds the workflow.
+    short_id = row.locator(".field-short_id").inner_text()
+    assert short_id == str(waiting.pk)[:8]
+    page.fill("#searchbar", short_id)
+    page.press("#searchbar", "Enter")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list tbody tr")).to_contain_text("schema migration")
+    screenshot(page, "admin-waiting.png")
+
+    # On its page: the badge, and Next, which moves it on.
+    page.get_by_role("link", name="schema migration").click()
+    expect(page.locator(".field-state_badge .badge-waiting")).to_have_text("WAITING")
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Next step", "Cancel"])
+    page.goto(f"/admin/workflows/workflow/{busy.pk}/change/")
+    expect(page.locator(".field-state_badge .badge-waiting")).to_have_count(0)
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # its work runs: no Next
+
+    page.goto(f"/admin/workflows/workflow/{waiting.pk}/change/")
+    page.click("#action-next")
+    expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
+    assert events(waiting) == ["start", "execute"]
+    services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)  # the sleep notices, so the cluster stops at once

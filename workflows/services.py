@@ -68,6 +68,11 @@ def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete
     return [*actions, "delete"] if may_delete and state not in PHASES else actions
 
 
+def is_waiting_for_next(workflow: Workflow) -> bool:
+    """A manual workflow whose phase's work is done: nothing runs until someone fires `next`."""
+    return workflow.mode == Workflow.Mode.MANUAL and workflow.state in PHASES and not workflow.unfinished
+
+
 class InvalidTransition(WorkflowError):
     def __init__(self, workflow: Workflow, event: str, message: str = ""):
         self.workflow = workflow

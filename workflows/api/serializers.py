@@ -154,6 +154,7 @@ class ProgressSerializer(serializers.Serializer):
 class ProgressMixin(serializers.Serializer):
     progress = serializers.SerializerMethodField()
     available_transitions = serializers.SerializerMethodField()
+    waiting_for_next = serializers.SerializerMethodField()
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, workflow) -> dict:
@@ -172,6 +173,14 @@ class ProgressMixin(serializers.Serializer):
     def get_available_transitions(self, workflow) -> list[str]:
         request = self.context.get("request")
         return services.available_actions(workflow, **access.rights(request and request.user, workflow))
+
+    @extend_schema_field(
+        serializers.BooleanField(
+            help_text="Manual mode only: the phase's work is done and the workflow waits for `next`; false otherwise."
+        )
+    )
+    def get_waiting_for_next(self, workflow) -> bool:
+        return services.is_waiting_for_next(workflow)
 
 
 WORKFLOW_FIELDS = [
@@ -192,7 +201,7 @@ class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Workflow
-        fields = [*WORKFLOW_FIELDS, "progress", "available_transitions"]
+        fields = [*WORKFLOW_FIELDS, "progress", "available_transitions", "waiting_for_next"]
         read_only_fields = fields
 
 
@@ -210,7 +219,7 @@ class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Workflow
-        fields = ["id", "state", "phase", "progress", "available_transitions", "error"]
+        fields = ["id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "error"]
         read_only_fields = fields
 
     def get_phase(self, workflow) -> str | None:
