@@ -258,3 +258,17 @@ def test_the_readme_s_dependency_example_runs(engine):
     workflow = reload(workflow)
     assert workflow.state == State.COMPLETE, workflow.error
     assert workflow.results["EXECUTE"]["report"] == {"load": {"transform": {"rows": ["A", "B"]}}, "notify": None}
+
+
+def test_an_attempt_handed_back_after_its_workflow_failed_says_so(engine):
+    workflow = engine.start(tasks=[{"name": "t", "type": "noop"},
+                                   {"name": "f", "type": "fail", "max_attempts": 1}])  # fmt: skip
+    (prepare,) = engine.pending()
+    engine.call(services.task_record, services.task_claim(prepare["args"][0], 1, worker="test"))
+    engine.pending()
+    t = services.task_claim(task(workflow, "t").pk, 1, worker="stopping")
+    f = services.task_claim(task(workflow, "f").pk, 1, worker="w")
+    engine.call(services.task_record, f, error="boom")
+    assert reload(workflow).state == State.FAILED
+    assert engine.call(services.task_hand_back, t.pk, 1, workflow_id=workflow.pk)
+    assert [a["outcome"] for a in task(workflow, "t").attempts] == ["handed_back"]

@@ -59,8 +59,7 @@ def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete
     state = workflow.state
     allowed = {
         "start": state == State.INIT,
-        "next": workflow.mode == Workflow.Mode.MANUAL
-        and (state == State.INIT or (state in PHASES and not workflow.unfinished)),
+        "next": workflow.mode == Workflow.Mode.MANUAL and state == State.INIT or is_waiting_for_next(workflow),
         "retry": state == State.FAILED,
         "cancel": state in (State.INIT, *PHASES, State.FAILED),
     }
@@ -683,7 +682,7 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
                 status=Status.CANCELLED,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
-                attempts=_end_attempt(task, "cancelled"),
+                attempts=_end_attempt(task, "cancelled" if workflow.state == State.CANCELLED else "handed_back"),
             )
             return True
         _queue_tasks([task], charge=False, attempts=_end_attempt(task, "handed_back"))
