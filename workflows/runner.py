@@ -34,6 +34,10 @@ CANCEL_CHECK_SECONDS = 0.5
 # whose handler is still running then (it swallowed the exception, or it is blocked in a
 # C call or a child process) fails the attempt itself and ends: see Heartbeat.
 TIMEOUT_GRACE_SECONDS = 2.0
+# The attempt's clock starts a moment before the handler's own timer is armed (SIGALRM, or
+# asyncio's wait_for once its loop runs): a handler that ends within this much of its
+# timeout ended in time by that timer, and its outcome stands.
+TIMER_SLACK_SECONDS = 0.05
 
 
 class TaskTimeout(BaseException):
@@ -369,7 +373,7 @@ def run_handler(task: Task) -> Outcome:
         ended = time.monotonic()
         HEARTBEAT.release(attempt)
     late = attempt.overdue(ended)
-    if late >= 0:
+    if late >= TIMER_SLACK_SECONDS:
         return Outcome(error=_ignored_timeout(task.timeout, late, error))
     if error is not None:
         return Outcome(error=error)
