@@ -81,6 +81,8 @@ PORT = int(env_number("PORT", 8000, minimum=1, whole=True))
 WEB_CONCURRENCY = int(env_number("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1, minimum=1, whole=True))
 
 INSTALLED_APPS = [
+    # First, so that its admin/base_site.html (favicon, small-screen styles) wraps the admin's own.
+    "workflows",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -92,8 +94,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    # Before django_q: the project's `qcluster` command (graceful stop) replaces django-q2's.
-    "workflows",
+    # workflows comes before django_q too: the project's `qcluster` command (graceful stop)
+    # replaces django-q2's.
     "django_q",
 ]
 

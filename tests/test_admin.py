@@ -117,8 +117,8 @@ def test_changelist_shows_state_badges_progress_and_durations(admin_client, make
     for column in ("column-state_badge", "column-progress", "column-run_time", "column-short_id", "column-retries"):
         assert column in html
     assert html.count('class="badge"') == 3
-    assert '<span class="badge" style="background:#27ae60' in html  # COMPLETE is green
-    assert '<span class="badge" style="background:#d63b3b' in html  # FAILED is red
+    assert '<span class="badge" style="background:#1e7b45' in html  # COMPLETE is green
+    assert '<span class="badge" style="background:#c62f2f' in html  # FAILED is red
     assert str(complete.pk)[:8] in html and str(failed.pk)[:8] in html
     rows = {w.name: w for w in response.context["cl"].result_list}
     cl = response.context["cl"]

@@ -364,3 +364,76 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
     assert events(waiting) == ["start", "execute"]
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)  # the sleep notices, so the cluster stops at once
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def assert_badges_readable(page) -> None:
+    badges = page.locator(".badge").all()
+    assert badges, "no badge on the page"
+    for badge in badges:
+        ratio = contrast(page, badge)
+        assert ratio >= 4.5, f"{badge.inner_text()!r} has a contrast of {ratio:.2f}:1"
+        assert badge.inner_text().strip(), "a badge that tells its meaning by colour alone"
+
+
+def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page):
+    cluster()
+    done = start("invoice batch", [{"type": "echo", "params": {"n": 1}}, {"type": "noop"}])
+    failed = start("nightly import with a rather long name", FAILS_ONCE, input={"day": "2025-01-01"})
+    waiting = start("schema migration", [{"type": "noop"}], mode="manual")
+    services.workflow_create(name="quarterly report", tasks=[{"type": "noop"}], actor=Actor.SYSTEM)  # INIT
+    dropped = start("abandoned export", [{"type": "noop"}])
+    services.workflow_cancel(dropped.pk, actor=Actor.SYSTEM, reason="not needed")
+    wait_for(lambda: states(done) == {State.COMPLETE} and states(failed) == {State.FAILED}, 30, "the runs to end")
+    wait_for(lambda: waiting.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
+
+    # Wide, with the sidebar open: every column header within the window, every badge readable.
+    page.goto("/admin/workflows/workflow/")
+    expect(page.locator("#nav-sidebar")).to_be_visible()
+    expect(page.locator("#result_list tbody tr")).to_have_count(5)
+    expect(page.locator("#result_list thead th:visible")).to_have_count(9)  # all but definition and mode
+    # The list's box scrolls sideways when its table is wider: a column past its right edge is hidden.
+    box = page.locator("#changelist .results").bounding_box()
+    visible_right = min(page.evaluate("window.innerWidth"), box["x"] + box["width"])
+    for header in page.locator("#result_list thead th:visible").all():
+        box = header.bounding_box()
+        assert box["x"] + box["width"] <= visible_right + 0.5, f"{header.inner_text()!r} is cut off"
+    assert_badges_readable(page)
+    for path in (f"/admin/workflows/workflow/{failed.pk}/change/", f"/admin/workflows/workflow/{waiting.pk}/change/"):
+        page.goto(path)
+        assert_badges_readable(page)
+    # One row of buttons, one size: Next step (a form's button) and Cancel (a link).
+    buttons = page.locator("#workflow-actions .button")
+    expect(buttons).to_have_text(["Next step", "Cancel"])
+    sizes = {(round(box["height"]), round(box["y"])) for box in (b.bounding_box() for b in buttons.all())}
+    assert len(sizes) == 1, sizes
+    page.goto(f"/admin/workflows/task/{failed.tasks.get(name='load').pk}/change/")  # the attempts' outcomes
+    assert_badges_readable(page)
+
+    # The favicon, on the admin's pages and the browsable API's.
+    for path in ("/admin/workflows/workflow/", "/workflows/"):
+        page.goto(path)
+        href = page.locator("link[rel=icon]").get_attribute("href")
+        assert page.request.get(href).status == 200
+
+    # A phone: only vertical scrolling; the list keeps name, state and progress.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/admin/workflows/workflow/")
+    assert no_horizontal_scroll(page)
+    row = page.locator("#result_list tbody tr", has_text="schema migration")
+    for column in ("name", "state_badge", "progress"):
+        expect(page.locator(f"#result_list thead th.column-{column}")).to_be_visible()
+        cell = row.locator(f".field-{column}")
+        expect(cell).to_be_in_viewport()
+        box = cell.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
+    expect(row.locator(".badge-waiting")).to_be_visible()
+    screenshot(page, "admin-phone-changelist.png")
+    for workflow in (failed, waiting):
+        page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+        expect(page.locator("svg.state-graph")).to_be_visible()
+        assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
+    screenshot(page, "admin-phone-workflow.png")

@@ -571,7 +571,7 @@ class TaskAdmin(TaskColumns, ReadOnlyAdmin):
         return (
             attempt.outcome, attempt.number, attempt.worker or "—", _when(attempt.started_at),
             _when(attempt.finished_at), format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
-            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#8a8f98")), error,
+            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")), error,
         )  # fmt: skip
 
 
