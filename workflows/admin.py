@@ -271,8 +271,21 @@ BUTTONS = [
 ]
 
 
+class IdPrefixSearch:
+    """Search also finds rows whose workflow id starts with the term (see id_prefix_range)."""
+
+    id_prefix_field = "pk"
+
+    def get_search_results(self, request, queryset, search_term):
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        bounds = id_prefix_range(search_term)
+        if bounds is None:
+            return results, duplicates
+        return results | queryset.filter(**{f"{self.id_prefix_field}__range": bounds}), duplicates
+
+
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
     list_display = [
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
         "error_line",
@@ -319,13 +332,6 @@ class WorkflowAdmin(admin.ModelAdmin):
                 )
             )
         )
-
-    def get_search_results(self, request, queryset, search_term):
-        results, duplicates = super().get_search_results(request, queryset, search_term)
-        bounds = id_prefix_range(search_term)
-        if bounds is None:
-            return results, duplicates
-        return results | queryset.filter(pk__range=bounds), duplicates
 
     # --- Columns -------------------------------------------------------------------------
 
@@ -511,7 +517,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(TaskColumns, ReadOnlyAdmin):
+class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
+    id_prefix_field = "workflow__id"
     list_display = [
         "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started_at", "run_time",
     ]  # fmt: skip
@@ -525,13 +532,6 @@ class TaskAdmin(TaskColumns, ReadOnlyAdmin):
         "attempt_list",
     ]  # fmt: skip
     fields = readonly_fields
-
-    def get_search_results(self, request, queryset, search_term):
-        results, duplicates = super().get_search_results(request, queryset, search_term)
-        bounds = id_prefix_range(search_term)
-        if bounds is None:
-            return results, duplicates
-        return results | queryset.filter(workflow__id__range=bounds), duplicates
 
     @admin.display(description="workflow")
     def workflow_link(self, task):
