@@ -936,5 +936,5 @@ def test_a_workflow_s_page_stays_live_until_the_workflow_has_ended(admin_client,
     html = admin_client.get(change_url(make(state))).content.decode()
     bar = re.search(r'<div class="live-bar" id="live-bar"[^>]*>', html)[0]
     assert ('data-ended="1"' not in bar) is live
-    assert 'data-targets="workflow-actions,workflow_form"' in bar
+    assert 'data-targets="workflow-subtitle,workflow-actions,workflow_form"' in bar
     assert ("Pause</button>" in html) is live

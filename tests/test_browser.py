@@ -2,9 +2,7 @@
 `live_server` (a thread of this process on the test database) while a real `qcluster` runs
 the jobs.
 
-With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows
-(docs/img/admin-changelist.png, admin-workflow.png, admin-workflow-graph.png and
-admin-task.png).
+With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows, in docs/img/.
 """
 
 import os
@@ -437,6 +435,11 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
         expect(page.locator("svg.state-graph")).to_be_visible()
         assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     screenshot(page, "admin-phone-workflow.png")
+    page.goto("/admin/workflows/dashboard/")
+    expect(page.locator("svg.rate-chart")).to_have_count(2)
+    assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
+    assert_badges_readable(page)  # the states' cards and the cluster's
+    screenshot(page, "admin-phone-overview.png")
 
 
 def fetches(page) -> list[str]:
@@ -520,6 +523,8 @@ def test_a_running_workflow_s_page_and_the_list_update_themselves(cluster, page)
     expect(page.locator("#live-bar .live-label")).to_have_text("Live")
     screenshot(page, "admin-live.png")
     expect(page.locator(".field-state_badge .badge")).to_have_text("COMPLETE", timeout=30_000)
+    expect(page.locator("#workflow-subtitle")).to_have_text("hourly sync (COMPLETE)")
+    expect(page).to_have_title(re.compile(r"^hourly sync \(COMPLETE\)"))
     expect(page.locator("#workflow-pictures svg.task-timeline .bar")).to_have_count(4)  # prepare, 2 tasks, validate
     expect(page.locator("#live-bar")).to_have_attribute("data-state", "ended")
     expect(page.locator("#live-bar .live-toggle")).to_be_hidden()

@@ -117,6 +117,7 @@
                     window.location.reload();
                     return;
                 }
+                document.title = doc.title;
                 updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
                 if (freshBar.dataset.ended === '1') {
                     stop('ended', freshBar.querySelector('.live-label').textContent.trim());
