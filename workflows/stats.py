@@ -3,6 +3,7 @@
 import logging
 from datetime import UTC, timedelta
 
+from django.core.cache import cache
 from django.db.models import Count
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -102,16 +103,34 @@ CHART_MINUTES = 60
 LATEST_FAILURES = 10
 
 
-def per_minute(queryset, since) -> list[int]:
-    """How many rows of `queryset` finished in each minute from `since` on (one query)."""
-    counts = dict(
-        queryset.filter(finished_at__gte=since)
-        .order_by()
-        .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
-        .values_list("minute")
-        .annotate(n=Count("pk"))
-    )
-    return [counts.get(since + timedelta(minutes=index), 0) for index in range(CHART_MINUTES)]
+# A minute is closed, and its count final, this long after it ends (a task's finish time is
+# taken a moment before its transaction commits).
+CLOSED_AFTER = timedelta(seconds=10)
+
+
+def per_minute(queryset, since, now, name: str) -> list[int]:
+    """How many rows of `queryset` finished in each minute from `since` to now: one query
+    over the minutes not yet counted. A closed minute's count is kept in the shared cache,
+    so that a page refreshing itself every few seconds counts only the current minute, however
+    busy the hour was."""
+    minutes = [since + timedelta(minutes=index) for index in range(CHART_MINUTES)]
+    keys = {minute: f"orchestrator:{name}:{minute:%Y%m%d%H%M}" for minute in minutes}
+    closed = [minute for minute in minutes if minute + timedelta(minutes=1) + CLOSED_AFTER <= now]
+    known = cache.get_many([keys[minute] for minute in closed])
+    counts = {minute: known[keys[minute]] for minute in closed if keys[minute] in known}
+    first = next((minute for minute in minutes if minute not in counts), None)
+    if first is not None:
+        fresh = dict(
+            queryset.filter(finished_at__gte=first)
+            .order_by()
+            .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
+            .values_list("minute")
+            .annotate(n=Count("pk"))
+        )
+        for minute in minutes[minutes.index(first) :]:
+            counts[minute] = fresh.get(minute, 0)
+        cache.set_many({keys[minute]: counts[minute] for minute in closed if minute >= first}, timeout=2 * 3600)
+    return [counts[minute] for minute in minutes]
 
 
 def overview(now=None) -> dict:
@@ -119,7 +138,6 @@ def overview(now=None) -> dict:
     the latest failures and the clusters. A fixed number of queries, whatever the size."""
     now = now or timezone.now()
     since = now.replace(second=0, microsecond=0, tzinfo=UTC) - timedelta(minutes=CHART_MINUTES - 1)
-    finished_tasks = Task.objects.filter(status__in=[Task.Status.SUCCEEDED, Task.Status.FAILED])
     ended = Workflow.objects.filter(state__in=[State.COMPLETE, State.FAILED, State.CANCELLED])
     completed = Workflow.objects.filter(state=State.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
     by_state = _counts(Workflow.objects.all(), "state", State.values)
@@ -128,8 +146,8 @@ def overview(now=None) -> dict:
         "since": since,
         "workflows_by_state": by_state,
         "running": sum(by_state[state] for state in PHASES),
-        "tasks_per_minute": per_minute(finished_tasks, since),
-        "workflows_per_minute": per_minute(ended, since),
+        "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
+        "workflows_per_minute": per_minute(ended, since, now, "workflows-finished"),
         "duration": _durations(completed),
         "failures": list(
             Workflow.objects.filter(state=State.FAILED)
