@@ -57,7 +57,8 @@ def workflow_stats(workflows=None) -> dict:
 
 def running_tasks() -> dict[str, int]:
     """The task each busy worker process runs, by its `host:pid` (one query)."""
-    return dict(Task.objects.filter(status=Task.Status.RUNNING).exclude(worker="").values_list("worker", "pk"))
+    running = Task.objects.filter(status=Task.Status.RUNNING).exclude(worker="").order_by()
+    return dict(running.values_list("worker", "pk"))
 
 
 def _cluster(stat, running: dict[str, int]) -> dict:
