@@ -7,6 +7,7 @@ is generated on SQLite or on PostgreSQL, and `--check` holds on both.
 """
 
 import difflib
+import enum
 import inspect
 from pathlib import Path
 
@@ -46,9 +47,13 @@ def _default(field: models.Field) -> str:
         return "now, on every save"
     if getattr(field, "auto_now_add", False):
         return "now"
+    if field.has_db_default():
+        return f"`{field.db_default!r}` (in the database)"
     if not field.has_default():
         return ""
     default = field.default
+    if isinstance(default, enum.Enum):
+        default = default.value
     if default in (dict, list):
         return f"`{default()}`"
     if callable(default):
@@ -81,12 +86,16 @@ def _docstring(model) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def _m2m_name(through) -> str:
+    owner = through._meta.auto_created
+    return next(field.name for field in owner._meta.local_many_to_many if field.remote_field.through is through)
+
+
 def _ddl(model, pg) -> list[str]:
     editor = pg.schema_editor(collect_sql=True)
     editor.deferred_sql = []
-    table, params = editor.table_sql(model)
-    assert not params, "defaults are Django's, so the DDL has no parameters"
-    statements = [table]
+    table, params = editor.table_sql(model)  # parameters: database defaults (db_default)
+    statements = [table % tuple(editor.quote_value(param) for param in params)]
     statements += [str(sql) for sql in editor._model_indexes_sql(model)]
     for constraint in model._meta.constraints:
         if not constraint.constraint_sql(model, editor):  # a partial unique index
@@ -97,7 +106,11 @@ def _ddl(model, pg) -> list[str]:
 
 def _table(model, pg) -> list[str]:
     meta = model._meta
-    lines = [f"## `{meta.db_table}`", "", f"Model `{APP}.models.{model.__name__}`. {_docstring(model)}".rstrip(), ""]
+    if meta.auto_created:
+        about = f"The table of the many-to-many field `{meta.auto_created.__name__}.{_m2m_name(model)}`."
+    else:
+        about = f"Model `{APP}.models.{model.__name__}`. {_docstring(model)}".rstrip()
+    lines = [f"## `{meta.db_table}`", "", about, ""]
     lines += ["| Column | Type | Null | Default | Description |", "|---|---|---|---|---|"]
     for field in meta.local_fields:
         null = "yes" if field.null else "no"
@@ -124,7 +137,8 @@ def _er_diagram(models_: list, pg) -> list[str]:
             if field.remote_field:
                 target = field.remote_field.model
                 one = "|o" if field.null else "||"
-                relations.append(f'    {target._meta.db_table} {one}--o{{ {model._meta.db_table} : "{field.column}"')
+                many = "o|" if field.one_to_one else "o{"
+                relations.append(f'    {target._meta.db_table} {one}--{many} {model._meta.db_table} : "{field.column}"')
                 if target._meta.app_label != APP:
                     outside.add(target)
         lines.append("    }")
@@ -134,9 +148,15 @@ def _er_diagram(models_: list, pg) -> list[str]:
     return [*lines, *relations, "```", ""]
 
 
-def render() -> str:
+def app_models() -> list:
+    """The app's tables: its models, and the tables of their many-to-many fields."""
+    found = apps.get_app_config(APP).get_models(include_auto_created=True)
+    return [model for model in found if model._meta.managed and not model._meta.proxy]
+
+
+def render(models_: list | None = None) -> str:
     pg = postgresql()
-    models_ = sorted(apps.get_app_config(APP).get_models(), key=lambda model: model._meta.db_table)
+    models_ = sorted(app_models() if models_ is None else models_, key=lambda model: model._meta.db_table)
     lines = [HEADER, "## Entities and relations", "", *_er_diagram(models_, pg)]
     for model in models_:
         lines += _table(model, pg)
