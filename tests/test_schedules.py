@@ -16,6 +16,7 @@ from django_q.models import Schedule
 
 from tests.conftest import reload, wait_for
 from workflows import cron, queue, schedules
+from workflows.api.serializers import WorkflowDetailSerializer
 from workflows.models import Actor, State, Workflow, WorkflowSchedule
 
 PARIS = "Europe/Paris"
@@ -142,6 +143,7 @@ def test_a_due_run_starts_one_workflow_keyed_by_its_due_time(engine):
     assert workflow.idempotency_key == f"schedule:{schedule.pk}:2026-01-01T10:05:00+00:00"
     assert workflow.schedule == schedule and workflow.name == "nightly" and workflow.input == {"n": 1}
     assert workflow.transitions.get().actor_label == "system"
+    assert WorkflowDetailSerializer(workflow).data["schedule"] == schedule.pk  # as the API shows it
     schedule = reload_schedule(schedule)
     assert (schedule.last_run_at, schedule.next_run_at) == (due, utc(2026, 1, 1, 10, 10))
     engine.drain()
