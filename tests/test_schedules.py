@@ -175,6 +175,22 @@ def test_after_an_outage_only_the_latest_missed_run_starts(engine):
     assert reload_schedule(schedule).next_run_at == utc(2026, 1, 1, 10)
 
 
+def test_a_tick_with_nothing_due_costs_two_queries(db, django_assert_num_queries):
+    add(expression="0 3 * * *")
+    with django_assert_num_queries(2):  # runs due now; runs due before the next tick
+        assert schedules.tick() == {"started": 0, "queued": 0}
+
+
+def test_saving_a_schedule_keeps_a_run_started_meanwhile(engine):
+    schedule = add(expression="*/5 * * * *")
+    form_copy = reload_schedule(schedule)  # read by a form before the run
+    due = due_now(schedule, utc(2026, 1, 1, 10, 5)).next_run_at
+    engine.call(schedules.schedule_fire, schedule.pk, now=due)
+    form_copy.input = {"changed": True}
+    schedules.schedule_save(form_copy)
+    assert reload_schedule(schedule).last_run_at == due
+
+
 def test_a_tick_queues_a_job_at_the_due_time_of_a_run_due_soon(engine):
     now = timezone.now()
     schedule = due_now(add(expression="0 0 1 1 *"), now + timedelta(seconds=1))

@@ -609,7 +609,7 @@ class WorkflowScheduleForm(forms.ModelForm):
 
     class Meta:
         model = WorkflowSchedule
-        fields = ["name", "cron", "time_zone", "definition", "mode", "input", "tasks", "enabled"]
+        fields = schedules.EDITABLE_FIELDS
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

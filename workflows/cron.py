@@ -70,22 +70,24 @@ def _repeated(moment: datetime, every_hour: bool) -> bool:
     return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
+def _first_run(expression: str, zone: str, start: datetime, *, forward: bool) -> datetime:
+    """The first run strictly after (or, not `forward`, before) `start`, in UTC."""
+    every_hour = _every_hour(expression)
+    runs = croniter(expression.strip(), start.astimezone(ZoneInfo(zone)))
+    step = runs.get_next if forward else runs.get_prev
+    moment = step(datetime)
+    while _repeated(moment, every_hour):
+        moment = step(datetime)
+    return moment.astimezone(UTC)
+
+
 def next_run(expression: str, zone: str, after: datetime) -> datetime:
     """The first time strictly after `after` that the expression falls due in `zone` (UTC)."""
-    every_hour = _every_hour(expression)
-    runs = croniter(expression.strip(), after.astimezone(ZoneInfo(zone)))
-    moment = runs.get_next(datetime)
-    while _repeated(moment, every_hour):
-        moment = runs.get_next(datetime)
-    return moment.astimezone(UTC)
+    return _first_run(expression, zone, after, forward=True)
 
 
 def latest_run(expression: str, zone: str, until: datetime) -> datetime:
     """The last time at or before `until` that the expression fell due in `zone` (UTC)."""
-    every_hour = _every_hour(expression)
-    runs = croniter(expression.strip(), until.astimezone(ZoneInfo(zone)))
-    moment = runs.get_prev(datetime)
-    while _repeated(moment, every_hour):
-        moment = runs.get_prev(datetime)
-    following = next_run(expression, zone, moment)
-    return following if following <= until else moment.astimezone(UTC)
+    before = _first_run(expression, zone, until, forward=False)
+    following = next_run(expression, zone, before)
+    return following if following <= until else before

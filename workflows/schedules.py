@@ -31,6 +31,8 @@ FIRE = "workflows.jobs.schedule_fire"
 # Longer than the time between two ticks: django-q2 looks at its schedules every 30 s, so
 # a once-a-minute schedule runs 60 to 90 s after the last.
 LOOKAHEAD = timedelta(seconds=90)
+# What the admin and the CLI set; the rest (last and next run, last error) is the engine's.
+EDITABLE_FIELDS = ["name", "cron", "time_zone", "definition", "mode", "input", "tasks", "enabled"]
 
 
 def run_key(schedule: WorkflowSchedule, due: datetime) -> str:
@@ -61,7 +63,10 @@ def schedule_save(schedule: WorkflowSchedule, *, now: datetime | None = None) ->
     schedule.full_clean()
     schedule.next_run_at = _next_after(schedule, now) if schedule.enabled else None
     with transaction.atomic():
-        schedule.save()
+        if schedule._state.adding:
+            schedule.save()
+        else:  # the runs' own fields are the engine's: a form read before a run must not undo it
+            schedule.save(update_fields=[*EDITABLE_FIELDS, "next_run_at", "updated_at"])
         _queue_fires([schedule], now)
     return schedule
 
