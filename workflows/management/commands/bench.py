@@ -91,6 +91,7 @@ API_REQUESTS = {
     "list": "/workflows/?state=COMPLETE",
     "detail": "/workflow/{id}",
     "changelist": "/admin/workflows/workflow/",
+    "overview": "/admin/workflows/dashboard/",
 }
 STALL_SECONDS = 90  # give up when nothing has progressed for this long
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
