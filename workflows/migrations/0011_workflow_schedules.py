@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0009_task_dependencies_and_attempts'),
+        ('workflows', '0010_overview_indexes'),
     ]
 
     operations = [
