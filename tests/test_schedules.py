@@ -292,7 +292,11 @@ def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_
     link = f"?schedule__id__exact={schedule.pk}"
     assert f'{link}">1 started' in html
     workflows = admin_client.get(reverse("admin:workflows_workflow_changelist") + link)
-    assert [w.schedule_id for w in workflows.context["cl"].result_list] == [schedule.pk]
+    [workflow] = workflows.context["cl"].result_list
+    assert workflow.schedule_id == schedule.pk
+    # And the workflow's page links back to its schedule.
+    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content.decode()
+    assert reverse("admin:workflows_workflowschedule_change", args=[schedule.pk]) in page
 
 
 def test_the_admin_adds_a_schedule_and_refuses_a_bad_one(engine, admin_client):
