@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from . import queue, services
+from . import queue, schedules, services
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflows.recover"
@@ -95,3 +95,13 @@ def recover_minute() -> dict:
     ]
     queue.enqueue(later)
     return services.recover()
+
+
+def schedules_tick() -> dict:
+    """Run by django-q2's scheduler once a minute: start the cron schedules' due runs."""
+    return schedules.tick()
+
+
+def schedule_fire(schedule_id: int) -> None:
+    """Queued at a schedule's due time: start its run, unless that was done already."""
+    schedules.schedule_fire(schedule_id)
