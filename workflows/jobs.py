@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from . import queue, services
+from . import queue, services, webhooks
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflows.recover"
@@ -95,3 +95,8 @@ def recover_minute() -> dict:
     ]
     queue.enqueue(later)
     return services.recover()
+
+
+def deliver_webhook(workflow_id: str, seq: int, attempt: int) -> None:
+    """Call a workflow's callback_url for its transition `seq` (see workflows.webhooks)."""
+    webhooks.deliver(workflow_id, seq, attempt)
