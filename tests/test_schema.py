@@ -325,6 +325,8 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
             body = case.body if isinstance(case.body, dict) else {}
             if isinstance(body.get("definition"), str):
                 body["definition"] = "default"
+            if isinstance(body.get("callback_url"), str):  # a random host is never an allowed one
+                body["callback_url"] = ""
             for task in body.get("tasks") if isinstance(body.get("tasks"), list) else []:
                 if isinstance(task, dict) and isinstance(task.get("type"), str):
                     task["type"] = "noop"
