@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, free_port, reload, wait_for
@@ -356,3 +357,27 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- The admin ------------------------------------------------------------------------------
+
+
+def test_the_admin_adds_a_workflow_with_a_callback_url_and_shows_its_attempts(engine, receiver, admin_client):
+    receiver.answers = [503]
+    add = reverse("admin:workflows_workflow_add")
+    form = {"name": "from the admin", "definition": "default", "mode": "auto", "input": "{}", "tasks": "[]"}
+
+    refused = admin_client.post(add, {**form, "callback_url": "http://example.com/in", "start_now": "on"})
+    assert refused.status_code == 200
+    assert "callback_url is refused: the host example.com is not allowed" in refused.content.decode()
+    with engine.capture(execute=True):
+        created = admin_client.post(add, {**form, "callback_url": receiver.url, "start_now": "on"})
+    assert created.status_code == 302
+    engine.drain()
+
+    workflow = Workflow.objects.get(name="from the admin")
+    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content.decode()
+    assert receiver.url.replace("&", "&amp;") in page
+    assert "webhook deliveries" in page.lower()
+    assert "1. 503 at" in page and "answered 503" in page
+    assert "2. 200 at" in page
