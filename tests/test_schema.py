@@ -340,7 +340,9 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
 
     Session.run(
         settings=settings(
-            max_examples=60,
+            # Few sequences reach a transition (a link from a creation to a start, cancel, ...):
+            # 60 was just enough before the body grew callback_url, in some test orders not.
+            max_examples=80,
             stateful_step_count=10,
             deadline=None,
             derandomize=True,
