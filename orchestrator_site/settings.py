@@ -174,6 +174,13 @@ ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
 ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
 # Modules imported at start-up to register task types, beside every installed app's workflow_tasks.
 ORCH_TASK_MODULES = env_list("ORCH_TASK_MODULES", "")
+# Webhooks (a workflow's callback_url, called when it ends; see workflows.webhooks).
+ORCH_WEBHOOK_SECRET = _raw("ORCH_WEBHOOK_SECRET", "")
+ORCH_WEBHOOK_ALLOWED_HOSTS = [host.lower() for host in env_list("ORCH_WEBHOOK_ALLOWED_HOSTS", "")]
+ORCH_WEBHOOK_MAX_ATTEMPTS = int(env_number("ORCH_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1, whole=True))
+ORCH_WEBHOOK_TIMEOUT = env_number("ORCH_WEBHOOK_TIMEOUT", 10, minimum=0.1)
+ORCH_WEBHOOK_BACKOFF = env_number("ORCH_WEBHOOK_BACKOFF", 2.0, minimum=0)
+ORCH_WEBHOOK_BACKOFF_MAX = env_number("ORCH_WEBHOOK_BACKOFF_MAX", 3600, minimum=0)
 
 # django-q2's own job timeout is only a backstop for a handler that ignores ours (each
 # job carries its task's timeout plus a grace period). `retry` must stay above it, or the

@@ -199,3 +199,26 @@ def test_a_four_task_workflow_keeps_the_budget():
     assert reload(workflow).state == State.COMPLETE
     if POSTGRES:  # 12 statements, no BEGIN or COMMIT: 2 per task against a budget of 4
         assert all(isinstance(step, str) for step in steps) and len(steps) == 12, steps
+
+
+def test_a_callback_url_costs_nothing_until_the_task_that_ends_the_workflow(settings):
+    """The statement that ends a workflow returns its callback_url: only the job that ends
+    it queues the webhook's job (on the ORM broker, one INSERT in its transaction)."""
+    settings.ORCH_WEBHOOK_SECRET, settings.ORCH_WEBHOOK_ALLOWED_HOSTS = "s", ["127.0.0.1"]
+
+    def cost(**kwargs) -> list:
+        queue.broker().purge_queue()
+        services.workflow_create(name="cost", actor=Actor.CLI, tasks=[{"type": "noop"}] * 4, start=True, **kwargs)
+        jobs, steps = jobs_on_the_broker(), []
+        while jobs:
+            steps.append(run(jobs.pop(0)).steps)
+            jobs += [job for job in jobs_on_the_broker() if job["func"] == queue.RUN_TASK]
+        return steps
+
+    without, with_url = cost(), cost(callback_url="http://127.0.0.1:9/hook")
+    assert with_url[:-1] == without[:-1]
+    assert flat(with_url[-1]) == flat(without[-1]) + list(JOBS)
+
+
+def flat(steps: list) -> list[str]:
+    return [name for step in steps for name in (step if isinstance(step, tuple) else (step,))]

@@ -17,6 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from . import schedules, services, stats
 from .diagrams import (
@@ -30,7 +31,18 @@ from .diagrams import (
     task_graph_svg,
     task_timeline_svg,
 )
-from .models import PHASES, Actor, Phase, State, Task, Transition, Workflow, WorkflowDeletion, WorkflowSchedule
+from .models import (
+    PHASES,
+    Actor,
+    Phase,
+    State,
+    Task,
+    Transition,
+    WebhookDelivery,
+    Workflow,
+    WorkflowDeletion,
+    WorkflowSchedule,
+)
 from .registry import definition_keys
 from .values import MAX_DEPTH
 
@@ -173,6 +185,14 @@ class WorkflowAddForm(forms.Form):
         help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is '
         'required, and "after" names the tasks that must succeed first. Empty: the definition\'s default tasks.',
     )
+    callback_url = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Callback URL",
+        widget=forms.URLInput(attrs={"class": "vURLField"}),
+        help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED); its host must "
+        "be allowed by ORCH_WEBHOOK_ALLOWED_HOSTS. Empty: none.",
+    )
     start_now = forms.BooleanField(required=False, initial=True, label="Start now")
 
     def __init__(self, *args, **kwargs):
@@ -189,6 +209,7 @@ class WorkflowAddForm(forms.Form):
                 mode=data["mode"],
                 input=data["input"],
                 tasks=data["tasks"] or None,
+                callback_url=data["callback_url"],
                 actor=Actor.admin(user),
                 start=data["start_now"],
             )
@@ -256,6 +277,32 @@ class TaskInline(TaskColumns, ReadOnlyInline):
         return format_html(link, last_line(task.error)[:120], url)
 
 
+class WebhookDeliveryInline(ReadOnlyInline):
+    """Each call of the callback_url, with every attempt's answer."""
+
+    model = WebhookDelivery
+    fields = ["seq", "event", "url", "status", "delivered_at", "attempt_lines"]
+    ordering = ["seq"]
+    verbose_name_plural = "webhook deliveries"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("attempt_log")
+
+    @admin.display(description="attempts")
+    def attempt_lines(self, delivery):
+        lines = [
+            (
+                attempt.number,
+                attempt.status_code or "no answer",
+                f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
+                f"{attempt.duration:.2f}",
+                attempt.error,
+            )
+            for attempt in delivery.attempt_log.all()
+        ]
+        return format_html_join(mark_safe("<br>"), "{}. {} at {} ({} s) {}", lines) if lines else "—"
+
+
 class TransitionInline(ReadOnlyInline):
     model = Transition
     fields = ["seq", "event", "change", "actor_label", "reason", "created_at"]
@@ -300,14 +347,18 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     actions = [retry_selected, cancel_selected, advance_selected, delete_selected]
-    inlines = [TaskInline, TransitionInline]
+    inlines = [TaskInline, TransitionInline, WebhookDeliveryInline]
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
-        "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at", "schedule",
+        "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+        "schedule",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
-        ("Data", {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key"]}),
+        (
+            "Data",
+            {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
+        ),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
     ]
     change_form_template = "admin/workflows/workflow/change_form.html"

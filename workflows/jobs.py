@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from . import queue, schedules, services
+from . import queue, schedules, services, webhooks
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflows.recover"
@@ -105,3 +105,8 @@ def schedules_tick() -> dict:
 def schedule_fire(schedule_id: int) -> None:
     """Queued at a schedule's due time: start its run, unless that was done already."""
     schedules.schedule_fire(schedule_id)
+
+
+def deliver_webhook(workflow_id: str, seq: int, attempt: int) -> None:
+    """Call a workflow's callback_url for its transition `seq` (see workflows.webhooks)."""
+    webhooks.deliver(workflow_id, seq, attempt)

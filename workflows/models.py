@@ -30,6 +30,8 @@ class Phase(models.TextChoices):
 
 PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
 TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
+# The states a workflow's callback_url is called for (a FAILED workflow may be retried).
+ENDING_STATES = (State.COMPLETE, State.FAILED, State.CANCELLED)
 EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
 # The transition that ends each phase's work and moves the workflow on.
 PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
@@ -76,6 +78,15 @@ class Workflow(FSMModelMixin, models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
     # The scope is kept apart from created_by, which deleting the user clears.
+    # The database's default too: rows inserted by raw SQL that predates the column (the
+    # bench's generator) get none.
+    callback_url = models.URLField(
+        max_length=2000,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED).",
+    )
     idempotency_scope = models.CharField(
         max_length=64,
         blank=True,
@@ -510,3 +521,56 @@ class WorkflowSchedule(models.Model):
         from .services import validate_request
 
         validate_request(self.name, self.definition, self.mode, self.input, self.tasks)
+
+
+class WebhookDelivery(models.Model):
+    """The call of a workflow's callback_url for one transition that ended it: at most one
+    per transition (workflow and seq), its body kept so that every attempt sends the same
+    bytes under the same signature."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"  # waiting for its next attempt
+        SENDING = "SENDING"  # an attempt is under way
+        DELIVERED = "DELIVERED"
+        FAILED = "FAILED"  # gave up: a final answer, a refused host or attempts used up
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    seq = models.PositiveIntegerField(help_text="The seq of the transition it reports.")
+    event = models.CharField(max_length=32)
+    url = models.URLField(max_length=2000)
+    body = models.TextField(help_text="The JSON sent, byte for byte, on every attempt.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts made (or under way).")
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="webhook_delivery_once_per_transition"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.seq} to {self.url}: {self.status}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery (or one refused before it was sent)."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True, help_text="None: no HTTP answer.")
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    duration = models.FloatField(default=0, help_text="Seconds the attempt took.")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"

@@ -18,6 +18,7 @@ from django_q.signing import SignedPackage
 
 RUN_TASK = "workflows.jobs.run_task"
 RECOVER = "workflows.jobs.recover"
+DELIVER_WEBHOOK = "workflows.jobs.deliver_webhook"
 
 # Seconds django-q2 gives a job beyond its task's own timeout before it kills the
 # worker: time for the job to record a timeout itself, which is the normal path.
@@ -35,6 +36,11 @@ class Job:
 
 def task_job(task_id: int, attempt: int, timeout: float, eta: datetime | None = None) -> Job:
     return Job(RUN_TASK, (task_id, attempt), f"task-{task_id}-{attempt}", timeout, eta)
+
+
+def webhook_job(workflow_id, seq: int, attempt: int, eta: datetime | None = None) -> Job:
+    """Attempt `attempt` at calling a workflow's callback_url for its transition `seq`."""
+    return Job(DELIVER_WEBHOOK, (str(workflow_id), seq, attempt), f"webhook-{workflow_id}-{seq}-{attempt}", eta=eta)
 
 
 def package(job: Job) -> str:

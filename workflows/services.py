@@ -15,6 +15,7 @@ change made meanwhile. What each step costs the database is pinned by tests.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -32,9 +33,10 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import audit, queue, statements, values
-from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
+from . import audit, queue, statements, values, webhooks
+from .models import ENDING_STATES, PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
+from .signals import send_transitioned_on_commit
 
 logger = logging.getLogger(__name__)
 Status = Task.Status
@@ -235,6 +237,7 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
     workflow.unfinished = len(first)
     with _with_its_jobs():
         _enqueue(_jobs(statements.create(workflow, tasks, row)))
+        send_transitioned_on_commit(copy.copy(workflow), row)
 
 
 def _fingerprint(**request) -> str:
@@ -279,6 +282,7 @@ def workflow_create(
     input: dict | None = None,
     tasks: list | None = None,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
     start: bool = False,
     schedule=None,
 ) -> tuple[Workflow, bool]:
@@ -293,6 +297,7 @@ def workflow_create(
     definition_obj, specs = validate_request(name, definition, mode, input, tasks)
     if idempotency_key is not None and (problem := values.text_problem(str(idempotency_key))):
         raise ValidationError({"idempotency_key": [f"idempotency_key {problem}"]})
+    callback_url = webhooks.validate_callback_url(callback_url)
     # The creator is part of the request, as it is of the key's scope: another user's
     # same key is another request, never a way to read or block someone else's workflow.
     fingerprint = _fingerprint(
@@ -303,6 +308,7 @@ def workflow_create(
         input=input,
         tasks=specs,
         start=start,
+        **({"callback_url": callback_url} if callback_url else {}),  # keys given before webhooks still match
     )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, actor, fingerprint)
@@ -316,6 +322,7 @@ def workflow_create(
         idempotency_key=idempotency_key or None,
         idempotency_scope=_scope(actor) if idempotency_key else "",
         fingerprint=fingerprint,
+        callback_url=callback_url,
         created_by=actor.user,
         schedule=schedule,
     )
@@ -355,16 +362,19 @@ def _existing_for_key(key: str, actor: Actor, fingerprint: str) -> Workflow | No
     return existing
 
 
-UPDATABLE_FIELDS = ("name", "definition", "mode", "input", "tasks")
+UPDATABLE_FIELDS = ("name", "definition", "mode", "input", "tasks", "callback_url")
 
 
 def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
     """Change a workflow that has not started: its name, definition, mode, input or tasks.
     Given tasks replace the EXECUTE tasks; a new definition brings its own PREPARE and
-    VALIDATE handlers."""
+    VALIDATE handlers; callback_url may change too ("" for none)."""
     unknown = set(changes) - set(UPDATABLE_FIELDS)
     if unknown:
         raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    callback_url = changes.pop("callback_url", None)
+    if callback_url is not None:
+        callback_url = webhooks.validate_callback_url(callback_url)
     with transaction.atomic():
         workflow = _locked(workflow_id)
         if workflow.state != State.INIT:
@@ -381,6 +391,8 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
         definition, specs = validate_request(**merged)
         for field in ("name", "definition", "mode", "input"):
             setattr(workflow, field, merged[field])
+        if callback_url is not None:
+            workflow.callback_url = callback_url
         workflow.save()
         if "tasks" in changes or "definition" in changes:
             workflow.tasks.all().delete()
@@ -440,16 +452,34 @@ def _commit_change(
             succeeded=succeeded,
             phase_results=phase_results,
         )
-        _enqueue(_jobs(written.queued))
+        if written.unfinished is not None:
+            workflow.unfinished, workflow.updated_at = written.unfinished, now
+            _after_change(workflow, row, written)
+        _enqueue(_jobs(written.queued) + _webhook_jobs(workflow, row, written))
     if written.unfinished is None:  # outside the transaction: a success recorded with it stays
         raise ConcurrentChange(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
         )
-    workflow.unfinished, workflow.updated_at = written.unfinished, now
     if written.inline is None:
         return None
     written.inline.workflow_row = statements.WorkflowRow.of(workflow)
     return written.inline.instance()
+
+
+def _after_change(workflow: Workflow, row: Transition, written: statements.Written) -> None:
+    """What follows a change once it commits: the workflow_transitioned signal, with the
+    workflow as this change left it (the engine may move it on before the commit)."""
+    workflow.callback_url = written.callback_url  # returned by the change: never deferred
+    send_transitioned_on_commit(copy.copy(workflow), row)
+
+
+def _webhook_jobs(workflow: Workflow, row: Transition, written: statements.Written) -> list[queue.Job]:
+    """The call of the workflow's callback_url, when the change ended it; the URL comes
+    back from the change's own statement, so a change that does not end a workflow, or
+    one without a URL, costs nothing more."""
+    if written.unfinished is None or not written.callback_url or workflow.state not in ENDING_STATES:
+        return []
+    return [queue.webhook_job(workflow.pk, row.seq, 1)]
 
 
 def _fire(

@@ -215,12 +215,13 @@ SET state = %(target)s, results = {results}, error = %(error)s, retries = %(retr
     unfinished = (SELECT COUNT(*) FROM workflows_task
                   WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
 WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s {and_last}
-RETURNING unfinished"""
+RETURNING unfinished, callback_url"""
 AUDIT = """
 INSERT INTO workflows_transition
     (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
 SELECT %(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s, %(data)s,
-    %(created_at)s, %(digest)s {from_change}"""
+    %(created_at)s, %(digest)s {from_change}
+RETURNING id"""
 # A phase that ends adds its results to the workflow's, under its name: `phase_results`
 # (JSON text) for PREPARE and VALIDATE, whose one task's worker knows it; for EXECUTE,
 # its tasks' results by name, gathered here (the success recorded in the same statement
@@ -327,9 +328,14 @@ class WorkflowRow:
         return self.values["state"] == phase and self.values["unfinished"] == 1 and self.values["mode"] == "auto"
 
     def workflow(self, workflow_id):
+        """The workflow with what this row holds; its other fields are deferred (read
+        from the database only if something asks for them)."""
+        from django.db.models import DEFERRED
+
         from .models import Workflow
 
-        workflow = Workflow(id=workflow_id, **self.values)
+        known = {"id": workflow_id, **self.values}
+        workflow = Workflow(*[known.get(field.attname, DEFERRED) for field in Workflow._meta.concrete_fields])
         workflow._state.adding, workflow._state.db = False, connection.alias
         return workflow
 
@@ -366,7 +372,7 @@ def _task(row: tuple, workflow_row: WorkflowRow | None = None) -> ClaimedTask:
 
 WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-    "idempotency_key", "idempotency_scope", "fingerprint", "created_by_id", "created_at", "updated_at",
+    "idempotency_key", "idempotency_scope", "fingerprint", "callback_url", "created_by_id", "created_at", "updated_at",
     "started_at", "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
     "schedule_id",
 )  # fmt: skip
@@ -399,17 +405,32 @@ def create(workflow, tasks: list, row=None) -> list[ClaimedTask]:
     if tasks:
         parts.append(_insert(Task, INSERTED_TASK_COLUMNS, tasks, f"RETURNING {_columns(TASK_COLUMNS)}"))
     if row is not None:
-        parts.append(_insert(Transition, TRANSITION_COLUMNS, [row]))
+        parts.append(_insert(Transition, TRANSITION_COLUMNS, [row], "RETURNING id"))
     if _postgres():
         names = ["workflow", "tasks", "audit"][: len(parts)]
         ctes = ", ".join(f"{name} AS ({sql})" for name, (sql, _) in zip(names, parts, strict=True))
-        tail = f"SELECT {_columns(TASK_COLUMNS)} FROM tasks" if tasks else "SELECT 1 FROM workflow WHERE FALSE"
+        if row is not None:  # the audit row's id comes last
+            tail = f"SELECT {_columns(TASK_COLUMNS)}, (SELECT id FROM audit) FROM tasks" if tasks else ""
+            tail = tail or "SELECT (SELECT id FROM audit)"
+        else:
+            tail = f"SELECT {_columns(TASK_COLUMNS)} FROM tasks" if tasks else "SELECT 1 FROM workflow WHERE FALSE"
         rows = _fetch(f"WITH {ctes} {tail}", [value for _, values in parts for value in values])
+        if row is not None:
+            _written_row(row, rows[0][-1])
+            rows = [task[:-1] for task in rows] if tasks else []
     else:
         with transaction.atomic(savepoint=False):
-            rows = [task for sql, values in parts for task in _fetch(sql, values)]
+            rows = [returned for sql, values in parts for returned in _fetch(sql, values)]
+        if row is not None:
+            _written_row(row, rows.pop()[0])
     workflow._state.adding, workflow._state.db = False, connection.alias
     return [task for task in map(_task, rows) if task.values["status"] == "QUEUED"]
+
+
+def _written_row(row, pk: int) -> None:
+    """The audit row `row`, built in memory, as the statement that wrote it returned it."""
+    row.pk = pk
+    row._state.adding, row._state.db = False, connection.alias
 
 
 # --- claim ------------------------------------------------------------------------------------
@@ -567,6 +588,7 @@ class Written:
     unfinished: int | None = None  # None: the workflow was not where the change started from
     queued: list[ClaimedTask] = field(default_factory=list)  # to send through the broker
     inline: ClaimedTask | None = None  # claimed for the worker that made the change
+    callback_url: str = ""  # the workflow's, as the change returned it
 
 
 def transition(
@@ -629,19 +651,19 @@ def transition(
         and_changed="AND EXISTS (SELECT 1 FROM change)" if postgres else "",
     )
     if postgres:
-        return _transition_in_one(params, results, queue, queue_phase, inline, succeeded)
+        return _transition_in_one(row, params, results, queue, queue_phase, inline, succeeded)
     with transaction.atomic(savepoint=False):
         if succeeded and _one(SUCCEEDED_ALONE, params) is None:
             return Written(recorded=False)
         changed = _one(CHANGE.format(results=results, and_last="AND unfinished = 1" if succeeded else ""), params)
         if changed is None:
             return Written(recorded=True)
-        _fetch(AUDIT.format(from_change=""), params)
+        _written_row(row, _one(AUDIT.format(from_change=""), params)[0])
         tasks = _fetch(f"WITH {PICK} {queue}" if inline else queue, params) if queue_phase else []
-    return _written(True, changed[0], tasks)
+    return _written(True, changed[0], tasks, changed[1])
 
 
-def _transition_in_one(params: dict, results: str, queue: str, queue_phase: bool, inline, succeeded) -> Written:
+def _transition_in_one(row, params: dict, results: str, queue: str, queue_phase: bool, inline, succeeded) -> Written:
     parts = []
     if succeeded:
         parts += [f"locked AS ({LOCK_WORKFLOW})", f"done AS ({SUCCEEDED_LOCKED})"]
@@ -651,19 +673,23 @@ def _transition_in_one(params: dict, results: str, queue: str, queue_phase: bool
         f"audit AS ({AUDIT.format(from_change='FROM change')})",
     ]
     recorded = "(SELECT COUNT(*) FROM done)" if succeeded else "1"
+    changed = "(SELECT unfinished FROM change), (SELECT callback_url FROM change), (SELECT id FROM audit)"
+    head = f"SELECT {recorded}, {changed}"
     if queue_phase:
         parts += [PICK] if inline else []
         parts.append(f"queued AS ({queue})")
-        tail = f"SELECT {recorded}, (SELECT unfinished FROM change), queued.* FROM (SELECT 1) AS one"
-        tail += " LEFT JOIN queued ON TRUE"
+        tail = f"{head}, queued.* FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE"
     else:
-        tail = f"SELECT {recorded}, (SELECT unfinished FROM change)"
+        tail = head
     rows = _fetch(f"WITH {', '.join(parts)} {tail}", params)
-    return _written(bool(rows[0][0]), rows[0][1], [r[2:] for r in rows if queue_phase and r[2] is not None])
+    recorded, unfinished, callback_url, row_id = rows[0][:4]
+    if row_id is not None:
+        _written_row(row, row_id)
+    return _written(bool(recorded), unfinished, [r[4:] for r in rows if queue_phase and r[4] is not None], callback_url)
 
 
-def _written(recorded: bool, unfinished: int | None, rows: list) -> Written:
-    written = Written(recorded, unfinished)
+def _written(recorded: bool, unfinished: int | None, rows: list, callback_url: str | None = "") -> Written:
+    written = Written(recorded, unfinished, callback_url=callback_url or "")
     for task in map(_task, rows):
         if task.values["status"] == "RUNNING":
             written.inline = task

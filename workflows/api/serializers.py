@@ -5,7 +5,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import services, statements, values
-from ..models import ATTEMPT_OUTCOMES, PHASES, Phase, State, Task, Transition, Workflow
+from ..models import (
+    ATTEMPT_OUTCOMES,
+    PHASES,
+    Phase,
+    State,
+    Task,
+    Transition,
+    WebhookAttempt,
+    WebhookDelivery,
+    Workflow,
+)
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
 from . import access
 
@@ -101,6 +111,13 @@ class WorkflowInputSerializer(StrictSerializer):
     input = JSONObjectField(default=dict)
     tasks = TaskSpecSerializer(many=True, required=False, max_length=MAX_TASKS)
     idempotency_key = StrictCharField(max_length=200, required=False, allow_null=True, allow_blank=False)
+    callback_url = StrictCharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="http(s) URL called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED);"
+        " its host must be allowed by the server's ORCH_WEBHOOK_ALLOWED_HOSTS.",
+    )
 
 
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
@@ -185,7 +202,8 @@ class ProgressMixin(serializers.Serializer):
 
 WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-    "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at", "schedule",
+    "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+    "schedule",
 ]  # fmt: skip
 
 
@@ -198,6 +216,9 @@ class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
         read_only=True,
         help_text="The phase that failed, while the workflow is FAILED (a retry clears it); blank otherwise.",
     )
+    callback_url = serializers.CharField(
+        read_only=True, help_text="URL called with a signed POST when the workflow ends; blank for none."
+    )
 
     class Meta:
         model = Workflow
@@ -205,12 +226,31 @@ class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class WebhookAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookAttempt
+        fields = ["number", "status_code", "error", "started_at", "duration"]
+        read_only_fields = fields
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    attempt_log = WebhookAttemptSerializer(many=True, read_only=True, help_text="Every attempt, oldest first.")
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "seq", "event", "url", "status", "attempts", "created_at", "delivered_at", "attempt_log"]
+        read_only_fields = fields
+
+
 class WorkflowDetailSerializer(WorkflowListSerializer):
     tasks = TaskSerializer(many=True, read_only=True)
     transitions = TransitionSerializer(many=True, read_only=True)
+    webhook_deliveries = WebhookDeliverySerializer(
+        many=True, read_only=True, help_text="Calls of its callback_url, one per transition that ended it."
+    )
 
     class Meta(WorkflowListSerializer.Meta):
-        fields = [*WorkflowListSerializer.Meta.fields, "tasks", "transitions"]
+        fields = [*WorkflowListSerializer.Meta.fields, "tasks", "transitions", "webhook_deliveries"]
         read_only_fields = fields
 
 

@@ -134,6 +134,7 @@ class WorkflowViewSet(
         return workflows.prefetch_related(
             Prefetch("tasks", queryset=Task.objects.order_by("position")),
             Prefetch("transitions", queryset=Transition.objects.order_by("seq")),
+            "webhook_deliveries__attempt_log",
         )
 
     def http_method_not_allowed(self, request, *args, **kwargs):

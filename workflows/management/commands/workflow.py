@@ -53,6 +53,12 @@ class Command(BaseCommand):
         )
         start.add_argument("--idempotency-key", help="Starting twice with one key returns the first workflow.")
         start.add_argument(
+            "--callback-url",
+            default="",
+            metavar="URL",
+            help="Called with a signed POST when the workflow ends (its host must be in ORCH_WEBHOOK_ALLOWED_HOSTS).",
+        )
+        start.add_argument(
             "--wait",
             nargs="?",
             type=float,
@@ -168,8 +174,13 @@ class Command(BaseCommand):
                 f"  #{transition.seq} {transition.event:<9} {transition.source} → {transition.target}"
                 f"  by {transition.actor_label}  {transition.reason}".rstrip()
             )
+        for delivery in workflow.webhook_deliveries.all():
+            self.stdout.write(f"  webhook #{delivery.seq} {delivery.event} to {delivery.url}: {delivery.status}")
+            for attempt in delivery.attempt_log.all():
+                answer = attempt.status_code or "no answer"
+                self.stdout.write(f"    attempt {attempt.number}  {answer}  {attempt.error}".rstrip())
 
-    def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, wait, as_json, **_):
+    def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, callback_url, wait, as_json, **_):
         workflow, created = services.workflow_create(
             name=name,
             definition=definition,
@@ -177,6 +188,7 @@ class Command(BaseCommand):
             input=_json_arg(input, "--input"),
             tasks=_json_arg(tasks, "--tasks") if tasks is not None else None,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
             actor=Actor.CLI,
             start=True,
         )
