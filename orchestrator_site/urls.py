@@ -3,6 +3,8 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workflows.api.metrics import metrics_view
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/workflows/", permanent=False)),
     path("admin/", admin.site.urls),
@@ -11,5 +13,7 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view()),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("metrics", metrics_view, name="metrics"),
+    path("metrics/", metrics_view),
     path("", include("workflows.api.urls")),
 ]

@@ -240,6 +240,8 @@ class Task(models.Model):
             models.Index(fields=["workflow", "phase", "status"], name="task_workflow_phase_status"),
             models.Index(fields=["status", "lease_expires_at"], name="task_status_lease"),
             models.Index(fields=["status", "queued_at"], name="task_status_queued"),
+            # The metrics' scrape finds the attempts that ended since its watermark by it.
+            models.Index(fields=["finished_at", "attempt"], name="task_finished"),
         ]
 
     def __str__(self) -> str:
@@ -450,3 +452,44 @@ class DeletionLogHead(models.Model):
 
     def __str__(self) -> str:
         return f"deletion log head at #{self.last_seq}"
+
+
+class MetricsHeadManager(models.Manager):
+    def locked(self) -> "MetricsHead":
+        """The watermarks, locked until the transaction ends (made on first use)."""
+        head = self.select_for_update().filter(pk=self.model.ONLY).first()
+        if head is None:
+            self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
+            head = self.select_for_update().get(pk=self.model.ONLY)
+        return head
+
+
+class MetricsHead(models.Model):
+    """How far the stored counters (MetricCounter) have counted the engine's history (one
+    row): the audit log up to a transition id, task attempts up to an end time."""
+
+    ONLY = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY)
+    transition_id = models.BigIntegerField(default=0, help_text="Transitions up to this id are counted.")
+    attempts_until = models.DateTimeField(null=True, blank=True, help_text="Attempts ended by then are counted.")
+
+    objects = MetricsHeadManager()
+
+    def __str__(self) -> str:
+        return f"metrics counted up to transition {self.transition_id} and {self.attempts_until}"
+
+
+class MetricCounter(models.Model):
+    """One series of a Prometheus counter (or histogram part) as counted so far, kept so
+    that it never goes backwards when workflows, with their history, are deleted."""
+
+    name = models.CharField(max_length=100)
+    labels = models.CharField(max_length=400, help_text="The series' labels, as sorted JSON.")
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metric_counter_unique_series")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.labels} {self.value:g}"

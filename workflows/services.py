@@ -32,7 +32,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import audit, queue, statements, values
+from . import audit, metrics, queue, statements, values
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
@@ -638,6 +638,7 @@ def workflow_delete(workflow_id, *, actor: Actor) -> None:
             )
         # The log's head is taken last, so that deletions wait for one another only as
         # long as it takes to append a row and commit.
+        metrics.count_deleted(workflow.pk)  # its history stays in the counters
         Workflow.objects.filter(pk=workflow.pk).delete()
         WorkflowDeletion.objects.record(workflow=workflow, actor=actor)
 
@@ -678,11 +679,13 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
         if task is None:
             return False
         if workflow.state != task.phase:  # cancelled or failed meanwhile: nothing to hand back
+            now = timezone.now()
+            outcome = "cancelled" if workflow.state == State.CANCELLED else "handed_back"
             Task.objects.filter(pk=task.pk).update(
                 status=Status.CANCELLED,
-                finished_at=timezone.now(),
+                finished_at=now,
                 lease_expires_at=None,
-                attempts=_end_attempt(task, "cancelled" if workflow.state == State.CANCELLED else "handed_back"),
+                attempts=_end_attempt(task, outcome, now=now),
             )
             return True
         _queue_tasks([task], charge=False, attempts=_end_attempt(task, "handed_back"))
@@ -796,11 +799,12 @@ def _outcome_of(error: str) -> str:
     return "timed_out" if lines and lines[-1].startswith("TaskTimeout:") else "failed"
 
 
-def _end_attempt(task: Task, outcome: str, error: str = "") -> list:
-    """`task.attempts` with its latest attempt ended now (for an UPDATE)."""
+def _end_attempt(task: Task, outcome: str, error: str = "", *, now=None) -> list:
+    """`task.attempts` with its latest attempt ended `now` (for an UPDATE). Give the time
+    written to the task's finished_at: the metrics find ended attempts by it."""
     attempts = list(task.attempts or [])
     if attempts:
-        ended = {"outcome": outcome, "finished_at": timezone.now().isoformat()}
+        ended = {"outcome": outcome, "finished_at": (now or timezone.now()).isoformat()}
         attempts[-1] = {**attempts[-1], **ended, **({"error": error} if error else {})}
     return attempts
 
@@ -811,7 +815,9 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, ou
     cancelled = workflow.state == State.CANCELLED
     task.error = error
     task.finished_at, task.lease_expires_at = timezone.now(), None
-    task.attempts = _end_attempt(task, "cancelled" if cancelled else outcome or _outcome_of(error), error)
+    task.attempts = _end_attempt(
+        task, "cancelled" if cancelled else outcome or _outcome_of(error), error, now=task.finished_at
+    )
     in_phase = workflow.state == task.phase
     if in_phase and task.attempts_left > 0:
         eta = timezone.now() + timedelta(seconds=backoff_delay(task.attempt - task.attempt_offset))

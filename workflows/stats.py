@@ -23,7 +23,8 @@ def _percentile(sorted_values: list[float], fraction: float) -> float | None:
     return round(sorted_values[index], 3)
 
 
-def _counts(queryset, field: str, choices) -> dict[str, int]:
+def counts(queryset, field: str, choices) -> dict[str, int]:
+    """The rows of `queryset` counted by `field`, with every one of `choices` (0 if none)."""
     counts = dict(queryset.order_by().values_list(field).annotate(n=Count("pk")))
     return {value: counts.get(value, 0) for value in choices}
 
@@ -36,8 +37,8 @@ def workflow_stats(workflows=None) -> dict:
     recent = completed.order_by("-finished_at").values_list("started_at", "finished_at")[:DURATION_SAMPLE]
     durations = sorted((finished - started).total_seconds() for started, finished in recent)
     return {
-        "workflows_by_state": _counts(workflows, "state", State.values),
-        "tasks_by_status": _counts(Task.objects.filter(workflow__in=workflows), "status", Task.Status.values),
+        "workflows_by_state": counts(workflows, "state", State.values),
+        "tasks_by_status": counts(Task.objects.filter(workflow__in=workflows), "status", Task.Status.values),
         "duration": {
             "median_seconds": _percentile(durations, 0.5),
             "p95_seconds": _percentile(durations, 0.95),
