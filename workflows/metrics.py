@@ -119,10 +119,10 @@ def _store(totals: Counts) -> None:
     )
 
 
-def count_history(now: datetime | None = None) -> Counts:
+def count_history(settle: timedelta = SETTLE) -> Counts:
     """Every counter series: the stored aggregate, with what is new added to it (and
-    stored, up to SETTLE ago), and what is newer still."""
-    cutoff = (now or timezone.now()) - SETTLE
+    stored, up to `settle` ago), and what is newer still."""
+    cutoff = timezone.now() - settle
     live = Counts()
     with transaction.atomic():
         head = MetricsHead.objects.locked()

@@ -32,7 +32,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import audit, metrics, queue, statements, values
+from . import audit, logs, metrics, queue, statements, values
 from .models import PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
@@ -442,6 +442,15 @@ def _commit_change(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
         )
     workflow.unfinished, workflow.updated_at = written.unfinished, now
+    task = (data or {}).get("task")
+    logger.info(
+        "workflow %s: %s, %s -> %s",
+        workflow.pk,
+        event,
+        source,
+        workflow.state,
+        extra=logs.fields(workflow_id=workflow.pk, event=event, task_id=task, attempt=(data or {}).get("attempt")),
+    )
     if written.inline is None:
         return None
     written.inline.workflow_row = statements.WorkflowRow.of(workflow)
@@ -862,6 +871,12 @@ def recover(*, now=None) -> dict:
             if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
                 requeued += 1
                 _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
+                logger.info(
+                    "recovery: task %s, attempt %s re-sent (its job was lost)",
+                    task.pk,
+                    task.attempt,
+                    extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
+                )
     return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
 
 
@@ -890,6 +905,12 @@ def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:
         if task:  # still expired now that we hold the lock
             worker = task.worker or "unknown worker"
             error = f"lease expired: {worker} stopped heartbeating (attempt {attempt})"
+            logger.warning(
+                "recovery: task %s, %s",
+                task_id,
+                error,
+                extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="lease_expired"),
+            )
             _attempt_failed(workflow, task, error, Actor.SYSTEM, outcome="lease_expired")
 
 

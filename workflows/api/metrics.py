@@ -5,7 +5,7 @@ import hmac
 from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import metrics
 
@@ -27,4 +27,5 @@ def metrics_view(request):
                                 content_type="text/plain; charset=utf-8")  # fmt: skip
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+    # The classic text format, which every Prometheus version reads.
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
