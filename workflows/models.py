@@ -426,12 +426,14 @@ class WorkflowDeletion(models.Model):
         super().save(*args, **kwargs)
 
 
-class DeletionLogHeadManager(models.Manager):
-    def locked(self) -> "DeletionLogHead":
-        """The log's head, locked until the transaction ends (made on first use)."""
+class HeadManager(models.Manager):
+    """For a model of one row (pk ONLY), such as a log's head."""
+
+    def locked(self):
+        """The row, locked until the transaction ends (made on first use)."""
         head = self.select_for_update().filter(pk=self.model.ONLY).first()
         if head is None:
-            # Two first deletions at once: the second waits for the first's row here.
+            # Two first users at once: the second waits for the first's row here.
             self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
             head = self.select_for_update().get(pk=self.model.ONLY)
         return head
@@ -448,20 +450,10 @@ class DeletionLogHead(models.Model):
     last_digest = models.CharField(max_length=64, blank=True)
     head_mac = models.CharField(max_length=64, blank=True)
 
-    objects = DeletionLogHeadManager()
+    objects = HeadManager()
 
     def __str__(self) -> str:
         return f"deletion log head at #{self.last_seq}"
-
-
-class MetricsHeadManager(models.Manager):
-    def locked(self) -> "MetricsHead":
-        """The watermarks, locked until the transaction ends (made on first use)."""
-        head = self.select_for_update().filter(pk=self.model.ONLY).first()
-        if head is None:
-            self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
-            head = self.select_for_update().get(pk=self.model.ONLY)
-        return head
 
 
 class MetricsHead(models.Model):
@@ -474,7 +466,7 @@ class MetricsHead(models.Model):
     transition_id = models.BigIntegerField(default=0, help_text="Transitions up to this id are counted.")
     attempts_until = models.DateTimeField(null=True, blank=True, help_text="Attempts ended by then are counted.")
 
-    objects = MetricsHeadManager()
+    objects = HeadManager()
 
     def __str__(self) -> str:
         return f"metrics counted up to transition {self.transition_id} and {self.attempts_until}"
