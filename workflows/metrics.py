@@ -24,11 +24,13 @@ still see it half-done, so a process never reports a counter lower than it did b
 Nothing here runs in a task's job: the hot path pays no statement for it.
 """
 
+import bisect
+import functools
 import json
 import math
 import threading
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
@@ -39,7 +41,6 @@ from prometheus_client.utils import floatToGoString
 
 from . import stats
 from .models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
-from .statements import from_time
 
 # How long a row may take from getting its id or end time to being committed (a
 # transaction, SQLite's wait for its write lock included), plus the clocks' drift between
@@ -47,16 +48,35 @@ from .statements import from_time
 SETTLE = timedelta(seconds=60)
 # Seconds; an attempt's duration is its start to its end, whatever its outcome.
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, math.inf)
+BOUNDS = [floatToGoString(bound) for bound in BUCKETS]
 
 TRANSITIONS = "orchestrator_transitions"
 ATTEMPTS = "orchestrator_task_attempts"
 DURATION = "orchestrator_task_duration_seconds"
 
+# Tasks whose attempts one query reads.
+BATCH = 2000
+
 Key = tuple[str, str]  # a series: its sample's name and its labels as sorted JSON
 
 
 def _key(name: str, **labels) -> Key:
-    return name, json.dumps(labels, sort_keys=True)
+    return _series(name, *sorted(labels.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _series(name: str, *labels: tuple[str, str]) -> Key:
+    # Cached: the first scrape of a large history makes a key for each of millions of samples.
+    return name, json.dumps(dict(labels), sort_keys=True)
+
+
+def _time(value) -> datetime | None:
+    """An attempt's start or end as its JSON holds it (fromisoformat: the first scrape of
+    a large history parses millions)."""
+    if not isinstance(value, str):
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Counts(Counter):
@@ -66,17 +86,34 @@ class Counts(Counter):
         if count:
             self[_key(f"{TRANSITIONS}_total", event=event, target=target)] += count
 
-    def attempt(self, task_type: str, entry: dict, ended: datetime) -> None:
-        self[_key(f"{ATTEMPTS}_total", type=task_type, outcome=entry.get("outcome", ""))] += 1
-        started = from_time(entry.get("started_at"))
-        if started is None:
-            return
-        seconds = max((ended - started).total_seconds(), 0.0)
-        self[_key(f"{DURATION}_count", type=task_type)] += 1
-        self[_key(f"{DURATION}_sum", type=task_type)] += seconds
-        for bound in BUCKETS:  # buckets are cumulative: each one an attempt fits in counts it
-            if seconds <= bound:
-                self[_key(f"{DURATION}_bucket", type=task_type, le=floatToGoString(bound))] += 1
+    def attempts(self, tally: "Attempts") -> "Counts":
+        for (task_type, outcome), count in tally.outcomes.items():
+            self[_key(f"{ATTEMPTS}_total", type=task_type, outcome=outcome)] += count
+        for (task_type, index), count in tally.durations.items():
+            self[_key(f"{DURATION}_count", type=task_type)] += count
+            for bound in BOUNDS[index:]:  # buckets are cumulative: each one an attempt fits in counts it
+                self[_key(f"{DURATION}_bucket", type=task_type, le=bound)] += count
+        for task_type, seconds in tally.seconds.items():
+            self[_key(f"{DURATION}_sum", type=task_type)] += seconds
+        return self
+
+
+class Attempts:
+    """Ended attempts, tallied by plain tuples and made into series once (the first scrape
+    of a large history tallies millions)."""
+
+    def __init__(self):
+        self.outcomes = Counter()  # (type, outcome) → attempts
+        self.durations = Counter()  # (type, index of the smallest bucket it fits in) → attempts
+        self.seconds = Counter()  # type → seconds
+
+    def add(self, task_type: str, entry: dict, ended: datetime) -> None:
+        self.outcomes[task_type, entry.get("outcome", "")] += 1
+        started = _time(entry.get("started_at"))
+        if started is not None:
+            seconds = max((ended - started).total_seconds(), 0.0)
+            self.durations[task_type, bisect.bisect_left(BUCKETS, seconds)] += 1
+            self.seconds[task_type] += seconds
 
 
 # --- Counting the history ------------------------------------------------------------------
@@ -99,9 +136,18 @@ def _ended_attempts(after: datetime | None, tasks=None):
         # A task's finished_at is its latest attempt's end, and is cleared when it is
         # queued again: a task queued since holds an attempt ended at any time.
         tasks = tasks.filter(Q(finished_at__gt=after) | Q(finished_at__isnull=True, attempt__gt=0))
-    for task_type, attempts in tasks.order_by().values_list("type", "attempts").iterator(chunk_size=2000):
+    # The ids first, then their attempts in batches: a server-side cursor (iterator()) would
+    # have PostgreSQL plan for the first rows, a scan of every task instead of the index.
+    ids = list(tasks.order_by().values_list("pk", flat=True))
+    for start in range(0, len(ids), BATCH):
+        batch = Task.objects.filter(pk__in=ids[start : start + BATCH]).order_by().values_list("type", "attempts")
+        yield from _ended_after(after, batch)
+
+
+def _ended_after(after: datetime | None, tasks):
+    for task_type, attempts in tasks:
         for entry in attempts or ():
-            ended = from_time(entry.get("finished_at")) if entry.get("outcome") != "running" else None
+            ended = _time(entry.get("finished_at")) if entry.get("outcome") != "running" else None
             if ended is not None and (after is None or ended > after):
                 yield task_type, entry, ended
 
@@ -134,8 +180,11 @@ def count_history(settle: timedelta = SETTLE) -> Counts:
             added.transitions(event, target, settled)
             live.transitions(event, target, newer)
         until = max(cutoff, head.attempts_until) if head.attempts_until else cutoff
+        settled, newer = Attempts(), Attempts()
         for task_type, entry, ended in _ended_attempts(head.attempts_until):
-            (added if ended <= until else live).attempt(task_type, entry, ended)
+            (settled if ended <= until else newer).add(task_type, entry, ended)
+        added.attempts(settled)
+        live.attempts(newer)
         if added:
             totals.update(added)
             _store(Counts({key: totals[key] for key in added}))
@@ -154,8 +203,10 @@ def count_deleted(workflow_id) -> None:
     newer = Transition.objects.filter(workflow_id=workflow_id, pk__gt=head.transition_id).order_by()
     for event, target, count in newer.values_list("event", "target").annotate(n=Count("pk")):
         added.transitions(event, target, count)
+    tally = Attempts()
     for task_type, entry, ended in _ended_attempts(head.attempts_until, Task.objects.filter(workflow_id=workflow_id)):
-        added.attempt(task_type, entry, ended)
+        tally.add(task_type, entry, ended)
+    added.attempts(tally)
     if added:
         totals = _stored()
         totals.update(added)
@@ -195,10 +246,7 @@ def _histogram(totals: Counts) -> HistogramMetricFamily:
     family = HistogramMetricFamily(DURATION, "Seconds each task attempt ran, by task type.", labels=["type"])
     types = sorted(_labels(key)["type"] for key in totals if key[0] == f"{DURATION}_count")
     for task_type in types:
-        buckets = [
-            (bound, totals[_key(f"{DURATION}_bucket", type=task_type, le=bound)])
-            for bound in map(floatToGoString, BUCKETS)
-        ]
+        buckets = [(bound, totals[_key(f"{DURATION}_bucket", type=task_type, le=bound)]) for bound in BOUNDS]
         family.add_metric([task_type], buckets, totals[_key(f"{DURATION}_sum", type=task_type)])
     return family
 
