@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-.PHONY: install dev run serve test test-unit test-integration chaos bench lint format clean
+.PHONY: install dev run serve test test-unit test-integration chaos bench docs lint format clean
 
 # HOST, PORT and WEB_CONCURRENCY come from the settings (environment, then .env, then defaults).
 SERVER_SETTINGS = $(BIN)/python manage.py shell --no-imports -c \
@@ -43,11 +43,19 @@ serve: install
 	exec $(BIN)/gunicorn orchestrator_site.wsgi --bind "$$1:$$2" --workers "$$3" \
 		--access-logfile - --no-control-socket
 
+# The pinned Mermaid renderer the documentation's diagrams are checked with (tests/test_docs.py),
+# installed when npm is here; without npm, that one test is skipped.
+MERMAID := docs/mermaid/node_modules/.package-lock.json
+$(MERMAID): docs/mermaid/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix docs/mermaid --no-audit --no-fund --loglevel=error || echo "make: npm ci failed in docs/mermaid"; \
+	else echo "make: no npm: the Mermaid rendering test will be skipped"; fi
+
 ## The whole test suite, on whatever DATABASE_URL and ORCH_BROKER select.
-test: install
+test: install $(MERMAID)
 	$(BIN)/pytest
 
-test-unit: install
+test-unit: install $(MERMAID)
 	$(BIN)/pytest -m "not integration"
 
 test-integration: install
@@ -61,6 +69,10 @@ chaos: install
 ## Orchestrator against bare django-q2 on a cluster of its own; ARGS="--api" for the API at scale.
 bench: install
 	$(BIN)/python manage.py bench $(ARGS)
+
+## Regenerate docs/SCHEMA.md from the models (the test suite fails when it is stale).
+docs: install
+	$(BIN)/python manage.py docs_schema
 
 lint: dev
 	$(BIN)/ruff check .

@@ -3,10 +3,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workflows.admin import overview_view
 from workflows.api.metrics import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/workflows/", permanent=False)),
+    # Before the admin's own URLs, whose catch-all would answer 404 for it.
+    path("admin/workflows/dashboard/", admin.site.admin_view(overview_view), name="workflows-dashboard"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

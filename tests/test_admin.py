@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from tests.conftest import events, reload
-from workflows import services
+from workflows import services, stats
 from workflows.models import Actor, State, Task, Transition, Workflow
 
 CHANGELIST = reverse("admin:workflows_workflow_changelist")
@@ -842,3 +842,115 @@ def test_the_transition_list_sorts_by_time_newest_first(admin_client, make):
     times = [transition.created_at for transition in result]
     assert times == sorted(times, reverse=True)
     assert result[0].workflow_id == first.pk and result[len(result) - 1].workflow_id == second.pk
+
+
+# --- The overview and the pages that update themselves --------------------------------------
+
+OVERVIEW = reverse("workflows-dashboard")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(settings):
+    """A cache of this test's own: the overview keeps closed minutes' counts in it."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "admin"}}
+
+
+def test_the_overview_counts_each_state_and_links_to_its_list(admin_client, make):
+    for state in (State.COMPLETE, State.COMPLETE, State.FAILED, State.INIT, State.PREPARE, State.CANCELLED):
+        make(state)
+    response = admin_client.get(OVERVIEW)
+    assert response.status_code == 200
+    html = response.content.decode()
+    for state, count in [
+        ("COMPLETE", 2),
+        ("FAILED", 1),
+        ("INIT", 1),
+        ("PREPARE", 1),
+        ("CANCELLED", 1),
+        ("VALIDATE", 0),
+    ]:
+        card = re.search(
+            rf'<a class="state-card[^"]*" href="([^"]+)" data-state="{state}">.*?"count">(\d+)<', html, re.S
+        )
+        assert card and int(card[2]) == count, state
+        assert card[1] == f"{CHANGELIST}?state__exact={state}"
+        assert listed(admin_client.get(card[1])) == set(
+            Workflow.objects.filter(state=state).values_list("name", flat=True)
+        )
+    assert html.count('class="rate-chart"') == 2
+    assert 'id="live-bar"' in html and 'data-targets="dashboard"' in html
+
+
+def test_the_overview_charts_tasks_and_workflows_finished_in_each_minute(admin_client, make):
+    make(State.COMPLETE, tasks=[{"type": "echo"}, {"type": "noop"}])  # prepare, 2 tasks, validate
+    make(State.FAILED)  # prepare and the failed task
+    figures = admin_client.get(OVERVIEW).context["figures"]
+    assert sum(figures["tasks_per_minute"]) == Task.objects.filter(finished_at__isnull=False).count() == 6
+    assert sum(figures["workflows_per_minute"]) == 2
+    assert figures["tasks_per_minute"][-1] == 6  # all in the current minute, the chart's last bar
+    # A workflow that finished before the hour the charts cover is not in them.
+    Workflow.objects.update(finished_at=timezone.now() - timedelta(hours=2))
+    assert sum(admin_client.get(OVERVIEW).context["figures"]["workflows_per_minute"]) == 0
+
+
+def test_a_closed_minute_is_counted_once_and_kept(make):
+    workflow = make(State.COMPLETE, tasks=[{"type": "echo"}, {"type": "noop"}])
+    later = timezone.now() + timedelta(minutes=5)  # the tasks' minute has closed by then
+    assert sum(stats.overview(now=later)["tasks_per_minute"]) == 4
+    # Counted once, its figure stays: later refreshes count only the minutes still open.
+    services.workflow_delete(workflow.pk, actor=Actor.SYSTEM)
+    assert sum(stats.overview(now=later)["tasks_per_minute"]) == 4
+    assert sum(stats.overview(now=later + timedelta(hours=1))["tasks_per_minute"]) == 0
+
+
+def test_the_overview_lists_the_latest_failures_with_their_error_s_last_line(admin_client, make):
+    failed = make(State.FAILED, name="nightly import")
+    html = admin_client.get(OVERVIEW).content.decode()
+    table = html[html.index('id="overview-failures"') :]
+    assert change_url(failed) in table
+    assert escape(failed.error.strip().splitlines()[-1]) in table
+
+
+def test_the_overview_costs_the_same_queries_whatever_the_size(admin_client, make, django_assert_max_num_queries):
+    make(State.COMPLETE)
+    make(State.FAILED)
+    with django_assert_max_num_queries(20) as small:
+        admin_client.get(OVERVIEW)
+    for state in [State.COMPLETE] * 4 + [State.FAILED] * 4 + [State.PREPARE] * 4:
+        make(state)
+    with django_assert_max_num_queries(len(small.captured_queries)):
+        assert admin_client.get(OVERVIEW).status_code == 200
+
+
+def test_a_workflow_s_page_costs_the_same_queries_whatever_its_tasks(admin_client, make, django_assert_max_num_queries):
+    few = make(State.COMPLETE, tasks=[{"type": "echo"}])
+    many = make(State.COMPLETE, tasks=[{"type": "echo", "name": f"t{i}"} for i in range(12)])
+    with django_assert_max_num_queries(40) as small:
+        admin_client.get(change_url(few))
+    with django_assert_max_num_queries(len(small.captured_queries)):
+        assert admin_client.get(change_url(many)).status_code == 200
+
+
+def test_the_overview_needs_the_view_permission(client, viewer_client, make):
+    make(State.COMPLETE)
+    assert viewer_client.get(OVERVIEW).status_code == 200
+    assert client.get(OVERVIEW).status_code == 302  # to the login page
+    nobody = User.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(nobody)
+    assert client.get(OVERVIEW).status_code == 403
+
+
+def test_the_index_and_the_list_link_to_the_overview(admin_client):
+    for url in (reverse("admin:index"), CHANGELIST):
+        assert f'href="{OVERVIEW}" id="overview-link"' in admin_client.get(url).content.decode()
+
+
+@pytest.mark.parametrize(
+    "state, live", [(State.INIT, True), (State.PREPARE, True), (State.COMPLETE, False), (State.FAILED, False)]
+)
+def test_a_workflow_s_page_stays_live_until_the_workflow_has_ended(admin_client, make, state, live):
+    html = admin_client.get(change_url(make(state))).content.decode()
+    bar = re.search(r'<div class="live-bar" id="live-bar"[^>]*>', html)[0]
+    assert ('data-ended="1"' not in bar) is live
+    assert 'data-targets="workflow-subtitle,workflow-actions,workflow_form"' in bar
+    assert ("Pause</button>" in html) is live

@@ -2,9 +2,7 @@
 `live_server` (a thread of this process on the test database) while a real `qcluster` runs
 the jobs.
 
-With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows
-(docs/img/admin-changelist.png, admin-workflow.png, admin-workflow-graph.png and
-admin-task.png).
+With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows, in docs/img/.
 """
 
 import os
@@ -437,3 +435,120 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
         expect(page.locator("svg.state-graph")).to_be_visible()
         assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     screenshot(page, "admin-phone-workflow.png")
+    page.goto("/admin/workflows/dashboard/")
+    expect(page.locator("svg.rate-chart")).to_have_count(2)
+    assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
+    assert_badges_readable(page)  # the states' cards and the cluster's
+    screenshot(page, "admin-phone-overview.png")
+
+
+def fetches(page) -> list[str]:
+    """The URLs the page fetches from now on (its live updates)."""
+    seen = []
+    page.on("request", lambda request: seen.append(request.url) if request.resource_type == "fetch" else None)
+    return seen
+
+
+def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
+    running = cluster()
+    done = [start(f"invoice batch {i}", [{"type": "echo", "params": {"n": i}}, {"type": "noop"}]) for i in (1, 2)]
+    failed = start("nightly import", FAILS_ONCE, input={"day": "2025-01-01"})
+    services.workflow_create(name="quarterly report", tasks=[{"type": "noop"}], actor=Actor.SYSTEM)  # INIT
+    wait_for(lambda: states(*done) == {State.COMPLETE} and states(failed) == {State.FAILED}, 30, "the runs to end")
+    busy = start("busy import", [{"name": "long", "type": "sleep", "params": {"seconds": 60}}])
+    long = wait_for(lambda: busy.tasks.filter(name="long", status=Task.Status.RUNNING).first(), 30, "the long sleep")
+
+    page.goto("/admin/")
+    page.click("#overview-link")
+    expect(page).to_have_url(re.compile("/admin/workflows/dashboard/$"))
+    expect(page.locator("#live-bar")).to_have_attribute("data-state", "live")
+    for state in State.values:
+        expect(page.locator(f'.state-card[data-state="{state}"] .count')).to_have_text(
+            str(Workflow.objects.filter(state=state).count())
+        )
+    expect(page.locator("#figure-running")).to_have_text("1")
+    # The cluster runs the long sleep: it is Working, not Idle, and links to the task.
+    cluster_row = page.locator("#overview-clusters tr.cluster")
+    expect(cluster_row).to_have_count(1)
+    expect(cluster_row.locator(".badge")).to_have_text("Working")
+    expect(cluster_row).to_contain_text(f"1 busy of {running.env['ORCH_WORKERS']}")
+    expect(cluster_row.locator(f'a[href$="/admin/workflows/task/{long.pk}/change/"]')).to_have_count(1)
+    failure = page.locator("#overview-failures tbody tr")
+    expect(failure).to_have_count(1)
+    expect(failure).to_contain_text("nightly import")
+    expect(failure.locator(".error-line")).to_contain_text("warehouse unavailable")
+    expect(page.locator("svg.rate-chart")).to_have_count(2)
+    screenshot(page, "admin-overview.png")
+
+    # It updates itself, without reloading: a workflow started elsewhere shows up in its counts.
+    page.evaluate("window.notReloaded = true")
+    more = start("late arrival", [{"type": "sleep", "params": {"seconds": 60}}])
+    expect(page.locator("#figure-running")).to_have_text("2", timeout=20_000)
+    assert page.evaluate("window.notReloaded === true")
+
+    # Paused, it asks for nothing; resumed, it catches up.
+    page.click(".live-toggle")
+    expect(page.locator(".live-label")).to_have_text("Paused")
+    seen = fetches(page)
+    services.workflow_cancel(more.pk, actor=Actor.SYSTEM)
+    page.wait_for_timeout(5_000)
+    assert seen == []
+    expect(page.locator("#figure-running")).to_have_text("2")
+    page.click(".live-toggle")
+    expect(page.locator("#figure-running")).to_have_text("1", timeout=20_000)
+    expect(page.locator('.state-card[data-state="CANCELLED"] .count')).to_have_text("1")
+
+    # A state's card opens the list of the workflows in that state.
+    page.click('.state-card[data-state="FAILED"]')
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list tbody tr")).to_contain_text("nightly import")
+    page.click("#overview-link")
+    expect(page).to_have_url(re.compile("/admin/workflows/dashboard/$"))
+    services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)
+
+
+def test_a_running_workflow_s_page_and_the_list_update_themselves(cluster, page):
+    cluster()
+    steps = [
+        {"name": "extract", "type": "sleep", "params": {"seconds": 2}},
+        {"name": "load", "type": "sleep", "params": {"seconds": 2}, "after": ["extract"]},
+    ]
+    first = start("hourly sync", steps)
+    wait_for(lambda: first.tasks.filter(name="extract", status=Task.Status.RUNNING).exists(), 30, "the first task")
+
+    # Its page follows it to COMPLETE on its own, then stops asking.
+    page.goto(f"/admin/workflows/workflow/{first.pk}/change/")
+    page.evaluate("window.notReloaded = true")
+    expect(page.locator(".field-state_badge .badge")).to_have_text("EXECUTE")
+    expect(page.locator("#live-bar .live-label")).to_have_text("Live")
+    screenshot(page, "admin-live.png")
+    expect(page.locator(".field-state_badge .badge")).to_have_text("COMPLETE", timeout=30_000)
+    expect(page.locator("#workflow-subtitle")).to_have_text("hourly sync (COMPLETE)")
+    expect(page).to_have_title(re.compile(r"^hourly sync \(COMPLETE\)"))
+    expect(page.locator("#workflow-pictures svg.task-timeline .bar")).to_have_count(4)  # prepare, 2 tasks, validate
+    expect(page.locator("#live-bar")).to_have_attribute("data-state", "ended")
+    expect(page.locator("#live-bar .live-toggle")).to_be_hidden()
+    assert page.evaluate("window.notReloaded === true")
+    seen = fetches(page)
+    page.wait_for_timeout(4_000)
+    assert seen == [], "a page whose workflow has ended still polls"
+
+    # The list: a ticked row stays ticked while its cells change.
+    second = start("hourly sync 2", steps)
+    page.goto("/admin/workflows/workflow/")
+    page.evaluate("window.notReloaded = true")
+    row = page.locator("#result_list tbody tr", has_text="hourly sync 2")
+    expect(row.locator(".field-state_badge")).not_to_contain_text("COMPLETE")
+    row.locator("input.action-select").check()
+    expect(row.locator(".field-state_badge .badge")).to_have_text("COMPLETE", timeout=30_000)
+    expect(row.locator("input.action-select")).to_be_checked()
+    expect(page.locator(".action-counter")).to_contain_text("1 of 2 selected")
+
+    # Nothing ticked, a new workflow appears as a row, and the admin's actions know it.
+    row.locator("input.action-select").uncheck()
+    start("hourly sync 3", [{"type": "noop"}])
+    expect(page.locator("#result_list tbody tr")).to_have_count(3, timeout=20_000)
+    page.check("#action-toggle")
+    expect(page.locator(".action-counter")).to_contain_text("3 of 3 selected")
+    assert page.evaluate("window.notReloaded === true")
+    assert states(second) == {State.COMPLETE}

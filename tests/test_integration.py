@@ -99,6 +99,25 @@ def test_cancel_stops_a_sleeping_task_early(cluster):
     assert events(workflow) == ["start", "execute", "cancel"]
 
 
+def test_stats_call_a_cluster_whose_worker_runs_a_task_working(cluster, admin_user):
+    from rest_framework.test import APIClient
+
+    cluster()
+    workflow = start(tasks=[{"name": "long", "type": "sleep", "params": {"seconds": 60}}])
+    long = wait_for(
+        lambda: Task.objects.filter(workflow=workflow, name="long", status=Task.Status.RUNNING).first(), 60, "the sleep"
+    )
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    # django-q2 alone calls it Idle: its internal queues are empty while the worker sleeps.
+    (running,) = wait_for(lambda: api.get("/execution/stats").json()["clusters"], 20, "the cluster's stat")
+    assert running["status"] == "Working"
+    assert running["busy_workers"] == 1
+    assert [worker["task_id"] for worker in running["worker_processes"]].count(long.pk) == 1
+    services.workflow_cancel(workflow.pk, actor=Actor.CLI)
+    wait_for(lambda: api.get("/execution/stats").json()["clusters"][0]["status"] == "Idle", 30, "the cluster idle")
+
+
 def test_a_killed_worker_s_task_is_taken_back_and_run_again(cluster):
     running = cluster(ORCH_LEASE_SECONDS=2)
     workflow = start(tasks=[{"name": "victim", "type": "sleep", "params": {"seconds": 3}, "timeout": 3600}])

@@ -147,7 +147,8 @@ def test_counters_never_go_backwards_when_workflows_are_deleted(engine, scrape, 
         services.workflow_delete(workflow.pk, actor=Actor.CLI)
     after = scrape()
     counters = [key for key in before if not key[0].startswith(("orchestrator_workflows", "orchestrator_queue"))]
-    counters = [key for key in counters if key[0] not in ("orchestrator_broker_up", "orchestrator_clusters")]
+    gauges = ("orchestrator_broker_up", "orchestrator_clusters", "orchestrator_busy_workers")
+    counters = [key for key in counters if key[0] not in gauges]
     assert {key: after[key] for key in counters if key[0] != "orchestrator_workers"} == {
         key: before[key] for key in counters if key[0] != "orchestrator_workers"
     }
@@ -173,9 +174,10 @@ def test_a_scrape_costs_the_same_queries_whatever_the_history(engine, scrape):
     # A transaction (here a savepoint) with the head's lock, the stored counters, the
     # transitions' watermark and counts, the tasks with attempts ended since (their ids,
     # then their attempts: one batch for up to metrics.BATCH tasks) and the head's update;
-    # workflows by state; the cluster's figures in the shared cache, and with the ORM
-    # broker its two queue counts (Redis holds both otherwise).
-    assert few == (13 if queue.in_database() else 10)
+    # workflows by state; the cluster's figures in the shared cache, the running tasks
+    # (which workers are busy), and with the ORM broker its two queue counts (Redis holds
+    # both otherwise).
+    assert few == (14 if queue.in_database() else 11)
 
 
 def test_the_exposition_passes_promtool(engine, scrape, client):

@@ -18,12 +18,13 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import services
+from . import services, stats
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
     STATUS_COLOURS,
     format_seconds,
+    rate_chart_svg,
     state_graph_svg,
     task_attempts,
     task_graph_svg,
@@ -32,6 +33,9 @@ from .diagrams import (
 from .models import PHASES, Actor, Phase, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import definition_keys
 from .values import MAX_DEPTH
+
+# A workflow in these states changes only when someone acts: its page stops refreshing itself.
+ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
 # Dark amber: white text on it has a contrast of 6.6:1 (WCAG AA asks 4.5:1).
 WAITING_COLOUR = "#8a4f00"
@@ -399,6 +403,7 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
                     if can_change and self._offers(workflow, event)
                 ],
                 can_delete=self.has_delete_permission(request, workflow) and not workflow.is_running,
+                live_ended=workflow.state in ENDED,
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -599,3 +604,62 @@ class WorkflowDeletionAdmin(ReadOnlyAdmin):
         "digest",
     ]  # fmt: skip
     fields = readonly_fields
+
+
+# --- The overview ------------------------------------------------------------------------
+
+
+def overview_view(request):
+    """/admin/workflows/dashboard/: counts by state, throughput over the last hour, durations,
+    queue depth, the worker clusters and the latest failures. It reads a fixed number of
+    queries, so the page can refresh itself every few seconds at any size."""
+    workflow_admin = admin.site._registry[Workflow]
+    if not workflow_admin.has_view_permission(request):
+        raise PermissionDenied
+    figures = stats.overview()
+    changelist = reverse("admin:workflows_workflow_changelist")
+    # The last bar is the current minute: its rate is over the seconds it has lasted so far.
+    into_minute = max(1.0, (figures["now"] - figures["since"]).total_seconds() - 60 * (stats.CHART_MINUTES - 1))
+    tasks = figures["tasks_per_minute"]
+    task_rates = [count / 60 for count in tasks[:-1]] + [tasks[-1] * 1.0 / into_minute]
+    workflow_rates = figures["workflows_per_minute"][:-1] + [figures["workflows_per_minute"][-1] * 60 / into_minute]
+    context = {
+        **admin.site.each_context(request),
+        "opts": Workflow._meta,
+        "title": "Overview",
+        "figures": figures,
+        "states": [
+            (state, count, badge(state, STATE_COLOURS[state]), f"{changelist}?state__exact={state}")
+            for state, count in figures["workflows_by_state"].items()
+        ],
+        "total": sum(figures["workflows_by_state"].values()),
+        "task_rate": _rounded(task_rates[-1]),
+        "workflow_rate": _rounded(workflow_rates[-1]),
+        "task_chart": rate_chart_svg(task_rates, figures["since"], "Tasks finished per second", "tasks/s"),
+        "workflow_chart": rate_chart_svg(
+            workflow_rates, figures["since"], "Workflows finished per minute", "workflows/min"
+        ),
+        "median": _seconds_or_dash(figures["duration"]["median_seconds"]),
+        "p95": _seconds_or_dash(figures["duration"]["p95_seconds"]),
+        "clusters": [
+            {**cluster, "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079"))}
+            for cluster in figures["clusters"]
+        ],
+        "failures": [
+            (workflow, last_line(workflow.error), reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+            for workflow in figures["failures"]
+        ],
+        "changelist": changelist,
+    }
+    return TemplateResponse(request, "admin/workflows/dashboard.html", context)
+
+
+CLUSTER_COLOURS = {"Working": STATE_COLOURS[State.EXECUTE], "Idle": STATE_COLOURS[State.COMPLETE]}
+
+
+def _rounded(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _seconds_or_dash(seconds: float | None) -> str:
+    return "—" if seconds is None else format_seconds(seconds)

@@ -4,7 +4,7 @@ their dependencies, and a timeline of every attempt."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -453,4 +453,52 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             bars,
         ),
         label_w, height - 4, label_w + chart_w, height - 4, format_seconds(scale.end),
+    )  # fmt: skip
+
+
+def _rate(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.0f}"
+
+
+def rate_chart_svg(values: list[float], since: datetime, label: str, unit: str) -> SafeString:
+    """A bar per minute from `since` (the last bar is the current minute), scaled to the
+    largest value, each bar titled with its minute and value, and the axis marked at its
+    start, middle and end in the site's time zone."""
+    bar_w, gap, chart_h, left, top = 7, 1, 110, 40, 10
+    width = left + len(values) * (bar_w + gap) + 4
+    peak = max(values, default=0) or 1
+    bars = []
+    for index, value in enumerate(values):
+        height = round(value / peak * chart_h, 1)
+        minute = f"{timezone.localtime(since + timedelta(minutes=index)):%H:%M}"
+        bars.append(
+            (left + index * (bar_w + gap), top + chart_h - height, bar_w, height, f"{minute}: {_rate(value)} {unit}")
+        )
+    ticks = [
+        (
+            left + index * (bar_w + gap) + bar_w / 2,
+            anchor,
+            f"{timezone.localtime(since + timedelta(minutes=index)):%H:%M}",
+        )
+        for index, anchor in ((0, "start"), (len(values) // 2, "middle"), (len(values) - 1, "end"))
+    ]
+    return format_html(
+        '<svg class="rate-chart" role="img" aria-label="{}: {} {} in the latest minute, at most {} over the hour" '
+        'viewBox="0 0 {} {}" width="100%" style="max-width:{}px" xmlns="http://www.w3.org/2000/svg" '
+        'font-family="sans-serif" font-size="12">'
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#9ca3af"/>'
+        '<text x="{}" y="{}" text-anchor="end" fill="#4b5563">{}</text>'
+        '<text x="{}" y="{}" text-anchor="end" fill="#4b5563">0</text>{}{}</svg>',
+        label, _rate(values[-1] if values else 0), unit, _rate(max(values, default=0)),
+        width, top + chart_h + 22, width,
+        left, top + chart_h, width, top + chart_h,
+        left - 6, top + 9, _rate(peak),
+        left - 6, top + chart_h,
+        format_html_join(
+            "", '<rect class="rate-bar" x="{}" y="{}" width="{}" height="{}" fill="#1f6fd1"><title>{}</title></rect>',
+            bars,
+        ),
+        format_html_join(
+            "", '<text x="{}" y="' + str(top + chart_h + 16) + '" text-anchor="{}" fill="#4b5563">{}</text>', ticks
+        ),
     )  # fmt: skip

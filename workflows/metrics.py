@@ -49,6 +49,7 @@ SETTLE = timedelta(seconds=60)
 # Seconds; an attempt's duration is its start to its end, whatever its outcome.
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, math.inf)
 BOUNDS = [floatToGoString(bound) for bound in BUCKETS]
+MICROSECOND = timedelta(microseconds=1)
 
 TRANSITIONS = "orchestrator_transitions"
 ATTEMPTS = "orchestrator_task_attempts"
@@ -56,6 +57,7 @@ DURATION = "orchestrator_task_duration_seconds"
 
 # Tasks whose attempts one query reads.
 BATCH = 2000
+UNFINISHED = (Task.Status.PENDING, Task.Status.QUEUED, Task.Status.RUNNING)
 
 Key = tuple[str, str]  # a series: its sample's name and its labels as sorted JSON
 
@@ -93,8 +95,8 @@ class Counts(Counter):
             self[_key(f"{DURATION}_count", type=task_type)] += count
             for bound in BOUNDS[index:]:  # buckets are cumulative: each one an attempt fits in counts it
                 self[_key(f"{DURATION}_bucket", type=task_type, le=bound)] += count
-        for task_type, seconds in tally.seconds.items():
-            self[_key(f"{DURATION}_sum", type=task_type)] += seconds
+        for task_type, microseconds in tally.microseconds.items():
+            self[_key(f"{DURATION}_sum", type=task_type)] += microseconds
         return self
 
 
@@ -105,15 +107,17 @@ class Attempts:
     def __init__(self):
         self.outcomes = Counter()  # (type, outcome) → attempts
         self.durations = Counter()  # (type, index of the smallest bucket it fits in) → attempts
-        self.seconds = Counter()  # type → seconds
+        # type → microseconds: whole numbers, so that a sum is the same in any order
+        # (stored, or counted afresh) and never seems to go backwards.
+        self.microseconds = Counter()
 
     def add(self, task_type: str, entry: dict, ended: datetime) -> None:
         self.outcomes[task_type, entry.get("outcome", "")] += 1
         started = _time(entry.get("started_at"))
         if started is not None:
-            seconds = max((ended - started).total_seconds(), 0.0)
-            self.durations[task_type, bisect.bisect_left(BUCKETS, seconds)] += 1
-            self.seconds[task_type] += seconds
+            microseconds = max((ended - started) // MICROSECOND, 0)
+            self.durations[task_type, bisect.bisect_left(BUCKETS, microseconds / 1e6)] += 1
+            self.microseconds[task_type] += microseconds
 
 
 # --- Counting the history ------------------------------------------------------------------
@@ -134,8 +138,12 @@ def _ended_attempts(after: datetime | None, tasks=None):
     tasks = Task.objects.all() if tasks is None else tasks
     if after is not None:
         # A task's finished_at is its latest attempt's end, and is cleared when it is
-        # queued again: a task queued since holds an attempt ended at any time.
-        tasks = tasks.filter(Q(finished_at__gt=after) | Q(finished_at__isnull=True, attempt__gt=0))
+        # queued again: a task queued since holds an attempt ended at any time. Both
+        # halves are read by index (task_finished; the status indexes: a task without
+        # finished_at is PENDING, QUEUED or RUNNING).
+        tasks = tasks.filter(
+            Q(finished_at__gt=after) | Q(status__in=UNFINISHED, finished_at__isnull=True, attempt__gt=0)
+        )
     # The ids first, then their attempts in batches: a server-side cursor (iterator()) would
     # have PostgreSQL plan for the first rows, a scan of every task instead of the index.
     ids = list(tasks.order_by().values_list("pk", flat=True))
@@ -247,7 +255,7 @@ def _histogram(totals: Counts) -> HistogramMetricFamily:
     types = sorted(_labels(key)["type"] for key in totals if key[0] == f"{DURATION}_count")
     for task_type in types:
         buckets = [(bound, totals[_key(f"{DURATION}_bucket", type=task_type, le=bound)]) for bound in BOUNDS]
-        family.add_metric([task_type], buckets, totals[_key(f"{DURATION}_sum", type=task_type)])
+        family.add_metric([task_type], buckets, totals[_key(f"{DURATION}_sum", type=task_type)] / 1e6)
     return family
 
 
@@ -271,6 +279,11 @@ def _gauges() -> list[GaugeMetricFamily]:
             ),  # fmt: skip
             _gauge("orchestrator_clusters", "Worker clusters alive, on every machine.", len(cluster["clusters"])),
             _gauge("orchestrator_workers", "Worker processes of the live clusters.", cluster["workers"]),
+            _gauge(
+                "orchestrator_busy_workers",
+                "Worker processes running a task.",
+                sum(each["busy_workers"] for each in cluster["clusters"]),
+            ),  # fmt: skip
         ]
     return gauges
 

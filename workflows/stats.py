@@ -1,14 +1,16 @@
 """Figures for the stats endpoint: what the workflows did, and what the cluster is doing."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, timedelta
 
+from django.core.cache import cache
 from django.db.models import Count
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django_q.status import Stat
 
 from . import queue
-from .models import State, Task, Workflow
+from .models import PHASES, State, Task, Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -31,24 +33,51 @@ def counts(queryset, field: str, choices) -> dict[str, int]:
     return {value: counts.get(value, 0) for value in choices}
 
 
+def _durations(completed) -> dict:
+    recent = completed.order_by("-finished_at").values_list("started_at", "finished_at")[:DURATION_SAMPLE]
+    durations = sorted((finished - started).total_seconds() for started, finished in recent)
+    return {
+        "median_seconds": _percentile(durations, 0.5),
+        "p95_seconds": _percentile(durations, 0.95),
+        "sample": len(durations),
+    }
+
+
 def workflow_stats(workflows=None) -> dict:
     """Counts and durations of `workflows` (all by default), and the cluster's state."""
     workflows = Workflow.objects.all() if workflows is None else workflows
     now = timezone.now()
     completed = workflows.filter(state=State.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
-    recent = completed.order_by("-finished_at").values_list("started_at", "finished_at")[:DURATION_SAMPLE]
-    durations = sorted((finished - started).total_seconds() for started, finished in recent)
     return {
         "workflows_by_state": counts(workflows, "state", State.values),
         "tasks_by_status": counts(Task.objects.filter(workflow__in=workflows), "status", Task.Status.values),
-        "duration": {
-            "median_seconds": _percentile(durations, 0.5),
-            "p95_seconds": _percentile(durations, 0.95),
-            "sample": len(durations),
-        },
+        "duration": _durations(completed),
         "completed_last_minute": completed.filter(finished_at__gte=now - timedelta(minutes=1)).count(),
         "completed_last_hour": completed.filter(finished_at__gte=now - timedelta(hours=1)).count(),
         **cluster_stats(),
+    }
+
+
+def running_tasks() -> dict[str, int]:
+    """The task each busy worker process runs, by its `host:pid` (one query)."""
+    running = Task.objects.filter(status=Task.Status.RUNNING).exclude(worker="").order_by()
+    return dict(running.values_list("worker", "pk"))
+
+
+def _cluster(stat, running: dict[str, int]) -> dict:
+    # django-q2 calls a cluster Idle whenever its internal queues are empty, even while
+    # every worker runs a task: the tasks' own rows say which workers are busy.
+    workers = [{"pid": pid, "task_id": running.get(f"{stat.host}:{pid}")} for pid in sorted(stat.workers)]
+    busy = sum(worker["task_id"] is not None for worker in workers)
+    status = str(stat.status)
+    return {
+        "cluster_id": str(stat.cluster_id),
+        "host": stat.host,
+        "status": "Working" if busy and status == "Idle" else status,
+        "workers": len(workers),
+        "busy_workers": busy,
+        "worker_processes": workers,
+        "uptime_seconds": round(stat.uptime(), 1),
     }
 
 
@@ -62,20 +91,72 @@ def cluster_stats() -> dict:
     except Exception:
         logger.warning("stats: the broker cannot be reached", exc_info=True)
         return {"broker_available": False, "queue_depth": None, "queue_delayed": None, "clusters": [], "workers": None}
-    clusters = [
-        {
-            "cluster_id": str(stat.cluster_id),
-            "host": stat.host,
-            "status": str(stat.status),
-            "workers": len(stat.workers),
-            "uptime_seconds": round(stat.uptime(), 1),
-        }
-        for stat in stats
-    ]
+    running = running_tasks()
+    clusters = [_cluster(stat, running) for stat in sorted(stats, key=lambda stat: (stat.host, str(stat.cluster_id)))]
     return {
         "broker_available": True,
         "queue_depth": depth,
         "queue_delayed": delayed,
         "clusters": clusters,
         "workers": sum(cluster["workers"] for cluster in clusters),
+    }
+
+
+# The overview's charts: one bar per minute of the last hour, the current minute last.
+CHART_MINUTES = 60
+LATEST_FAILURES = 10
+
+
+# A minute is closed, and its count final, this long after it ends (a task's finish time is
+# taken a moment before its transaction commits).
+CLOSED_AFTER = timedelta(seconds=10)
+
+
+def per_minute(queryset, since, now, name: str) -> list[int]:
+    """How many rows of `queryset` finished in each minute from `since` to now: one query
+    over the minutes not yet counted. A closed minute's count is kept in the shared cache,
+    so that a page refreshing itself every few seconds counts only the current minute, however
+    busy the hour was."""
+    minutes = [since + timedelta(minutes=index) for index in range(CHART_MINUTES)]
+    keys = {minute: f"orchestrator:{name}:{minute:%Y%m%d%H%M}" for minute in minutes}
+    closed = [minute for minute in minutes if minute + timedelta(minutes=1) + CLOSED_AFTER <= now]
+    known = cache.get_many([keys[minute] for minute in closed])
+    counts = {minute: known[keys[minute]] for minute in closed if keys[minute] in known}
+    first = next((minute for minute in minutes if minute not in counts), None)
+    if first is not None:
+        fresh = dict(
+            queryset.filter(finished_at__gte=first)
+            .order_by()
+            .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
+            .values_list("minute")
+            .annotate(n=Count("pk"))
+        )
+        for minute in minutes[minutes.index(first) :]:
+            counts[minute] = fresh.get(minute, 0)
+        cache.set_many({keys[minute]: counts[minute] for minute in closed if minute >= first}, timeout=2 * 3600)
+    return [counts[minute] for minute in minutes]
+
+
+def overview(now=None) -> dict:
+    """What the admin's overview shows: counts, throughput over the last hour, durations,
+    the latest failures and the clusters. A fixed number of queries, whatever the size."""
+    now = now or timezone.now()
+    since = now.replace(second=0, microsecond=0, tzinfo=UTC) - timedelta(minutes=CHART_MINUTES - 1)
+    ended = Workflow.objects.filter(state__in=[State.COMPLETE, State.FAILED, State.CANCELLED])
+    completed = Workflow.objects.filter(state=State.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
+    by_state = counts(Workflow.objects.all(), "state", State.values)
+    return {
+        "now": now,
+        "since": since,
+        "workflows_by_state": by_state,
+        "running": sum(by_state[state] for state in PHASES),
+        "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
+        "workflows_per_minute": per_minute(ended, since, now, "workflows-finished"),
+        "duration": _durations(completed),
+        "failures": list(
+            Workflow.objects.filter(state=State.FAILED)
+            .order_by("-finished_at")
+            .only("id", "name", "error", "failed_phase", "finished_at")[:LATEST_FAILURES]
+        ),
+        **cluster_stats(),
     }

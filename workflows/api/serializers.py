@@ -248,11 +248,18 @@ class DurationSerializer(serializers.Serializer):
     sample = serializers.IntegerField(help_text="Completed workflows measured (the most recent ones).")
 
 
+class WorkerProcessSerializer(serializers.Serializer):
+    pid = serializers.IntegerField()
+    task_id = serializers.IntegerField(allow_null=True, help_text="The task this worker runs now, if any.")
+
+
 class ClusterSerializer(serializers.Serializer):
     cluster_id = serializers.CharField()
     host = serializers.CharField()
-    status = serializers.CharField()
+    status = serializers.CharField(help_text="Starting, Idle, Working (a worker runs a task), Stopping or Stopped.")
     workers = serializers.IntegerField()
+    busy_workers = serializers.IntegerField(help_text="Workers running a task now.")
+    worker_processes = WorkerProcessSerializer(many=True)
     uptime_seconds = serializers.FloatField()
 
 

@@ -93,6 +93,7 @@ API_REQUESTS = {
     "list": "/workflows/?state=COMPLETE",
     "detail": "/workflow/{id}",
     "changelist": "/admin/workflows/workflow/",
+    "overview": "/admin/workflows/dashboard/",
     "metrics": "/metrics",
 }
 # The bearer token of /metrics during the run.

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0009_task_dependencies_and_attempts"),
+        ("workflows", "0010_overview_indexes"),
     ]
 
     operations = [
@@ -31,10 +31,6 @@ class Migration(migrations.Migration):
                     models.DateTimeField(blank=True, help_text="Attempts ended by then are counted.", null=True),
                 ),
             ],
-        ),
-        migrations.AddIndex(
-            model_name="task",
-            index=models.Index(fields=["finished_at", "attempt"], name="task_finished"),
         ),
         migrations.AddConstraint(
             model_name="metriccounter",
