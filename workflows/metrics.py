@@ -95,7 +95,7 @@ class Counts(Counter):
             self[_key(f"{DURATION}_count", type=task_type)] += count
             for bound in BOUNDS[index:]:  # buckets are cumulative: each one an attempt fits in counts it
                 self[_key(f"{DURATION}_bucket", type=task_type, le=bound)] += count
-        for task_type, microseconds in tally.microseconds.items():
+        for task_type, microseconds in tally.microseconds.items():  # the exposition shows seconds
             self[_key(f"{DURATION}_sum", type=task_type)] += microseconds
         return self
 
