@@ -223,6 +223,10 @@ def test_two_worker_clusters_feed_one_scrape(cluster, scrape):
     assert_counters_match_the_database(figures)
     fold_everything()
     assert_counters_match_the_database(scrape())
+    for running in clusters:
+        running.stop()
+    # Their figures leave the shared cache, for the tests that count clusters after this one.
+    wait_for(lambda: live() == (0, 0), 60, f"the stopped clusters to leave the figures: {live()}")
 
 
 def test_the_stored_counts_stay_a_settling_time_behind(db):
