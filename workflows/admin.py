@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Case, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
+from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
 from django.db.models.functions import Coalesce, Now
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import services, stats
+from . import schedules, services, stats
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -30,7 +30,7 @@ from .diagrams import (
     task_graph_svg,
     task_timeline_svg,
 )
-from .models import PHASES, Actor, Phase, State, Task, Transition, Workflow, WorkflowDeletion
+from .models import PHASES, Actor, Phase, State, Task, Transition, Workflow, WorkflowDeletion, WorkflowSchedule
 from .registry import definition_keys
 from .values import MAX_DEPTH
 
@@ -303,10 +303,10 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
     inlines = [TaskInline, TransitionInline]
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
-        "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+        "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at", "schedule",
     ]  # fmt: skip
     fieldsets = [
-        (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by"]}),
+        (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
         ("Data", {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key"]}),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
     ]
@@ -663,3 +663,74 @@ def _rounded(value: float) -> str:
 
 def _seconds_or_dash(seconds: float | None) -> str:
     return "—" if seconds is None else format_seconds(seconds)
+
+
+# --- Cron schedules ----------------------------------------------------------------------
+
+
+class WorkflowScheduleForm(forms.ModelForm):
+    definition = forms.ChoiceField(choices=(), initial="default")
+
+    class Meta:
+        model = WorkflowSchedule
+        fields = schedules.EDITABLE_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["definition"].choices = [(key, key) for key in definition_keys()]
+
+
+def _each_schedule(modeladmin, request, queryset, operation, verb: str) -> None:
+    names = [operation(schedule).name for schedule in queryset]
+    modeladmin.message_user(request, f"{len(names)} {verb}: {', '.join(names)}", messages.SUCCESS)
+
+
+@admin.action(description="Pause selected schedules", permissions=["change"])
+def pause_schedules(modeladmin, request, queryset):
+    _each_schedule(modeladmin, request, queryset, schedules.schedule_pause, "paused")
+
+
+@admin.action(description="Resume selected schedules", permissions=["change"])
+def resume_schedules(modeladmin, request, queryset):
+    _each_schedule(modeladmin, request, queryset, schedules.schedule_resume, "resumed")
+
+
+@admin.action(description="Run selected schedules now", permissions=["change"])
+def run_schedules_now(modeladmin, request, queryset):
+    """One workflow each, at once; their due runs stay as they were."""
+    for schedule in queryset:
+        try:
+            workflow = schedules.schedule_run_now(schedule, actor=Actor.admin(request.user))
+        except ValidationError as exc:
+            modeladmin.message_user(request, f"{schedule.name}: {'; '.join(exc.messages)}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{schedule.name}: started {workflow.pk}", messages.SUCCESS)
+
+
+@admin.register(WorkflowSchedule)
+class WorkflowScheduleAdmin(admin.ModelAdmin):
+    form = WorkflowScheduleForm
+    list_display = ["name", "cron", "time_zone", "enabled", "last_run_at", "next_run_at", "workflows_link"]
+    list_filter = ["enabled"]
+    search_fields = ["name"]
+    actions = [pause_schedules, resume_schedules, run_schedules_now]
+    readonly_fields = ["last_run_at", "next_run_at", "last_error", "workflows_link", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "cron", "time_zone", "enabled"]}),
+        ("Each run", {"fields": ["definition", "mode", "input", "tasks"]}),
+        ("Runs", {"fields": ["last_run_at", "next_run_at", "last_error", "workflows_link"]}),
+        ("Times", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(started=Count("workflows"))
+
+    @admin.display(description="workflows", ordering="started")
+    def workflows_link(self, schedule):
+        if schedule.pk is None:
+            return "—"
+        url = reverse("admin:workflows_workflow_changelist") + f"?schedule__id__exact={schedule.pk}"
+        return format_html('<a href="{}">{} started</a>', url, schedule.started)
+
+    def save_model(self, request, obj, form, change):
+        schedules.schedule_save(obj)

@@ -21,23 +21,21 @@ class WorkflowsConfig(AppConfig):
         autodiscover_modules("workflow_tasks")
         for module in settings.ORCH_TASK_MODULES:
             import_module(module)
-        post_migrate.connect(ensure_recovery_schedule, sender=self)
+        post_migrate.connect(ensure_periodic_jobs, sender=self)
         post_spawn.connect(skip_connection_health_checks)
         post_spawn.connect(end_overdue_workers)
 
 
-def ensure_recovery_schedule(using="default", **kwargs) -> None:
-    """Create (or correct) the django-q2 schedule that runs recovery every minute."""
+def ensure_periodic_jobs(using="default", **kwargs) -> None:
+    """Create (or correct) the django-q2 schedules that run recovery, and the cron
+    schedules' due check, every minute."""
     from django_q.models import Schedule
 
     from .jobs import RECOVER_SCHEDULE
+    from .schedules import TICK, TICK_SCHEDULE
 
-    Schedule.objects.using(using).update_or_create(
-        name=RECOVER_SCHEDULE,
-        defaults={
-            "func": "workflows.jobs.recover_minute",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-        },
-    )
+    for name, func in [(RECOVER_SCHEDULE, "workflows.jobs.recover_minute"), (TICK_SCHEDULE, TICK)]:
+        Schedule.objects.using(using).update_or_create(
+            name=name,
+            defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+        )

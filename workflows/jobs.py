@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from . import logs, queue, services
+from . import logs, queue, schedules, services
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflows.recover"
@@ -110,3 +110,13 @@ def recover_minute() -> dict:
     ]
     queue.enqueue(later)
     return services.recover()
+
+
+def schedules_tick() -> dict:
+    """Run by django-q2's scheduler once a minute: start the cron schedules' due runs."""
+    return schedules.tick()
+
+
+def schedule_fire(schedule_id: int) -> None:
+    """Queued at a schedule's due time: start its run, unless that was done already."""
+    schedules.schedule_fire(schedule_id)

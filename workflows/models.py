@@ -7,6 +7,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 
+from .cron import validate_cron, validate_timezone
+
 
 class State(models.TextChoices):
     INIT = "INIT"
@@ -99,6 +101,15 @@ class Workflow(FSMModelMixin, models.Model):
     last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of the latest audit row.")
     head_mac = models.CharField(
         max_length=64, blank=True, editable=False, help_text="HMAC of its id, state and chain head (workflows.audit)."
+    )
+    schedule = models.ForeignKey(
+        "WorkflowSchedule",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="workflows",
+        help_text="The cron schedule that started it, if one did.",
     )
 
     objects = WorkflowQuerySet.as_manager()
@@ -456,6 +467,51 @@ class DeletionLogHead(models.Model):
 
     def __str__(self) -> str:
         return f"deletion log head at #{self.last_seq}"
+
+
+class WorkflowSchedule(models.Model):
+    """Starts a workflow each time its cron expression falls due in its time zone
+    (workflows.schedules runs it; workflows.cron says when)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    cron = models.CharField(
+        max_length=100,
+        validators=[validate_cron],
+        help_text="Five fields: minute hour day-of-month month day-of-week (e.g. 0 9 * * 1-5), or @hourly, "
+        "@daily, @weekly, @monthly, @yearly.",
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="IANA time zone the expression is read in, e.g. Europe/Paris.",
+    )
+    definition = models.CharField(max_length=100, default="default")
+    mode = models.CharField(max_length=8, choices=Workflow.Mode.choices, default=Workflow.Mode.AUTO)
+    input = models.JSONField(default=dict, blank=True)
+    tasks = models.JSONField(
+        null=True, blank=True, help_text="The EXECUTE tasks of each run, a JSON list; empty: the definition's own."
+    )
+    enabled = models.BooleanField(default=True, help_text="A paused schedule starts nothing.")
+    last_run_at = models.DateTimeField(null=True, blank=True, help_text="Due time of the latest run started.")
+    next_run_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="Due time of the next run; empty while paused."
+    )
+    last_error = models.TextField(blank=True, help_text="Why the latest run could not start, if it could not.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """The workflow it starts must be one the engine accepts: refused here, not at run time."""
+        from .services import validate_request
+
+        validate_request(self.name, self.definition, self.mode, self.input, self.tasks)
 
 
 class MetricsHead(models.Model):

@@ -241,7 +241,8 @@ def _fingerprint(**request) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _validated(name, definition, mode, input, tasks) -> tuple:
+def validate_request(name, definition, mode, input, tasks) -> tuple:
+    """The definition and normalized tasks of a workflow request; ValidationError naming each bad field."""
     errors = {}
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         errors["name"] = ["name is required: a string of at most 200 characters"]
@@ -279,15 +280,17 @@ def workflow_create(
     tasks: list | None = None,
     idempotency_key: str | None = None,
     start: bool = False,
+    schedule=None,
 ) -> tuple[Workflow, bool]:
-    """Create a workflow with its tasks (and start it when asked).
+    """Create a workflow with its tasks (and start it when asked); `schedule`, the
+    WorkflowSchedule that starts it, if one does.
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
     IdempotencyConflict. Bad input raises ValidationError and stores nothing.
     """
     input = {} if input is None else input
-    definition_obj, specs = _validated(name, definition, mode, input, tasks)
+    definition_obj, specs = validate_request(name, definition, mode, input, tasks)
     if idempotency_key is not None and (problem := values.text_problem(str(idempotency_key))):
         raise ValidationError({"idempotency_key": [f"idempotency_key {problem}"]})
     # The creator is part of the request, as it is of the key's scope: another user's
@@ -314,6 +317,7 @@ def workflow_create(
         idempotency_scope=_scope(actor) if idempotency_key else "",
         fingerprint=fingerprint,
         created_by=actor.user,
+        schedule=schedule,
     )
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet
@@ -374,7 +378,7 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
             )
         )
         merged = {**current, **changes}
-        definition, specs = _validated(**merged)
+        definition, specs = validate_request(**merged)
         for field in ("name", "definition", "mode", "input"):
             setattr(workflow, field, merged[field])
         workflow.save()

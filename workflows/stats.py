@@ -114,26 +114,26 @@ CLOSED_AFTER = timedelta(seconds=10)
 
 def per_minute(queryset, since, now, name: str) -> list[int]:
     """How many rows of `queryset` finished in each minute from `since` to now: one query
-    over the minutes not yet counted. A closed minute's count is kept in the shared cache,
-    so that a page refreshing itself every few seconds counts only the current minute, however
-    busy the hour was."""
+    over the minutes not yet counted. The closed minutes' counts are kept in the shared cache
+    (one entry), so a page refreshing itself every few seconds counts only the current
+    minute, however busy the hour was."""
     minutes = [since + timedelta(minutes=index) for index in range(CHART_MINUTES)]
-    keys = {minute: f"orchestrator:{name}:{minute:%Y%m%d%H%M}" for minute in minutes}
     closed = [minute for minute in minutes if minute + timedelta(minutes=1) + CLOSED_AFTER <= now]
-    known = cache.get_many([keys[minute] for minute in closed])
-    counts = {minute: known[keys[minute]] for minute in closed if keys[minute] in known}
-    first = next((minute for minute in minutes if minute not in counts), None)
-    if first is not None:
-        fresh = dict(
-            queryset.filter(finished_at__gte=first)
-            .order_by()
-            .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
-            .values_list("minute")
-            .annotate(n=Count("pk"))
-        )
-        for minute in minutes[minutes.index(first) :]:
-            counts[minute] = fresh.get(minute, 0)
-        cache.set_many({keys[minute]: counts[minute] for minute in closed if minute >= first}, timeout=2 * 3600)
+    key = f"orchestrator:{name}:per-minute"
+    known = cache.get(key) or {}
+    counts = {minute: known[minute] for minute in closed if minute in known}
+    first = next(minute for minute in minutes if minute not in counts)  # the current minute at the latest
+    fresh = dict(
+        queryset.filter(finished_at__gte=first)
+        .order_by()
+        .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
+        .values_list("minute")
+        .annotate(n=Count("pk"))
+    )
+    for minute in minutes[minutes.index(first) :]:
+        counts[minute] = fresh.get(minute, 0)
+    if any(minute not in known for minute in closed):
+        cache.set(key, {minute: counts[minute] for minute in closed}, timeout=2 * 3600)
     return [counts[minute] for minute in minutes]
 
 

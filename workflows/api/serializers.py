@@ -185,7 +185,7 @@ class ProgressMixin(serializers.Serializer):
 
 WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
-    "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+    "idempotency_key", "created_by", "created_at", "updated_at", "started_at", "finished_at", "schedule",
 ]  # fmt: skip
 
 

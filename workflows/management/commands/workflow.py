@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflows import audit, services, statements
+from workflows import audit, schedules, services, statements
 from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
-from workflows.models import Actor, State, Workflow, WorkflowDeletion
+from workflows.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
@@ -97,6 +97,30 @@ class Command(BaseCommand):
             dest="verify_all",
             help="Check every workflow and the deletion log; print each broken one, then exit 1.",
         )
+
+        self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
+
+    @staticmethod
+    def _add_schedule_arguments(parser):
+        actions = parser.add_subparsers(dest="schedule_action", required=True, metavar="ACTION")
+        add = actions.add_parser("add", help="Add a schedule that starts a workflow whenever its cron falls due.")
+        add.add_argument("--name", required=True, help="The schedule's name (unique), also its workflows' name.")
+        add.add_argument("--cron", required=True, help="Five fields (e.g. '0 9 * * 1-5'), or @hourly, @daily, ...")
+        add.add_argument("--timezone", default="UTC", help="IANA time zone the cron is read in (default UTC).")
+        add.add_argument("--definition", default="default", help="Registered workflow definition.")
+        add.add_argument("--mode", choices=Workflow.Mode.values, default=Workflow.Mode.AUTO)
+        add.add_argument("--input", default="{}", help="The input of each run, a JSON object.")
+        add.add_argument("--tasks", help="JSON list of tasks, as for `workflow start`; default: the definition's.")
+        add.add_argument("--paused", action="store_true", help="Add it paused.")
+        add.add_argument("--json", action="store_true", dest="as_json", help="Print the schedule as JSON.")
+        listing = actions.add_parser("list", help="List schedules with their last and next runs.")
+        listing.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
+        for action, text in [
+            ("pause", "Pause a schedule: it starts nothing until resumed."),
+            ("resume", "Resume a schedule from its next due time (runs missed while paused are not made up)."),
+            ("remove", "Delete a schedule; the workflows it started stay."),
+        ]:
+            actions.add_parser(action, help=text).add_argument("name")
 
     def handle(self, *args, action, **options):
         try:
@@ -275,3 +299,69 @@ class Command(BaseCommand):
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
             f"finished phases moved on: {found['moved_on']}"
         )
+
+    # --- schedules --------------------------------------------------------------------------
+
+    def do_schedule(self, *, schedule_action, **options):
+        getattr(self, f"schedule_{schedule_action}")(**options)
+
+    @staticmethod
+    def _schedule_json(schedule: WorkflowSchedule) -> dict:
+        fields = ["id", "name", "cron", "time_zone", "definition", "mode", "input", "tasks", "enabled"]
+        times = ["last_run_at", "next_run_at", "created_at", "updated_at"]
+        data = {field: getattr(schedule, field) for field in fields}
+        data.update({field: getattr(schedule, field) and getattr(schedule, field).isoformat() for field in times})
+        return {**data, "last_error": schedule.last_error, "workflows": schedule.workflows.count()}
+
+    def _schedule(self, name: str) -> WorkflowSchedule:
+        try:
+            return WorkflowSchedule.objects.get(name=name)
+        except WorkflowSchedule.DoesNotExist:
+            raise CommandError(f"no schedule named {name!r}") from None
+
+    def schedule_add(self, *, name, cron, timezone, definition, mode, input, tasks, paused, as_json, **_):
+        schedule = schedules.schedule_save(
+            WorkflowSchedule(
+                name=name,
+                cron=cron,
+                time_zone=timezone,
+                definition=definition,
+                mode=mode,
+                input=_json_arg(input, "--input"),
+                tasks=_json_arg(tasks, "--tasks") if tasks is not None else None,
+                enabled=not paused,
+            )
+        )
+        if as_json:
+            self.stdout.write(json.dumps(self._schedule_json(schedule), indent=2))
+            return
+        self.stdout.write(f"added schedule {schedule.name!r}: {self._next(schedule)}")
+
+    @staticmethod
+    def _next(schedule: WorkflowSchedule) -> str:
+        if not schedule.next_run_at:
+            return "paused"
+        return f"next run {schedule.next_run_at:%Y-%m-%d %H:%M} UTC"
+
+    def schedule_list(self, *, as_json, **_):
+        rows = WorkflowSchedule.objects.all()
+        if as_json:
+            self.stdout.write(json.dumps([self._schedule_json(schedule) for schedule in rows], indent=2))
+            return
+        table = Table("name", "cron", "time zone", "enabled", "last run (UTC)", "next run (UTC)")
+        for s in rows:
+            last, upcoming = (f"{t:%Y-%m-%d %H:%M}" if t else "—" for t in (s.last_run_at, s.next_run_at))
+            table.add_row(s.name, s.cron, s.time_zone, "yes" if s.enabled else "paused", last, upcoming)
+        Console(file=self.stdout, width=120).print(table)
+
+    def schedule_pause(self, *, name, **_):
+        schedules.schedule_pause(self._schedule(name))
+        self.stdout.write(f"paused schedule {name!r}")
+
+    def schedule_resume(self, *, name, **_):
+        schedule = schedules.schedule_resume(self._schedule(name))
+        self.stdout.write(f"resumed schedule {name!r}: {self._next(schedule)}")
+
+    def schedule_remove(self, *, name, **_):
+        schedules.schedule_remove(self._schedule(name))
+        self.stdout.write(f"removed schedule {name!r}")

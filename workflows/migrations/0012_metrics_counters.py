@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("workflows", "0010_overview_indexes"),
+        ("workflows", "0011_workflow_schedules"),
     ]
 
     operations = [

@@ -1,0 +1,373 @@
+"""Cron schedules: when runs fall due (time zones, the changes of the clocks), each due run
+starting exactly one workflow, the refusal of bad expressions and time zones, the CLI and
+the admin; and, on a real cluster, a schedule every minute, with one and with two clusters."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+from django.utils import timezone
+from django_q.models import Schedule
+
+from tests.conftest import reload, wait_for
+from workflows import cron, queue, schedules
+from workflows.api.serializers import WorkflowDetailSerializer
+from workflows.models import Actor, State, Workflow, WorkflowSchedule
+
+PARIS = "Europe/Paris"
+CHANGELIST = reverse("admin:workflows_workflowschedule_changelist")
+ADD = reverse("admin:workflows_workflowschedule_add")
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def runs(expression: str, zone: str, after: datetime, count: int) -> list[datetime]:
+    found = []
+    for _ in range(count):
+        after = cron.next_run(expression, zone, after)
+        found.append(after)
+    return found
+
+
+def add(name="nightly", expression="0 3 * * *", zone="UTC", **fields) -> WorkflowSchedule:
+    return schedules.schedule_save(WorkflowSchedule(name=name, cron=expression, time_zone=zone, **fields))
+
+
+def due_now(schedule: WorkflowSchedule, when: datetime) -> WorkflowSchedule:
+    """Make the schedule's next run fall due at `when` (as if `when` had come)."""
+    WorkflowSchedule.objects.filter(pk=schedule.pk).update(next_run_at=when)
+    return reload_schedule(schedule)
+
+
+def reload_schedule(schedule: WorkflowSchedule) -> WorkflowSchedule:
+    return WorkflowSchedule.objects.get(pk=schedule.pk)
+
+
+# --- When runs fall due ------------------------------------------------------------------
+
+
+def test_a_paris_schedule_runs_at_paris_time_in_winter_and_in_summer():
+    # The clocks go forward on 29 March 2026: 09:00 in Paris is 08:00 UTC before, 07:00 after.
+    assert runs("0 9 * * *", PARIS, utc(2026, 3, 27, 12), 3) == [
+        utc(2026, 3, 28, 8),
+        utc(2026, 3, 29, 7),
+        utc(2026, 3, 30, 7),
+    ]
+    # And back on 25 October.
+    assert runs("0 9 * * *", PARIS, utc(2026, 10, 24, 12), 2) == [utc(2026, 10, 25, 8), utc(2026, 10, 26, 8)]
+
+
+def test_a_time_the_spring_change_skips_runs_right_after_the_gap():
+    # 02:30 does not exist in Paris on 29 March 2026: that day's run is at 03:00 (01:00 UTC).
+    assert runs("30 2 * * *", PARIS, utc(2026, 3, 28, 12), 2) == [utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]
+
+
+def test_a_time_the_autumn_change_repeats_runs_once():
+    # 02:30 happens twice in Paris on 25 October 2026 (00:30 and 01:30 UTC): one run.
+    assert runs("30 2 * * *", PARIS, utc(2026, 10, 24, 12), 2) == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
+
+
+def test_an_hourly_schedule_follows_the_real_hours_through_the_autumn_change():
+    assert runs("0 * * * *", PARIS, utc(2026, 10, 24, 23, 30), 4) == [
+        utc(2026, 10, 25, 0),  # 02:00 summer time
+        utc(2026, 10, 25, 1),  # 02:00 winter time: another real hour
+        utc(2026, 10, 25, 2),
+        utc(2026, 10, 25, 3),
+    ]
+
+
+def test_the_latest_run_counts_a_run_due_at_that_very_moment():
+    assert cron.latest_run("*/5 * * * *", "UTC", utc(2026, 1, 1, 10, 5)) == utc(2026, 1, 1, 10, 5)
+    assert cron.latest_run("*/5 * * * *", "UTC", utc(2026, 1, 1, 10, 9, 59)) == utc(2026, 1, 1, 10, 5)
+    assert cron.latest_run("0 0 1 1 *", "UTC", utc(2026, 11, 26, 17)) == utc(2026, 1, 1)
+
+
+def test_the_latest_run_skips_the_repeat_of_a_time_the_autumn_change_repeats():
+    # At 02:00 UTC (03:00 in Paris) the latest 02:30 was the first one, at 00:30 UTC.
+    assert cron.latest_run("30 2 * * *", PARIS, utc(2026, 10, 25, 2)) == utc(2026, 10, 25, 0, 30)
+
+
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [
+        ("61 * * * *", "not a valid cron expression"),
+        ("* * * *", "has 4 fields"),
+        ("0 0 * * * *", "has 6 fields"),  # croniter's seconds field: a schedule runs at most once a minute
+        ("@fortnightly", "is not one of @yearly"),
+        ("every day", "has 2 fields"),
+        ("", "cannot be blank"),
+    ],
+)
+def test_a_bad_cron_expression_is_refused_with_the_reason(db, expression, says):
+    with pytest.raises(ValidationError) as refused:
+        add(expression=expression)
+    assert says in " ".join(refused.value.message_dict["cron"])
+    assert not WorkflowSchedule.objects.exists()
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../../etc/passwd", "paris"])
+def test_an_unknown_time_zone_is_refused(db, zone):
+    with pytest.raises(ValidationError) as refused:
+        add(zone=zone)
+    assert "is not a known time zone" in refused.value.message_dict["time_zone"][0]
+
+
+def test_what_the_engine_would_refuse_at_run_time_is_refused_when_saved(db):
+    with pytest.raises(ValidationError) as refused:
+        add(definition="nope", tasks=[{"type": "no-such-type"}], input=[])
+    assert set(refused.value.message_dict) == {"definition", "tasks", "input"}
+
+
+# --- Runs ----------------------------------------------------------------------------------
+
+
+def test_saving_a_schedule_sets_its_next_run_in_its_time_zone(db):
+    schedule = schedules.schedule_save(
+        WorkflowSchedule(name="paris", cron="0 9 * * *", time_zone=PARIS), now=utc(2026, 7, 1, 12)
+    )
+    assert schedule.next_run_at == utc(2026, 7, 2, 7)
+
+
+def test_a_due_run_starts_one_workflow_keyed_by_its_due_time(engine):
+    schedule = add(expression="*/5 * * * *", input={"n": 1}, tasks=[{"type": "echo"}])
+    due = utc(2026, 1, 1, 10, 5)
+    due_now(schedule, due)
+    workflow = engine.call(schedules.schedule_fire, schedule.pk, now=due + timedelta(seconds=1))
+    assert workflow.idempotency_key == f"schedule:{schedule.pk}:2026-01-01T10:05:00+00:00"
+    assert workflow.schedule == schedule and workflow.name == "nightly" and workflow.input == {"n": 1}
+    assert workflow.transitions.get().actor_label == "system"
+    assert WorkflowDetailSerializer(workflow).data["schedule"] == schedule.pk  # as the API shows it
+    schedule = reload_schedule(schedule)
+    assert (schedule.last_run_at, schedule.next_run_at) == (due, utc(2026, 1, 1, 10, 10))
+    engine.drain()
+    assert reload(workflow).state == State.COMPLETE
+
+
+def test_a_run_fired_twice_starts_one_workflow(engine):
+    schedule = add(expression="*/5 * * * *")
+    due = utc(2026, 1, 1, 10, 5)
+    due_now(schedule, due)
+    first = engine.call(schedules.schedule_fire, schedule.pk, now=due)
+    # A duplicate job (two clusters, a re-delivery) finds the run started.
+    assert engine.call(schedules.schedule_fire, schedule.pk, now=due + timedelta(seconds=2)) is None
+    # Even when the schedule's row says it is still due (restored, or read before the
+    # first run committed), the idempotency key gives the same workflow back.
+    due_now(schedule, due)
+    again = engine.call(schedules.schedule_fire, schedule.pk, now=due + timedelta(seconds=3))
+    assert again.pk == first.pk
+    assert Workflow.objects.filter(schedule=schedule).count() == 1
+
+
+def test_after_an_outage_only_the_latest_missed_run_starts(engine):
+    schedule = add(expression="0 * * * *")
+    due_now(schedule, utc(2026, 1, 1, 6))  # no cluster ran from 05:30 to 09:20
+    result = engine.call(schedules.tick, now=utc(2026, 1, 1, 9, 20))
+    assert result["started"] == 1
+    workflow = Workflow.objects.get(schedule=schedule)
+    assert workflow.idempotency_key.endswith(":2026-01-01T09:00:00+00:00")
+    assert reload_schedule(schedule).next_run_at == utc(2026, 1, 1, 10)
+
+
+def test_a_tick_with_nothing_due_costs_two_queries(db, django_assert_num_queries):
+    add(expression="0 3 * * *")
+    with django_assert_num_queries(2):  # runs due now; runs due before the next tick
+        assert schedules.tick() == {"started": 0, "queued": 0}
+
+
+def test_saving_a_schedule_keeps_a_run_started_meanwhile(engine):
+    schedule = add(expression="*/5 * * * *")
+    form_copy = reload_schedule(schedule)  # read by a form before the run
+    due = due_now(schedule, utc(2026, 1, 1, 10, 5)).next_run_at
+    engine.call(schedules.schedule_fire, schedule.pk, now=due)
+    form_copy.input = {"changed": True}
+    schedules.schedule_save(form_copy)
+    assert reload_schedule(schedule).last_run_at == due
+
+
+def test_a_tick_queues_a_job_at_the_due_time_of_a_run_due_soon(engine):
+    now = timezone.now()
+    schedule = due_now(add(expression="0 0 1 1 *"), now + timedelta(seconds=1))
+    assert engine.call(schedules.tick, now=now) == {"started": 0, "queued": 1}
+    assert engine.broker.delayed_size() == 1
+    engine.drain(wait=5)  # the job runs once due, and starts the run
+    workflow = Workflow.objects.get(schedule=schedule)
+    assert workflow.state == State.COMPLETE
+    assert reload_schedule(schedule).next_run_at > now
+
+
+def test_a_paused_schedule_starts_nothing_and_resumes_from_its_next_due_time(engine):
+    schedule = add(expression="* * * * *")
+    schedules.schedule_pause(schedule)
+    assert reload_schedule(schedule).next_run_at is None
+    assert engine.call(schedules.tick, now=timezone.now() + timedelta(hours=1)) == {"started": 0, "queued": 0}
+    resumed = schedules.schedule_resume(reload_schedule(schedule))
+    assert timezone.now() < resumed.next_run_at <= timezone.now() + timedelta(minutes=1)
+    assert not Workflow.objects.exists()
+
+
+def test_a_run_that_cannot_start_is_recorded_and_the_schedule_moves_on(engine):
+    schedule = add(expression="0 * * * *")
+    WorkflowSchedule.objects.filter(pk=schedule.pk).update(definition="retired", next_run_at=utc(2026, 1, 1, 6))
+    assert engine.call(schedules.tick, now=utc(2026, 1, 1, 6, 0, 5)) == {"started": 0, "queued": 0}
+    schedule = reload_schedule(schedule)
+    assert "unknown workflow definition 'retired'" in schedule.last_error
+    assert schedule.next_run_at == utc(2026, 1, 1, 7)
+
+
+def test_removing_a_schedule_keeps_the_workflows_it_started(engine):
+    schedule = add()
+    workflow = engine.call(schedules.schedule_run_now, schedule, actor=Actor.CLI)
+    schedules.schedule_remove(schedule)
+    assert reload(workflow).schedule is None
+
+
+def test_the_due_check_runs_from_one_django_q2_schedule(db):
+    call_command("migrate", verbosity=0)
+    assert Schedule.objects.filter(name=schedules.TICK_SCHEDULE, func=schedules.TICK).count() == 1
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def cli(engine, *args) -> str:
+    out = StringIO()
+    with engine.capture(execute=True):
+        call_command("workflow", "schedule", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_the_cli_adds_lists_pauses_resumes_and_removes_a_schedule(engine):
+    added = json.loads(
+        cli(engine, "add", "--name", "reports", "--cron", "0 9 * * 1-5", "--timezone", PARIS,
+            "--input", '{"x": 1}', "--tasks", '[{"type": "echo"}]', "--json")
+    )  # fmt: skip
+    assert (added["cron"], added["time_zone"], added["input"]) == ("0 9 * * 1-5", PARIS, {"x": 1})
+    assert added["enabled"] is True
+    assert datetime.fromisoformat(added["next_run_at"]) > timezone.now()
+    assert "reports" in cli(engine, "list")
+    cli(engine, "pause", "reports")
+    [listed] = json.loads(cli(engine, "list", "--json"))
+    assert (listed["enabled"], listed["next_run_at"]) == (False, None)
+    assert "next run" in cli(engine, "resume", "reports")
+    cli(engine, "remove", "reports")
+    assert json.loads(cli(engine, "list", "--json")) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--cron", "* * *"], "cron: '* * *' has 3 fields"),
+        (["--cron", "@daily", "--timezone", "Nowhere/City"], "time_zone: 'Nowhere/City' is not a known time zone"),
+        (["--cron", "@daily", "--input", "{"], "--input is not valid JSON"),
+    ],
+)
+def test_the_cli_refuses_bad_input_with_the_reason(engine, args, says):
+    with pytest.raises(CommandError, match=says.replace("*", r"\*")):
+        cli(engine, "add", "--name", "x", *args)
+    assert not WorkflowSchedule.objects.exists()
+
+
+def test_the_cli_names_a_schedule_it_cannot_find(engine):
+    with pytest.raises(CommandError, match="no schedule named 'ghost'"):
+        cli(engine, "pause", "ghost")
+
+
+# --- Admin -----------------------------------------------------------------------------------
+
+
+def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_client):
+    schedule = add(expression="*/10 * * * *", zone=PARIS)
+    engine.call(schedules.schedule_run_now, schedule, actor=Actor.CLI)
+    page = admin_client.get(CHANGELIST)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "*/10 * * * *" in html and PARIS in html
+    link = f"?schedule__id__exact={schedule.pk}"
+    assert f'{link}">1 started' in html
+    workflows = admin_client.get(reverse("admin:workflows_workflow_changelist") + link)
+    [workflow] = workflows.context["cl"].result_list
+    assert workflow.schedule_id == schedule.pk
+    # And the workflow's page links back to its schedule.
+    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content.decode()
+    assert reverse("admin:workflows_workflowschedule_change", args=[schedule.pk]) in page
+
+
+def test_the_admin_adds_a_schedule_and_refuses_a_bad_one(engine, admin_client):
+    form = {"name": "hourly", "cron": "0 * * * *", "time_zone": "UTC", "definition": "default", "mode": "auto",
+            "input": "{}", "tasks": "", "enabled": "on"}  # fmt: skip
+    bad = admin_client.post(ADD, {**form, "cron": "0 25 * * *", "time_zone": "Moon/Base"})
+    assert bad.status_code == 200
+    errors = bad.context["adminform"].form.errors
+    assert "out of range" in errors["cron"][0] and "is not a known time zone" in errors["time_zone"][0]
+    assert admin_client.post(ADD, form).status_code == 302
+    schedule = WorkflowSchedule.objects.get(name="hourly")
+    assert schedule.next_run_at is not None and schedule.tasks is None
+
+
+def test_the_admin_pauses_resumes_and_runs_schedules_now(engine, admin_client):
+    schedule = add(expression="0 3 * * *")
+    selected = {"_selected_action": [schedule.pk]}
+    admin_client.post(CHANGELIST, {**selected, "action": "pause_schedules"})
+    assert reload_schedule(schedule).enabled is False
+    admin_client.post(CHANGELIST, {**selected, "action": "resume_schedules"})
+    assert reload_schedule(schedule).next_run_at is not None
+    with engine.capture(execute=True):
+        admin_client.post(CHANGELIST, {**selected, "action": "run_schedules_now"})
+    workflow = Workflow.objects.get(schedule=schedule)
+    assert workflow.transitions.get().actor_label == "admin:admin"
+    assert reload_schedule(schedule).next_run_at.hour == 3  # its due runs stay as they were
+
+
+# --- On a real cluster -------------------------------------------------------------------------
+
+
+def _fired_by(schedule) -> list[Workflow]:
+    return list(Workflow.objects.filter(schedule=schedule).order_by("created_at"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_a_schedule_every_minute_starts_a_workflow_each_minute_on_a_real_cluster(cluster):
+    schedule = add(name="every minute", expression="* * * * *", tasks=[{"type": "echo"}])
+    # Its runs of the last three minutes were missed (no cluster ran), and no job is queued
+    # for it: the cluster's own due check (django-q2's scheduler, about 30 s after it
+    # starts) must find it, and start the latest missed run only.
+    due_now(schedule, timezone.now() - timedelta(minutes=3))
+    queue.broker().purge_queue()
+    running = cluster()
+    wait_for(lambda: len(_fired_by(schedule)) >= 2, 150, f"two runs of the schedule\n{running.output()[-2000:]}")
+    first, second = (_due_of(workflow) for workflow in _fired_by(schedule)[:2])
+    assert first > timezone.now() - timedelta(minutes=2.5)  # not the earliest missed run
+    assert second == first + timedelta(minutes=1) and second.second == 0  # the next minute, on the minute
+    workflows = _fired_by(schedule)
+    wait_for(lambda: all(reload(w).state == State.COMPLETE for w in workflows), 30, "the runs to end")
+
+
+def _due_of(workflow: Workflow) -> datetime:
+    return datetime.fromisoformat(workflow.idempotency_key.split(":", 2)[2])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_two_clusters_firing_one_run_start_one_workflow(cluster):
+    schedule = add(name="shared", expression="0 0 1 1 *")
+    due = timezone.now() + timedelta(seconds=4)
+    due_now(schedule, due)
+    # Both clusters get the run's job several times over, as if each had queued it.
+    duplicates = [queue.Job(schedules.FIRE, (schedule.pk,), f"schedule-{schedule.pk}", eta=due) for _ in range(6)]
+    queue.enqueue(duplicates)
+    cluster()
+    cluster()
+    wait_for(lambda: reload_schedule(schedule).last_run_at == due, 60, "the run to start")
+    broker = queue.broker()
+    wait_for(lambda: broker.queue_size() == 0 and not broker.delayed_size(), 30, "every duplicate job to be taken")
+    wait_for(lambda: Workflow.objects.filter(state=State.COMPLETE).exists(), 30, "the run to end")
+    [workflow] = _fired_by(schedule)
+    assert workflow.idempotency_key == schedules.run_key(schedule, due)
