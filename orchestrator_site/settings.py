@@ -172,6 +172,8 @@ ORCH_LEASE_SECONDS = env_number("ORCH_LEASE_SECONDS", 30, minimum=1)
 ORCH_REQUEUE_SECONDS = env_number("ORCH_REQUEUE_SECONDS", 60, minimum=1)
 ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
 ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
+# The bearer token that GET /metrics asks for; unset, the endpoint answers 404.
+ORCH_METRICS_TOKEN = _raw("ORCH_METRICS_TOKEN", "")
 # Modules imported at start-up to register task types, beside every installed app's workflow_tasks.
 ORCH_TASK_MODULES = env_list("ORCH_TASK_MODULES", "")
 # Webhooks (a workflow's callback_url, called when it ends; see workflows.webhooks).
@@ -316,11 +318,21 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- Logging --------------------------------------------------------------------------
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper()
+# text: one readable line per record; json: one JSON object per line, with the engine's
+# fields (workflow_id, task_id, attempt, event) where a record has them.
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}},
 }

@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from workflows.admin import overview_view
+from workflows.api.metrics import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/workflows/", permanent=False)),
@@ -15,5 +16,7 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view()),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("metrics", metrics_view, name="metrics"),
+    path("metrics/", metrics_view),
     path("", include("workflows.api.urls")),
 ]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, child_env
 from workflows.bench import chain_tasks, hops_ms, percentile
-from workflows.models import Workflow
+from workflows.models import MetricCounter, Workflow
 
 
 def bench(*args: str, timeout: float = 150) -> dict:
@@ -113,14 +113,15 @@ def test_bench_api_quick_reports_times_and_equal_query_counts(transactional_db):
     assert report["api_size"] == 2000 and report["api_small"] == 1000
     assert report["transitions"] > 10 * 1999
     assert report["audit_chain_valid"] is True
-    for name in ("list", "detail", "changelist", "overview"):
+    for name in ("list", "detail", "changelist", "overview", "metrics"):
         figures = report["requests"][name]
         for key in ("small_ms", "full_ms", "ratio", "small_queries", "full_queries"):
             assert isinstance(figures[key], int | float) and figures[key] > 0, (name, key, figures)
-    for name in ("list", "detail", "overview"):
+    for name in ("list", "detail", "overview", "metrics"):
         figures = report["requests"][name]
         assert figures["small_queries"] == figures["full_queries"], (name, figures)
     assert not Workflow.objects.exists(), "the generated workflows are deleted afterwards"
+    assert not MetricCounter.objects.exists(), "the scrapes' counts of generated workflows are dropped too"
 
 
 @pytest.mark.integration

@@ -32,6 +32,7 @@ def start_up(**env) -> subprocess.CompletedProcess:
         ("CONN_MAX_AGE", "-1"),
         ("DJANGO_DEBUG", "perhaps"),
         ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
         ("DATABASE_URL", "nosuchdb://x"),
         ("REDIS_URL", "127.0.0.1:6379"),
         ("PORT", "http"),

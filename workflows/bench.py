@@ -25,7 +25,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from . import audit, queue
-from .models import State, Task, Transition, Workflow
+from .models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
 
 ROOT = Path(settings.BASE_DIR)
 STAMP = struct.Struct("d")
@@ -572,3 +572,20 @@ def delete_generated(owner) -> int:
     Transition.objects.filter(workflow__created_by=owner)._raw_delete(connection.alias)
     Task.objects.filter(workflow__created_by=owner)._raw_delete(connection.alias)
     return Workflow.objects.filter(created_by=owner)._raw_delete(connection.alias)
+
+
+@contextlib.contextmanager
+def metrics_kept():
+    """The stored metrics (counters and watermarks) as they were before, afterwards: a
+    scrape during the run counts generated workflows, which delete_generated removes
+    without counting them as deleted history."""
+    counters = list(MetricCounter.objects.all())
+    heads = list(MetricsHead.objects.all())
+    try:
+        yield
+    finally:
+        with transaction.atomic():
+            MetricCounter.objects.all().delete()
+            MetricCounter.objects.bulk_create(counters)
+            MetricsHead.objects.all().delete()
+            MetricsHead.objects.bulk_create(heads)

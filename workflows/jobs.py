@@ -1,5 +1,6 @@
 """django-q2 entry points. Thin: they take ids, load, and call the engine."""
 
+import logging
 import time
 from datetime import timedelta
 
@@ -7,10 +8,12 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from . import queue, schedules, services, webhooks
+from . import logs, queue, schedules, services, webhooks
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflows.recover"
+
+logger = logging.getLogger(__name__)
 
 
 # A job runs at most this many tasks in a row: its own, then each next phase's first task
@@ -60,7 +63,19 @@ def run_task(task_id: int, attempt: int) -> None:
             services.task_hand_back(task.pk, task.attempt, workflow_id=task.workflow_id)
             raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
         recorded = services.task_record(task, stored=outcome.stored, error=outcome.error, inline=chain.next_claim())
+        _log_outcome(task, outcome.error, recorded.recorded)
         task = recorded.next_task
+
+
+def _log_outcome(task, error: str | None, recorded: bool) -> None:
+    event = "task_succeeded" if error is None else "task_failed"
+    fields = logs.fields(workflow_id=task.workflow_id, task_id=task.pk, attempt=task.attempt, event=event)
+    how = "" if recorded else " (not recorded: a duplicate, or taken back)"
+    if error is None:
+        logger.info("task %s, attempt %s succeeded%s", task.pk, task.attempt, how, extra=fields)
+    else:
+        last_line = error.strip().splitlines()[-1] if error.strip() else "failed"
+        logger.warning("task %s, attempt %s failed%s: %s", task.pk, task.attempt, how, last_line, extra=fields)
 
 
 def _claim(task_id: int, attempt: int, worker: str):

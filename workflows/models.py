@@ -450,12 +450,14 @@ class WorkflowDeletion(models.Model):
         super().save(*args, **kwargs)
 
 
-class DeletionLogHeadManager(models.Manager):
-    def locked(self) -> "DeletionLogHead":
-        """The log's head, locked until the transaction ends (made on first use)."""
+class HeadManager(models.Manager):
+    """For a model of one row (pk ONLY), such as a log's head."""
+
+    def locked(self):
+        """The row, locked until the transaction ends (made on first use)."""
         head = self.select_for_update().filter(pk=self.model.ONLY).first()
         if head is None:
-            # Two first deletions at once: the second waits for the first's row here.
+            # Two first users at once: the second waits for the first's row here.
             self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
             head = self.select_for_update().get(pk=self.model.ONLY)
         return head
@@ -472,7 +474,7 @@ class DeletionLogHead(models.Model):
     last_digest = models.CharField(max_length=64, blank=True)
     head_mac = models.CharField(max_length=64, blank=True)
 
-    objects = DeletionLogHeadManager()
+    objects = HeadManager()
 
     def __str__(self) -> str:
         return f"deletion log head at #{self.last_seq}"
@@ -574,3 +576,34 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number}: {self.status_code or self.error}"
+
+
+class MetricsHead(models.Model):
+    """How far the stored counters (MetricCounter) have counted the engine's history (one
+    row): the audit log up to a transition id, task attempts up to an end time."""
+
+    ONLY = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY)
+    transition_id = models.BigIntegerField(default=0, help_text="Transitions up to this id are counted.")
+    attempts_until = models.DateTimeField(null=True, blank=True, help_text="Attempts ended by then are counted.")
+
+    objects = HeadManager()
+
+    def __str__(self) -> str:
+        return f"metrics counted up to transition {self.transition_id} and {self.attempts_until}"
+
+
+class MetricCounter(models.Model):
+    """One series of a Prometheus counter (or histogram part) as counted so far, kept so
+    that it never goes backwards when workflows, with their history, are deleted."""
+
+    name = models.CharField(max_length=100)
+    labels = models.CharField(max_length=400, help_text="The series' labels, as sorted JSON.")
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metric_counter_unique_series")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.labels} {self.value:g}"

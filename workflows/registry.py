@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import logs
+
 Handler = Callable[["TaskContext", dict], Any]
 
 
@@ -109,7 +111,9 @@ class TaskContext:
         self.task = task
         self.workflow_id = task.workflow_id
         self.attempt = task.attempt
-        self.logger = logging.getLogger(f"workflows.task.{task.type}")
+        # A handler's records carry its workflow, task and attempt (shown by JSON logs).
+        fields = logs.fields(workflow_id=task.workflow_id, task_id=task.pk, attempt=task.attempt)
+        self.logger = logging.LoggerAdapter(logging.getLogger(f"workflows.task.{task.type}"), fields)
         self._cancelled = cancelled
         self._workflow = None
         self._read = None

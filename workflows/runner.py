@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from . import services, shutdown, values
+from . import logs, services, shutdown, values
 from .models import Task
 from .registry import TaskContext, UnknownTaskType, get_task_type
 
@@ -161,7 +161,13 @@ class Heartbeat:
             except DatabaseError as exc:
                 failures += 1
                 delay = min(CANCEL_CHECK_SECONDS * 2**failures, renew_every / 2)
-                logger.warning("heartbeat of task %s: %s; trying again in %.1f s", attempt.task_id, exc, delay)
+                logger.warning(
+                    "heartbeat of task %s: %s; trying again in %.1f s",
+                    attempt.task_id,
+                    exc,
+                    delay,
+                    extra=_fields(attempt),
+                )
                 connections.close_all()
                 check_at = time.monotonic() + delay
 
@@ -182,10 +188,20 @@ class Heartbeat:
                     f"{TIMEOUT_GRACE_SECONDS:g} s, so its worker process {worker_name()} was ended"
                     + (f", with {killed} child process(es)" if killed else "")
                 )
-                logger.error("task %s, attempt %s: %s", attempt.task_id, attempt.number, error)
+                logger.error(
+                    "task %s, attempt %s: %s",
+                    attempt.task_id,
+                    attempt.number,
+                    error,
+                    extra=_fields(attempt, "timed_out"),
+                )
                 _record_overdue(attempt, error)
             finally:
                 os._exit(1)  # django-q2 spawns a new worker in its place
+
+
+def _fields(attempt: Attempt, event: str | None = None) -> dict:
+    return logs.fields(workflow_id=attempt.workflow_id, task_id=attempt.task_id, attempt=attempt.number, event=event)
 
 
 def _earliest(*times: float | None) -> float | None:
@@ -201,7 +217,9 @@ def _record_overdue(attempt: Attempt, error: str) -> None:
             services.task_finished(attempt.task_id, attempt.number, error=error)
             return
         except Exception:
-            logger.warning("could not record the timeout of task %s", attempt.task_id, exc_info=True)
+            logger.warning(
+                "could not record the timeout of task %s", attempt.task_id, exc_info=True, extra=_fields(attempt)
+            )
             connections.close_all()
             if not tries_left:
                 return

@@ -33,7 +33,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from . import audit, queue, statements, values, webhooks
+from . import audit, logs, metrics, queue, statements, values, webhooks
 from .models import ENDING_STATES, PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 from .signals import send_transitioned_on_commit
@@ -460,6 +460,15 @@ def _commit_change(
         raise ConcurrentChange(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
         )
+    task = (data or {}).get("task")
+    logger.info(
+        "workflow %s: %s, %s -> %s",
+        workflow.pk,
+        event,
+        source,
+        workflow.state,
+        extra=logs.fields(workflow_id=workflow.pk, event=event, task_id=task, attempt=(data or {}).get("attempt")),
+    )
     if written.inline is None:
         return None
     written.inline.workflow_row = statements.WorkflowRow.of(workflow)
@@ -672,6 +681,7 @@ def workflow_delete(workflow_id, *, actor: Actor) -> None:
             )
         # The log's head is taken last, so that deletions wait for one another only as
         # long as it takes to append a row and commit.
+        metrics.count_deleted(workflow.pk)  # its history stays in the counters
         Workflow.objects.filter(pk=workflow.pk).delete()
         WorkflowDeletion.objects.record(workflow=workflow, actor=actor)
 
@@ -712,11 +722,13 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
         if task is None:
             return False
         if workflow.state != task.phase:  # cancelled or failed meanwhile: nothing to hand back
+            now = timezone.now()
+            outcome = "cancelled" if workflow.state == State.CANCELLED else "handed_back"
             Task.objects.filter(pk=task.pk).update(
                 status=Status.CANCELLED,
-                finished_at=timezone.now(),
+                finished_at=now,
                 lease_expires_at=None,
-                attempts=_end_attempt(task, "cancelled" if workflow.state == State.CANCELLED else "handed_back"),
+                attempts=_end_attempt(task, outcome, now=now),
             )
             return True
         _queue_tasks([task], charge=False, attempts=_end_attempt(task, "handed_back"))
@@ -830,11 +842,12 @@ def _outcome_of(error: str) -> str:
     return "timed_out" if lines and lines[-1].startswith("TaskTimeout:") else "failed"
 
 
-def _end_attempt(task: Task, outcome: str, error: str = "") -> list:
-    """`task.attempts` with its latest attempt ended now (for an UPDATE)."""
+def _end_attempt(task: Task, outcome: str, error: str = "", *, now=None) -> list:
+    """`task.attempts` with its latest attempt ended `now` (for an UPDATE). Give the time
+    written to the task's finished_at: the metrics find ended attempts by it."""
     attempts = list(task.attempts or [])
     if attempts:
-        ended = {"outcome": outcome, "finished_at": timezone.now().isoformat()}
+        ended = {"outcome": outcome, "finished_at": (now or timezone.now()).isoformat()}
         attempts[-1] = {**attempts[-1], **ended, **({"error": error} if error else {})}
     return attempts
 
@@ -845,7 +858,9 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, ou
     cancelled = workflow.state == State.CANCELLED
     task.error = error
     task.finished_at, task.lease_expires_at = timezone.now(), None
-    task.attempts = _end_attempt(task, "cancelled" if cancelled else outcome or _outcome_of(error), error)
+    task.attempts = _end_attempt(
+        task, "cancelled" if cancelled else outcome or _outcome_of(error), error, now=task.finished_at
+    )
     in_phase = workflow.state == task.phase
     if in_phase and task.attempts_left > 0:
         eta = timezone.now() + timedelta(seconds=backoff_delay(task.attempt - task.attempt_offset))
@@ -890,6 +905,12 @@ def recover(*, now=None) -> dict:
             if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
                 requeued += 1
                 _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
+                logger.info(
+                    "recovery: task %s, attempt %s re-sent (its job was lost)",
+                    task.pk,
+                    task.attempt,
+                    extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
+                )
     return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
 
 
@@ -918,6 +939,12 @@ def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:
         if task:  # still expired now that we hold the lock
             worker = task.worker or "unknown worker"
             error = f"lease expired: {worker} stopped heartbeating (attempt {attempt})"
+            logger.warning(
+                "recovery: task %s, %s",
+                task_id,
+                error,
+                extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="lease_expired"),
+            )
             _attempt_failed(workflow, task, error, Actor.SYSTEM, outcome="lease_expired")
 
 

@@ -1,0 +1,31 @@
+"""GET /metrics: the Prometheus exposition, for a scraper holding ORCH_METRICS_TOKEN."""
+
+import hmac
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from .. import metrics
+
+
+def _bearer_token(request) -> bytes:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
+
+
+@require_GET
+def metrics_view(request):
+    """404 unless a token is configured (the endpoint does not exist then); 401 with a
+    missing or wrong token (compared in constant time)."""
+    expected = settings.ORCH_METRICS_TOKEN
+    if not expected:
+        raise Http404("metrics are off: set ORCH_METRICS_TOKEN")
+    if not hmac.compare_digest(_bearer_token(request), expected.encode()):
+        response = HttpResponse("401: send Authorization: Bearer <ORCH_METRICS_TOKEN>\n", status=401,
+                                content_type="text/plain; charset=utf-8")  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    # The classic text format, which every Prometheus version reads.
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
