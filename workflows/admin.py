@@ -24,6 +24,7 @@ from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
     STATUS_COLOURS,
+    format_rate,
     format_seconds,
     rate_chart_svg,
     state_graph_svg,
@@ -684,8 +685,8 @@ def overview_view(request):
             for state, count in figures["workflows_by_state"].items()
         ],
         "total": sum(figures["workflows_by_state"].values()),
-        "task_rate": _rounded(task_rates[-1]),
-        "workflow_rate": _rounded(workflow_rates[-1]),
+        "task_rate": format_rate(task_rates[-1]),
+        "workflow_rate": format_rate(workflow_rates[-1]),
         "task_chart": rate_chart_svg(task_rates, figures["since"], "Tasks finished per second", "tasks/s"),
         "workflow_chart": rate_chart_svg(
             workflow_rates, figures["since"], "Workflows finished per minute", "workflows/min"
@@ -706,10 +707,6 @@ def overview_view(request):
 
 
 CLUSTER_COLOURS = {"Working": STATE_COLOURS[State.EXECUTE], "Idle": STATE_COLOURS[State.COMPLETE]}
-
-
-def _rounded(value: float) -> str:
-    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def _seconds_or_dash(seconds: float | None) -> str:

@@ -456,7 +456,8 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
     )  # fmt: skip
 
 
-def _rate(value: float) -> str:
+def format_rate(value: float) -> str:
+    """A rate a person reads at a glance: 0.44, 2.5, 12."""
     return f"{value:.2f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.0f}"
 
 
@@ -470,10 +471,8 @@ def rate_chart_svg(values: list[float], since: datetime, label: str, unit: str) 
     bars = []
     for index, value in enumerate(values):
         height = round(value / peak * chart_h, 1)
-        minute = f"{timezone.localtime(since + timedelta(minutes=index)):%H:%M}"
-        bars.append(
-            (left + index * (bar_w + gap), top + chart_h - height, bar_w, height, f"{minute}: {_rate(value)} {unit}")
-        )
+        title = f"{timezone.localtime(since + timedelta(minutes=index)):%H:%M}: {format_rate(value)} {unit}"
+        bars.append((left + index * (bar_w + gap), top + chart_h - height, bar_w, height, title))
     ticks = [
         (
             left + index * (bar_w + gap) + bar_w / 2,
@@ -489,10 +488,10 @@ def rate_chart_svg(values: list[float], since: datetime, label: str, unit: str) 
         '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#9ca3af"/>'
         '<text x="{}" y="{}" text-anchor="end" fill="#4b5563">{}</text>'
         '<text x="{}" y="{}" text-anchor="end" fill="#4b5563">0</text>{}{}</svg>',
-        label, _rate(values[-1] if values else 0), unit, _rate(max(values, default=0)),
+        label, format_rate(values[-1] if values else 0), unit, format_rate(max(values, default=0)),
         width, top + chart_h + 22, width,
         left, top + chart_h, width, top + chart_h,
-        left - 6, top + 9, _rate(peak),
+        left - 6, top + 9, format_rate(peak),
         left - 6, top + chart_h,
         format_html_join(
             "", '<rect class="rate-bar" x="{}" y="{}" width="{}" height="{}" fill="#1f6fd1"><title>{}</title></rect>',
