@@ -98,6 +98,23 @@ def test_an_inserted_row_is_caught(finished):
     assert broken.seq == 4
 
 
+def test_a_signed_row_that_does_not_start_where_the_last_one_ended_is_caught(finished):
+    """What the engine wrote before it checked heads: a COMPLETE workflow whose state alone
+    was set back to VALIDATE, then moved on by recovery, got a second, properly signed
+    VALIDATE → COMPLETE row."""
+    Workflow.objects.filter(pk=finished.pk).update(state=State.VALIDATE)
+    workflow = reload(finished)
+    workflow.complete()
+    row = Transition.objects.build(workflow=workflow, source=State.VALIDATE, event="complete", actor=Actor.SYSTEM)
+    row.save()
+    Workflow.objects.filter(pk=workflow.pk).update(
+        state=State.COMPLETE, last_seq=row.seq, last_digest=row.digest, head_mac=workflow.head_mac
+    )
+    broken = audit.verify(reload(workflow))
+    assert broken.seq == 5
+    assert broken.problem == "it starts from VALIDATE, but the row before it ended in COMPLETE"
+
+
 def test_a_forged_digest_without_the_key_is_caught(finished, settings):
     row = finished.transitions.get(seq=4)
     previous = finished.transitions.get(seq=3).digest

@@ -91,16 +91,22 @@ class BrokenLink:
         return f"workflow {self.workflow_id}: {where}: {self.problem}"
 
 
-def verify(workflow) -> BrokenLink | None:
+def verify(workflow, rows=None) -> BrokenLink | None:
     """The first broken link of the workflow's audit chain or of its head, or None when
-    both are whole."""
+    both are whole. `rows`: its transitions in seq order, if the caller has read them
+    (otherwise they are read here)."""
     pk = str(workflow.pk)
     previous_digest, expected_seq, last = "", 1, None
-    for row in workflow.transitions.order_by("seq"):
+    for row in workflow.transitions.order_by("seq") if rows is None else rows:
         if row.seq != expected_seq:
             return BrokenLink(pk, expected_seq, f"missing (found #{row.seq} next): a row was deleted")
         if not _signed(row.digest, SALT, _content(row, previous_digest)):
             return BrokenLink(pk, row.seq, "its digest does not match: the row was edited or inserted")
+        # Each change starts where the one before it ended: a row signed for another
+        # place (a replayed or duplicated change) does not fit here.
+        came_from = last.target if last else "INIT"
+        if row.source != came_from:
+            return BrokenLink(pk, row.seq, f"it starts from {row.source}, but the row before it ended in {came_from}")
         previous_digest, expected_seq, last = row.digest, expected_seq + 1, row
     ends_in = last.target if last else "INIT"
     if ends_in != workflow.state:
