@@ -22,6 +22,12 @@ INLINE_LIMIT = 8
 # Time kept back from django-q2's timeout for the job (JOB_TIMEOUT_GRACE beyond its first
 # task's timeout) to record the last outcome.
 RECORD_MARGIN = 10
+# What a connection the database dropped (a restart, a failover, a proxy or a network cut)
+# raises at its next statement; a fresh connection is the cure.
+DROPPED = (InterfaceError, OperationalError)
+# While the database stays away, the pause before each further try doubles from the first
+# to the last (the first try again, on a fresh connection, is at once).
+RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 2.0
 
 
 class Chain:
@@ -55,16 +61,47 @@ def run_task(task_id: int, attempt: int) -> None:
     at least once: only the delivery that claims the attempt runs it, and each outcome is
     recorded once."""
     chain = Chain(worker_name())
-    task = _claim(task_id, attempt, chain.worker)
+    task = _on_fresh_connection(services.task_claim, task_id, attempt, worker=chain.worker)
     while task is not None:
         chain.ran_one(task)
         outcome = run_handler(task)
+        # Still the attempt's for a good part of a lease: the heartbeat renewed it at most a
+        # third of a lease ago.
+        patience = settings.ORCH_LEASE_SECONDS * 2 / 3
         if outcome.stopped:
-            services.task_hand_back(task.pk, task.attempt, workflow_id=task.workflow_id)
+            hand_back = services.task_hand_back
+            _on_fresh_connection(hand_back, task.pk, task.attempt, workflow_id=task.workflow_id, patience=patience)
             raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
-        recorded = services.task_record(task, stored=outcome.stored, error=outcome.error, inline=chain.next_claim())
+        inline = chain.next_claim()
+        record = services.task_record
+        recorded = _on_fresh_connection(
+            record, task, stored=outcome.stored, error=outcome.error, inline=inline, patience=patience
+        )
         _log_outcome(task, outcome.error, recorded.recorded)
         task = recorded.next_task
+
+
+def _on_fresh_connection(step, *args, patience: float = 0.0, **kwargs):
+    """`step(*args, **kwargs)`, tried again on a fresh connection when the database
+    connection fails: at once, then, for up to `patience` seconds, with backoff.
+
+    Workers skip Django's connection health check (a SELECT 1 before every job), so a
+    connection the database dropped since the last statement fails here instead. The
+    engine's steps are idempotent by attempt number: a step whose commit went through
+    but whose answer was lost finds, when tried again, that there is nothing left to do."""
+    give_up_at = time.monotonic() + patience
+    failures = 0
+    while True:
+        try:
+            return step(*args, **kwargs)
+        except DROPPED as exc:
+            connection.close()
+            failures += 1
+            pause = 0.0 if failures == 1 else min(RETRY_PAUSE * 2 ** (failures - 2), RETRY_PAUSE_MAX)
+            if failures > 1 and time.monotonic() + pause > give_up_at:
+                raise
+            logger.warning("%s: the database connection failed (%s); trying again", step.__name__, str(exc).strip())
+            time.sleep(pause)
 
 
 def _log_outcome(task, error: str | None, recorded: bool) -> None:
@@ -78,19 +115,9 @@ def _log_outcome(task, error: str | None, recorded: bool) -> None:
         logger.warning("task %s, attempt %s failed%s: %s", task.pk, task.attempt, how, last_line, extra=fields)
 
 
-def _claim(task_id: int, attempt: int, worker: str):
-    try:
-        return services.task_claim(task_id, attempt, worker=worker)
-    except (InterfaceError, OperationalError):
-        # Workers skip Django's connection health check (a SELECT 1 before every job):
-        # a connection the database dropped since the last job fails here instead, once.
-        connection.close()
-        return services.task_claim(task_id, attempt, worker=worker)
-
-
 def skip_connection_health_checks(**kwargs) -> None:
     """Connected to django-q2's post_spawn signal: in worker processes, the first
-    statement of a job (the claim) stands in for the health check; see _claim."""
+    statement of a job (the claim) stands in for the health check; see _on_fresh_connection."""
     connection.settings_dict["CONN_HEALTH_CHECKS"] = False
 
 
