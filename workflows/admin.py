@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from . import schedules, services, stats
+from . import audit, schedules, services, stats
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -234,6 +234,19 @@ class DefinitionFilter(admin.SimpleListFilter):
         return queryset.filter(definition=self.value()) if self.value() else queryset
 
 
+class AuditFilter(admin.SimpleListFilter):
+    """Workflows the engine found with a broken audit chain and left as they are."""
+
+    title = "audit chain"
+    parameter_name = "audit"
+
+    def lookups(self, request, model_admin):
+        return [("broken", "found broken")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(broken_chain__isnull=False) if self.value() == "broken" else queryset
+
+
 class TaskColumns:
     """Columns a task shows in the workflow's inline and in the task admin."""
 
@@ -342,7 +355,7 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
         "error_line",
     ]  # fmt: skip
-    list_filter = ["state", DefinitionFilter, "mode", "created_at"]
+    list_filter = ["state", DefinitionFilter, "mode", AuditFilter, "created_at"]
     search_fields = ["name"]
     date_hierarchy = "created_at"
     show_full_result_count = False
@@ -352,7 +365,7 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
         "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-        "schedule",
+        "schedule", "audit_chain",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
@@ -361,6 +374,7 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
         ),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
+        ("Audit", {"fields": ["audit_chain"]}),
     ]
     change_form_template = "admin/workflows/workflow/change_form.html"
     object_history_template = "admin/workflows/workflow/object_history.html"
@@ -390,6 +404,17 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
         )
 
     # --- Columns -------------------------------------------------------------------------
+
+    @admin.display(description="audit chain")
+    def audit_chain(self, workflow):
+        """Verified now, as `workflow verify` does (one query)."""
+        broken = audit.verify(workflow)
+        if broken is None:
+            return f"intact: {workflow.last_seq} row(s), the head signed"
+        return format_html(
+            '<strong class="audit-broken">broken</strong>: {}. The engine leaves this workflow as it is.',
+            str(broken).split(": ", 1)[1],
+        )
 
     @admin.display(description="id")
     def short_id(self, workflow):
@@ -680,6 +705,7 @@ def overview_view(request):
         "opts": Workflow._meta,
         "title": "Overview",
         "figures": figures,
+        "audit_broken_url": f"{changelist}?audit=broken",
         "states": [
             (state, count, badge(state, STATE_COLOURS[state]), f"{changelist}?state__exact={state}")
             for state, count in figures["workflows_by_state"].items()

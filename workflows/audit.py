@@ -114,8 +114,15 @@ def verify(workflow, rows=None) -> BrokenLink | None:
         return BrokenLink(pk, expected_seq, f"missing: {log} but the workflow is {workflow.state}")
     if (workflow.last_seq, workflow.last_digest) != (expected_seq - 1, previous_digest):
         return BrokenLink(pk, *_head_mismatch(expected_seq - 1, workflow.last_seq))
+    return head_problem(workflow)
+
+
+def head_problem(workflow) -> BrokenLink | None:
+    """Whether the head on the workflow's row (its state, last seq and digest) is signed:
+    what a caller that holds the row, but has not read its log, can check (no query)."""
     if not _signed(workflow.head_mac, HEAD_SALT, _head(workflow)):
-        return BrokenLink(pk, None, "its MAC does not match: the workflow's state or chain head was changed")
+        problem = "its MAC does not match: the workflow's state or chain head was changed"
+        return BrokenLink(str(workflow.pk), None, problem)
     return None
 
 

@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from . import stats
-from .models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
+from .models import BrokenChain, MetricCounter, MetricsHead, State, Task, Transition, Workflow
 
 # How long a row may take from getting its id or end time to being committed (a
 # transaction, SQLite's wait for its write lock included), plus the clocks' drift between
@@ -268,7 +268,16 @@ def _gauges() -> list[GaugeMetricFamily]:
     for state, count in stats.counts(Workflow.objects.all(), "state", State.values).items():
         by_state.add_metric([state], count)
     cluster = stats.cluster_stats()
-    gauges = [by_state, _gauge("orchestrator_broker_up", "1 if the broker answered.", cluster["broker_available"])]
+    broken = _gauge(
+        "orchestrator_audit_broken_workflows",
+        "Workflows the engine found with an audit chain that does not verify, and left as they are.",
+        BrokenChain.objects.count(),
+    )
+    gauges = [
+        by_state,
+        broken,
+        _gauge("orchestrator_broker_up", "1 if the broker answered.", cluster["broker_available"]),
+    ]
     if cluster["broker_available"]:
         gauges += [
             _gauge("orchestrator_queue_depth", "Jobs waiting on the broker, due now.", cluster["queue_depth"]),

@@ -480,6 +480,38 @@ class DeletionLogHead(models.Model):
         return f"deletion log head at #{self.last_seq}"
 
 
+class BrokenChainManager(models.Manager):
+    def report(self, *, workflow_id, problem: str, refused: str, now=None) -> None:
+        """Keep (or refresh) the finding that `workflow_id`'s chain does not verify and that
+        the engine refused `refused` on it. Call it outside the transaction that was refused:
+        the finding must outlive its rollback."""
+        defaults = {"problem": problem, "refused": refused, "found_at": now or timezone.now()}
+        # A workflow deleted meanwhile leaves nothing to report.
+        if Workflow.objects.filter(pk=workflow_id).exists():
+            self.update_or_create(workflow_id=workflow_id, defaults=defaults)
+
+
+class BrokenChain(models.Model):
+    """A workflow whose audit chain the engine found broken, and which it left as it is: no
+    transition is written to it, and recovery touches none of its tasks, while its chain
+    does not verify. Recovery looks at each again on every run and removes the finding
+    once the chain verifies (its rows restored, or a rotated SECRET_KEY listed again in
+    SECRET_KEY_FALLBACKS)."""
+
+    workflow = models.OneToOneField(Workflow, on_delete=models.CASCADE, primary_key=True, related_name="broken_chain")
+    problem = models.TextField(help_text="The first broken link, as `workflow verify` names it.")
+    refused = models.CharField(max_length=32, help_text="What the engine was about to do: an event, or recover.")
+    found_at = models.DateTimeField(default=timezone.now, help_text="When it was last found broken.")
+
+    objects = BrokenChainManager()
+
+    class Meta:
+        ordering = ["-found_at"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id}: {self.problem}"
+
+
 class WorkflowSchedule(models.Model):
     """Starts a workflow each time its cron expression falls due in its time zone
     (workflows.schedules runs it; workflows.cron says when)."""

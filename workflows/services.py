@@ -34,7 +34,18 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from . import audit, logs, metrics, queue, statements, values, webhooks
-from .models import ENDING_STATES, PHASE_EVENTS, PHASES, Actor, State, Task, Transition, Workflow, WorkflowDeletion
+from .models import (
+    ENDING_STATES,
+    PHASE_EVENTS,
+    PHASES,
+    Actor,
+    BrokenChain,
+    State,
+    Task,
+    Transition,
+    Workflow,
+    WorkflowDeletion,
+)
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 from .signals import send_transitioned_on_commit
 
@@ -57,8 +68,10 @@ ACTIONS = ("start", "next", "retry", "cancel", "delete")
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
     """The ACTIONS the service functions below would accept for `workflow` now, from a
-    caller who may change it and (`may_delete`) delete it."""
+    caller who may change it and (`may_delete`) delete it. A workflow whose head is not
+    signed can only be deleted (see AuditBroken)."""
     state = workflow.state
+    may_change = may_change and audit.head_problem(workflow) is None
     allowed = {
         "start": state == State.INIT,
         "next": workflow.mode == Workflow.Mode.MANUAL and state == State.INIT or is_waiting_for_next(workflow),
@@ -81,6 +94,22 @@ class InvalidTransition(WorkflowError):
         self.state = workflow.state
         self.allowed = available_actions(workflow)
         super().__init__(message or f"cannot {event} a workflow in state {workflow.state}")
+
+
+class AuditBroken(InvalidTransition):
+    """The workflow's audit chain does not verify: the engine writes nothing over it (no
+    transition, no task of it moved on by recovery) until it verifies again. Reported in
+    BrokenChain, which /metrics counts and the admin's overview shows."""
+
+    def __init__(self, workflow: Workflow, event: str, link: audit.BrokenLink):
+        self.link = link
+        self.reported = False
+        super().__init__(
+            workflow,
+            event,
+            f"cannot {event} workflow {workflow.pk}: its audit chain does not verify ({link}); it is left as it "
+            "is: see `manage.py workflow verify`",
+        )
 
 
 class IdempotencyConflict(WorkflowError):
@@ -375,8 +404,7 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
     callback_url = changes.pop("callback_url", None)
     if callback_url is not None:
         callback_url = webhooks.validate_callback_url(callback_url)
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "update") as workflow:
         if workflow.state != State.INIT:
             raise InvalidTransition(
                 workflow, "update", f"cannot update a workflow in state {workflow.state}: only one not yet started"
@@ -411,6 +439,45 @@ def _locked(workflow_id: UUID | str) -> Workflow:
     return Workflow.objects.select_for_update().get(pk=workflow_id)
 
 
+def _check_chain(workflow: Workflow, event: str, *, whole: bool = True) -> None:
+    """Raise AuditBroken unless the workflow's audit chain verifies: `whole`, every row
+    (one query); otherwise only the head on its row, which costs no query."""
+    link = audit.verify(workflow) if whole else audit.head_problem(workflow)
+    if link:
+        raise AuditBroken(workflow, event, link)
+
+
+def _report(broken: AuditBroken) -> None:
+    """Log and keep the finding that a workflow's chain is broken (once per refusal)."""
+    if broken.reported:
+        return
+    broken.reported = True
+    workflow_id = broken.workflow.pk
+    logger.error(
+        "workflow %s: audit chain broken, %s refused, the workflow is left as it is: %s",
+        workflow_id,
+        broken.event,
+        broken.link,
+        extra=logs.fields(workflow_id=workflow_id, event="audit_broken"),
+    )
+    BrokenChain.objects.report(workflow_id=workflow_id, problem=str(broken.link), refused=broken.event)
+
+
+@contextlib.contextmanager
+def _changing(workflow_id, event: str, *, whole_chain: bool = True):
+    """A transaction that holds the workflow's lock, entered only if its audit chain
+    verifies (`whole_chain`: every row; otherwise the head on its row). A refusal is
+    reported once the transaction has been rolled back, so that the report stays."""
+    try:
+        with transaction.atomic():
+            workflow = _locked(workflow_id)
+            _check_chain(workflow, event, whole=whole_chain)
+            yield workflow
+    except AuditBroken as broken:
+        _report(broken)
+        raise
+
+
 class ConcurrentChange(WorkflowError):
     """The workflow changed between reading it and writing a transition computed from it."""
 
@@ -436,7 +503,7 @@ def _commit_change(
     PostgreSQL, with `succeeded` the success of the task that ended the phase too), and
     their jobs (see _enqueue). Returns the task claimed for `inline`."""
     now = timezone.now()
-    previous_seq = workflow.last_seq
+    previous_seq, previous_mac = workflow.last_seq, workflow.head_mac
     row = Transition.objects.build(
         workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data, now=now
     )
@@ -445,6 +512,7 @@ def _commit_change(
             workflow=workflow,
             row=row,
             previous_seq=previous_seq,
+            previous_mac=previous_mac,
             now=now,
             queue_phase=workflow.state in PHASES,
             fresh_budget=event == "retry",
@@ -507,6 +575,7 @@ def _fire(
     error) and commit it (see _commit_change); a phase it enters with nothing left to run
     is finished at once. Returns the task claimed for `inline`, if any."""
     source = workflow.state
+    _check_chain(workflow, event, whole=False)  # the last guard of every path, the hot one included
     try:
         getattr(workflow, event)(**arguments)
     except TransitionNotAllowed:
@@ -613,8 +682,7 @@ def _finish_phase(workflow: Workflow, actor: Actor, phase_results, *, inline=Non
 
 def _keep_results(workflow_id, phase: str, last_seq: int) -> None:
     """A manual workflow waits for `next` with its phase's results in view."""
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "keep its results", whole_chain=False) as workflow:
         if (workflow.state, workflow.last_seq) != (phase, last_seq):
             raise ConcurrentChange(f"workflow {workflow_id} changed while its {phase} results were being kept")
         workflow.results = {**workflow.results, phase: _phase_results(workflow)}
@@ -626,16 +694,14 @@ def _advance(workflow: Workflow, actor: Actor, **commit) -> Task | None:
 
 
 def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "start") as workflow:
         _fire(workflow, "start", actor)
     return workflow
 
 
 def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
     """Manual mode: fire the next transition once the current phase's work is done."""
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "next") as workflow:
         if workflow.mode != Workflow.Mode.MANUAL:
             raise InvalidTransition(workflow, "next", "next is only for workflows in manual mode")
         if workflow.state not in PHASE_EVENTS:
@@ -649,8 +715,7 @@ def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
 def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
     """Resume a FAILED workflow at the phase that failed: tasks that succeeded are not
     run again, the others get a fresh budget of attempts."""
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "retry") as workflow:
         _fire(workflow, "retry", actor, data={"phase": workflow.failed_phase})
     return workflow
 
@@ -660,8 +725,7 @@ def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     `ctx.cancelled()` and their late results change nothing."""
     if problem := values.text_problem(reason):
         raise ValidationError({"reason": [f"reason {problem}"]})
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+    with _changing(workflow_id, "cancel") as workflow:
         _fire(workflow, "cancel", actor, reason=reason)
         workflow.tasks.filter(status__in=[Status.PENDING, Status.QUEUED]).update(
             status=Status.CANCELLED, finished_at=timezone.now()
@@ -765,13 +829,16 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
     compare-and-set on its chain head, which loses to any change made meanwhile (a
     cancel, recovery), and then this worker stops there. When the claim already showed
     this task to be the last of its phase, the success and the change are one statement.
+    A workflow whose head does not verify is not moved on (AuditBroken): the success alone
+    is recorded.
     """
     if error is not None:
         return Recorded(_record_failure(task.pk, task.attempt, error, task.workflow_id))
     now = timezone.now()
-    if task.snapshot is not None and task.snapshot.last_of_phase(task.phase):
+    snapshot = task.snapshot
+    if snapshot is not None and snapshot.last_of_phase(task.phase) and _head_signed(snapshot, task.workflow_id):
         succeeded = statements.Succeeded(task.pk, task.attempt, stored)
-        workflow = task.snapshot.workflow(task.workflow_id)
+        workflow = snapshot.workflow(task.workflow_id)
         try:
             return Recorded(
                 True, _finish_phase(workflow, Actor.WORKER, _results(task, stored), inline=inline, succeeded=succeeded)
@@ -806,6 +873,13 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
         return Recorded(True, _finish_phase(workflow, Actor.WORKER, _results(task, stored), inline=inline))
     except ConcurrentChange:
         return Recorded(True)
+    except AuditBroken as broken:
+        _report(broken)
+        return Recorded(True)
+
+
+def _head_signed(row: statements.WorkflowRow, workflow_id) -> bool:
+    return audit.head_problem(row.workflow(workflow_id)) is None
 
 
 def _results(task: Task, stored: str | None):
@@ -827,12 +901,17 @@ def task_finished(task_id: int, attempt: int, *, result=None, error: str | None 
 
 
 def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool:
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
-        task = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).first()
-        if task is None:
-            return False
-        _attempt_failed(workflow, task, error, Actor.WORKER)
+    """A failed attempt, recorded under the workflow's lock; not recorded (False) when the
+    attempt no longer holds its task, or the workflow's head does not verify (the attempt
+    then stays as it is, its lease runs out and recovery leaves it too)."""
+    try:
+        with _changing(workflow_id, "record a failure", whole_chain=False) as workflow:
+            task = Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).first()
+            if task is None:
+                return False
+            _attempt_failed(workflow, task, error, Actor.WORKER)
+    except AuditBroken:
+        return False
     return True
 
 
@@ -890,49 +969,69 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, ou
 def recover(*, now=None) -> dict:
     """Take back attempts whose worker stopped heartbeating (killed, machine lost), re-send
     jobs of attempts queued long ago whose job was lost by the broker, and move on
-    workflows whose phase's work is done but whose worker died before it moved them on."""
+    workflows whose phase's work is done but whose worker died before it moved them on.
+
+    Each workflow's whole audit chain is verified before anything of it is touched: one
+    that does not verify is left as it is, reported (BrokenChain) and listed under
+    `audit_broken`. Findings of earlier runs whose chains verify again are cleared."""
     now = now or timezone.now()
+    run = _Recovery()
+    _clear_mended_chains()
     expired = list(
         Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list("pk", "workflow_id", "attempt")
     )
     for task_id, workflow_id, attempt in expired:
-        _take_back(task_id, workflow_id, attempt, now)
+        run.unless_broken(workflow_id, _take_back, task_id, attempt, now)
     stale_before = now - timedelta(seconds=settings.ORCH_REQUEUE_SECONDS)
-    requeued = 0
-    for task in Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before).only("pk", "attempt", "timeout"):
-        # A duplicate of a job that was not lost after all loses its claim and does nothing.
-        with transaction.atomic():
-            if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
-                requeued += 1
-                _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
-                logger.info(
-                    "recovery: task %s, attempt %s re-sent (its job was lost)",
-                    task.pk,
-                    task.attempt,
-                    extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
-                )
-    return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
-
-
-def _move_on_finished_phases() -> int:
-    """A worker records the success that ends a phase and then, in a second statement,
-    fires the transition; killed in between, it leaves an automatic workflow whose phase
-    is done and that nothing moves on. (Caught in the act instead, the worker's
-    compare-and-set loses to this, and nothing happens twice.)"""
+    stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before)
+    requeued = sum(
+        run.unless_broken(task.workflow_id, _requeue, task, now) or 0
+        for task in stale.only("pk", "workflow_id", "attempt", "timeout")
+    )
     done = Workflow.objects.filter(state__in=PHASES, mode=Workflow.Mode.AUTO, unfinished=0).values_list("pk", flat=True)
-    moved = 0
-    for workflow_id in list(done):
-        with transaction.atomic():
-            workflow = _locked(workflow_id)
-            if workflow.state in PHASES and workflow.mode == Workflow.Mode.AUTO and workflow.unfinished == 0:
-                _finish_phase(workflow, Actor.SYSTEM, _gathered(workflow))
-                moved += 1
-    return moved
+    moved_on = sum(run.unless_broken(workflow_id, _move_on) or 0 for workflow_id in list(done))
+    return {
+        "expired": len(expired),
+        "requeued": requeued,
+        "moved_on": moved_on,
+        "audit_broken": {str(workflow_id): str(broken.link) for workflow_id, broken in run.broken.items()},
+    }
 
 
-def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:
-    with transaction.atomic():
-        workflow = _locked(workflow_id)
+class _Recovery:
+    """One run of recovery: the workflows it found with a broken audit chain, each met
+    once, however many of its tasks recovery would have touched."""
+
+    def __init__(self):
+        self.broken: dict = {}
+
+    def unless_broken(self, workflow_id, step, *args):
+        """`step(workflow_id, *args)`, unless the workflow's chain was found broken."""
+        if workflow_id in self.broken:
+            return None
+        try:
+            return step(workflow_id, *args)
+        except AuditBroken as broken:
+            self.broken[workflow_id] = broken
+        except Workflow.DoesNotExist:  # deleted meanwhile: nothing to recover
+            pass
+        return None
+
+
+def _clear_mended_chains() -> None:
+    """Forget the findings of chains that verify again."""
+    for finding in BrokenChain.objects.select_related("workflow"):
+        if audit.verify(finding.workflow) is None:
+            BrokenChain.objects.filter(pk=finding.pk, found_at=finding.found_at).delete()
+            logger.info(
+                "workflow %s: its audit chain verifies again",
+                finding.pk,
+                extra=logs.fields(workflow_id=finding.pk, event="audit_mended"),
+            )
+
+
+def _take_back(workflow_id, task_id: int, attempt: int, now) -> None:
+    with _changing(workflow_id, "recover") as workflow:
         task = Task.objects.filter(
             Q(lease_expires_at__lt=now), pk=task_id, status=Status.RUNNING, attempt=attempt
         ).first()
@@ -946,6 +1045,35 @@ def _take_back(task_id: int, workflow_id, attempt: int, now) -> None:
                 extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="lease_expired"),
             )
             _attempt_failed(workflow, task, error, Actor.SYSTEM, outcome="lease_expired")
+
+
+def _requeue(workflow_id, task: Task, now) -> int:
+    """Re-send the job of an attempt queued long ago: its broker lost it (1), or it was
+    claimed meanwhile (0). A duplicate of a job that was not lost after all loses its
+    claim and does nothing."""
+    with _changing(workflow_id, "recover"):
+        if not Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
+            return 0
+        _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
+    logger.info(
+        "recovery: task %s, attempt %s re-sent (its job was lost)",
+        task.pk,
+        task.attempt,
+        extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
+    )
+    return 1
+
+
+def _move_on(workflow_id) -> int:
+    """A worker records the success that ends a phase and then, in a second statement,
+    fires the transition; killed in between, it leaves an automatic workflow whose phase
+    is done and that nothing moves on. (Caught in the act instead, the worker's
+    compare-and-set loses to this, and nothing happens twice.)"""
+    with _changing(workflow_id, "recover") as workflow:
+        if workflow.state in PHASES and workflow.mode == Workflow.Mode.AUTO and workflow.unfinished == 0:
+            _finish_phase(workflow, Actor.SYSTEM, _gathered(workflow))
+            return 1
+    return 0
 
 
 def workflow_progress(workflow: Workflow) -> dict:

@@ -43,9 +43,11 @@ TASK_COLUMNS = (
 )  # fmt: skip
 # What a transition computed in memory needs of its workflow (its results are extended in
 # the statement, never written back from a copy).
+# The head's MAC comes too, so that a worker checks the head before it moves the workflow
+# on, without a statement of its own (workflows.audit.head_problem).
 WORKFLOW_COLUMNS_READ = (
-    "state", "mode", "unfinished", "last_seq", "last_digest", "error", "retries", "failed_phase", "started_at",
-    "finished_at",
+    "state", "mode", "unfinished", "last_seq", "last_digest", "head_mac", "error", "retries", "failed_phase",
+    "started_at", "finished_at",
 )  # fmt: skip
 
 
@@ -204,8 +206,9 @@ RESULTS = (
 # --- transition -------------------------------------------------------------------------------
 
 # The workflow row, only while it is still in the state, and at the head of its audit
-# chain, that the change was computed from: a caller that holds no lock (a worker ending
-# a phase) loses to any change made meanwhile. The new head goes with its MAC (made in
+# chain (its seq and the MAC the caller checked), that the change was computed from: a
+# caller that holds no lock (a worker ending a phase) loses to any change made meanwhile,
+# a head edited since it was checked included. The new head goes with its MAC (made in
 # Python by Transition.objects.build, see workflows.audit).
 CHANGE = """
 UPDATE workflows_workflow
@@ -214,7 +217,8 @@ SET state = %(target)s, results = {results}, error = %(error)s, retries = %(retr
     updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s, head_mac = %(head_mac)s,
     unfinished = (SELECT COUNT(*) FROM workflows_task
                   WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
-WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s {and_last}
+WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
+    {and_last}
 RETURNING unfinished, callback_url"""
 AUDIT = """
 INSERT INTO workflows_transition
@@ -596,6 +600,7 @@ def transition(
     workflow,
     row,
     previous_seq: int,
+    previous_mac: str,
     now: datetime,
     queue_phase: bool,
     fresh_budget: bool = False,
@@ -604,7 +609,7 @@ def transition(
     phase_results: str | None | type[GATHER] = UNCHANGED,
 ) -> Written:
     """`transition`: write the change `workflow` made in memory (from `row.source`, at
-    chain head `previous_seq`) with its audit row `row`; add the phase's results (JSON
+    chain head `previous_seq` signed `previous_mac`) with its audit row `row`; add the phase's results (JSON
     text, or GATHER for EXECUTE's) unless UNCHANGED; with `queue_phase`, give the
     entered phase's unfinished tasks their next attempt; with `succeeded`, record that
     success first, and make the change only if it was the phase's last."""
@@ -620,6 +625,7 @@ def transition(
         "source": row.source,
         "target": row.target,
         "previous_seq": previous_seq,
+        "previous_mac": previous_mac,
         "phase_results": None if phase_results is UNCHANGED or phase_results is GATHER else phase_results,
         "task": succeeded.task_id if succeeded else None,
         "result": succeeded.result if succeeded else None,

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_q.status import Stat
 
 from . import queue
-from .models import PHASES, State, Task, Workflow
+from .models import PHASES, BrokenChain, State, Task, Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def overview(now=None) -> dict:
         "since": since,
         "workflows_by_state": by_state,
         "running": sum(by_state[state] for state in PHASES),
+        "audit_broken": BrokenChain.objects.count(),
         "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
         "workflows_per_minute": per_minute(ended, since, now, "workflows-finished"),
         "duration": _durations(completed),

@@ -307,10 +307,13 @@ class Command(BaseCommand):
 
     def do_recover(self, **_):
         found = services.recover()
+        broken = found["audit_broken"]
         self.stdout.write(
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
-            f"finished phases moved on: {found['moved_on']}"
+            f"finished phases moved on: {found['moved_on']}; audit chains broken, left as they are: {len(broken)}"
         )
+        for link in broken.values():
+            self.stdout.write(f"  audit broken: {link}")
 
     # --- schedules --------------------------------------------------------------------------
 
