@@ -10,7 +10,7 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import SearchFilter
-from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
@@ -19,7 +19,7 @@ from ..models import Actor, Task, Transition, Workflow
 from ..stats import workflow_stats
 from . import access
 from .filters import StrictOrderingFilter, WorkflowFilter
-from .renderers import START_EXAMPLE, OrchestratorBrowsableAPIRenderer
+from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer
 from .serializers import (
     CancelSerializer,
     ConflictSerializer,
@@ -110,7 +110,7 @@ class WorkflowViewSet(
     ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
     ordering = ["-created_at"]
     serializer_class = WorkflowDetailSerializer
-    renderer_classes = [JSONRenderer, OrchestratorBrowsableAPIRenderer]
+    renderer_classes = [EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -264,7 +264,9 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        body = CancelSerializer(data=request.data or {})
+        # An empty body is read as {}; any other body must be an object (false or [] is no
+        # "no reason", but a client's mistake).
+        body = CancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
 
