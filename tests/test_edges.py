@@ -17,7 +17,7 @@ from rest_framework.authtoken.models import Token
 from tests.conftest import ROOT, child_env, free_port, reload, wait_for
 from tests.test_api import client_for, create
 from workflows import services
-from workflows.models import Actor, State, Task, Transition, Workflow
+from workflows.models import Actor, Phase, State, Task, Transition, Workflow
 
 
 @pytest.fixture
@@ -545,3 +545,19 @@ def test_the_development_server_answers_bad_input_with_a_4xx(runserver):
     assert send(f"{runserver}/metrics", method="POST", headers={"Authorization": "Bearer scrape-token"})[0] == 405
     assert send(f"{runserver}/metrics", headers={"Authorization": "Bearer scrape-token"})[0] == 200
     assert reload(workflow).state == State.INIT and Workflow.objects.count() == 1
+
+
+# --- Limits the README documents -----------------------------------------------------------------
+
+
+def test_a_workflow_holds_at_most_max_tasks_tasks(api):
+    too_many = {"name": "big", "tasks": [{"type": "noop"}] * (services.MAX_TASKS + 1)}
+    response = api.post("/workflows/", too_many, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["tasks"]
+    waits_too_long = {"name": "big", "tasks": [{"type": "noop", "after": ["x"] * (services.MAX_TASKS + 1)}]}
+    response = api.post("/workflows/", waits_too_long, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["tasks"]
+    assert nothing_stored()
+    full = {"name": "full", "tasks": [{"type": "noop"}] * services.MAX_TASKS}
+    assert api.post("/workflows/", full, format="json").status_code == 201
+    assert Task.objects.filter(phase=Phase.EXECUTE).count() == services.MAX_TASKS  # besides PREPARE and VALIDATE
