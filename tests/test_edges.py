@@ -402,7 +402,7 @@ HUGE = "9" * 5000  # more digits than Python converts to an int (4,300)
         ("state", 400),
         ("mode", 400),
         ("ordering", 400),
-        ("search", 200),
+        ("search", 400),
         ("definition", 200),
     ],
 )
@@ -412,6 +412,17 @@ def test_a_huge_number_in_any_list_parameter_is_answered_as_any_bad_value(api, o
     assert response.status_code == status, response.content[:300]
     if status == 400:
         assert list(response.json()) == [name]
+
+
+@pytest.mark.parametrize("search", ["a" * 60_000, "a " * 3_000, "x" * 201])
+def test_a_search_longer_than_a_name_can_be_is_a_400_naming_it(api, browser, owner, search):
+    create(owner)
+    for client in (api, browser):
+        response = client.get("/workflows/", {"search": search})
+        assert response.status_code == 400, response.content[:300]
+    assert list(api.get("/workflows/", {"search": search}).json()) == ["search"]
+    assert api.get("/workflows/", {"search": "w" * 199 + " "}).json()["count"] == 0
+    assert api.get("/workflows/", {"search": "w"}).json()["count"] == 1
 
 
 @pytest.mark.parametrize("given, size", [("0050", 50), ("000000000000000000000000000000001", 1), ("500", 500)])

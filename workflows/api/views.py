@@ -9,7 +9,6 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.filters import SearchFilter
 from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -18,7 +17,7 @@ from .. import services, values
 from ..models import Actor, Task, Transition, Workflow
 from ..stats import workflow_stats
 from . import access
-from .filters import StrictOrderingFilter, WorkflowFilter
+from .filters import BoundedSearchFilter, StrictOrderingFilter, WorkflowFilter
 from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer
 from .serializers import (
     CancelSerializer,
@@ -104,7 +103,7 @@ class WorkflowViewSet(
     schema = WorkflowSchema()
     permission_classes = [WorkflowAccess]
     lookup_value_regex = "[^/]+"
-    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
+    filter_backends = [DjangoFilterBackend, BoundedSearchFilter, StrictOrderingFilter]
     filterset_class = WorkflowFilter
     search_fields = ["name"]
     ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
