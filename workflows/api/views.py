@@ -263,8 +263,8 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        # An empty body is read as {}; any other body must be an object (false or [] is no
-        # "no reason", but a client's mistake).
+        # DRF reads an empty body as {}; any other body must be an object: false or [] is a
+        # client's mistake, not "no reason".
         body = CancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
