@@ -1,21 +1,34 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from workflows.admin import overview_view
 from workflows.api.metrics import metrics_view
 
+
+class SwaggerUIView(SpectacularSwaggerView):
+    """The page, for GET (and HEAD) alone: OPTIONS would be DRF's metadata, which the page's
+    HTML renderer has no template for, so it answers 405 as any other method does."""
+
+    http_method_names = ["get", "head"]
+
+
+# The home page only redirects, so other methods answer 405: exempt from CSRF, whose 403 page
+# would otherwise come first (nothing here changes anything).
+home = RedirectView.as_view(url="/workflows/", permanent=False, http_method_names=["get", "head", "options"])
+
 urlpatterns = [
-    path("", RedirectView.as_view(url="/workflows/", permanent=False)),
+    path("", csrf_exempt(home)),
     # Before the admin's own URLs, whose catch-all would answer 404 for it.
     path("admin/workflows/dashboard/", admin.site.admin_view(overview_view), name="workflows-dashboard"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("schema/", SpectacularAPIView.as_view()),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("docs", SwaggerUIView.as_view(url_name="schema"), name="docs"),
+    path("docs/", SwaggerUIView.as_view(url_name="schema")),
     path("metrics", metrics_view, name="metrics"),
     path("metrics/", metrics_view),
     path("", include("workflows.api.urls")),

@@ -2,14 +2,22 @@
 what a user is offered and allowed matches what the engine and the admin accept."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.test import Client
+from rest_framework.authtoken.models import Token
 
-from tests.conftest import reload
+from tests.conftest import ROOT, child_env, free_port, reload, wait_for
 from tests.test_api import client_for, create
 from workflows import services
-from workflows.models import Actor, State, Task, Transition, Workflow
+from workflows.models import Actor, Phase, State, Task, Transition, Workflow
 
 
 @pytest.fixture
@@ -22,9 +30,9 @@ def api(owner):
     return client_for(owner)
 
 
-def post(client, path: str, text: str, method: str = "post"):
+def post(client, path: str, text: str, method: str = "post", **headers):
     """Send `text` as the JSON body as it is (escapes such as \\ud800 reach the parser)."""
-    return getattr(client, method)(path, data=text, content_type="application/json")
+    return getattr(client, method)(path, data=text, content_type="application/json", **headers)
 
 
 def nothing_stored():
@@ -269,3 +277,298 @@ def test_wrong_method_and_wrong_content_type_answer_as_documented(api, owner):
     assert form.status_code == 415 and "multipart/form-data" in form.json()["detail"]
     assert api.get("/workflows/", {"page": 99}).status_code == 404
     assert Workflow.objects.get() == workflow and reload(workflow).name == "wf"
+
+
+# --- The client's own text, sent back in an error ---------------------------------------------------
+
+# A lone surrogate that JSON's escapes bring in, in a field's name or in a refused choice: the
+# error names it back, as the JSON escape the client sent (UTF-8 cannot hold it as it is).
+ECHOED = [
+    ('{"name": "x", "\\ud800": 1}', ["\ud800"]),
+    ('{"name": "x", "tasks": [{"type": "echo", "\\udfff": 1}]}', ["tasks", "0", "\udfff"]),
+    ('{"name": "x", "mode": "\\ud800"}', ["mode"]),
+    ('{"name": "x", "mode": "manual", "\\ud800x": {"\\ud800": 1}}', ["\ud800x"]),
+]
+
+
+def error_at(errors: dict, path: list[str]) -> list[str]:
+    for key in path:
+        assert list(errors) == [key], errors
+        errors = errors[key]
+    return errors
+
+
+@pytest.mark.parametrize("method, path", [("post", "/workflow/start"), ("post", "/workflows/"), ("put", "{id}"),
+                                          ("patch", "{id}")])  # fmt: skip
+@pytest.mark.parametrize("body, where", ECHOED)
+def test_a_lone_surrogate_echoed_in_an_error_is_a_400_that_names_it(api, owner, method, path, body, where):
+    workflow = create(owner)
+    response = post(api, path.format(id=f"/workflows/{workflow.pk}"), body, method)
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == "application/json"
+    assert b"\\ud800" in response.content or b"\\udfff" in response.content
+    assert all(isinstance(message, str) for message in error_at(response.json(), where))
+    assert Workflow.objects.get() == workflow and reload(workflow).name == "wf" and not Transition.objects.exists()
+
+
+@pytest.mark.parametrize("text", ['{"\\ud800": 1}', '{"reason": "r", "\\udbff": "s"}'])
+def test_a_cancel_body_with_a_lone_surrogate_in_a_field_name_is_a_400(api, owner, text):
+    workflow = create(owner)
+    response = post(api, f"/execution/workflows/{workflow.pk}/cancel", text)
+    assert response.status_code == 400, response.content
+    assert [key for key in response.json() if key != "reason"] in (["\ud800"], ["\udbff"])
+    assert reload(workflow).state == State.INIT and not Transition.objects.exists()
+
+
+# --- The browsable API ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser(owner):
+    """A logged-in browser: a session, asking for HTML."""
+    client = Client(HTTP_ACCEPT="text/html")
+    assert client.login(username="owner", password="pw")
+    return client
+
+
+# What the form sends back, and what a hand-written body may hold: every field of the form.
+BROWSER_BODIES = [
+    '{"name": "x\\ud800"}',
+    '{"name": "x", "idempotency_key": "\\ud800k"}',
+    '{"name": "x", "mode": "\\ud800"}',
+    '{"name": "x", "definition": "\\ud800"}',
+    '{"name": "x", "callback_url": "http://\\ud800/"}',
+    '{"name": "x", "input": {"\\ud800": "\\ud800"}}',
+    '{"name": "x", "tasks": [{"type": "\\ud800", "params": {"k": "\\udc00"}}]}',
+    '{"name": "x", "\\ud800": 1}',
+    '{"name": "x", "tasks": [{"type": "echo", "\\ud800": 1}]}',
+    '{"name": "x", "tasks": [{"type": "echo", "\\u00b2": 1}]}',  # a digit that int() refuses
+    '{"name": "x", "tasks": [{"type": "echo", "%s": 1}]}' % ("9" * 5000),  # more digits than int() takes
+    '{"\\ud800": "\\ud800"}',
+]
+
+
+@pytest.mark.parametrize("path", ["/workflow/start", "/workflows/"])
+@pytest.mark.parametrize("body", BROWSER_BODIES)
+def test_the_browsable_api_answers_a_bad_body_with_its_form_and_a_400(browser, path, body):
+    response = post(browser, path, body, HTTP_ACCEPT="text/html")
+    assert response.status_code == 400, response.content[-2000:]
+    assert response["Content-Type"].startswith("text/html")
+    html = response.content.decode()
+    assert 'id="start-workflow-form"' in html
+    assert nothing_stored()
+
+
+def test_the_browsable_form_shows_lone_surrogates_as_their_escapes(browser):
+    html = post(browser, "/workflow/start", '{"name": "x\\ud800", "\\udfff": 1}', HTTP_ACCEPT="text/html")
+    html = html.content.decode()
+    assert 'value="x\\ud800"' in html  # in the name's box, as the escape that was sent
+    assert "&quot;\\udfff&quot;: [" in html  # and in the JSON answer shown on the page
+
+
+def test_the_browsable_form_labels_tasks_by_position_and_fields_by_name(browser):
+    body = '{"name": "x", "tasks": [{"type": "echo"}, {"type": "echo", "5": 1, "after": ["\\ud800"]}]}'
+    html = post(browser, "/workflow/start", body, HTTP_ACCEPT="text/html").content.decode()
+    assert "task 2: 5: Unknown field" in html
+    assert "task 2: after: item 1: Surrogate characters are not allowed" in html
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("put", "/workflows/{id}"), ("patch", "/workflows/{id}"), ("post", "/execution/workflows/{id}/cancel")],
+)
+@pytest.mark.parametrize("body", ['{"name": "x\\ud800"}', '{"\\ud800": 1}', '{"reason": "\\ud800"}'])
+def test_the_browsable_api_answers_a_bad_body_on_a_workflow_with_a_400(browser, owner, method, path, body):
+    workflow = create(owner)
+    response = post(browser, path.format(id=workflow.pk), body, method, HTTP_ACCEPT="text/html")
+    assert response.status_code == 400, response.content[-2000:]
+    assert response["Content-Type"].startswith("text/html")
+    assert reload(workflow).name == "wf" and reload(workflow).state == State.INIT
+    assert not Transition.objects.exists()
+
+
+# --- Query parameters ---------------------------------------------------------------------------
+
+HUGE = "9" * 5000  # more digits than Python converts to an int (4,300)
+
+
+@pytest.mark.parametrize(
+    "name, status",
+    [
+        ("page_size", 400),
+        ("page", 404),
+        ("created_after", 400),
+        ("created_before", 400),
+        ("state", 400),
+        ("mode", 400),
+        ("ordering", 400),
+        ("search", 400),
+        ("definition", 200),
+    ],
+)
+def test_a_huge_number_in_any_list_parameter_is_answered_as_any_bad_value(api, owner, name, status):
+    create(owner)
+    response = api.get("/workflows/", {name: HUGE})
+    assert response.status_code == status, response.content[:300]
+    if status == 400:
+        assert list(response.json()) == [name]
+
+
+@pytest.mark.parametrize("search", ["a" * 60_000, "a " * 3_000, "x" * 201])
+def test_a_search_longer_than_a_name_can_be_is_a_400_naming_it(api, browser, owner, search):
+    create(owner)
+    for client in (api, browser):
+        response = client.get("/workflows/", {"search": search})
+        assert response.status_code == 400, response.content[:300]
+    assert list(api.get("/workflows/", {"search": search}).json()) == ["search"]
+    assert api.get("/workflows/", {"search": "w" * 199 + " "}).json()["count"] == 0
+    assert api.get("/workflows/", {"search": "w"}).json()["count"] == 1
+
+
+@pytest.mark.parametrize("given, size", [("0050", 50), ("000000000000000000000000000000001", 1), ("500", 500)])
+def test_page_size_is_read_as_a_whole_number(api, owner, given, size):
+    for _ in range(2):
+        create(owner)
+    response = api.get("/workflows/", {"page_size": given})
+    assert response.status_code == 200 and len(response.json()["results"]) == min(size, 2)
+
+
+@pytest.mark.parametrize("given", ["٣", "³", "1e2", "+5", " 5", "5.0"])
+def test_page_size_is_ascii_digits_only(api, given):
+    response = api.get("/workflows/", {"page_size": given})
+    assert response.status_code == 400 and list(response.json()) == ["page_size"]
+
+
+# --- Bodies that are not JSON objects ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["false", "true", "0", "1", '""', '"x"', "null", "[]", "[1]", "[{}]"])
+def test_a_cancel_body_that_is_not_a_json_object_is_a_400_and_cancels_nothing(api, owner, text):
+    workflow = create(owner)
+    response = post(api, f"/execution/workflows/{workflow.pk}/cancel", text)
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["non_field_errors"]
+    assert reload(workflow).state == State.INIT and not Transition.objects.exists()
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"reason": "done"}'])
+def test_a_cancel_with_an_empty_body_or_an_object_cancels(api, owner, text):
+    workflow = create(owner)
+    response = post(api, f"/execution/workflows/{workflow.pk}/cancel", text)
+    assert response.status_code == 202, response.content
+    assert reload(workflow).state == State.CANCELLED
+
+
+@pytest.mark.parametrize("path", ["/workflow/start", "/workflows/", "{id}"])
+@pytest.mark.parametrize("text", ["false", "0", '""', "null", "[]", "[1]"])
+def test_a_workflow_body_that_is_not_a_json_object_is_a_400(api, owner, path, text):
+    workflow = create(owner)
+    for method in ("post",) if path.startswith("/") else ("put", "patch"):
+        response = post(api, path.format(id=f"/workflows/{workflow.pk}"), text, method)
+        assert response.status_code == 400, (method, response.content)
+        assert list(response.json()) == ["non_field_errors"]
+    assert Workflow.objects.get() == workflow and reload(workflow).name == "wf"
+
+
+# --- /metrics and the site's other pages ----------------------------------------------------------
+
+
+@pytest.fixture
+def csrf_checked(owner):
+    """A browser as Django's CSRF protection sees it: logged in, no CSRF token sent."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    return client
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/"])
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_metrics_answers_other_methods_with_405(csrf_checked, settings, path, method):
+    settings.ORCH_METRICS_TOKEN = "scrape-token"
+    response = getattr(csrf_checked, method)(path, HTTP_AUTHORIZATION="Bearer scrape-token")
+    assert response.status_code == 405 and response["Allow"] == "GET"
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/"])
+@pytest.mark.parametrize("method", ["get", "head", "post", "put", "patch", "delete", "options"])
+def test_without_a_token_configured_metrics_does_not_exist_whatever_the_method(csrf_checked, settings, path, method):
+    settings.ORCH_METRICS_TOKEN = ""
+    assert getattr(csrf_checked, method)(path).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete"])
+def test_the_home_page_redirect_answers_other_methods_with_405(csrf_checked, method):
+    response = getattr(csrf_checked, method)("/")
+    assert response.status_code == 405 and "GET" in response["Allow"]
+    assert csrf_checked.get("/").status_code == 302
+
+
+# --- Against the development server --------------------------------------------------------------
+
+
+@pytest.fixture
+def runserver(transactional_db, tmp_path):
+    """`manage.py runserver` (as `make run` starts it), against the test database, with
+    metrics on: its base URL."""
+    port, log_path = free_port(), tmp_path / "runserver.log"
+    env = child_env(ORCH_METRICS_TOKEN="scrape-token")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: server.poll() is None and send(url + "/docs")[0] == 200, 60, "runserver to answer")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+
+
+def send(url: str, *, method: str = "GET", body: str | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    data = None if body is None else body.encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+@pytest.mark.integration
+def test_the_development_server_answers_bad_input_with_a_4xx(runserver):
+    owner = User.objects.create_user("owner", password="pw")
+    workflow = create(owner)
+    headers = {"Authorization": f"Token {Token.objects.create(user=owner).key}", "Accept": "application/json"}
+    json_headers = {**headers, "Content-Type": "application/json"}
+
+    status, body = send(f"{runserver}/workflows/?page_size={HUGE}", headers=headers)
+    assert status == 400 and list(json.loads(body)) == ["page_size"]
+    status, body = send(f"{runserver}/workflow/start", method="POST", body='{"name": "x", "\\ud800": 1}',
+                        headers=json_headers)  # fmt: skip
+    assert status == 400 and list(json.loads(body)) == ["\ud800"]
+    cancel = f"{runserver}/execution/workflows/{workflow.pk}/cancel"
+    assert send(cancel, method="POST", body="false", headers=json_headers)[0] == 400
+    assert send(f"{runserver}/metrics", method="POST", headers={"Authorization": "Bearer scrape-token"})[0] == 405
+    assert send(f"{runserver}/metrics", headers={"Authorization": "Bearer scrape-token"})[0] == 200
+    assert reload(workflow).state == State.INIT and Workflow.objects.count() == 1
+
+
+# --- Limits the README documents -----------------------------------------------------------------
+
+
+def test_a_workflow_holds_at_most_max_tasks_tasks(api):
+    too_many = {"name": "big", "tasks": [{"type": "noop"}] * (services.MAX_TASKS + 1)}
+    response = api.post("/workflows/", too_many, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["tasks"]
+    waits_too_long = {"name": "big", "tasks": [{"type": "noop", "after": ["x"] * (services.MAX_TASKS + 1)}]}
+    response = api.post("/workflows/", waits_too_long, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["tasks"]
+    assert nothing_stored()
+    full = {"name": "full", "tasks": [{"type": "noop"}] * services.MAX_TASKS}
+    assert api.post("/workflows/", full, format="json").status_code == 201
+    assert Task.objects.filter(phase=Phase.EXECUTE).count() == services.MAX_TASKS  # besides PREPARE and VALIDATE

@@ -3,7 +3,11 @@ covers every path of the specification, and the API answers what it documents.
 
 The last part runs schemathesis over the served schema, in process against Django's
 WSGI application, with a real user's token: no 5xx, only documented status codes and
-content types, and bodies that match their schemas.
+content types, and bodies that match their schemas. Then over what the schema does not
+list: the same paths without their trailing slash, and the site's own pages (/metrics,
+/schema, /docs, the login and logout forms, the home page), each described here; every
+route outside the admin must be in one of these documents, and answer a method it does
+not take with 405.
 """
 
 import re
@@ -20,8 +24,8 @@ from django.core.management import call_command
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from django.test import Client
-from django.urls import resolve
-from hypothesis import HealthCheck, settings
+from django.urls import URLResolver, get_resolver, resolve
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
@@ -175,7 +179,8 @@ def test_every_operation_has_a_summary_and_documents_its_errors(served_schema):
 
 # Loaded at collection (pytest-django has set Django up by then) so that each operation
 # is a test of its own; the schema view needs no database.
-schema = schemathesis.openapi.from_wsgi("/schema", get_wsgi_application())
+WSGI = get_wsgi_application()
+schema = schemathesis.openapi.from_wsgi("/schema", WSGI)
 
 # Valid requests and invalid ones (wrong types, missing and unknown fields, NUL
 # characters): each must get a documented answer.
@@ -356,3 +361,227 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
     )
     assert answered[201], "no sequence created a workflow: the calls never reached the workflows' own operations"
     assert answered[202], "no sequence fired a transition"
+
+
+# --- The rest of the site: what the API's schema does not list -------------------------------
+
+# Every path outside the admin: the API's with and without their trailing slash (its schema
+# lists one), and the site's own pages, described here as the API's schema describes its own.
+METRICS_TOKEN = "metrics-token-for-the-fuzzer"
+# Django accepts its CSRF secret unmasked, in the cookie and the header alike: with both, a
+# request meets the view, not the CSRF check.
+CSRF_SECRET = "fuzzercsrfsecret0123456789abcdef"
+VISITOR = {"username": "visitor", "password": "visitor-password"}
+
+HTML = {"text/html": {"schema": {"type": "string"}}}
+TEXT = {"text/plain": {"schema": {"type": "string"}}}
+CSRF_REFUSED = {"description": "The CSRF token is missing or wrong.", "content": HTML}
+LOGIN_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                "required": ["username", "password"],
+            }
+        }
+    },
+}
+LOGIN_ANSWERS = {
+    "200": {"description": "The form again, with its errors.", "content": HTML},
+    "302": {"description": "Logged in: on to the page asked for."},
+    "403": CSRF_REFUSED,
+}
+SCHEMA_TYPES = ["application/vnd.oai.openapi", "application/vnd.oai.openapi+json", "application/json"]
+
+
+def page(summary: str, **operation) -> dict:
+    return {"summary": summary, **operation}
+
+
+def both(path: str, operations: dict) -> dict:
+    return {path: operations, f"{path}/": operations}
+
+
+SITE_PATHS = {
+    "/": {"get": page("The home page", responses={"302": {"description": "To /workflows/."}})},
+    **both(
+        "/metrics",
+        {
+            "get": page(
+                "Prometheus metrics",
+                parameters=[{"name": "Authorization", "in": "header", "schema": {"type": "string"}}],
+                responses={
+                    "200": {"description": "The exposition.", "content": TEXT},
+                    "401": {"description": "No token, or another one.", "content": TEXT},
+                },
+            )
+        },
+    ),
+    **both(
+        "/schema",
+        {
+            "get": page(
+                "The OpenAPI schema",
+                parameters=[
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "yaml"]}},
+                    {"name": "lang", "in": "query", "schema": {"type": "string"}},
+                ],
+                responses={
+                    "200": {"description": "The schema.", "content": {t: {} for t in SCHEMA_TYPES}},
+                    "404": {"description": "No such format.", "content": {t: {} for t in SCHEMA_TYPES}},
+                },
+            )
+        },
+    ),
+    **both(
+        "/docs",
+        {
+            "get": page(
+                "Swagger UI",
+                parameters=[{"name": "lang", "in": "query", "schema": {"type": "string"}}],
+                responses={"200": {"description": "The page.", "content": HTML}},
+            )
+        },
+    ),
+    "/api-auth/login/": {
+        "get": page(
+            "The login form",
+            parameters=[{"name": "next", "in": "query", "schema": {"type": "string"}}],
+            responses={"200": {"description": "The form.", "content": HTML}},
+        ),
+        "post": page("Log in", requestBody=LOGIN_FORM, responses=LOGIN_ANSWERS),
+        # Django's form views take PUT as they take POST.
+        "put": page("Log in (as POST)", requestBody=LOGIN_FORM, responses=LOGIN_ANSWERS),
+    },
+    "/api-auth/logout/": {
+        "post": page(
+            "Log out",
+            responses={
+                "200": {"description": "Logged out.", "content": HTML},
+                "302": {"description": "Logged out: on to the next page."},
+                "403": CSRF_REFUSED,
+            },
+        )
+    },
+}
+
+
+def without_trailing_slashes(document: dict) -> dict:
+    return {**document, "paths": {path.rstrip("/"): item for path, item in document["paths"].items()}}
+
+
+site = schemathesis.openapi.from_dict(
+    {"openapi": "3.0.3", "info": {"title": "The site's pages", "version": "1"}, "paths": SITE_PATHS}
+)
+unslashed = schemathesis.openapi.from_dict(without_trailing_slashes(schema.raw_schema))
+for other in (site, unslashed):
+    other.app = WSGI
+    other.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], allow_x00=True)
+
+
+def concrete_paths(document: dict) -> list[str]:
+    return [path.replace("{id}", str(uuid.uuid4())) for path in document["paths"]]
+
+
+def route_variants() -> set[tuple[str, bool]]:
+    """Each admin-free URL pattern with each ending it takes: (route, ends with a slash)."""
+
+    def routes(patterns, prefix=""):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from routes(pattern.url_patterns, prefix + str(pattern.pattern))
+            else:
+                yield prefix + str(pattern.pattern)
+
+    variants = set()
+    for route in routes(get_resolver().url_patterns):
+        if route.startswith("admin/"):
+            continue
+        endings = (True, False) if route.endswith("/?$") else (route.endswith("/"),)
+        variants |= {(route, ending) for ending in endings}
+    return variants
+
+
+def test_the_fuzzed_documents_cover_every_path_outside_the_admin():
+    """A route added without its place in a fuzzed document fails here."""
+    fuzzed = [schema.raw_schema, without_trailing_slashes(schema.raw_schema), site.raw_schema]
+    covered = set()
+    for path in (path for document in fuzzed for path in concrete_paths(document)):
+        covered.add((resolve(path).route, path[1:].endswith("/")))
+    assert route_variants() - covered == set()
+
+
+@pytest.fixture
+def site_visitor(wsgi_in_test_transaction, settings, django_user_model):
+    settings.ORCH_METRICS_TOKEN = METRICS_TOKEN
+    django_user_model.objects.create_user(**VISITOR)
+
+
+@site.parametrize()
+@site.given(data=st.data())
+@settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_the_site_s_pages_answer_what_they_document(case, data, site_visitor):
+    # Random credentials never match: often send the right ones.
+    if case.path.startswith("/metrics") and data.draw(st.booleans()):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {METRICS_TOKEN}"}
+    if case.path.startswith("/api-auth/login") and isinstance(case.body, dict) and data.draw(st.booleans()):
+        case.body = {**case.body, **VISITOR}
+    case.cookies = {**(case.cookies or {}), "csrftoken": CSRF_SECRET}
+    case.call_and_validate(headers={"X-CSRFToken": CSRF_SECRET}, checks=CHECKS)
+
+
+def test_the_api_answers_without_its_trailing_slashes_what_it_documents(fuzz_user):
+    """The same operations, a few cases each: the paths route to the same views."""
+    for operation in (result.ok() for result in unslashed.get_all_operations()):
+        cases = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(GenerationMode.NEGATIVE)
+
+        @given(case=cases, data=st.data())
+        @settings(
+            max_examples=4, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def answers_as_documented(case, data):
+            if "id" in (case.path_parameters or {}):
+                case.path_parameters["id"] = data.draw(st.sampled_from(fuzz_user["ids"]))
+            case.call_and_validate(headers=fuzz_user["headers"], checks=CHECKS)
+
+        answers_as_documented()
+
+
+METHODS = {"get", "head", "post", "put", "patch", "delete", "options"}
+
+
+def test_every_path_answers_a_method_it_does_not_take_with_405(db, settings, django_user_model):
+    """A method that a fuzzed document does not list for a path is a 405 naming the methods
+    it takes (past authentication, which the API checks first); HEAD and OPTIONS answer as
+    the path allows, never with a 5xx. Only the login and logout forms check a session's
+    CSRF token first (403), and answer 405 once it is there."""
+    settings.ORCH_METRICS_TOKEN = METRICS_TOKEN
+    token = Token.objects.create(user=django_user_model.objects.create_user("caller")).key
+    without_csrf = Client(enforce_csrf_checks=True)
+    with_csrf = Client(enforce_csrf_checks=True, HTTP_X_CSRFTOKEN=CSRF_SECRET)
+    with_csrf.cookies["csrftoken"] = CSRF_SECRET
+    for document in (schema.raw_schema, without_trailing_slashes(schema.raw_schema), site.raw_schema):
+        for path, operations in document["paths"].items():
+            concrete = path.replace("{id}", str(uuid.uuid4()))
+            credentials = f"Bearer {METRICS_TOKEN}" if path.startswith("/metrics") else f"Token {token}"
+            taken = METHODS & set(operations)
+            for method in sorted(METHODS - taken):
+                response = getattr(without_csrf, method)(concrete, HTTP_AUTHORIZATION=credentials)
+                label = f"{method.upper()} {concrete}: {response.status_code}"
+                if method == "options" or method == "head" and "get" in taken:
+                    assert response.status_code < 500 and response.status_code != 403, label
+                    continue
+                if path.startswith("/api-auth/") and method not in ("get", "head"):
+                    assert response.status_code == 403, label
+                    response = getattr(with_csrf, method)(concrete)
+                    label = f"{method.upper()} {concrete} with its CSRF token: {response.status_code}"
+                assert response.status_code == 405, label
+                assert response["Allow"] and method.upper() not in response["Allow"], label

@@ -4,7 +4,7 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError as BadRequest
-from rest_framework.filters import OrderingFilter
+from rest_framework.filters import OrderingFilter, SearchFilter
 
 from ..models import State, Workflow
 
@@ -60,3 +60,22 @@ class StrictOrderingFilter(OrderingFilter):
                 }
             )
         return super().get_ordering(request, queryset, view)
+
+
+class BoundedSearchFilter(SearchFilter):
+    """?search= at most as long as a name can be. Each of its words is one more LIKE in the
+    query, and SQLite refuses a pattern over 50,000 bytes or about a thousand of them: the
+    database's refusal of a client's mistake, which no retry can mend."""
+
+    max_length = Workflow._meta.get_field("name").max_length
+
+    def filter_queryset(self, request, queryset, view):
+        if len(request.query_params.get(self.search_param, "")) > self.max_length:
+            raise BadRequest({self.search_param: [f"At most {self.max_length} characters, the longest a name can be."]})
+        return super().filter_queryset(request, queryset, view)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["maxLength"] = self.max_length
+        return parameters

@@ -4,6 +4,7 @@ import hmac
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -15,14 +16,20 @@ def _bearer_token(request) -> bytes:
     return token.strip().encode() if scheme.lower() == "bearer" else b""
 
 
-@require_GET
+# Exempt from CSRF: the endpoint changes nothing and takes no session, and Django's CSRF check
+# would otherwise answer any other method with a 403 page before the view could say 404 or 405.
+@csrf_exempt
 def metrics_view(request):
-    """404 unless a token is configured (the endpoint does not exist then); 401 with a
-    missing or wrong token (compared in constant time)."""
-    expected = settings.ORCH_METRICS_TOKEN
-    if not expected:
+    """404 for any method unless a token is configured (the endpoint does not exist then)."""
+    if not settings.ORCH_METRICS_TOKEN:
         raise Http404("metrics are off: set ORCH_METRICS_TOKEN")
-    if not hmac.compare_digest(_bearer_token(request), expected.encode()):
+    return _scrape(request)
+
+
+@require_GET
+def _scrape(request):
+    """401 with a missing or wrong token (compared in constant time)."""
+    if not hmac.compare_digest(_bearer_token(request), settings.ORCH_METRICS_TOKEN.encode()):
         response = HttpResponse("401: send Authorization: Bearer <ORCH_METRICS_TOKEN>\n", status=401,
                                 content_type="text/plain; charset=utf-8")  # fmt: skip
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'

@@ -1,12 +1,17 @@
-"""The browsable API's pages. The paths that create a workflow get a form with a field per
-input (the definition and the mode as choices), sent as the JSON body the API takes: the
-API reads JSON only, so DRF's own HTML form (form-encoded) would be refused."""
+"""How the API's answers are written: JSON, and the browsable API's pages. The paths that
+create a workflow get a form with a field per input (the definition and the mode as choices),
+sent as the JSON body the API takes: the API reads JSON only, so DRF's own HTML form
+(form-encoded) would be refused.
+
+Both write a lone surrogate (\\ud800 without its pair) as its escape: UTF-8 cannot hold one,
+and a client's own JSON escapes can bring one in, which an answer echoes back (an unknown
+field's name, a refused choice, the form filled with what was sent)."""
 
 import json
 
 from django.template.loader import render_to_string
 from rest_framework import status
-from rest_framework.renderers import BrowsableAPIRenderer
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 
 from ..models import Workflow
 from ..registry import definition_keys
@@ -24,12 +29,27 @@ def creates_workflows(view) -> bool:
     return getattr(view, "action_map", {}).get("post") in ("create", "create_and_start")
 
 
-def flat_messages(messages) -> list[str]:
-    """A field's errors as lines. The errors of a list of tasks come keyed by position
-    ("0", "1" …), each task's by field."""
+class ASCIIJSONRenderer(JSONRenderer):
+    ensure_ascii = True
+
+
+class EscapingJSONRenderer(JSONRenderer):
+    """DRF's JSON, with a lone surrogate written as its JSON escape: the client reads back
+    the very string it sent. Answers without one (all but a few errors) are written as before."""
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        try:
+            return super().render(data, accepted_media_type, renderer_context)
+        except UnicodeEncodeError:
+            return ASCIIJSONRenderer().render(data, accepted_media_type, renderer_context)
+
+
+def flat_messages(messages, item: str = "item") -> list[str]:
+    """A field's errors as lines. A list's errors come keyed by position (0, 1 …: numbers,
+    where a field's name, even "5", is text), shown as "<item> 1", "<item> 2" …"""
     if isinstance(messages, dict):
         return [
-            f"{f'task {int(key) + 1}' if str(key).isdigit() else key}: {line}"
+            f"{f'{item} {key + 1}' if isinstance(key, int) else key}: {line}"
             for key, value in messages.items()
             for line in flat_messages(value)
         ]
@@ -45,6 +65,10 @@ def as_text(value) -> str:
 
 class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
     template = "rest_framework/orchestrator_api.html"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        page = super().render(data, accepted_media_type, renderer_context)
+        return page.encode(self.charset, "backslashreplace")  # \ud800, as in the JSON shown
 
     def get_rendered_html_form(self, data, view, method, request):
         if method == "POST" and creates_workflows(view) and self.show_form_for_method(view, method, request, None):
@@ -73,7 +97,10 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
         }
         context = {
             "values": values,
-            "errors": {field: flat_messages(messages) for field, messages in errors.items()},
+            "errors": {
+                field: flat_messages(messages, item="task" if field == "tasks" else "item")
+                for field, messages in errors.items()
+            },
             "definitions": definition_keys(),
             "modes": Workflow.Mode.choices,
             "example": json.dumps(START_EXAMPLE["tasks"], indent=2),

@@ -9,8 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.filters import SearchFilter
-from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
@@ -18,8 +17,8 @@ from .. import services, values
 from ..models import Actor, Task, Transition, Workflow
 from ..stats import workflow_stats
 from . import access
-from .filters import StrictOrderingFilter, WorkflowFilter
-from .renderers import START_EXAMPLE, OrchestratorBrowsableAPIRenderer
+from .filters import BoundedSearchFilter, StrictOrderingFilter, WorkflowFilter
+from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer
 from .serializers import (
     CancelSerializer,
     ConflictSerializer,
@@ -104,13 +103,13 @@ class WorkflowViewSet(
     schema = WorkflowSchema()
     permission_classes = [WorkflowAccess]
     lookup_value_regex = "[^/]+"
-    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
+    filter_backends = [DjangoFilterBackend, BoundedSearchFilter, StrictOrderingFilter]
     filterset_class = WorkflowFilter
     search_fields = ["name"]
     ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
     ordering = ["-created_at"]
     serializer_class = WorkflowDetailSerializer
-    renderer_classes = [JSONRenderer, OrchestratorBrowsableAPIRenderer]
+    renderer_classes = [EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -264,7 +263,9 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        body = CancelSerializer(data=request.data or {})
+        # DRF reads an empty body as {}; any other body must be an object: false or [] is a
+        # client's mistake, not "no reason".
+        body = CancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
 
