@@ -531,10 +531,13 @@ def _fire(
 def _send(jobs: list[queue.Job]) -> None:
     try:
         queue.enqueue(jobs)
-    except Exception:
+    except Exception as exc:
         # The state change is committed and its tasks are QUEUED in the database, which is
         # the source of truth: recovery re-sends their jobs once the broker answers again.
-        logger.warning("could not reach the broker: %d job(s) will be re-sent by recovery", len(jobs), exc_info=True)
+        # An outage is one line; its traceback is for debugging.
+        reason = " ".join(str(exc).split())
+        logger.warning("could not reach the broker (%s): %d job(s) will be re-sent by recovery", reason, len(jobs))
+        logger.debug("the broker's error", exc_info=True)
 
 
 def _enqueue(jobs: list[queue.Job]) -> None:
@@ -911,7 +914,12 @@ def recover(*, now=None) -> dict:
                     task.attempt,
                     extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
                 )
-    return {"expired": len(expired), "requeued": requeued, "moved_on": _move_on_finished_phases()}
+    return {
+        "expired": len(expired),
+        "requeued": requeued,
+        "moved_on": _move_on_finished_phases(),
+        "webhooks_taken_back": webhooks.take_back_stalled(now),
+    }
 
 
 def _move_on_finished_phases() -> int:
