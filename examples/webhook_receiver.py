@@ -11,7 +11,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SECRET = os.environ["ORCH_WEBHOOK_SECRET"].encode()
-seen = set()  # delivery ids already handled: a delivery is sent at most once, but be safe
+seen = set()  # delivery ids handled: one may arrive twice (its first worker died mid-request)
 
 
 def signed(body: bytes, header: str) -> bool:

@@ -514,9 +514,9 @@ def test_add_without_starting_and_with_the_definition_s_default_tasks(admin_clie
 @pytest.mark.parametrize(
     "changes, field, message",
     [
-        ({"input": "{not json"}, "input", "Not valid JSON"),
-        ({"input": "[1, 2]"}, "input", "Must be a JSON object."),
-        ({"tasks": '{"type": "echo"}'}, "tasks", "Must be a JSON list."),
+        ({"input": "{not json"}, "input", "input is not valid JSON"),
+        ({"input": "[1, 2]"}, "input", "input must be a JSON object."),
+        ({"tasks": '{"type": "echo"}'}, "tasks", "tasks must be a JSON list."),
         ({"tasks": '[{"type": "nope"}]'}, "tasks", "unknown task type 'nope'"),
         ({"tasks": '[{"type": "echo", "max_attempts": 0}]'}, "tasks", "max_attempts"),
         ({"definition": "nope"}, "definition", "Select a valid choice."),
@@ -527,7 +527,7 @@ def test_add_without_starting_and_with_the_definition_s_default_tasks(admin_clie
         ({"input": '{"k": "a\\u0000b"}'}, "input", "input.k contains a NUL character"),
         ({"input": '{"\\u0000": 1}'}, "input", "a key of input contains a NUL character"),
         ({"input": '{"a": ' * 100 + "1" + "}" * 100}, "input", "nested more than 64 levels deep"),
-        ({"input": '{"a": ' * 5000 + "1" + "}" * 5000}, "input", "Nested more than 64 levels deep."),
+        ({"input": '{"a": ' * 5000 + "1" + "}" * 5000}, "input", "input is nested more than 64 levels deep"),
         ({"tasks": '[{"type": "echo", "params": {"k": "\\udfff"}}]'}, "tasks", "params.k contains a lone surrogate"),
         ({"tasks": '[{"type": "echo", "name": "a\\u0000"}]'}, "tasks", "name contains a NUL character"),
         ({"name": "a\x00b"}, "name", "Null characters are not allowed."),

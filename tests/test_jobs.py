@@ -6,6 +6,9 @@ from tests.conftest import events, reload, task
 from workflows import jobs, services, statements
 from workflows.models import State, Task
 
+# What recovery reports when it finds nothing to do.
+NOTHING_TO_RECOVER = {"expired": 0, "requeued": 0, "moved_on": 0, "audit_broken": {}, "webhooks_taken_back": 0}
+
 Status = Task.Status
 
 
@@ -88,7 +91,7 @@ def test_recovery_requeues_a_task_whose_lease_expired(engine):
 
     assert engine.call(services.recover)["expired"] == 0, "the lease has not run out yet"
     later = timezone.now() + timedelta(seconds=31)
-    assert engine.call(services.recover, now=later) == {"expired": 1, "requeued": 0, "moved_on": 0, "audit_broken": {}}
+    assert engine.call(services.recover, now=later) == {**NOTHING_TO_RECOVER, "expired": 1}
     prepare = task(workflow, "prepare")
     assert (prepare.status, prepare.attempt) == (Status.QUEUED, 2)
     assert "lease expired: doomed:1 stopped heartbeating" in prepare.error
@@ -123,7 +126,7 @@ def test_recovery_moves_on_a_workflow_whose_worker_died_after_the_last_success(e
     # transition to VALIDATE.
     assert statements.succeed(b.pk, 1, workflow_id=workflow.pk, result=None, now=timezone.now()).phase_done
     assert reload(workflow).state == State.EXECUTE
-    assert engine.call(services.recover) == {"expired": 0, "requeued": 0, "moved_on": 1, "audit_broken": {}}
+    assert engine.call(services.recover) == {**NOTHING_TO_RECOVER, "moved_on": 1}
     workflow = reload(workflow)
     assert (workflow.state, workflow.results["EXECUTE"]) == (State.VALIDATE, {"a": {"v": 1}, "b": None})
     assert workflow.transitions.get(event="validate").actor_label == "system"
@@ -136,9 +139,9 @@ def test_recovery_resends_a_job_the_broker_lost(engine, settings):
     settings.ORCH_REQUEUE_SECONDS = 60
     workflow = engine.start(tasks=[])
     assert len(engine.pending()) == 1  # taken off the broker and lost with its worker
-    assert engine.call(services.recover) == {"expired": 0, "requeued": 0, "moved_on": 0, "audit_broken": {}}
+    assert engine.call(services.recover) == NOTHING_TO_RECOVER
     found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
-    assert found == {"expired": 0, "requeued": 1, "moved_on": 0, "audit_broken": {}}
+    assert found == {**NOTHING_TO_RECOVER, "requeued": 1}
     engine.drain()
     assert reload(workflow).state == State.COMPLETE
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from . import audit, schedules, services, stats
+from . import audit, schedules, services, stats, values
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -121,7 +121,11 @@ def cancel_selected(modeladmin, request, queryset):
     """Asks first, as the change page's Cancel does, with a reason kept in each audit row;
     the confirmation page posts the same action back with `confirm` set."""
     if request.POST.get("confirm"):
-        run_bulk(modeladmin, request, queryset, "cancel", reason=request.POST.get("reason", "")[:1000])
+        reason = request.POST.get("reason", "")[:1000]
+        if problem := values.text_problem(reason):  # refused before any workflow is cancelled
+            modeladmin.message_user(request, f"Nothing cancelled: the reason {problem}.", messages.ERROR)
+            return None
+        run_bulk(modeladmin, request, queryset, "cancel", reason=reason)
         return None
     workflows = list(queryset.order_by("-created_at"))
     context = {
@@ -155,34 +159,47 @@ def delete_selected(modeladmin, request, queryset):
 
 
 class JSONTextField(forms.CharField):
-    def __init__(self, *, kind: type, **kwargs):
-        self.kind = kind
+    """JSON typed into a form: read by values.parse_json (which refuses what the database
+    cannot store, saying why) and shown back as it was typed."""
+
+    def __init__(self, *, kind: type, where: str, max_depth: int = MAX_DEPTH, blank_is_none=False, **kwargs):
+        self.kind, self.where, self.max_depth, self.blank_is_none = kind, where, max_depth, blank_is_none
         kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 4, "cols": 80, "class": "vLargeTextField"}))
         super().__init__(**kwargs)
 
     def to_python(self, value):
         value = super().to_python(value).strip()
         if not value:
-            return self.kind()
+            return None if self.blank_is_none else self.kind()
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"Not valid JSON: {exc}")
-        except RecursionError:
-            raise ValidationError(f"Nested more than {MAX_DEPTH} levels deep.")
+            parsed = values.parse_json(value, self.where, max_depth=self.max_depth)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
         if not isinstance(parsed, self.kind):
-            raise ValidationError(f"Must be a JSON {'object' if self.kind is dict else 'list'}.")
+            raise ValidationError(f"{self.where} must be a JSON {'object' if self.kind is dict else 'list'}.")
         return parsed
+
+    def prepare_value(self, value):
+        # A stored value (a schedule's) is shown as JSON; text typed into the form, as typed.
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+
+
+def input_field(**kwargs) -> JSONTextField:
+    return JSONTextField(kind=dict, where="input", required=False, **kwargs)
+
+
+def tasks_field(**kwargs) -> JSONTextField:
+    return JSONTextField(kind=list, where="tasks", max_depth=values.TASKS_MAX_DEPTH, required=False, **kwargs)
 
 
 class WorkflowAddForm(forms.Form):
     name = forms.CharField(max_length=200)
     definition = forms.ChoiceField(choices=(), initial="default")
     mode = forms.ChoiceField(choices=Workflow.Mode.choices, initial=Workflow.Mode.AUTO)
-    input = JSONTextField(kind=dict, required=False, initial="{}", help_text="A JSON object.")
-    tasks = JSONTextField(
-        kind=list,
-        required=False,
+    input = input_field(initial="{}", help_text="A JSON object.")
+    tasks = tasks_field(
         help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is '
         'required, and "after" names the tasks that must succeed first. Empty: the definition\'s default tasks.',
     )
@@ -523,6 +540,8 @@ class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
             workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
         except services.InvalidTransition as exc:
             self.message_user(request, str(exc), messages.ERROR)
+        except ValidationError as exc:  # a reason the database cannot store
+            self.message_user(request, f"Nothing changed: {'; '.join(exc.messages)}.", messages.ERROR)
         else:
             self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
         return HttpResponseRedirect(change_url)
@@ -744,6 +763,8 @@ def _seconds_or_dash(seconds: float | None) -> str:
 
 class WorkflowScheduleForm(forms.ModelForm):
     definition = forms.ChoiceField(choices=(), initial="default")
+    input = input_field(initial="{}", help_text="The input of each run, a JSON object.")
+    tasks = tasks_field(blank_is_none=True, help_text=WorkflowSchedule._meta.get_field("tasks").help_text)
 
     class Meta:
         model = WorkflowSchedule
@@ -755,8 +776,17 @@ class WorkflowScheduleForm(forms.ModelForm):
 
 
 def _each_schedule(modeladmin, request, queryset, operation, verb: str) -> None:
-    names = [operation(schedule).name for schedule in queryset]
-    modeladmin.message_user(request, f"{len(names)} {verb}: {', '.join(names)}", messages.SUCCESS)
+    """Each schedule on its own: one that cannot be saved as it is (stored before its
+    expression was refused, say) is reported with the reason, and the others go on."""
+    names = []
+    for schedule in queryset:
+        try:
+            names.append(operation(schedule).name)
+        except ValidationError as exc:
+            reasons = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            modeladmin.message_user(request, f"{schedule.name}: {reasons}", messages.ERROR)
+    if names:
+        modeladmin.message_user(request, f"{len(names)} {verb}: {', '.join(names)}", messages.SUCCESS)
 
 
 @admin.action(description="Pause selected schedules", permissions=["change"])

@@ -13,7 +13,7 @@ a change of the clocks:
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 from django.core.exceptions import ValidationError
 
 ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -31,9 +31,13 @@ def cron_problem(expression: str) -> str | None:
     if text.startswith("@") and text.lower() not in ALIASES:
         return f"{expression!r} is not one of {', '.join(ALIASES)}"
     try:
-        croniter(text)
+        runs = croniter(text, datetime(2000, 1, 1, tzinfo=UTC))
     except (CroniterError, ValueError, KeyError) as exc:
         return f"{expression!r} is not a valid cron expression: {exc}"
+    try:
+        runs.get_next(datetime)
+    except CroniterBadDateError:  # no run could ever be computed, nor the schedule saved
+        return f"{expression!r} never falls due: no month has the day it names (such as 30 February or 31 April)"
     return None
 
 

@@ -576,6 +576,9 @@ class WebhookDelivery(models.Model):
     body = models.TextField(help_text="The JSON sent, byte for byte, on every attempt.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts made (or under way).")
+    sending_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the attempt under way (SENDING) began; empty otherwise."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
 
@@ -584,6 +587,12 @@ class WebhookDelivery(models.Model):
         verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(fields=["workflow", "seq"], name="webhook_delivery_once_per_transition"),
+        ]
+        indexes = [
+            # Recovery looks for attempts under way for too long: few rows, whatever the table's size.
+            models.Index(
+                fields=["sending_since"], name="webhook_delivery_sending", condition=Q(sending_since__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:

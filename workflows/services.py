@@ -600,10 +600,13 @@ def _fire(
 def _send(jobs: list[queue.Job]) -> None:
     try:
         queue.enqueue(jobs)
-    except Exception:
+    except Exception as exc:
         # The state change is committed and its tasks are QUEUED in the database, which is
         # the source of truth: recovery re-sends their jobs once the broker answers again.
-        logger.warning("could not reach the broker: %d job(s) will be re-sent by recovery", len(jobs), exc_info=True)
+        # An outage is one line; its traceback is for debugging.
+        reason = " ".join(str(exc).split())
+        logger.warning("could not reach the broker (%s): %d job(s) will be re-sent by recovery", reason, len(jobs))
+        logger.debug("the broker's error", exc_info=True)
 
 
 def _enqueue(jobs: list[queue.Job]) -> None:
@@ -995,6 +998,7 @@ def recover(*, now=None) -> dict:
         "requeued": requeued,
         "moved_on": moved_on,
         "audit_broken": {str(workflow_id): str(broken.link) for workflow_id, broken in run.broken.items()},
+        "webhooks_taken_back": webhooks.take_back_stalled(now),
     }
 
 

@@ -2,12 +2,21 @@
 request's fields, and a handler's result.
 
 PostgreSQL refuses a NUL character in text and in jsonb, and no encoding can write a lone
-surrogate (SQLite stores one, and then every read of the row fails). Deeply nested JSON
-is refused before anything recursive (encoding, hashing, the database's own parser)
-sees it. The walks here keep their own stack, so that no nesting can exhaust Python's.
+surrogate (SQLite stores one, and then every read of the row fails). Nor can jsonb hold
+NaN or Infinity, which are not JSON although Python's json module reads and writes them.
+Deeply nested JSON is refused before anything recursive (encoding, hashing, the
+database's own parser) sees it. The walks here keep their own stack, so that no nesting
+can exhaust Python's.
 """
 
+import functools
+import json
+import math
+import sys
+
 MAX_DEPTH = 64  # levels of objects and lists in one stored JSON value
+# A list of tasks holds each task's params two levels down.
+TASKS_MAX_DEPTH = MAX_DEPTH + 2
 
 
 def text_problem(text: str) -> str | None:
@@ -21,14 +30,34 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def number_problem(number) -> str | None:
+    """Why the number `number` cannot be stored as JSON, or None."""
+    if isinstance(number, float) and not math.isfinite(number):
+        return f"is {number!r}, which JSON cannot hold (it has no NaN or Infinity)"
+    limit = sys.get_int_max_str_digits()
+    # Python writes no int longer than this as text (nor reads one), so json.dumps cannot.
+    if isinstance(number, int) and limit and abs(number) >= _power_of_ten(limit):
+        return f"has more than {limit} digits, more than can be written as text"
+    return None
+
+
+@functools.cache
+def _power_of_ten(exponent: int) -> int:
+    return 10**exponent
+
+
 def json_problem(value, path: str = "$", *, max_depth: int | None = MAX_DEPTH) -> str | None:
     """Why the JSON value `value` cannot be stored, or None; `path` names where. With
-    `max_depth` None, only its text is checked."""
+    `max_depth` None, only its text and numbers are checked."""
     stack = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, str):
             problem = text_problem(item)
+            if problem:
+                return f"{where} {problem}"
+        elif isinstance(item, float | int):
+            problem = number_problem(item)
             if problem:
                 return f"{where} {problem}"
         elif isinstance(item, dict | list | tuple):
@@ -57,3 +86,51 @@ def depth_exceeds(value, max_depth: int) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return False
+
+
+# --- Reading JSON typed by someone (the admin's forms, the command line) ---------------------
+
+
+class _Unreadable(ValueError):
+    """A number json.loads would read into something JSON cannot hold."""
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:20]}…"
+
+
+def _refuse_constant(name: str):
+    raise _Unreadable(f"holds {name}, which is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _Unreadable(f"holds {_excerpt(text)}, which is too large for a JSON number (it overflows to infinity)")
+    return number
+
+
+def _readable_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # longer than sys.get_int_max_str_digits()
+        limit = sys.get_int_max_str_digits()
+        raise _Unreadable(f"holds a number of more than {limit} digits, more than can be read") from None
+
+
+def parse_json(text: str, where: str, *, max_depth: int = MAX_DEPTH):
+    """The value of the JSON text `text`, read strictly: ValueError says why it cannot be
+    stored, naming `where` (not JSON; NaN, Infinity or a number that overflows to it; a
+    number too long to read; nested more than `max_depth` levels deep; text the database
+    cannot hold)."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_readable_int)
+    except _Unreadable as exc:
+        raise ValueError(f"{where} {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:  # json.loads recurses once per level
+        raise ValueError(f"{where} is nested more than {max_depth} levels deep") from None
+    if problem := json_problem(value, where, max_depth=max_depth):
+        raise ValueError(problem)
+    return value

@@ -7,6 +7,10 @@ FAILED or CANCELLED).
 - Each transition is delivered at most once: one WebhookDelivery per workflow and seq, its
   body built once, and each attempt claimed with a conditional update, so that a job
   delivered twice, or a retry queued twice, sends nothing twice.
+- An attempt whose worker died leaves its delivery SENDING: recovery takes it back once
+  it has been SENDING longer than any attempt takes (`take_back_stalled`), and queues the
+  next attempt (a new attempt number: the receiver may then get the delivery twice, and
+  dedupes by its id), or records it FAILED when it was the last.
 - Only hosts ORCH_WEBHOOK_ALLOWED_HOSTS allows are called, and an address that is not
   public (private, loopback, link-local, reserved) only when its host is named there
   exactly: checked when the URL is given and again before every attempt (DNS may have
@@ -15,16 +19,19 @@ FAILED or CANCELLED).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import ipaddress
 import json
 import logging
+import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import SplitResult, urlsplit
 
 from django.conf import settings
@@ -45,6 +52,12 @@ MAX_URL_LENGTH = 2000
 RETRIED_STATUSES = (408, 429)
 # Of the receiver's answer, only this much is read (its status is what counts).
 READ_LIMIT = 64 * 1024
+# Besides its exchange (at most ORCH_WEBHOOK_TIMEOUT), an attempt resolves the host (the
+# system's resolver gives up within a minute) and records the answer.
+ATTEMPT_MARGIN = timedelta(seconds=120)
+# http.client writes the request line and headers in ASCII, and refuses spaces and control
+# characters in them: a URL with any other character cannot be sent at all.
+UNSENDABLE = re.compile(r"[^!-~]")
 Status = WebhookDelivery.Status
 
 
@@ -84,6 +97,12 @@ def check(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise Refused("only http and https URLs can be called")
+    if unsendable := UNSENDABLE.search(url):
+        raise Refused(
+            f"it holds {unsendable.group()!r}, which a request cannot carry: percent-encode any character of "
+            "its path and query that is not printable ASCII (é as %C3%A9, a space as %20), and write an "
+            "international host name in its xn-- form"
+        )
     try:
         host, port = (parts.hostname or "").rstrip(".").lower(), parts.port
     except ValueError:
@@ -190,6 +209,35 @@ class Answer:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+class Deadline:
+    """Ends an exchange that lasts longer than `seconds`. The connection's timeout bounds
+    each read, so that a receiver answering a byte at a time could otherwise hold an
+    attempt as long as it liked."""
+
+    def __init__(self, connection: http.client.HTTPConnection, seconds: float):
+        self.connection, self.seconds, self.passed = connection, seconds, False
+        self.timer = threading.Timer(seconds, self._cut)
+        self.timer.daemon = True
+
+    def _cut(self) -> None:
+        self.passed = True
+        if self.connection.sock is not None:  # none yet: connecting, which its own timeout bounds
+            with contextlib.suppress(OSError):
+                self.connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def connect(self) -> None:
+        self.connection.connect()
+        if self.passed:
+            raise TimeoutError(f"timed out after {self.seconds:g} s")
+
+    def __enter__(self) -> Deadline:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+
+
 def _connection(target: Target, timeout: float) -> http.client.HTTPConnection:
     parts = target.parts
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -221,12 +269,18 @@ def post(url: str, body: str, delivery_id) -> Answer:
     if target.parts.query:
         path += f"?{target.parts.query}"
     connection = _connection(target, settings.ORCH_WEBHOOK_TIMEOUT)
+    deadline = Deadline(connection, settings.ORCH_WEBHOOK_TIMEOUT)
     try:
-        connection.request("POST", path, body=data, headers=headers)
-        response = connection.getresponse()
-        response.read(READ_LIMIT)
+        with deadline:
+            deadline.connect()
+            connection.request("POST", path, body=data, headers=headers)
+            response = connection.getresponse()
+            response.read(READ_LIMIT)
+    except (http.client.InvalidURL, UnicodeError) as exc:  # the request itself cannot be written: final
+        return Answer(error=f"{type(exc).__name__}: {exc}")
     except (OSError, http.client.HTTPException) as exc:
-        return Answer(error=f"{type(exc).__name__}: {exc}", retry=True)
+        error = f"timed out after {deadline.seconds:g} s" if deadline.passed else f"{type(exc).__name__}: {exc}"
+        return Answer(error=error, retry=True)
     finally:
         connection.close()
     status = response.status
@@ -248,23 +302,33 @@ def deliver(workflow_id, seq: int, attempt: int) -> Answer | None:
     delivery = delivery or WebhookDelivery.objects.filter(workflow_id=workflow_id, seq=seq).first()
     if delivery is None:
         return None
+    started_at, began = timezone.now(), time.monotonic()
     claimed = WebhookDelivery.objects.filter(pk=delivery.pk, status=Status.PENDING, attempts=attempt - 1).update(
-        status=Status.SENDING, attempts=attempt
+        status=Status.SENDING, attempts=attempt, sending_since=started_at
     )
     if claimed != 1:
         return None
-    started_at, began = timezone.now(), time.monotonic()
     answer = post(delivery.url, delivery.body, delivery.pk)
-    _record(delivery, attempt, answer, started_at, time.monotonic() - began)
+    if not _record(delivery, attempt, answer, started_at, time.monotonic() - began):
+        # Recovery took this attempt back (this worker was stopped for longer than any
+        # attempt takes) and queued the next one, which counts instead.
+        logger.warning("webhook %s: attempt %d ended after it was taken back: not recorded", delivery.pk, attempt)
     return answer
 
 
-def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at, duration: float) -> None:
+def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at, duration: float) -> bool:
+    """Record how attempt `attempt` ended, and queue the next one when it is worth
+    repeating; False when the attempt is no longer under way (taken back)."""
     from .services import _enqueue  # the engine's way of sending jobs with a change
 
     again = answer.retry and attempt < settings.ORCH_WEBHOOK_MAX_ATTEMPTS
     status = Status.DELIVERED if answer.delivered else Status.PENDING if again else Status.FAILED
     with transaction.atomic():
+        recorded = WebhookDelivery.objects.filter(pk=delivery.pk, status=Status.SENDING, attempts=attempt).update(
+            status=status, delivered_at=timezone.now() if answer.delivered else None, sending_since=None
+        )
+        if not recorded:
+            return False
         WebhookAttempt.objects.create(
             delivery=delivery,
             number=attempt,
@@ -273,10 +337,36 @@ def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at,
             started_at=started_at,
             duration=duration,
         )
-        delivered_at = timezone.now() if answer.delivered else None
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(status=status, delivered_at=delivered_at)
         if again:
             eta = timezone.now() + timedelta(seconds=backoff(attempt))
             _enqueue([queue.webhook_job(delivery.workflow_id, delivery.seq, attempt + 1, eta)])
     if status == Status.FAILED:
         logger.warning("webhook %s gave up after attempt %d: %s", delivery.pk, attempt, answer.error)
+    return True
+
+
+# --- Recovery -------------------------------------------------------------------------------
+
+
+def sending_timeout() -> timedelta:
+    """How long an attempt may be under way (SENDING) before recovery takes it back:
+    longer than any attempt takes (see Deadline and ATTEMPT_MARGIN)."""
+    return timedelta(seconds=settings.ORCH_WEBHOOK_TIMEOUT) + ATTEMPT_MARGIN
+
+
+def take_back_stalled(now: datetime) -> int:
+    """Take back the attempts under way since before `now` minus sending_timeout(): their
+    worker died during them. Each is recorded as unanswered, and the next attempt queued
+    (or the delivery FAILED when it was the last). Returns how many were taken back."""
+    stalled = WebhookDelivery.objects.filter(sending_since__lt=now - sending_timeout()).only(
+        "pk", "workflow_id", "seq", "attempts", "sending_since"
+    )
+    taken_back = 0
+    for delivery in list(stalled):
+        lasted = (now - delivery.sending_since).total_seconds()
+        lost = Answer(error=f"no answer recorded after {lasted:.0f} s: taken back (its worker stopped)", retry=True)
+        # A worker that records its answer meanwhile wins, and this changes nothing.
+        if _record(delivery, delivery.attempts, lost, delivery.sending_since, lasted):
+            taken_back += 1
+            logger.warning("webhook %s: attempt %d taken back after %.0f s", delivery.pk, delivery.attempts, lasted)
+    return taken_back

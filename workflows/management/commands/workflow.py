@@ -1,6 +1,7 @@
 """`manage.py workflow`: start, inspect and drive workflows from a shell."""
 
 import json
+import math
 import time
 from collections import Counter
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflows import audit, schedules, services, statements
+from workflows import audit, schedules, services, statements, values
 from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflows.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
 
@@ -29,11 +30,16 @@ def _when(stored) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "…"
 
 
-def _json_arg(value: str, option: str):
+def _json_arg(value: str, option: str, max_depth: int = values.MAX_DEPTH):
+    """The JSON value of an option, read strictly (values.parse_json): a one-line error otherwise."""
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"{option} is not valid JSON: {exc}") from None
+        return values.parse_json(value, option, max_depth=max_depth)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _tasks_arg(value: str | None):
+    return None if value is None else _json_arg(value, "--tasks", values.TASKS_MAX_DEPTH)
 
 
 class Command(BaseCommand):
@@ -181,12 +187,19 @@ class Command(BaseCommand):
                 self.stdout.write(f"    attempt {attempt.number}  {answer}  {attempt.error}".rstrip())
 
     def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, callback_url, wait, as_json, **_):
+        if wait is not None and not (math.isfinite(wait) and wait >= 0):
+            raise CommandError(f"--wait must be a number of seconds, 0 or more, not {wait:g}")
+        longest_key = Workflow._meta.get_field("idempotency_key").max_length
+        if idempotency_key is not None and len(idempotency_key) > longest_key:
+            raise CommandError(
+                f"--idempotency-key must be at most {longest_key} characters (it has {len(idempotency_key)})"
+            )
         workflow, created = services.workflow_create(
             name=name,
             definition=definition,
             mode=mode,
             input=_json_arg(input, "--input"),
-            tasks=_json_arg(tasks, "--tasks") if tasks is not None else None,
+            tasks=_tasks_arg(tasks),
             idempotency_key=idempotency_key,
             callback_url=callback_url,
             actor=Actor.CLI,
@@ -216,6 +229,8 @@ class Command(BaseCommand):
         self._print(self._get(id), as_json)
 
     def do_list(self, *, state, limit, as_json, **_):
+        if limit < 1:
+            raise CommandError(f"--limit must be 1 or more, not {limit}")
         workflows = Workflow.objects.all()
         if state:
             workflows = workflows.filter(state=state)
@@ -310,7 +325,9 @@ class Command(BaseCommand):
         broken = found["audit_broken"]
         self.stdout.write(
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
-            f"finished phases moved on: {found['moved_on']}; audit chains broken, left as they are: {len(broken)}"
+            f"finished phases moved on: {found['moved_on']}; "
+            f"stalled webhooks taken back: {found['webhooks_taken_back']}; "
+            f"audit chains broken, left as they are: {len(broken)}"
         )
         for link in broken.values():
             self.stdout.write(f"  audit broken: {link}")
@@ -330,6 +347,8 @@ class Command(BaseCommand):
 
     def _schedule(self, name: str) -> WorkflowSchedule:
         try:
+            if values.text_problem(name):  # no schedule has such a name, and the database cannot be asked
+                raise WorkflowSchedule.DoesNotExist
             return WorkflowSchedule.objects.get(name=name)
         except WorkflowSchedule.DoesNotExist:
             raise CommandError(f"no schedule named {name!r}") from None
@@ -343,7 +362,7 @@ class Command(BaseCommand):
                 definition=definition,
                 mode=mode,
                 input=_json_arg(input, "--input"),
-                tasks=_json_arg(tasks, "--tasks") if tasks is not None else None,
+                tasks=_tasks_arg(tasks),
                 enabled=not paused,
             )
         )

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0013_metrics_counters'),
+        ('workflows', '0014_webhook_sending_since'),
     ]
 
     operations = [
