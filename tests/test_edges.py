@@ -95,6 +95,11 @@ def test_engine_services_refuse_the_same_values_for_every_caller(db):
         services.workflow_cancel(workflow.pk, actor=Actor.CLI, reason="\x00")
     assert list(refused.value.message_dict) == ["reason"]
     assert reload(workflow).state == State.INIT
+    with pytest.raises(services.ValidationError) as refused:
+        services.workflow_create(name="x", idempotency_key="k" * 201, actor=Actor.CLI)
+    assert refused.value.message_dict == {
+        "idempotency_key": ["idempotency_key must be at most 200 characters (it has 201)"]
+    }
 
 
 # --- Deep JSON -----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.contrib.admin.views.main import SEARCH_VAR
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
 from django.db.models.functions import Coalesce, Now
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -353,6 +354,22 @@ BUTTONS = [
 ]
 
 
+class CheckedQueryParameters:
+    """A changelist's filters and search go to the database: a NUL character (which
+    PostgreSQL refuses in text) or a search longer than anything searched can be (SQLite
+    refuses so large a LIKE pattern) is the client's mistake, answered 400, not a 500."""
+
+    max_search_length = 200  # a name's length; an id is shorter
+
+    def changelist_view(self, request, extra_context=None):
+        for name, given in request.GET.lists():
+            for problem in filter(None, map(values.text_problem, given)):
+                raise BadRequest(f"The query parameter {name} {problem}.")
+        if len(request.GET.get(SEARCH_VAR, "")) > self.max_search_length:
+            raise BadRequest(f"A search is at most {self.max_search_length} characters long.")
+        return super().changelist_view(request, extra_context)
+
+
 class IdPrefixSearch:
     """Search also finds rows whose workflow id starts with the term (see id_prefix_range)."""
 
@@ -367,7 +384,7 @@ class IdPrefixSearch:
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(IdPrefixSearch, admin.ModelAdmin):
+class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     list_display = [
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
         "error_line",
@@ -606,7 +623,7 @@ def _when(moment) -> str:
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(CheckedQueryParameters, admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
@@ -812,7 +829,7 @@ def run_schedules_now(modeladmin, request, queryset):
 
 
 @admin.register(WorkflowSchedule)
-class WorkflowScheduleAdmin(admin.ModelAdmin):
+class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
     form = WorkflowScheduleForm
     list_display = ["name", "cron", "time_zone", "enabled", "last_run_at", "next_run_at", "workflows_link"]
     list_filter = ["enabled"]

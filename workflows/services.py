@@ -324,8 +324,8 @@ def workflow_create(
     """
     input = {} if input is None else input
     definition_obj, specs = validate_request(name, definition, mode, input, tasks)
-    if idempotency_key is not None and (problem := values.text_problem(str(idempotency_key))):
-        raise ValidationError({"idempotency_key": [f"idempotency_key {problem}"]})
+    if idempotency_key is not None:
+        _check_idempotency_key(str(idempotency_key))
     callback_url = webhooks.validate_callback_url(callback_url)
     # The creator is part of the request, as it is of the key's scope: another user's
     # same key is another request, never a way to read or block someone else's workflow.
@@ -376,6 +376,15 @@ def workflow_create(
             raise
         return existing, False
     return workflow, True
+
+
+def _check_idempotency_key(key: str) -> None:
+    longest = Workflow._meta.get_field("idempotency_key").max_length
+    problem = values.text_problem(key) or (
+        f"must be at most {longest} characters (it has {len(key)})" if len(key) > longest else None
+    )
+    if problem:
+        raise ValidationError({"idempotency_key": [f"idempotency_key {problem}"]})
 
 
 def _scope(actor: Actor) -> str:

@@ -189,11 +189,6 @@ class Command(BaseCommand):
     def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, callback_url, wait, as_json, **_):
         if wait is not None and not (math.isfinite(wait) and wait >= 0):
             raise CommandError(f"--wait must be a number of seconds, 0 or more, not {wait:g}")
-        longest_key = Workflow._meta.get_field("idempotency_key").max_length
-        if idempotency_key is not None and len(idempotency_key) > longest_key:
-            raise CommandError(
-                f"--idempotency-key must be at most {longest_key} characters (it has {len(idempotency_key)})"
-            )
         workflow, created = services.workflow_create(
             name=name,
             definition=definition,
