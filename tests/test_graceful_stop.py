@@ -1,17 +1,23 @@
 """Stopping a cluster: nothing is lost, and nothing waits for a lease when it need not."""
 
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.db import connections
+from django_q.queues import Queue
+from django_q.signing import SignedPackage
 
 from tests.conftest import ROOT, child_env, events, free_port, wait_for
-from workflows import services
+from workflows import queue, services, shutdown
 from workflows.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -106,6 +112,94 @@ def test_sigterm_to_a_busy_clusters_whole_process_group_hands_its_task_back(clus
     done = Task.objects.get(pk=nap.pk)
     assert done.status == Task.Status.SUCCEEDED and budget_attempt(done) == 1
     assert done.worker != nap.worker, "run to the end by the second cluster"
+    assert events(Workflow.objects.get(pk=workflow.pk)) == ["start", "execute", "validate", "complete"]
+
+
+def due_job_names(broker) -> list[str]:
+    """Take every job that is due off the broker; the names of the jobs it held."""
+    names = []
+    while broker.queue_size():
+        for ack_id, payload in broker.dequeue() or []:
+            names.append(SignedPackage.loads(payload)["name"])
+            broker.acknowledge(ack_id)
+    return names
+
+
+def test_a_stopping_pusher_gives_back_the_job_it_cannot_hand_on(transactional_db):
+    """The cluster's queue is full and nothing empties it (its workers have ended): told
+    to stop, the pusher gives back the job it holds instead of waiting for room for ever,
+    and takes nothing more off the broker."""
+    broker = queue.broker()
+    broker.purge_queue()
+    broker.enqueue_many([queue.package(queue.Job("math.floor", (1.5,), name)) for name in ("held", "waiting")])
+    full = Queue(maxsize=1)
+    full.put({"name": "taken earlier"})
+    stopping = multiprocessing.Event()
+
+    def push():
+        try:
+            shutdown.giving_back_pusher(full, stopping, broker)
+        finally:
+            connections.close_all()
+
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    wait_for(lambda: broker.queue_size() == 1, 30, "the pusher to take a job")
+    stopping.set()
+    pusher.join(timeout=30)
+    assert not pusher.is_alive(), "the pusher still waits for room in the queue"
+    assert Counter(due_job_names(broker)) == Counter(["held", "waiting"])
+    assert full.qsize() == 1
+
+
+def test_a_group_stop_gives_back_every_job_the_cluster_took_and_did_not_run(cluster):
+    """One busy worker and 1,500 jobs waiting: the cluster has taken a few of them ahead
+    of its worker (its queue is full, its pusher holds the next) when the whole group
+    gets SIGTERM. It stops within seconds all the same, and every job it took but did
+    not run is due on the broker again, once, beside the job of the handed-back task."""
+    first = cluster(ORCH_WORKERS=1, ORCH_LEASE_SECONDS=120)
+    workflow = start_sleeper(60)
+    nap = wait_for(lambda: running(workflow), 60, "the task to start")
+    broker = queue.broker()
+    waiting = [queue.Job("math.floor", (1.5,), f"waiting-{i}") for i in range(1500)]
+    queue.enqueue(waiting)
+    # At least two taken: one in the cluster's queue, the next in the pusher's hands.
+    wait_for(lambda: broker.queue_size() <= len(waiting) - 2, 60, "the cluster to take jobs ahead of its worker")
+    os.killpg(first.process.pid, signal.SIGTERM)
+    assert first.process.wait(timeout=10) == 0, first.output()[-3000:]
+    wait_for(lambda: not alive_in_group(first.process.pid), 5, "every process of the cluster to end")
+
+    handed_back = Task.objects.get(pk=nap.pk)
+    assert handed_back.status == Task.Status.QUEUED and budget_attempt(handed_back) == 1
+    expected = Counter([job.name for job in waiting] + [f"task-{nap.pk}-{handed_back.attempt}"])
+    found = Counter(name for name in due_job_names(broker) if name in expected)  # not the scheduler's jobs
+    assert found == expected, f"missing: {expected - found}, twice: {found - expected}"
+
+
+def test_tasks_handed_back_by_a_group_stop_run_on_the_next_start_without_recovery(cluster):
+    """Two workers each run a task when the whole group gets SIGTERM: both hand their
+    attempt back, and the jobs that re-send them are not lost to the stopping cluster,
+    which may take them again meanwhile. The next cluster, whose recovery would not
+    re-send a queued task for ten minutes, runs both."""
+    first = cluster(ORCH_WORKERS=2, ORCH_LEASE_SECONDS=120)
+    workflow, _ = services.workflow_create(
+        name="two sleepers",
+        tasks=[{"name": f"nap-{i}", "type": "sleep", "params": {"seconds": 12}} for i in (1, 2)],
+        actor=Actor.SYSTEM,
+        start=True,
+    )
+    naps = workflow.tasks.filter(phase="EXECUTE")
+    wait_for(lambda: naps.filter(status=Task.Status.RUNNING).count() == 2, 60, "both tasks to start")
+    time.sleep(0.5)  # into their handlers
+    os.killpg(first.process.pid, signal.SIGTERM)
+    assert first.process.wait(timeout=10) == 0, first.output()[-3000:]
+    wait_for(lambda: not alive_in_group(first.process.pid), 5, "every process of the cluster to end")
+    assert list(naps.values_list("status", flat=True)) == [Task.Status.QUEUED] * 2, first.output()[-3000:]
+
+    cluster(ORCH_REQUEUE_SECONDS=600, ORCH_LEASE_SECONDS=120)
+    wait_for(lambda: naps.filter(status=Task.Status.RUNNING).count() == 2, 60, "both tasks to run again")
+    wait_for(lambda: Workflow.objects.get(pk=workflow.pk).state == State.COMPLETE, 60, "the workflow to complete")
+    assert all(budget_attempt(nap) == 1 for nap in naps), "handed-back attempts cost no budget"
     assert events(Workflow.objects.get(pk=workflow.pk)) == ["start", "execute", "validate", "complete"]
 
 

@@ -1,9 +1,13 @@
-"""django-q2 brokers that can hold a job back until a given time.
+"""django-q2 brokers that can hold a job back until a given time, and take back jobs a
+stopping cluster took but did not run.
 
 Step retries wait out an exponential backoff. Rather than tie up a worker sleeping, or
 wait for django-q2's scheduler (which looks at its schedules every 30 s), the job goes
 to the broker with a due time: the ORM broker already skips rows whose `lock` lies in
 the future, and the Redis broker keeps due times in a sorted set beside its list.
+
+`give_back(taken)` takes jobs as `dequeue` returned them, `(ack_id, payload)` pairs, and
+makes them due again at once, for any cluster (see workflows.shutdown).
 """
 
 import time
@@ -38,6 +42,12 @@ class OrmBroker(ORM):
         busy = time.monotonic() - getattr(self, "_found_at", -inf) < self.busy_seconds
         time.sleep(Conf.POLL * (self.busy_poll_fraction if busy else 1))
         return None
+
+    def give_back(self, taken: list[tuple[int, str]]) -> None:
+        """The rows stay where they are; only the lock that kept every cluster off them
+        for `retry` seconds is lifted."""
+        if taken:
+            self.get_connection().filter(pk__in=[ack_id for ack_id, _ in taken]).update(lock=timezone.now())
 
     def enqueue_many(self, packages: list[str], eta: datetime | None = None) -> None:
         lock = eta or timezone.now()
@@ -98,6 +108,12 @@ class RedisBroker(Redis):
         else:
             due = eta.timestamp()
             self.connection.zadd(self.delayed_key, {package: due for package in packages})
+
+    def give_back(self, taken: list[tuple[None, str]]) -> None:
+        """Popped jobs go back to the head of the list, in the order they were taken: they
+        were due before anything still waiting."""
+        if taken:
+            self.connection.lpush(self.list_key, *reversed([payload for _, payload in taken]))
 
     def dequeue(self):
         now = time.time()

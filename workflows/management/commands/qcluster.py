@@ -6,8 +6,9 @@ from workflows import shutdown
 
 class Command(qcluster.Command):
     """django-q2's `qcluster`, made to stop in order when SIGTERM or SIGINT reaches all
-    of its processes at once (see workflows.shutdown). It takes the place of django-q2's
-    command because `workflows` comes before `django_q` in INSTALLED_APPS."""
+    of its processes at once, and to give back to the broker the jobs it took but did not
+    run (see workflows.shutdown). It takes the place of django-q2's command because
+    `workflows` comes before `django_q` in INSTALLED_APPS."""
 
     help = (
         "Starts a worker cluster. SIGTERM or SIGINT, to the main process or to all of the cluster's "
@@ -18,5 +19,5 @@ class Command(qcluster.Command):
         post_spawn.connect(shutdown.worker_started)
         # The sentinel forked meanwhile, and every process it starts, inherit the block;
         # this process gets a signal that arrived during start-up once the cluster runs.
-        with shutdown.stop_signals_blocked():
+        with shutdown.stop_signals_blocked(), shutdown.giving_back_sentinel():
             super().handle(*args, **options)
