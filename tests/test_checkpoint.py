@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from dataclasses import dataclass
 from io import StringIO
@@ -24,6 +25,7 @@ from workflows.bench import Generator
 from workflows.models import (
     Actor,
     DeletionLogHead,
+    State,
     Task,
     Transition,
     WebhookAttempt,
@@ -532,3 +534,30 @@ def test_checkpoint_then_verify_from_a_shell(tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stdout.split()[1] == f"{workflows[1].pk}:"
     assert "1 workflow(s) of the checkpoint are gone without a deletion record" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_checkpoints_taken_while_a_cluster_runs_are_extended_by_what_it_does_next(cluster, tmp_path):
+    """Each checkpoint is one moment of the database: heads read while workers move the
+    workflows on are extended by the rows they write next, and no chain looks broken
+    halfway through a change."""
+    cluster(ORCH_WORKERS=2)
+    tasks = [{"type": "sleep", "params": {"seconds": 0.05}} for _ in range(4)]
+    workflows = [
+        services.workflow_create(name=f"busy-{i}", tasks=tasks, actor=Actor.CLI, start=True)[0] for i in range(12)
+    ]
+    taken = []
+    deadline = time.monotonic() + 120
+    while Workflow.objects.exclude(state=State.COMPLETE).exists():
+        assert time.monotonic() < deadline, "the workflows did not complete"
+        path = str(tmp_path / f"checkpoint-{len(taken)}.json")
+        run = workflow_command("checkpoint", "--out", path)
+        assert not run.error, run.err + run.error
+        taken.append(path)
+        time.sleep(0.05)
+    assert len(taken) >= 2
+    services.workflow_delete(workflows[0].pk, actor=Actor.CLI)
+    for path in taken:
+        run = verify(path)
+        assert not run.error, (path, run.out, run.error)

@@ -183,10 +183,11 @@ class Verification:
         for head, chain in _joined(seen, chains()):
             if chain is None:
                 gone = audit.verify_gone(head.workflow_id, head.since, deletions.rows(head.workflow_id))
-                self.gone += bool(gone)
-                self.deleted += not gone
                 if gone:
+                    self.gone += 1
                     yield gone
+                else:
+                    self.deleted += 1
                 continue
             self.checked += 1
             broken = audit.verify(*chain, since=head.since if head else None)

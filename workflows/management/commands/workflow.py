@@ -346,7 +346,7 @@ class Command(BaseCommand):
         try:
             written = checkpoints.write_file(out, report) if out else checkpoints.write(self.stdout, report)
         except OSError as exc:
-            raise CommandError(f"cannot write the checkpoint to {out}: {exc.strerror or exc}") from None
+            raise CommandError(f"cannot write the checkpoint to {out or 'stdout'}: {exc.strerror or exc}") from None
         if written.left_out or not written.deletion_log:
             left_out = [f"{written.left_out} workflow(s) whose audit chain is broken"] if written.left_out else []
             if not written.deletion_log:
@@ -357,8 +357,10 @@ class Command(BaseCommand):
             f"checkpoint of {written.workflows} workflow(s) and the deletion log at #{log_seq}, taken at "
             f"{written.taken_at:%Y-%m-%d %H:%M:%S} UTC"
         )
-        # The document itself may be on stdout.
-        (self.stdout if out else self.stderr).write(f"{summary}, written to {out}" if out else summary)
+        if out:
+            self.stdout.write(f"{summary}, written to {out}")
+        else:  # the document itself is on stdout
+            self.stderr.write(summary, style_func=str)
 
     def do_recover(self, **_):
         found = services.recover()
