@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflows import audit, schedules, services, statements, values
+from workflows import audit, checkpoints, schedules, services, statements, values
 from workflows.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflows.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
 
@@ -109,6 +109,17 @@ class Command(BaseCommand):
             dest="verify_all",
             help="Check every workflow and the deletion log; print each broken one, then exit 1.",
         )
+        verify.add_argument(
+            "--checkpoint",
+            metavar="FILE",
+            help="With --all: also check that every chain extends this checkpoint (from `workflow checkpoint`).",
+        )
+        checkpoint = commands.add_parser(
+            "checkpoint",
+            help="Write a signed checkpoint of every audit chain's head, to keep outside the database; "
+            "exit 1 if a chain is broken (it is left out).",
+        )
+        checkpoint.add_argument("--out", metavar="FILE", help="Write it to FILE (replaced whole) instead of stdout.")
 
         self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
 
@@ -284,36 +295,82 @@ class Command(BaseCommand):
         services.workflow_delete(workflow.pk, actor=Actor.CLI)
         self.stdout.write(f"deleted {workflow.pk}")
 
-    def do_verify(self, *, id, verify_all, **_):
+    def do_verify(self, *, id, verify_all, checkpoint, **_):
         if bool(id) == verify_all:
             raise CommandError("give one workflow id, or --all")
+        if checkpoint and not verify_all:
+            raise CommandError("--checkpoint goes with --all")
         if not verify_all:
             broken = audit.verify(self._get(id))
             if broken:
                 raise CommandError(f"broken audit chain: {broken}")
             self.stdout.write("audit chain intact for 1 workflow(s)")
             return
-        self._verify_all()
+        self._verify_all(self._checkpoint(checkpoint) if checkpoint else None)
 
-    def _verify_all(self) -> None:
-        """Every workflow's chain and the deletion log: each broken one on a line of its own."""
-        checked, broken = 0, 0
-        for workflow in Workflow.objects.order_by("created_at", "pk").iterator():
-            checked += 1
-            link = audit.verify(workflow)
-            if link:
-                broken += 1
-                self.stdout.write(str(link))
-        deletions = audit.verify_deletions()
-        if deletions:
-            self.stdout.write(str(deletions))
-        log = "the deletion log is broken" if deletions else "the deletion log is intact"
-        if broken or deletions:
-            raise CommandError(f"{broken} of {checked} workflow(s) have a broken audit chain; {log}")
+    @staticmethod
+    def _checkpoint(path: str) -> checkpoints.Checkpoint:
+        """The checkpoint, read through and its signature checked before anything else is."""
+        try:
+            return checkpoints.Checkpoint(path)
+        except checkpoints.CheckpointError as exc:
+            raise CommandError(f"checkpoint {path} refused: {exc}") from None
+
+    def _verify_all(self, checkpoint: checkpoints.Checkpoint | None) -> None:
+        """Every workflow's chain and the deletion log, against the checkpoint if given: each
+        broken one on a line of its own."""
+        verification = checkpoints.Verification(checkpoint)
+        try:
+            with checkpoints.snapshot():
+                for problem in verification:
+                    self.stdout.write(str(problem))
+                deletions = WorkflowDeletion.objects.count()
+        except checkpoints.CheckpointError as exc:  # the file changed since it was opened
+            raise CommandError(f"checkpoint {checkpoint.path} refused: {exc}") from None
+        if verification.failed:
+            raise CommandError(self._failures(verification))
         self.stdout.write(
-            f"audit chain intact for {checked} workflow(s); "
-            f"deletion log intact ({WorkflowDeletion.objects.count()} deletion(s))"
+            f"audit chain intact for {verification.checked} workflow(s); deletion log intact ({deletions} deletion(s))"
         )
+        if checkpoint:
+            self.stdout.write(
+                f"every chain extends the checkpoint taken at {checkpoint.taken_at:%Y-%m-%d %H:%M:%S} UTC "
+                f"({checkpoint.workflows} workflow(s), {verification.deleted} deleted through the engine since)"
+            )
+
+    @staticmethod
+    def _failures(verification: checkpoints.Verification) -> str:
+        which = "a broken audit chain"
+        if verification.checkpoint:
+            which += " or one that does not extend the checkpoint"
+        summary = [f"{verification.broken} of {verification.checked} workflow(s) have {which}"]
+        if verification.gone:
+            summary.append(f"{verification.gone} workflow(s) of the checkpoint are gone without a deletion record")
+        summary.append("the deletion log is broken" if verification.deletion_log else "the deletion log is intact")
+        return "; ".join(summary)
+
+    def do_checkpoint(self, *, out, **_):
+        def report(broken) -> None:
+            self.stderr.write(str(broken))
+
+        try:
+            written = checkpoints.write_file(out, report) if out else checkpoints.write(self.stdout, report)
+        except OSError as exc:
+            raise CommandError(f"cannot write the checkpoint to {out or 'stdout'}: {exc.strerror or exc}") from None
+        if written.left_out or not written.deletion_log:
+            left_out = [f"{written.left_out} workflow(s) whose audit chain is broken"] if written.left_out else []
+            if not written.deletion_log:
+                left_out.append("the deletion log, which is broken")
+            raise CommandError(f"checkpoint written without {' and '.join(left_out)}")
+        log_seq = written.deletion_log[0]
+        summary = (
+            f"checkpoint of {written.workflows} workflow(s) and the deletion log at #{log_seq}, taken at "
+            f"{written.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        if out:
+            self.stdout.write(f"{summary}, written to {out}")
+        else:  # the document itself is on stdout
+            self.stderr.write(summary, style_func=str)
 
     def do_recover(self, **_):
         found = services.recover()
