@@ -103,10 +103,16 @@ def test_a_400_keeps_what_was_typed_and_names_the_fields(browser):
     assert not Workflow.objects.exists()
 
 
-def make(owner, *, mode: str = "auto", state: str = State.INIT) -> Workflow:
-    workflow, _ = services.workflow_create(name="wf", mode=mode, tasks=[{"type": "noop"}], actor=Actor.api(owner))
-    if state == State.FAILED:
-        Workflow.objects.filter(pk=workflow.pk).update(state=State.FAILED, failed_phase=State.EXECUTE)
+def make(owner, *, mode: str = "auto", state: str = State.INIT, engine=None) -> Workflow:
+    """A workflow of `owner`'s, not started, or FAILED (by its one task, run by `engine`)."""
+    failing = state == State.FAILED
+    tasks = [{"type": "fail", "max_attempts": 1}] if failing else [{"type": "noop"}]
+    workflow, _ = services.workflow_create(name="wf", mode=mode, tasks=tasks, actor=Actor.api(owner))
+    if failing:
+        engine.call(services.workflow_start, workflow.pk, actor=Actor.api(owner))
+        engine.drain()
+    workflow.refresh_from_db()
+    assert workflow.state == state
     return workflow
 
 
@@ -118,8 +124,8 @@ def make(owner, *, mode: str = "auto", state: str = State.INIT) -> Workflow:
         (State.FAILED, "auto", {"Retry", "Cancel"}),
     ],
 )
-def test_extra_actions_offer_only_the_transitions_the_workflow_allows(browser, owner, state, mode, offered):
-    workflow = make(owner, mode=mode, state=state)
+def test_extra_actions_offer_only_the_transitions_the_workflow_allows(browser, owner, engine, state, mode, offered):
+    workflow = make(owner, mode=mode, state=state, engine=engine)
     for path in (f"/workflows/{workflow.pk}/", f"/workflow/{workflow.pk}"):
         html = browser.get(path).content.decode()
         assert extra_actions(html) == offered | {"Status", "Tasks", "Transitions"}
