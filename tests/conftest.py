@@ -5,7 +5,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,60 @@ def wait_for(predicate, timeout: float, message: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+# --- A webhook receiver on loopback ----------------------------------------------------
+
+WEBHOOK_SECRET = "webhook-test-secret"
+
+
+class Receiver:
+    """An HTTP server in a thread that records each POST and answers with the next of
+    `answers` (200 once they run out); while `hold` is set, it keeps each request waiting
+    until `release` is (`arrived` says one came)."""
+
+    def __init__(self):
+        self.requests = []
+        self.answers = []
+        self.hold, self.release, self.arrived = threading.Event(), threading.Event(), threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                receiver.arrived.set()
+                if receiver.hold.is_set():
+                    receiver.release.wait(60)
+                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        self.url = f"{self.base}/hooks/orchestrator?source=test"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks(settings):
+    settings.ORCH_WEBHOOK_SECRET = WEBHOOK_SECRET
+    settings.ORCH_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.ORCH_WEBHOOK_BACKOFF = 0.01
+    settings.ORCH_WEBHOOK_TIMEOUT = 5
+    return settings
+
+
+@pytest.fixture
+def receiver(hooks):
+    running = Receiver()
+    yield running
+    running.stop()

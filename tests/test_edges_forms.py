@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 
 import pytest
@@ -23,10 +22,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, child_env, free_port, reload
+from tests.conftest import WEBHOOK_SECRET as SECRET
 from workflows import cron, schedules, services, values, webhooks
 from workflows.models import Actor, WebhookAttempt, WebhookDelivery, Workflow, WorkflowSchedule
 
-SECRET = "edges-forms-secret"
 ADD_WORKFLOW = reverse("admin:workflows_workflow_add")
 ADD_SCHEDULE = reverse("admin:workflows_workflowschedule_add")
 SCHEDULES = reverse("admin:workflows_workflowschedule_changelist")
@@ -300,57 +299,6 @@ def test_starting_with_the_broker_down_warns_in_one_line(transactional_db):
 # --- Callback URLs ----------------------------------------------------------------------------
 
 
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records each POST and answers 200, or holds the
-    request until `release` is set while `hold` is."""
-
-    def __init__(self):
-        self.requests = []
-        self.hold = threading.Event()
-        self.release = threading.Event()
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                receiver.arrived.set()
-                if receiver.hold.is_set():
-                    receiver.release.wait(60)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hooks(settings):
-    settings.ORCH_WEBHOOK_SECRET = SECRET
-    settings.ORCH_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    settings.ORCH_WEBHOOK_BACKOFF = 0.01
-    settings.ORCH_WEBHOOK_TIMEOUT = 5
-    settings.ORCH_WEBHOOK_MAX_ATTEMPTS = 3
-    return settings
-
-
-@pytest.fixture
-def receiver(hooks):
-    running = Receiver()
-    yield running
-    running.stop()
-
-
 UNSENDABLE = {
     "non-ASCII path": "/é",
     "non-ASCII query": "/hooks?q=é",
@@ -363,7 +311,7 @@ UNSENDABLE = {
 
 
 def unsendable(receiver, tail: str) -> str:
-    return f"http://127.0.0.{tail}/" if tail == "é" else receiver.url.removesuffix("/hooks") + tail
+    return f"http://127.0.0.{tail}/" if tail == "é" else receiver.base + tail
 
 
 @pytest.mark.parametrize("tail", UNSENDABLE.values(), ids=UNSENDABLE.keys())
@@ -386,7 +334,7 @@ def test_a_callback_url_http_cannot_send_is_refused_by_the_api_the_admin_and_the
 
 
 def test_a_percent_encoded_callback_url_is_kept_and_called_as_given(engine, receiver):
-    url = receiver.url + "/%C3%A9?q=a%20b"
+    url = receiver.base + "/hooks/%C3%A9?q=a%20b"
     workflow = engine.start(name="encoded", tasks=[], callback_url=url)
     engine.drain()
     [request] = receiver.requests

@@ -6,8 +6,6 @@ import hmac
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -15,55 +13,9 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, free_port, reload, wait_for
+from tests.conftest import WEBHOOK_SECRET as SECRET
 from workflows import services, webhooks
 from workflows.models import Actor, State, WebhookDelivery, Workflow
-
-SECRET = "webhook-test-secret"
-
-
-class Receiver:
-    """An HTTP server in a thread that records each POST and answers with the next of
-    `answers` (200 once they run out)."""
-
-    def __init__(self):
-        self.requests = []
-        self.answers = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/orchestrator?source=test"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hooks(settings):
-    settings.ORCH_WEBHOOK_SECRET = SECRET
-    settings.ORCH_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    settings.ORCH_WEBHOOK_BACKOFF = 0.01
-    settings.ORCH_WEBHOOK_TIMEOUT = 5
-    return settings
-
-
-@pytest.fixture
-def receiver(hooks):
-    running = Receiver()
-    yield running
-    running.stop()
 
 
 def delivery_of(workflow) -> WebhookDelivery:
