@@ -82,7 +82,7 @@ WEB_CONCURRENCY = int(env_number("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 
 
 INSTALLED_APPS = [
     # First, so that its admin/base_site.html (favicon, small-screen styles) wraps the admin's own.
-    "workflows",
+    "workflow_orchestrator",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -176,7 +176,7 @@ ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
 ORCH_METRICS_TOKEN = _raw("ORCH_METRICS_TOKEN", "")
 # Modules imported at start-up to register task types, beside every installed app's workflow_tasks.
 ORCH_TASK_MODULES = env_list("ORCH_TASK_MODULES", "")
-# Webhooks (a workflow's callback_url, called when it ends; see workflows.webhooks).
+# Webhooks (a workflow's callback_url, called when it ends; see workflow_orchestrator.webhooks).
 ORCH_WEBHOOK_SECRET = _raw("ORCH_WEBHOOK_SECRET", "")
 ORCH_WEBHOOK_ALLOWED_HOSTS = [host.lower() for host in env_list("ORCH_WEBHOOK_ALLOWED_HOSTS", "")]
 ORCH_WEBHOOK_MAX_ATTEMPTS = int(env_number("ORCH_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1, whole=True))
@@ -206,10 +206,10 @@ Q_CLUSTER = {
 }
 if ORCH_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
-    Q_CLUSTER["broker_class"] = "workflows.brokers.RedisBroker"
+    Q_CLUSTER["broker_class"] = "workflow_orchestrator.brokers.RedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"
-    Q_CLUSTER["broker_class"] = "workflows.brokers.OrmBroker"
+    Q_CLUSTER["broker_class"] = "workflow_orchestrator.brokers.OrmBroker"
 
 # django-q2 keeps cluster statistics in the cache, so every process must share it.
 if ORCH_BROKER == "redis":
@@ -240,7 +240,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["workflows.api.parsers.LimitedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["workflow_orchestrator.api.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -250,9 +250,9 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "workflows.api.pagination.WorkflowPagination",
+    "DEFAULT_PAGINATION_CLASS": "workflow_orchestrator.api.pagination.WorkflowPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "workflows.api.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "workflow_orchestrator.api.errors.api_exception_handler",
 }
 # Throttling (off unless set), e.g. ORCH_API_THROTTLE_USER=600/min: counted in the shared cache.
 _throttle_rates = {
@@ -284,7 +284,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"StateEnum": "workflows.models.State", "PhaseEnum": "workflows.models.Phase"},
+    "ENUM_NAME_OVERRIDES": {
+        "StateEnum": "workflow_orchestrator.models.State",
+        "PhaseEnum": "workflow_orchestrator.models.Phase",
+    },
 }
 
 LOGIN_URL = "rest_framework:login"

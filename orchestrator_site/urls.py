@@ -4,8 +4,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from workflows.admin import overview_view
-from workflows.api.metrics import metrics_view
+from workflow_orchestrator.admin import overview_view
+from workflow_orchestrator.api.metrics import metrics_view
 
 
 class SwaggerUIView(SpectacularSwaggerView):
@@ -22,7 +22,7 @@ home = RedirectView.as_view(url="/workflows/", permanent=False, http_method_name
 urlpatterns = [
     path("", csrf_exempt(home)),
     # Before the admin's own URLs, whose catch-all would answer 404 for it.
-    path("admin/workflows/dashboard/", admin.site.admin_view(overview_view), name="workflows-dashboard"),
+    path("admin/workflow_orchestrator/dashboard/", admin.site.admin_view(overview_view), name="workflows-dashboard"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
@@ -31,5 +31,5 @@ urlpatterns = [
     path("docs/", SwaggerUIView.as_view(url_name="schema")),
     path("metrics", metrics_view, name="metrics"),
     path("metrics/", metrics_view),
-    path("", include("workflows.api.urls")),
+    path("", include("workflow_orchestrator.api.urls")),
 ]

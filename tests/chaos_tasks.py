@@ -5,8 +5,8 @@ import os
 import signal
 import time
 
-from workflows import statements
-from workflows.registry import task_type
+from workflow_orchestrator import statements
+from workflow_orchestrator.registry import task_type
 
 
 @task_type("chaos.probe")

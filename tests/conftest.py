@@ -15,9 +15,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext  # noqa: F401  (re-exported for test modules)
 from django_q.signing import SignedPackage
 
-from workflows import queue, services
-from workflows.models import Actor, Task, Workflow
-from workflows.registry import task_type
+from workflow_orchestrator import queue, services
+from workflow_orchestrator.models import Actor, Task, Workflow
+from workflow_orchestrator.registry import task_type
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import os
 
 from django.dispatch import receiver
 
-from workflows.signals import workflow_transitioned
+from workflow_orchestrator.signals import workflow_transitioned
 
 
 @receiver(workflow_transitioned)

@@ -3,7 +3,7 @@ its integration test's cluster imports them through ORCH_TASK_MODULES."""
 
 import math
 
-from workflows.registry import task_type
+from workflow_orchestrator.registry import task_type
 
 RESULTS = {
     "nul": lambda: {"text": "a\x00b"},

@@ -16,24 +16,24 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from tests.conftest import events, reload
-from workflows import services, stats
-from workflows.models import Actor, State, Task, Transition, Workflow
+from workflow_orchestrator import services, stats
+from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
 
-CHANGELIST = reverse("admin:workflows_workflow_changelist")
-ADD = reverse("admin:workflows_workflow_add")
+CHANGELIST = reverse("admin:workflow_orchestrator_workflow_changelist")
+ADD = reverse("admin:workflow_orchestrator_workflow_add")
 RECOVERS = [{"type": "fail", "params": {"times": 1}, "max_attempts": 1}]  # fails once, then succeeds on retry
 
 
 def change_url(workflow) -> str:
-    return reverse("admin:workflows_workflow_change", args=[workflow.pk])
+    return reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
 
 
 def transition_url(workflow, event: str) -> str:
-    return reverse("admin:workflows_workflow_transition", args=[workflow.pk, event])
+    return reverse("admin:workflow_orchestrator_workflow_transition", args=[workflow.pk, event])
 
 
 def delete_url(workflow) -> str:
-    return reverse("admin:workflows_workflow_delete", args=[workflow.pk])
+    return reverse("admin:workflow_orchestrator_workflow_delete", args=[workflow.pk])
 
 
 def messages_of(response) -> list[tuple[str, str]]:
@@ -91,7 +91,8 @@ def viewer(db):
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
     user.user_permissions.set(
         Permission.objects.filter(
-            content_type__app_label="workflows", codename__in=["view_workflow", "view_task", "view_transition"]
+            content_type__app_label="workflow_orchestrator",
+            codename__in=["view_workflow", "view_task", "view_transition"],
         )
     )
     return user
@@ -441,7 +442,9 @@ def test_an_unknown_event_or_workflow_changes_nothing(admin_client, make):
     assert admin_client.post(transition_url(workflow, "explode")).status_code == 404
     assert admin_client.post(transition_url(workflow, "fail")).status_code == 404  # the engine's, not a button
     assert reload(workflow).state == State.INIT and events(workflow) == []
-    missing = reverse("admin:workflows_workflow_transition", args=["00000000-0000-0000-0000-000000000000", "start"])
+    missing = reverse(
+        "admin:workflow_orchestrator_workflow_transition", args=["00000000-0000-0000-0000-000000000000", "start"]
+    )
     response = admin_client.post(missing)
     assert response.status_code == 302 and response.url == reverse("admin:index")
     [(level, text)] = messages_of(response)
@@ -567,24 +570,28 @@ def test_task_and_transition_admins_are_read_only_even_for_superusers(admin_clie
     assert model_admin.has_view_permission(request, row)
 
     name = model._meta.model_name
-    assert admin_client.get(reverse(f"admin:workflows_{name}_add")).status_code == 403
-    assert admin_client.get(reverse(f"admin:workflows_{name}_changelist")).status_code == 200
-    page = admin_client.get(reverse(f"admin:workflows_{name}_change", args=[row.pk]))
+    assert admin_client.get(reverse(f"admin:workflow_orchestrator_{name}_add")).status_code == 403
+    assert admin_client.get(reverse(f"admin:workflow_orchestrator_{name}_changelist")).status_code == 200
+    page = admin_client.get(reverse(f"admin:workflow_orchestrator_{name}_change", args=[row.pk]))
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
-    assert admin_client.post(reverse(f"admin:workflows_{name}_change", args=[row.pk]), {}).status_code == 403
-    assert admin_client.post(reverse(f"admin:workflows_{name}_delete", args=[row.pk]), {"post": "yes"}).status_code in (
+    assert (
+        admin_client.post(reverse(f"admin:workflow_orchestrator_{name}_change", args=[row.pk]), {}).status_code == 403
+    )
+    assert admin_client.post(
+        reverse(f"admin:workflow_orchestrator_{name}_delete", args=[row.pk]), {"post": "yes"}
+    ).status_code in (
         403,
         302,
     )
     assert model.objects.filter(pk=row.pk).exists()
-    changelist = admin_client.get(reverse(f"admin:workflows_{name}_changelist")).content.decode()
+    changelist = admin_client.get(reverse(f"admin:workflow_orchestrator_{name}_changelist")).content.decode()
     assert "delete_selected" not in changelist
 
 
 def test_the_task_page_shows_the_full_traceback(admin_client, make):
     workflow = make(State.FAILED)
     task = workflow.tasks.get(type="fail")
-    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    html = admin_client.get(reverse("admin:workflow_orchestrator_task_change", args=[task.pk])).content.decode()
     assert "Traceback (most recent call last)" in html and "TaskFailed: failed on attempt 1 as asked" in html
     assert change_url(workflow) in html  # the link back to its workflow
 
@@ -593,7 +600,7 @@ def test_the_task_page_lists_every_attempt_with_its_outcome_and_error(admin_clie
     retried = {"name": "flaky", "type": "fail", "params": {"times": 1, "message": "disk full"}, "max_attempts": 2}
     workflow = make(State.COMPLETE, tasks=[{"name": "fetch", "type": "echo"}, {**retried, "after": ["fetch"]}])
     task = workflow.tasks.get(name="flaky")
-    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    html = admin_client.get(reverse("admin:workflow_orchestrator_task_change", args=[task.pk])).content.decode()
     assert '<table class="attempt-list">' in html
     first, second = html.split('<tr class="attempt attempt-')[1:]
     assert first.startswith('failed"><td>1</td>') and ">failed</span>" in first  # the outcome in words
@@ -602,7 +609,7 @@ def test_the_task_page_lists_every_attempt_with_its_outcome_and_error(admin_clie
         assert f"<td>{attempt['worker']}</td>" in row
         assert re.search(r"<td>[0-9.]+ m?s</td>", row)  # its duration
     # The error's last line, with the whole traceback folded under it.
-    assert "<summary>workflows.builtin_tasks.TaskFailed: disk full</summary>" in first
+    assert "<summary>workflow_orchestrator.builtin_tasks.TaskFailed: disk full</summary>" in first
     assert "Traceback (most recent call last)" in first.split("<summary>")[1]
     assert "<summary>" not in second
     assert '<div class="readonly">fetch</div>' in html  # its `after`
@@ -610,7 +617,7 @@ def test_the_task_page_lists_every_attempt_with_its_outcome_and_error(admin_clie
 
 def test_the_task_lists_show_the_attempt_out_of_its_budget_not_the_attempt_records(admin_client, make):
     workflow = make(State.FAILED, tasks=[{"name": "flaky", "type": "fail", "params": {"times": 9}, "max_attempts": 2}])
-    for url in (change_url(workflow), reverse("admin:workflows_task_changelist")):
+    for url in (change_url(workflow), reverse("admin:workflow_orchestrator_task_changelist")):
         html = admin_client.get(url).content.decode()
         assert re.search(r'<td class="field-attempt_of_budget">\s*(<p>)?2/2', html), url
         assert "&quot;outcome&quot;" not in html
@@ -619,7 +626,7 @@ def test_the_task_lists_show_the_attempt_out_of_its_budget_not_the_attempt_recor
 def test_the_task_page_of_a_task_not_started_says_so(admin_client, make):
     workflow = make(State.INIT)
     task = workflow.tasks.get(phase="EXECUTE")
-    html = admin_client.get(reverse("admin:workflows_task_change", args=[task.pk])).content.decode()
+    html = admin_client.get(reverse("admin:workflow_orchestrator_task_change", args=[task.pk])).content.decode()
     assert "Not started yet." in html and "attempt-list" not in html
 
 
@@ -647,7 +654,9 @@ def test_change_page_draws_execute_as_a_graph_of_its_dependencies(admin_client, 
     assert 'class="dep-edge" data-from="load"' in graph  # not met: load failed
     assert "prepare" not in graph and "validate" not in graph  # EXECUTE's tasks only
     load = workflow.tasks.get(name="load")
-    assert f'<a href="{reverse("admin:workflows_task_change", args=[load.pk])}"><g class="task-node' in graph
+    assert (
+        f'<a href="{reverse("admin:workflow_orchestrator_task_change", args=[load.pk])}"><g class="task-node' in graph
+    )
 
 
 # --- Deleting ---------------------------------------------------------------------------
@@ -755,7 +764,7 @@ def test_search_finds_a_workflow_by_a_prefix_of_its_id(admin_client, make):
 def test_the_task_admin_searches_by_workflow_name_and_id(admin_client, make):
     wanted = make(State.COMPLETE, name="nightly export")
     make(State.COMPLETE, name="other")
-    tasks = reverse("admin:workflows_task_changelist")
+    tasks = reverse("admin:workflow_orchestrator_task_changelist")
 
     def found(term) -> set:
         return {task.workflow_id for task in admin_client.get(tasks, {"q": term}).context["cl"].result_list}
@@ -781,9 +790,12 @@ def test_every_time_in_the_admin_shows_seconds(admin_client, make):
     pages = {
         "changelist": (CHANGELIST, 'class="field-created_at'),
         "change page": (change_url(workflow), "field-started_at"),
-        "task list": (reverse("admin:workflows_task_changelist"), 'class="field-started_at'),
-        "transition list": (reverse("admin:workflows_transition_changelist"), 'class="field-created_at'),
-        "history": (reverse("admin:workflows_workflow_history", args=[workflow.pk]), '<tr class="transition">'),
+        "task list": (reverse("admin:workflow_orchestrator_task_changelist"), 'class="field-started_at'),
+        "transition list": (reverse("admin:workflow_orchestrator_transition_changelist"), 'class="field-created_at'),
+        "history": (
+            reverse("admin:workflow_orchestrator_workflow_history", args=[workflow.pk]),
+            '<tr class="transition">',
+        ),
     }
     for page, (url, marker) in pages.items():
         html = admin_client.get(url).content.decode()
@@ -818,7 +830,7 @@ def test_the_history_button_shows_the_transitions_newest_first(admin_client, adm
     services.workflow_cancel(workflow.pk, actor=Actor.admin(admin_user), reason="giving up")
 
     change = admin_client.get(change_url(workflow)).content.decode()
-    history_url = reverse("admin:workflows_workflow_history", args=[workflow.pk])
+    history_url = reverse("admin:workflow_orchestrator_workflow_history", args=[workflow.pk])
     assert f'href="{history_url}"' in change
     html = admin_client.get(history_url).content.decode()
     assert "doesn’t have a change history" not in html
@@ -831,7 +843,7 @@ def test_the_history_of_a_workflow_needs_the_view_permission(client, make):
     workflow = make(State.COMPLETE)
     nobody = User.objects.create_user("nobody", password="pw", is_staff=True)
     client.force_login(nobody)
-    assert client.get(reverse("admin:workflows_workflow_history", args=[workflow.pk])).status_code == 403
+    assert client.get(reverse("admin:workflow_orchestrator_workflow_history", args=[workflow.pk])).status_code == 403
 
 
 def test_the_transition_list_sorts_by_time_newest_first(admin_client, make):
@@ -839,7 +851,7 @@ def test_the_transition_list_sorts_by_time_newest_first(admin_client, make):
     second = make(State.FAILED, name="second")
     Transition.objects.filter(workflow=second).update(created_at=timezone.now() - timedelta(days=1))
 
-    result = admin_client.get(reverse("admin:workflows_transition_changelist")).context["cl"].result_list
+    result = admin_client.get(reverse("admin:workflow_orchestrator_transition_changelist")).context["cl"].result_list
     times = [transition.created_at for transition in result]
     assert times == sorted(times, reverse=True)
     assert result[0].workflow_id == first.pk and result[len(result) - 1].workflow_id == second.pk

@@ -4,8 +4,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.conftest import events, reload
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 TASKS = [{"type": "echo", "params": {"n": 1}}, {"type": "noop"}]
 

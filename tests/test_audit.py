@@ -1,4 +1,3 @@
-import importlib
 import subprocess
 import sys
 import threading
@@ -6,7 +5,6 @@ import uuid
 from io import StringIO
 
 import pytest
-from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -15,8 +13,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, child_env, reload, wait_for
-from workflows import audit, services
-from workflows.models import Actor, DeletionLogHead, State, Transition, Workflow, WorkflowDeletion
+from workflow_orchestrator import audit, services
+from workflow_orchestrator.models import Actor, DeletionLogHead, State, Transition, Workflow, WorkflowDeletion
 
 FOUR = [{"type": "noop"}, {"type": "echo", "params": {"n": 1}}, {"type": "noop"}, {"type": "noop"}]
 
@@ -219,14 +217,6 @@ def test_every_way_a_workflow_changes_keeps_its_head_signed(engine, settings):
     assert intact(stranded).state == State.COMPLETE
 
 
-def test_the_migration_signs_the_heads_of_existing_workflows(finished):
-    migration = importlib.import_module("workflows.migrations.0007_audit_head_mac_and_deletion_log")
-    Workflow.objects.update(head_mac="")
-    assert audit.verify(reload(finished)) is not None
-    migration.sign_heads(django_apps, None)
-    assert audit.verify(reload(finished)) is None
-
-
 # --- verify --all -----------------------------------------------------------------------------
 
 
@@ -309,7 +299,7 @@ def test_the_deletion_log_outlives_the_user_who_deleted(engine, django_user_mode
     row = WorkflowDeletion.objects.get()
     assert (row.actor_id, row.actor_label) == (user_id, "api:leaver")
     assert audit.verify_deletions() is None
-    page = admin_client.get(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]))
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflowdeletion_change", args=[row.pk]))
     assert page.status_code == 200 and "api:leaver" in page.content.decode()
 
 
@@ -319,9 +309,9 @@ def test_the_api_the_cli_the_admin_and_its_bulk_action_record_deletions(engine, 
     api.force_authenticate(admin_user)
     assert api.delete(f"/workflow/{made['a'].pk}").status_code == 204
     call_command("workflow", "delete", str(made["c"].pk), stdout=StringIO())
-    admin_client.post(reverse("admin:workflows_workflow_delete", args=[made["d"].pk]), {"post": "yes"})
+    admin_client.post(reverse("admin:workflow_orchestrator_workflow_delete", args=[made["d"].pk]), {"post": "yes"})
     bulk = {"action": "delete_selected", "_selected_action": [str(made["b1"].pk), str(made["b2"].pk)], "post": "yes"}
-    admin_client.post(reverse("admin:workflows_workflow_changelist"), bulk)
+    admin_client.post(reverse("admin:workflow_orchestrator_workflow_changelist"), bulk)
     assert not Workflow.objects.exists()
     log = list(WorkflowDeletion.objects.order_by("seq").values_list("seq", "name", "actor_label"))
     admin = f"admin:{admin_user.username}"
@@ -407,18 +397,20 @@ def test_the_deletion_log_verifies_after_a_secret_key_rotation(deletions, settin
 
 
 def test_the_deletion_log_is_read_only_in_the_admin(deletions, admin_client):
-    changelist = admin_client.get(reverse("admin:workflows_workflowdeletion_changelist"))
+    changelist = admin_client.get(reverse("admin:workflow_orchestrator_workflowdeletion_changelist"))
     assert changelist.status_code == 200
     html = changelist.content.decode()
     assert all(row.name in html for row in deletions)
     assert "delete_selected" not in html
-    assert reverse("admin:workflows_workflowdeletion_add") not in html
+    assert reverse("admin:workflow_orchestrator_workflowdeletion_add") not in html
     row = deletions[0]
-    page = admin_client.get(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]))
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflowdeletion_change", args=[row.pk]))
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
-    assert admin_client.post(reverse("admin:workflows_workflowdeletion_add"), {}).status_code == 403
-    admin_client.post(reverse("admin:workflows_workflowdeletion_change", args=[row.pk]), {"name": "x"})
-    delete = admin_client.post(reverse("admin:workflows_workflowdeletion_delete", args=[row.pk]), {"post": "yes"})
+    assert admin_client.post(reverse("admin:workflow_orchestrator_workflowdeletion_add"), {}).status_code == 403
+    admin_client.post(reverse("admin:workflow_orchestrator_workflowdeletion_change", args=[row.pk]), {"name": "x"})
+    delete = admin_client.post(
+        reverse("admin:workflow_orchestrator_workflowdeletion_delete", args=[row.pk]), {"post": "yes"}
+    )
     assert delete.status_code == 403
     assert list(WorkflowDeletion.objects.order_by("seq")) == deletions
     assert WorkflowDeletion.objects.get(pk=row.pk).name == row.name

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, child_env
-from workflows.bench import chain_tasks, hops_ms, percentile
-from workflows.models import MetricCounter, Workflow
+from workflow_orchestrator.bench import chain_tasks, hops_ms, percentile
+from workflow_orchestrator.models import MetricCounter, Workflow
 
 
 def bench(*args: str, timeout: float = 150) -> dict:

@@ -12,8 +12,8 @@ from django.urls import reverse
 
 from tests.conftest import reload, task, wait_for
 from tests.test_api import client_for
-from workflows import audit, queue, services
-from workflows.models import Actor, BrokenChain, State, Task, Transition, Workflow
+from workflow_orchestrator import audit, queue, services
+from workflow_orchestrator.models import Actor, BrokenChain, State, Task, Transition, Workflow
 
 
 @pytest.fixture
@@ -190,11 +190,11 @@ def test_metrics_and_the_overview_count_broken_chains(finished, engine, admin_cl
     assert "\norchestrator_audit_broken_workflows 1.0\n" in scraped
 
     page = admin_client.get(reverse("workflows-dashboard")).content.decode()
-    assert 'id="figure-audit-broken"><a href="/admin/workflows/workflow/?audit=broken"' in page
+    assert 'id="figure-audit-broken"><a href="/admin/workflow_orchestrator/workflow/?audit=broken"' in page
     assert 'class="alarm"' in page
-    listed = admin_client.get("/admin/workflows/workflow/", {"audit": "broken"}).content.decode()
+    listed = admin_client.get("/admin/workflow_orchestrator/workflow/", {"audit": "broken"}).content.decode()
     assert str(finished.pk) in listed
-    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[finished.pk])).content.decode()
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[finished.pk])).content.decode()
     assert '<strong class="audit-broken">broken</strong>: transition #5: missing: the log ends in COMPLETE' in page
 
 

@@ -6,8 +6,8 @@ from django.core.cache import cache
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from workflows import queue
-from workflows.brokers import OrmBroker, RedisBroker
+from workflow_orchestrator import queue
+from workflow_orchestrator.brokers import OrmBroker, RedisBroker
 
 
 @pytest.fixture(params=["orm", "redis"])
@@ -75,7 +75,7 @@ def test_cluster_stats_survive_a_stale_key_before_a_live_one(db):
 def test_the_orm_broker_looks_again_sooner_while_jobs_keep_coming(db, monkeypatch):
     """A workflow's next job is queued within milliseconds of the last: a pusher that has
     just found jobs must not sleep a whole poll before looking again; an idle one must."""
-    from workflows import brokers, queue
+    from workflow_orchestrator import brokers, queue
 
     pauses = []
     monkeypatch.setattr(brokers.time, "sleep", pauses.append)

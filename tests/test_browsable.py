@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from workflows import services
-from workflows.models import Actor, State, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Workflow
 
 HTML = "text/html"
 

@@ -17,8 +17,8 @@ if not Path("/usr/bin/chromium").exists():
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import ROOT, events, wait_for
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -112,7 +112,7 @@ def test_retry_failed_workflows_from_the_changelist(cluster, page):
     wait_for(lambda: states(*fine) == {State.COMPLETE}, 30, "two workflows to complete")
     wait_for(lambda: stepped.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
 
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     page.click("#toggle-nav-sidebar")  # more room for the columns (the admin remembers it in localStorage)
     expect(page.locator("#nav-sidebar")).to_be_hidden()
     rows = page.locator("#result_list tbody tr")
@@ -140,7 +140,7 @@ def test_retry_failed_workflows_from_the_changelist(cluster, page):
 
     wait_for(none_failed_on_the_page, 30, "the FAILED filter to come up empty", interval=0.3)
     wait_for(lambda: states(*failing) == {State.COMPLETE}, 30, f"the retried to complete\n{running.output()[-3000:]}")
-    page.goto("/admin/workflows/workflow/?state__exact=COMPLETE")
+    page.goto("/admin/workflow_orchestrator/workflow/?state__exact=COMPLETE")
     expect(rows).to_have_count(5)
 
     # A retried workflow's page: the path it took, its task bars, its tasks and its audit log.
@@ -176,7 +176,7 @@ def test_cancel_a_running_workflow_from_its_page(cluster, page):
         "the long sleep to start",
     )
 
-    page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+    page.goto(f"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/")
     expect(page.locator(".field-state_badge .readonly")).to_have_text("EXECUTE")
     expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # running: no delete
     expect(page.locator("svg.task-timeline g.bar-running")).to_have_count(1)
@@ -185,7 +185,7 @@ def test_cancel_a_running_workflow_from_its_page(cluster, page):
     page.fill("#id_reason", "started by mistake")
     page.click("#confirm")
 
-    expect(page).to_have_url(re.compile(rf"/admin/workflows/workflow/{workflow.pk}/change/$"))
+    expect(page).to_have_url(re.compile(rf"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/$"))
     expect(page.locator(".messagelist .success")).to_have_text("Cancel: long sleeper is now CANCELLED.")
     expect(page.locator(".field-state_badge .readonly")).to_have_text("CANCELLED")
     expect(page.locator("svg.state-graph")).to_have_attribute("aria-label", "State graph, current state CANCELLED")
@@ -211,7 +211,7 @@ def test_the_dependency_graph_and_a_retried_task_s_attempts(cluster, page):
     workflow = start("nightly pipeline", PIPELINE)
     wait_for(lambda: states(workflow) == {State.COMPLETE}, 30, f"the pipeline to complete\n{running.output()[-3000:]}")
 
-    page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+    page.goto(f"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/")
     graph = page.locator("#execute-graph svg.task-graph")
     expect(graph).to_be_visible()
     expect(graph).to_have_attribute("aria-label", "EXECUTE: 6 tasks, 6 dependencies")
@@ -247,7 +247,7 @@ def test_the_dependency_graph_and_a_retried_task_s_attempts(cluster, page):
     expect(attempts.nth(1).locator("td").nth(0)).to_have_text("2")
     expect(attempts.nth(1).locator(".badge")).to_have_text("succeeded")
     error = attempts.nth(0).locator("details")
-    expect(error.locator("summary")).to_have_text("workflows.builtin_tasks.TaskFailed: mail relay down")
+    expect(error.locator("summary")).to_have_text("workflow_orchestrator.builtin_tasks.TaskFailed: mail relay down")
     expect(error.locator("pre")).to_be_hidden()  # the full traceback is one click away
     error.locator("summary").click()
     expect(error.locator("pre")).to_contain_text("Traceback (most recent call last)")
@@ -292,7 +292,7 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     )
 
     # Bulk cancel: the action asks first, with a reason for the audit log.
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     page.check("#action-toggle")
     page.select_option("select[name=action]", label="Cancel selected workflows")
     page.get_by_role("button", name="Go").click()
@@ -331,7 +331,7 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     wait_for(lambda: waiting.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
     wait_for(lambda: busy.tasks.filter(name="long", status=Task.Status.RUNNING).exists(), 30, "the long sleep")
 
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     page.click("#toggle-nav-sidebar")  # room for every column in the screenshot
     row = page.locator("#result_list tbody tr", has_text="schema migration")
     badge = row.locator(".badge-waiting")
@@ -353,11 +353,11 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     page.get_by_role("link", name="schema migration").click()
     expect(page.locator(".field-state_badge .badge-waiting")).to_have_text("WAITING")
     expect(page.locator("#workflow-actions .button")).to_have_text(["Next step", "Cancel"])
-    page.goto(f"/admin/workflows/workflow/{busy.pk}/change/")
+    page.goto(f"/admin/workflow_orchestrator/workflow/{busy.pk}/change/")
     expect(page.locator(".field-state_badge .badge-waiting")).to_have_count(0)
     expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # its work runs: no Next
 
-    page.goto(f"/admin/workflows/workflow/{waiting.pk}/change/")
+    page.goto(f"/admin/workflow_orchestrator/workflow/{waiting.pk}/change/")
     page.click("#action-next")
     expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
     assert events(waiting) == ["start", "execute"]
@@ -389,7 +389,7 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     wait_for(lambda: waiting.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
 
     # Wide, with the sidebar open: every column header within the window, every badge readable.
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     expect(page.locator("#nav-sidebar")).to_be_visible()
     expect(page.locator("#result_list tbody tr")).to_have_count(5)
     expect(page.locator("#result_list thead th:visible")).to_have_count(9)  # all but definition and mode
@@ -400,7 +400,10 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
         box = header.bounding_box()
         assert box["x"] + box["width"] <= visible_right + 0.5, f"{header.inner_text()!r} is cut off"
     assert_badges_readable(page)
-    for path in (f"/admin/workflows/workflow/{failed.pk}/change/", f"/admin/workflows/workflow/{waiting.pk}/change/"):
+    for path in (
+        f"/admin/workflow_orchestrator/workflow/{failed.pk}/change/",
+        f"/admin/workflow_orchestrator/workflow/{waiting.pk}/change/",
+    ):
         page.goto(path)
         assert_badges_readable(page)
     # One row of buttons, one size: Next step (a form's button) and Cancel (a link).
@@ -408,18 +411,18 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     expect(buttons).to_have_text(["Next step", "Cancel"])
     sizes = {(round(box["height"]), round(box["y"])) for box in (b.bounding_box() for b in buttons.all())}
     assert len(sizes) == 1, sizes
-    page.goto(f"/admin/workflows/task/{failed.tasks.get(name='load').pk}/change/")  # the attempts' outcomes
+    page.goto(f"/admin/workflow_orchestrator/task/{failed.tasks.get(name='load').pk}/change/")  # the attempts' outcomes
     assert_badges_readable(page)
 
     # The favicon, on the admin's pages and the browsable API's.
-    for path in ("/admin/workflows/workflow/", "/workflows/"):
+    for path in ("/admin/workflow_orchestrator/workflow/", "/workflows/"):
         page.goto(path)
         href = page.locator("link[rel=icon]").get_attribute("href")
         assert page.request.get(href).status == 200
 
     # A phone: only vertical scrolling; the list keeps name, state and progress.
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     assert no_horizontal_scroll(page)
     row = page.locator("#result_list tbody tr", has_text="schema migration")
     for column in ("name", "state_badge", "progress"):
@@ -431,11 +434,11 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     expect(row.locator(".badge-waiting")).to_be_visible()
     screenshot(page, "admin-phone-changelist.png")
     for workflow in (failed, waiting):
-        page.goto(f"/admin/workflows/workflow/{workflow.pk}/change/")
+        page.goto(f"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/")
         expect(page.locator("svg.state-graph")).to_be_visible()
         assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     screenshot(page, "admin-phone-workflow.png")
-    page.goto("/admin/workflows/dashboard/")
+    page.goto("/admin/workflow_orchestrator/dashboard/")
     expect(page.locator("svg.rate-chart")).to_have_count(2)
     assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     assert_badges_readable(page)  # the states' cards and the cluster's
@@ -460,7 +463,7 @@ def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
 
     page.goto("/admin/")
     page.click("#overview-link")
-    expect(page).to_have_url(re.compile("/admin/workflows/dashboard/$"))
+    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/dashboard/$"))
     expect(page.locator("#live-bar")).to_have_attribute("data-state", "live")
     for state in State.values:
         expect(page.locator(f'.state-card[data-state="{state}"] .count')).to_have_text(
@@ -472,7 +475,7 @@ def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
     expect(cluster_row).to_have_count(1)
     expect(cluster_row.locator(".badge")).to_have_text("Working")
     expect(cluster_row).to_contain_text(f"1 busy of {running.env['ORCH_WORKERS']}")
-    expect(cluster_row.locator(f'a[href$="/admin/workflows/task/{long.pk}/change/"]')).to_have_count(1)
+    expect(cluster_row.locator(f'a[href$="/admin/workflow_orchestrator/task/{long.pk}/change/"]')).to_have_count(1)
     failure = page.locator("#overview-failures tbody tr")
     expect(failure).to_have_count(1)
     expect(failure).to_contain_text("nightly import")
@@ -503,7 +506,7 @@ def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
     expect(page.locator("#result_list tbody tr")).to_contain_text("nightly import")
     page.click("#overview-link")
-    expect(page).to_have_url(re.compile("/admin/workflows/dashboard/$"))
+    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/dashboard/$"))
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)
 
 
@@ -517,7 +520,7 @@ def test_a_running_workflow_s_page_and_the_list_update_themselves(cluster, page)
     wait_for(lambda: first.tasks.filter(name="extract", status=Task.Status.RUNNING).exists(), 30, "the first task")
 
     # Its page follows it to COMPLETE on its own, then stops asking.
-    page.goto(f"/admin/workflows/workflow/{first.pk}/change/")
+    page.goto(f"/admin/workflow_orchestrator/workflow/{first.pk}/change/")
     page.evaluate("window.notReloaded = true")
     expect(page.locator(".field-state_badge .badge")).to_have_text("EXECUTE")
     expect(page.locator("#live-bar .live-label")).to_have_text("Live")
@@ -535,7 +538,7 @@ def test_a_running_workflow_s_page_and_the_list_update_themselves(cluster, page)
 
     # The list: a ticked row stays ticked while its cells change.
     second = start("hourly sync 2", steps)
-    page.goto("/admin/workflows/workflow/")
+    page.goto("/admin/workflow_orchestrator/workflow/")
     page.evaluate("window.notReloaded = true")
     row = page.locator("#result_list tbody tr", has_text="hourly sync 2")
     expect(row.locator(".field-state_badge")).not_to_contain_text("COMPLETE")

@@ -23,9 +23,9 @@ from django.conf import settings
 from django.db import connection
 
 import tests.chaos_tasks  # noqa: F401  (registers chaos.probe in this process too)
-from workflows import audit, services
-from workflows.models import Actor, State, Task, Transition, Workflow
-from workflows.statements import from_time
+from workflow_orchestrator import audit, services
+from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
+from workflow_orchestrator.statements import from_time
 
 WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
 WORKER_KILLS = max(5, WORKFLOWS // 40)

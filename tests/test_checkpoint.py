@@ -20,9 +20,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import ROOT, child_env, reload
-from workflows import checkpoints, services
-from workflows.bench import Generator
-from workflows.models import (
+from workflow_orchestrator import checkpoints, services
+from workflow_orchestrator.bench import Generator
+from workflow_orchestrator.checkpoints import FORMAT
+from workflow_orchestrator.models import (
     Actor,
     DeletionLogHead,
     State,
@@ -322,7 +323,7 @@ def test_the_document_goes_to_stdout_without_out(engine):
     assert not run.error
     document = json.loads(run.out)
     assert list(document) == ["format", "taken_at", "deletion_log", "workflows", "signature"]
-    assert document["format"] == "workflows.audit.checkpoint/1"
+    assert document["format"] == "workflow_orchestrator.audit.checkpoint/1"
     assert document["deletion_log"] == {"seq": 1, "digest": WorkflowDeletion.objects.get().digest}
     heads = {str(w.pk): {"id": str(w.pk), "seq": 4, "digest": reload(w).last_digest} for w in workflows}
     assert document["workflows"] == [heads[pk] for pk in sorted(heads)]
@@ -402,11 +403,11 @@ def test_only_the_content_is_signed_not_its_layout(engine, take):
     [
         ("", "not JSON: expected '{' at character 0, found 'the end'"),
         ("[1, 2]", "not JSON: expected '{' at character 0, found '['"),
-        ('{"format": "something else"}', "not a checkpoint: its format is not 'workflows.audit.checkpoint/1'"),
+        ('{"format": "something else"}', f"not a checkpoint: its format is not '{FORMAT}'"),
         ('{"taken_at": "2025-01-01"}', "expected the member 'format', found 'taken_at'"),
-        ('{"format": "workflows.audit.checkpoint/1", "taken_at": "yesterday"}', "taken_at is not a time: 'yesterday'"),
-        ('{"format": "workflows.audit.checkpoint/1", "taken_at": "2025-01-01T00:00:00+00:00", "deletion_log": nul',
-         "not JSON: Expecting value at character 100"),
+        (f'{{"format": "{FORMAT}", "taken_at": "yesterday"}}', "taken_at is not a time: 'yesterday'"),
+        (f'{{"format": "{FORMAT}", "taken_at": "2025-01-01T00:00:00+00:00", "deletion_log": nul',
+         f"not JSON: Expecting value at character {len(FORMAT) + 72}"),
     ],
 )  # fmt: skip
 def test_a_file_that_is_not_a_checkpoint_is_refused_with_the_reason(db, tmp_path, content, reason):

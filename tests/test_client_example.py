@@ -12,7 +12,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import ROOT, events, wait_for
-from workflows.models import State, Task, Workflow
+from workflow_orchestrator.models import State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

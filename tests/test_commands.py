@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
 from tests.conftest import reload
-from workflows.models import State, Workflow
+from workflow_orchestrator.models import State, Workflow
 
 
 def run(engine, *args) -> str:

@@ -12,8 +12,8 @@ import pytest
 from django.db import connection, transaction
 
 from tests.conftest import reload, task, wait_for
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [
     pytest.mark.integration,

@@ -8,9 +8,9 @@ from django.core.management import call_command
 from django_q.status import Stat
 
 from tests.conftest import task, wait_for
-from workflows import queue
-from workflows.models import State, Workflow
-from workflows.statements import from_time
+from workflow_orchestrator import queue
+from workflow_orchestrator.models import State, Workflow
+from workflow_orchestrator.statements import from_time
 
 
 def attempt_times(workflow: Workflow, name: str) -> tuple:

@@ -16,8 +16,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.conftest import events, reload, task
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 Status = Task.Status
 
@@ -239,7 +239,7 @@ def test_the_cli_takes_and_shows_dependencies_and_attempts(engine):
 
 
 def test_the_admin_add_form_takes_dependencies_and_refuses_a_cycle(admin_client):
-    add = reverse("admin:workflows_workflow_add")
+    add = reverse("admin:workflow_orchestrator_workflow_add")
     form = {"name": "from the admin", "definition": "default", "mode": "auto", "input": "{}"}
     cycle = [{"name": "a", "type": "noop", "after": ["b"]}, {"name": "b", "type": "noop", "after": ["a"]}]
     refused = admin_client.post(add, {**form, "tasks": json.dumps(cycle)})
@@ -252,7 +252,7 @@ def test_the_admin_add_form_takes_dependencies_and_refuses_a_cycle(admin_client)
 def test_the_readme_s_dependency_example_runs(engine):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = re.search(r'```python\n(@task_type\("etl\.transform"\).*?)```', readme, re.S).group(1)
-    exec(f"from workflows.registry import WorkflowDefinition, register_definition, task_type\n{block}", {})
+    exec(f"from workflow_orchestrator.registry import WorkflowDefinition, register_definition, task_type\n{block}", {})
     workflow = engine.start(definition="etl", tasks=None)
     engine.drain()
     workflow = reload(workflow)

@@ -7,8 +7,8 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from workflows.diagrams import MIN_BAR, dependency_depths, task_graph_svg, task_timeline_svg
-from workflows.models import Task
+from workflow_orchestrator.diagrams import MIN_BAR, dependency_depths, task_graph_svg, task_timeline_svg
+from workflow_orchestrator.models import Task
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -15,12 +15,12 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 
 from tests.conftest import ROOT
-from workflows.management.commands.docs_schema import render
+from workflow_orchestrator.management.commands.docs_schema import render
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "QUICKSTART.md", *sorted((ROOT / "docs").glob("*.md"))]
 MERMAID_JS = ROOT / "docs" / "mermaid" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 FENCE = re.compile(r"^```mermaid\n(.*?)^```", re.DOTALL | re.MULTILINE)
-# A dotted name whose first part is a module of workflows/ or django_q: `services.task_record`,
+# A dotted name whose first part is a module of workflow_orchestrator/ or django_q: `services.task_record`,
 # `api.views.WorkflowViewSet.create_and_start`, `statements.CLAIM`, `django_q.pusher.pusher`.
 CODE_NAME = re.compile(r"(?<![\w.])((?:django_q|[a-z_]+)(?:\.[A-Za-z_]\w*)+)")
 ARROW = re.compile(r"^\s*\w+\s*(-|--)(>>|x|\))\+?-?\s*\w+\s*:(.*)$")
@@ -39,7 +39,7 @@ def all_blocks() -> list[tuple[str, str]]:
 
 
 def workflow_modules() -> set[str]:
-    package = ROOT / "workflows"
+    package = ROOT / "workflow_orchestrator"
     return {path.stem for path in package.glob("*.py") if path.stem != "__init__"} | {"api", "management"}
 
 
@@ -47,11 +47,11 @@ def resolve(name: str):
     """The object `name` names: `workflows.<module>.<attr>…` or `django_q.<module>.<attr>…`;
     a file name such as `services.py` names the module's file."""
     if name.endswith(".py"):
-        if not (ROOT / "workflows" / name).exists():
+        if not (ROOT / "workflow_orchestrator" / name).exists():
             raise ImportError(name)
         return name
     parts = name.split(".")
-    root = "django_q" if parts[0] == "django_q" else "workflows"
+    root = "django_q" if parts[0] == "django_q" else "workflow_orchestrator"
     parts = parts[1:] if root == "django_q" else parts
     for split in range(len(parts), 0, -1):
         try:
@@ -102,7 +102,7 @@ def test_the_generator_writes_the_document_the_check_accepts(tmp_path):
 
 def test_the_schema_document_has_every_table_column_constraint_and_index_of_the_app():
     text = render()
-    for model in apps.get_app_config("workflows").get_models():
+    for model in apps.get_app_config("workflow_orchestrator").get_models():
         meta = model._meta
         assert f"## `{meta.db_table}`" in text
         assert f"    {meta.db_table} {{" in text  # an entity of the ER diagram
@@ -129,7 +129,7 @@ def unusual_models():
     from django.db.models.functions import Now
     from django.test.utils import isolate_apps
 
-    with isolate_apps("workflows"):
+    with isolate_apps("workflow_orchestrator"):
 
         class Priority(models.IntegerChoices):
             LOW = 1
@@ -143,14 +143,14 @@ def unusual_models():
             created_at = models.DateTimeField(db_default=Now())
 
             class Meta:
-                app_label = "workflows"
+                app_label = "workflow_orchestrator"
 
         class Board(models.Model):  # noqa: DJ008  (never shown)
             label = models.OneToOneField(Label, on_delete=models.CASCADE)
             members = models.ManyToManyField(Label, related_name="boards")
 
             class Meta:
-                app_label = "workflows"
+                app_label = "workflow_orchestrator"
 
         yield [Label, Board, Board._meta.get_field("members").remote_field.through]
 
@@ -160,10 +160,10 @@ def test_the_schema_document_covers_many_to_many_one_to_one_and_database_default
     assert "| `priority` | `integer` | no | `2` | One of `1`, `2`. |" in text
     assert "| `created_at` | `timestamp with time zone` | no | `Now()` (in the database) |" in text
     assert '"created_at" timestamp with time zone DEFAULT (STATEMENT_TIMESTAMP()) NOT NULL' in text
-    assert 'workflows_label ||--o| workflows_board : "label_id"' in text
-    assert "## `workflows_board_members`" in text
+    assert 'workflow_orchestrator_label ||--o| workflow_orchestrator_board : "label_id"' in text
+    assert "## `workflow_orchestrator_board_members`" in text
     assert "The table of the many-to-many field `Board.members`." in text
-    assert 'workflows_label ||--o{ workflows_board_members : "label_id"' in text
+    assert 'workflow_orchestrator_label ||--o{ workflow_orchestrator_board_members : "label_id"' in text
 
 
 # --- diagrams ------------------------------------------------------------------------------
@@ -281,7 +281,11 @@ def test_every_path_the_project_layout_lists_exists():
 
 
 def test_the_project_layout_lists_every_module_and_command_of_workflows():
-    tree = [ROOT / "workflows", ROOT / "workflows" / "api", ROOT / "workflows" / "management" / "commands"]
+    tree = [
+        ROOT / "workflow_orchestrator",
+        ROOT / "workflow_orchestrator" / "api",
+        ROOT / "workflow_orchestrator" / "management" / "commands",
+    ]
     modules = [path for folder in tree for path in sorted(folder.glob("*.py")) if path.name != "__init__.py"]
     paths = layout_paths()
     assert [str(path.relative_to(ROOT)) for path in modules if str(path.relative_to(ROOT)) not in paths] == []

@@ -16,8 +16,8 @@ from rest_framework.authtoken.models import Token
 
 from tests.conftest import ROOT, child_env, free_port, reload, wait_for
 from tests.test_api import client_for, create
-from workflows import services
-from workflows.models import Actor, Phase, State, Task, Transition, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, Phase, State, Task, Transition, Workflow
 
 
 @pytest.fixture

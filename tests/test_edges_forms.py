@@ -23,12 +23,12 @@ from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, child_env, free_port, reload
 from tests.conftest import WEBHOOK_SECRET as SECRET
-from workflows import cron, schedules, services, values, webhooks
-from workflows.models import Actor, WebhookAttempt, WebhookDelivery, Workflow, WorkflowSchedule
+from workflow_orchestrator import cron, schedules, services, values, webhooks
+from workflow_orchestrator.models import Actor, WebhookAttempt, WebhookDelivery, Workflow, WorkflowSchedule
 
-ADD_WORKFLOW = reverse("admin:workflows_workflow_add")
-ADD_SCHEDULE = reverse("admin:workflows_workflowschedule_add")
-SCHEDULES = reverse("admin:workflows_workflowschedule_changelist")
+ADD_WORKFLOW = reverse("admin:workflow_orchestrator_workflow_add")
+ADD_SCHEDULE = reverse("admin:workflow_orchestrator_workflowschedule_add")
+SCHEDULES = reverse("admin:workflow_orchestrator_workflowschedule_changelist")
 NEVER_DUE = ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4 *"]
 
 # JSON texts that are not JSON PostgreSQL can store, or that Python cannot parse into one.
@@ -157,7 +157,7 @@ def test_the_schedule_form_shows_a_schedule_s_json_and_keeps_empty_tasks_empty(a
     schedule = schedules.schedule_save(
         WorkflowSchedule(name="shown", cron="0 3 * * *", input={"é": [1.5, None]}, tasks=[{"type": "echo"}])
     )
-    change = reverse("admin:workflows_workflowschedule_change", args=[schedule.pk])
+    change = reverse("admin:workflow_orchestrator_workflowschedule_change", args=[schedule.pk])
     page = admin_client.get(change).content.decode()
     assert "{&quot;é&quot;: [1.5, null]}" in page
     assert admin_client.post(change, {**SCHEDULE_FORM, "name": "shown", "tasks": ""}).status_code == 302
@@ -167,11 +167,11 @@ def test_the_schedule_form_shows_a_schedule_s_json_and_keeps_empty_tasks_empty(a
 
 def test_a_cancel_reason_the_database_cannot_store_cancels_nothing(engine, admin_client):
     workflow, _ = engine.call(services.workflow_create, name="kept", actor=Actor.SYSTEM)
-    cancel = reverse("admin:workflows_workflow_transition", args=[workflow.pk, "cancel"])
+    cancel = reverse("admin:workflow_orchestrator_workflow_transition", args=[workflow.pk, "cancel"])
     page = admin_client.post(cancel, {"reason": "a\x00b"}, follow=True)
     assert "Nothing changed: reason contains a NUL character." in map(str, page.context["messages"])
     bulk = {"_selected_action": [workflow.pk], "action": "cancel_selected", "confirm": "1", "reason": "a\x00b"}
-    page = admin_client.post(reverse("admin:workflows_workflow_changelist"), bulk, follow=True)
+    page = admin_client.post(reverse("admin:workflow_orchestrator_workflow_changelist"), bulk, follow=True)
     assert "Nothing cancelled: the reason contains a NUL character." in map(str, page.context["messages"])
     assert reload(workflow).state == "INIT" and workflow.transitions.count() == 0
 
@@ -183,9 +183,9 @@ def test_a_cancel_reason_the_database_cannot_store_cancels_nothing(engine, admin
 def test_a_changelist_query_the_database_would_refuse_is_a_400(admin_client, path, query):
     """A NUL in a filter or a search (PostgreSQL refuses it in text), or a search of
     thousands of words (SQLite refuses so large a LIKE pattern)."""
-    response = admin_client.get(f"/admin/workflows/{path}/", query)
+    response = admin_client.get(f"/admin/workflow_orchestrator/{path}/", query)
     assert response.status_code == 400
-    assert admin_client.get(f"/admin/workflows/{path}/", {"q": "a" * 200}).status_code == 200
+    assert admin_client.get(f"/admin/workflow_orchestrator/{path}/", {"q": "a" * 200}).status_code == 200
 
 
 # --- Cron expressions that never fall due ------------------------------------------------------
@@ -211,7 +211,7 @@ def test_rare_expressions_that_do_fall_due_are_kept(db, expression):
 
 def test_a_schedule_stored_before_it_was_refused_gives_errors_not_crashes(engine, admin_client):
     legacy = WorkflowSchedule.objects.create(name="legacy", cron="0 0 31 2 *", enabled=False)
-    change = reverse("admin:workflows_workflowschedule_change", args=[legacy.pk])
+    change = reverse("admin:workflow_orchestrator_workflowschedule_change", args=[legacy.pk])
 
     errors = form_errors(admin_client.post(change, {**SCHEDULE_FORM, "name": "legacy", "cron": "0 0 31 2 *"}))
     assert "never falls due" in errors["cron"][0]
@@ -291,7 +291,7 @@ def test_starting_with_the_broker_down_warns_in_one_line(transactional_db):
     done = manage("workflow", "start", "--name", "no broker", ORCH_BROKER="redis", REDIS_URL=nobody)
     assert done.returncode == 0, done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert "WARNING workflows.services: could not reach the broker" in line
+    assert "WARNING workflow_orchestrator.services: could not reach the broker" in line
     assert "Connection refused" in line
     assert Workflow.objects.get().name == "no broker"
 
@@ -389,13 +389,13 @@ def ended_with_a_callback(engine, receiver) -> Workflow:
     """A workflow that has just ended, its webhook's first job taken off the broker unsent."""
     created, _ = engine.call(services.workflow_create, name="hooked", actor=Actor.SYSTEM, callback_url=receiver.url)
     engine.call(services.workflow_cancel, created.pk, actor=Actor.SYSTEM)
-    assert [job["func"] for job in engine.pending()] == ["workflows.jobs.deliver_webhook"]
+    assert [job["func"] for job in engine.pending()] == ["workflow_orchestrator.jobs.deliver_webhook"]
     return reload(created)
 
 
 def deliver_in_a_worker(workflow: Workflow, hooks) -> subprocess.Popen:
     """The first attempt, sent by a process of its own (a worker of a cluster)."""
-    code = f"from workflows import webhooks; webhooks.deliver('{workflow.pk}', {workflow.last_seq}, 1)"
+    code = f"from workflow_orchestrator import webhooks; webhooks.deliver('{workflow.pk}', {workflow.last_seq}, 1)"
     env = child_env(
         ORCH_WEBHOOK_SECRET=SECRET,
         ORCH_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",

@@ -17,8 +17,8 @@ from django_q.queues import Queue
 from django_q.signing import SignedPackage
 
 from tests.conftest import ROOT, child_env, events, free_port, wait_for
-from workflows import queue, services, shutdown
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import queue, services, shutdown
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

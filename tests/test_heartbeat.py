@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 
 from tests.conftest import reload, task, wait_for
-from workflows import services
-from workflows.models import Actor, State, Task
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -22,7 +22,7 @@ def terminate_heartbeats() -> int:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE %s",
-            ['SELECT 1 AS "a" FROM "workflows_workflow" WHERE %CANCELLED%'],
+            ['SELECT 1 AS "a" FROM "workflow_orchestrator_workflow" WHERE %CANCELLED%'],
         )
         return cursor.fetchone()[0]
 

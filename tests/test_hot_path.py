@@ -11,31 +11,31 @@ from django.db import connection
 from django_q.signing import SignedPackage
 
 from tests.conftest import reload, task
-from workflows import queue, services
-from workflows.models import Actor, State, Task
+from workflow_orchestrator import queue, services
+from workflow_orchestrator.models import Actor, State, Task
 
 pytestmark = pytest.mark.django_db(transaction=True)  # autocommit, as in a worker
 POSTGRES = connection.vendor == "postgresql"
 
-# The statements' names, by how they begin (workflows/statements.py names them so).
+# The statements' names, by how they begin (workflow_orchestrator/statements.py names them so).
 NAMES = [
-    ("UPDATE workflows_task AS task SET status = 'RUNNING'", "claim"),
-    ("UPDATE workflows_task SET status = 'RUNNING'", "claim"),
+    ("UPDATE workflow_orchestrator_task AS task SET status = 'RUNNING'", "claim"),
+    ("UPDATE workflow_orchestrator_task SET status = 'RUNNING'", "claim"),
     ("SELECT state, mode, unfinished", "claim: its workflow"),
     ("WITH locked AS", "succeed"),  # "succeed + transition" when it also holds `change AS`
     ("WITH change AS", "transition"),
-    ("UPDATE workflows_task SET status = CASE", "succeed: the task"),
-    ("UPDATE workflows_workflow SET unfinished", "succeed: the fan-in"),
+    ("UPDATE workflow_orchestrator_task SET status = CASE", "succeed: the task"),
+    ("UPDATE workflow_orchestrator_workflow SET unfinished", "succeed: the fan-in"),
     ("WITH next_up AS", "succeed: release what waited"),
-    ("UPDATE workflows_workflow SET state", "transition: the workflow"),
-    ("INSERT INTO workflows_transition", "transition: the audit row"),
+    ("UPDATE workflow_orchestrator_workflow SET state", "transition: the workflow"),
+    ("INSERT INTO workflow_orchestrator_transition", "transition: the audit row"),
     ("WITH pick AS", "transition: the next phase's tasks"),
-    ("UPDATE workflows_task SET status = 'QUEUED'", "transition: the next phase's tasks"),
-    ("SELECT input, results FROM workflows_workflow", "the workflow's input"),
-    ('SELECT "workflows_workflow"', "the workflow"),  # FOR UPDATE (PostgreSQL): "lock the workflow"
-    ('SELECT "workflows_task"."name"', "the EXECUTE tasks"),
-    ('SELECT "workflows_task"."id"', "the failed attempt"),
-    ('UPDATE "workflows_task" SET "status" =', "its next attempt"),
+    ("UPDATE workflow_orchestrator_task SET status = 'QUEUED'", "transition: the next phase's tasks"),
+    ("SELECT input, results FROM workflow_orchestrator_workflow", "the workflow's input"),
+    ('SELECT "workflow_orchestrator_workflow"', "the workflow"),  # FOR UPDATE (PostgreSQL): "lock the workflow"
+    ('SELECT "workflow_orchestrator_task"."name"', "the EXECUTE tasks"),
+    ('SELECT "workflow_orchestrator_task"."id"', "the failed attempt"),
+    ('UPDATE "workflow_orchestrator_task" SET "status" =', "its next attempt"),
     ('INSERT INTO "django_q_ormq"', "enqueue"),
 ]
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, child_env, events, wait_for
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
-from workflows.statements import from_time
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
+from workflow_orchestrator.statements import from_time
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -26,9 +26,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from workflows import audit, services
-from workflows.models import ATTEMPT_OUTCOMES, PHASES, TERMINAL_STATES, Actor, State, Task, Workflow
-from workflows.statements import from_time
+from workflow_orchestrator import audit, services
+from workflow_orchestrator.models import ATTEMPT_OUTCOMES, PHASES, TERMINAL_STATES, Actor, State, Task, Workflow
+from workflow_orchestrator.statements import from_time
 
 Status = Task.Status
 ORDER = {State.PREPARE: 0, State.EXECUTE: 1, State.VALIDATE: 2}

@@ -3,8 +3,8 @@ from datetime import timedelta
 from django.utils import timezone
 
 from tests.conftest import events, reload, task
-from workflows import jobs, services, statements
-from workflows.models import State, Task
+from workflow_orchestrator import jobs, services, statements
+from workflow_orchestrator.models import State, Task
 
 # What recovery reports when it finds nothing to do.
 NOTHING_TO_RECOVER = {"expired": 0, "requeued": 0, "moved_on": 0, "audit_broken": {}, "webhooks_taken_back": 0}
@@ -68,7 +68,7 @@ def test_an_outcome_is_recorded_once(engine):
 def test_a_job_for_an_old_attempt_does_nothing(engine):
     workflow = engine.start(tasks=[])
     prepare = task(workflow, "prepare")
-    engine.run({"func": "workflows.jobs.run_task", "args": (prepare.pk, 7), "kwargs": {}})
+    engine.run({"func": "workflow_orchestrator.jobs.run_task", "args": (prepare.pk, 7), "kwargs": {}})
     assert task(workflow, "prepare").status == Status.QUEUED
 
 

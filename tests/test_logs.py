@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.conftest import wait_for
-from workflows import services
-from workflows.models import Actor, State, Task, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -11,8 +11,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CaptureQueriesContext, wait_for
-from workflows import metrics, queue, services
-from workflows.models import Actor, MetricsHead, State, Task, Transition, Workflow
+from workflow_orchestrator import metrics, queue, services
+from workflow_orchestrator.models import Actor, MetricsHead, State, Task, Transition, Workflow
 
 TOKEN = "metrics-token-for-tests"
 TASKS = [

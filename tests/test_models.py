@@ -1,7 +1,7 @@
 import pytest
 from django_fsm import TransitionNotAllowed
 
-from workflows.models import PHASES, State, Transition, Workflow
+from workflow_orchestrator.models import PHASES, State, Transition, Workflow
 
 EVENTS = ["start", "execute", "validate", "complete", "fail", "retry", "cancel"]
 

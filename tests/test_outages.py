@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, child_env, events, free_port, wait_for
-from workflows.models import State, Task, Workflow
+from workflow_orchestrator.models import State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -136,7 +136,7 @@ class UnreachableBroker:
 
 @pytest.mark.parametrize("path", ["/execution/stats", "/execution/stats/"])
 def test_stats_answer_without_the_broker(admin_client, monkeypatch, path):
-    from workflows import queue
+    from workflow_orchestrator import queue
 
     monkeypatch.setattr(queue, "broker", UnreachableBroker)
     response = admin_client.get(path)
@@ -149,7 +149,7 @@ def test_stats_answer_without_the_broker(admin_client, monkeypatch, path):
 def test_a_database_outage_answers_503_not_500(admin_client, monkeypatch):
     from django.db import OperationalError
 
-    from workflows import services
+    from workflow_orchestrator import services
 
     def database_down(**kwargs):
         raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")

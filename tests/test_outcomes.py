@@ -6,8 +6,8 @@ import pytest
 
 import tests.outcome_tasks  # noqa: F401  (registers the task types in this process too)
 from tests.conftest import reload, task, wait_for
-from workflows import services
-from workflows.models import Actor, State, Task
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task
 
 Status = Task.Status
 

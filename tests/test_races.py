@@ -9,8 +9,8 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from workflows import services
-from workflows.models import Actor, State, Task, Transition, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,13 +15,13 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from tests.conftest import reload, wait_for
-from workflows import cron, queue, schedules
-from workflows.api.serializers import WorkflowDetailSerializer
-from workflows.models import Actor, State, Workflow, WorkflowSchedule
+from workflow_orchestrator import cron, queue, schedules
+from workflow_orchestrator.api.serializers import WorkflowDetailSerializer
+from workflow_orchestrator.models import Actor, State, Workflow, WorkflowSchedule
 
 PARIS = "Europe/Paris"
-CHANGELIST = reverse("admin:workflows_workflowschedule_changelist")
-ADD = reverse("admin:workflows_workflowschedule_add")
+CHANGELIST = reverse("admin:workflow_orchestrator_workflowschedule_changelist")
+ADD = reverse("admin:workflow_orchestrator_workflowschedule_add")
 
 
 def utc(*args) -> datetime:
@@ -291,12 +291,12 @@ def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_
     assert "*/10 * * * *" in html and PARIS in html
     link = f"?schedule__id__exact={schedule.pk}"
     assert f'{link}">1 started' in html
-    workflows = admin_client.get(reverse("admin:workflows_workflow_changelist") + link)
+    workflows = admin_client.get(reverse("admin:workflow_orchestrator_workflow_changelist") + link)
     [workflow] = workflows.context["cl"].result_list
     assert workflow.schedule_id == schedule.pk
     # And the workflow's page links back to its schedule.
-    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content.decode()
-    assert reverse("admin:workflows_workflowschedule_change", args=[schedule.pk]) in page
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])).content.decode()
+    assert reverse("admin:workflow_orchestrator_workflowschedule_change", args=[schedule.pk]) in page
 
 
 def test_the_admin_adds_a_schedule_and_refuses_a_bad_one(engine, admin_client):

@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from workflows import services, values
-from workflows.api.views import WorkflowViewSet
-from workflows.models import Actor, State, Workflow
+from workflow_orchestrator import services, values
+from workflow_orchestrator.api.views import WorkflowViewSet
+from workflow_orchestrator.models import Actor, State, Workflow
 
 # --- The schema validates ------------------------------------------------------------------
 

@@ -3,12 +3,12 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from workflows import queue
-from workflows.models import Task
+from workflow_orchestrator import queue
+from workflow_orchestrator.models import Task
 
 
 @pytest.mark.parametrize(
-    "task_type", ["os.system", "subprocess.run", "workflows.jobs.run_task", "builtins.eval", "../noop"]
+    "task_type", ["os.system", "subprocess.run", "workflow_orchestrator.jobs.run_task", "builtins.eval", "../noop"]
 )
 def test_task_types_are_names_in_the_registry_not_import_paths(engine, task_type):
     with pytest.raises(ValidationError, match="unknown task type"):

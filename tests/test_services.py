@@ -5,8 +5,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from tests.conftest import events, reload, task
-from workflows import services
-from workflows.models import Actor, State, Task, Transition, Workflow
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
 
 Status = Task.Status
 THREE_TASKS = [{"type": "echo", "params": {"n": 1}}, {"type": "noop"}, {"type": "sleep", "params": {"seconds": 0}}]
@@ -157,7 +157,7 @@ def test_a_task_whose_attempts_run_out_fails_the_workflow(engine):
     assert workflow.state == State.FAILED
     assert workflow.failed_phase == State.EXECUTE
     assert workflow.error == "bad: builtin_tasks.TaskFailed: disk full".replace(
-        "builtin_tasks", "workflows.builtin_tasks"
+        "builtin_tasks", "workflow_orchestrator.builtin_tasks"
     )
     bad = task(workflow, "bad")
     assert (bad.status, bad.attempt) == (Status.FAILED, 3)

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import ROOT, child_env, free_port, wait_for
-from workflows.models import Workflow
+from workflow_orchestrator.models import Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

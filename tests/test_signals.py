@@ -8,9 +8,9 @@ import pytest
 from django.db import transaction
 
 from tests.conftest import events, reload, wait_for
-from workflows import services
-from workflows.models import Actor, State, Transition, Workflow
-from workflows.signals import workflow_transitioned
+from workflow_orchestrator import services
+from workflow_orchestrator.models import Actor, State, Transition, Workflow
+from workflow_orchestrator.signals import workflow_transitioned
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from django_q.signing import SignedPackage
 
 import tests.timeout_tasks  # noqa: F401  (registers the task types in this process too)
 from tests.conftest import events, reload, task, wait_for
-from workflows import jobs, queue, services
-from workflows.models import Actor, State, Task
+from workflow_orchestrator import jobs, queue, services
+from workflow_orchestrator.models import Actor, State, Task
 
 Status = Task.Status
 TASK_MODULES = "tests.timeout_tasks"

@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, free_port, reload, wait_for
 from tests.conftest import WEBHOOK_SECRET as SECRET
-from workflows import services, webhooks
-from workflows.models import Actor, State, WebhookDelivery, Workflow
+from workflow_orchestrator import services, webhooks
+from workflow_orchestrator.models import Actor, State, WebhookDelivery, Workflow
 
 
 def delivery_of(workflow) -> WebhookDelivery:
@@ -131,11 +131,11 @@ def test_connection_errors_are_retried_and_recorded(engine, hooks):
 def test_a_job_delivered_twice_sends_once(engine, receiver):
     workflow = engine.start(name="twice", tasks=[], callback_url=receiver.url)
     jobs = engine.pending()
-    while not any(job["func"] == "workflows.jobs.deliver_webhook" for job in jobs):
+    while not any(job["func"] == "workflow_orchestrator.jobs.deliver_webhook" for job in jobs):
         for job in jobs:
             engine.run(job)
         jobs = engine.pending()
-    [webhook_job] = [job for job in jobs if job["func"] == "workflows.jobs.deliver_webhook"]
+    [webhook_job] = [job for job in jobs if job["func"] == "workflow_orchestrator.jobs.deliver_webhook"]
 
     engine.run(webhook_job)
     engine.run(webhook_job)  # the broker delivers at least once
@@ -316,7 +316,7 @@ def _listening(port: int) -> bool:
 
 def test_the_admin_adds_a_workflow_with_a_callback_url_and_shows_its_attempts(engine, receiver, admin_client):
     receiver.answers = [503]
-    add = reverse("admin:workflows_workflow_add")
+    add = reverse("admin:workflow_orchestrator_workflow_add")
     form = {"name": "from the admin", "definition": "default", "mode": "auto", "input": "{}", "tasks": "[]"}
 
     refused = admin_client.post(add, {**form, "callback_url": "http://example.com/in", "start_now": "on"})
@@ -328,7 +328,7 @@ def test_the_admin_adds_a_workflow_with_a_callback_url_and_shows_its_attempts(en
     engine.drain()
 
     workflow = Workflow.objects.get(name="from the admin")
-    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk])).content.decode()
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])).content.decode()
     assert receiver.url.replace("&", "&amp;") in page
     assert "webhook deliveries" in page.lower()
     assert "1. 503 at" in page and "answered 503" in page

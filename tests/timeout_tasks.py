@@ -5,8 +5,8 @@ import asyncio
 import os
 import time
 
-from workflows.models import Task
-from workflows.registry import task_type
+from workflow_orchestrator.models import Task
+from workflow_orchestrator.registry import task_type
 
 
 def _sleep_through_everything(seconds: float) -> None:

@@ -1,0 +1,861 @@
+"""The Django admin: inspect workflows, and retry, cancel and advance them through the
+engine's services, so that every action lands in the audit log as `admin:<username>`."""
+
+import json
+import re
+import uuid
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import actions as admin_actions
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.views.main import SEARCH_VAR
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
+from django.db.models.functions import Coalesce, Now
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from . import audit, schedules, services, stats, values
+from .diagrams import (
+    OUTCOME_COLOURS,
+    STATE_COLOURS,
+    STATUS_COLOURS,
+    format_rate,
+    format_seconds,
+    rate_chart_svg,
+    state_graph_svg,
+    task_attempts,
+    task_graph_svg,
+    task_timeline_svg,
+)
+from .models import (
+    PHASES,
+    Actor,
+    Phase,
+    State,
+    Task,
+    Transition,
+    WebhookDelivery,
+    Workflow,
+    WorkflowDeletion,
+    WorkflowSchedule,
+)
+from .registry import definition_keys
+from .values import MAX_DEPTH
+
+# A workflow in these states changes only when someone acts: its page stops refreshing itself.
+ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+
+# Dark amber: white text on it has a contrast of 6.6:1 (WCAG AA asks 4.5:1).
+WAITING_COLOUR = "#8a4f00"
+
+
+def badge(value: str, colour: str, kind: str = ""):
+    return format_html(
+        '<span class="badge{}" style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
+        'font-size:11px;font-weight:600;white-space:nowrap">{}</span>',
+        f" {kind}" if kind else "",
+        colour,
+        value,
+    )
+
+
+def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The ids that start with `term` (4 to 32 hex digits, dashes ignored), as a range of
+    ids: one index range scan on PostgreSQL's uuid and on SQLite's hex text alike."""
+    digits = term.strip().replace("-", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{4,32}", digits):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text and text.strip() else ""
+
+
+def duration(start, end) -> str:
+    if not start:
+        return "—"
+    seconds = ((end or timezone.now()) - start).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+# Bulk actions: each workflow goes through its service; refusals are counted, not raised.
+BULK = {
+    "retry": (services.workflow_retry, "retried"),
+    "cancel": (services.workflow_cancel, "cancelled"),
+    "next": (services.workflow_next, "advanced"),
+}
+
+
+def run_bulk(modeladmin, request, queryset, operation: str, **kwargs) -> None:
+    service, verb = BULK[operation]
+    done, skipped = 0, {}
+    actor = Actor.admin(request.user)
+    for workflow_id in queryset.values_list("pk", flat=True):
+        try:
+            service(workflow_id, actor=actor, **kwargs)
+            done += 1
+        except services.InvalidTransition as exc:
+            reason = f"{exc.state} cannot be {verb}" if operation != "next" else str(exc)
+            skipped[reason] = skipped.get(reason, 0) + 1
+    parts = [f"{done} {verb}"]
+    parts += [f"{count} skipped: {reason}" for reason, count in skipped.items()]
+    level = messages.SUCCESS if done and not skipped else (messages.WARNING if done else messages.ERROR)
+    modeladmin.message_user(request, "; ".join(parts), level)
+
+
+@admin.action(description="Retry selected workflows", permissions=["change"])
+def retry_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "retry")
+
+
+@admin.action(description="Cancel selected workflows", permissions=["change"])
+def cancel_selected(modeladmin, request, queryset):
+    """Asks first, as the change page's Cancel does, with a reason kept in each audit row;
+    the confirmation page posts the same action back with `confirm` set."""
+    if request.POST.get("confirm"):
+        reason = request.POST.get("reason", "")[:1000]
+        if problem := values.text_problem(reason):  # refused before any workflow is cancelled
+            modeladmin.message_user(request, f"Nothing cancelled: the reason {problem}.", messages.ERROR)
+            return None
+        run_bulk(modeladmin, request, queryset, "cancel", reason=reason)
+        return None
+    workflows = list(queryset.order_by("-created_at"))
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.opts,
+        "title": f"Cancel {len(workflows)} workflow{'s' if len(workflows) != 1 else ''}?",
+        "workflows": workflows,
+        "cancellable": sum("cancel" in services.available_actions(w) for w in workflows),
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/workflow_orchestrator/workflow/confirm_bulk_cancel.html", context)
+
+
+@admin.action(description="Advance selected workflows (next)", permissions=["change"])
+def advance_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "next")
+
+
+@admin.action(description="Delete selected workflows", permissions=["delete"])
+def delete_selected(modeladmin, request, queryset):
+    """Django's delete action, without the running workflows: they are reported, not counted as deleted."""
+    running = queryset.filter(state__in=PHASES).count()
+    if running:
+        modeladmin.message_user(
+            request, f"{running} skipped: a running workflow cannot be deleted (cancel it first)", messages.WARNING
+        )
+    deletable = queryset.exclude(state__in=PHASES)
+    if not deletable.exists():
+        return None
+    return admin_actions.delete_selected(modeladmin, request, deletable)
+
+
+class JSONTextField(forms.CharField):
+    """JSON typed into a form: read by values.parse_json (which refuses what the database
+    cannot store, saying why) and shown back as it was typed."""
+
+    def __init__(self, *, kind: type, where: str, max_depth: int = MAX_DEPTH, blank_is_none=False, **kwargs):
+        self.kind, self.where, self.max_depth, self.blank_is_none = kind, where, max_depth, blank_is_none
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 4, "cols": 80, "class": "vLargeTextField"}))
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        value = super().to_python(value).strip()
+        if not value:
+            return None if self.blank_is_none else self.kind()
+        try:
+            parsed = values.parse_json(value, self.where, max_depth=self.max_depth)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if not isinstance(parsed, self.kind):
+            raise ValidationError(f"{self.where} must be a JSON {'object' if self.kind is dict else 'list'}.")
+        return parsed
+
+    def prepare_value(self, value):
+        # A stored value (a schedule's) is shown as JSON; text typed into the form, as typed.
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+
+
+def input_field(**kwargs) -> JSONTextField:
+    return JSONTextField(kind=dict, where="input", required=False, **kwargs)
+
+
+def tasks_field(**kwargs) -> JSONTextField:
+    return JSONTextField(kind=list, where="tasks", max_depth=values.TASKS_MAX_DEPTH, required=False, **kwargs)
+
+
+class WorkflowAddForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    definition = forms.ChoiceField(choices=(), initial="default")
+    mode = forms.ChoiceField(choices=Workflow.Mode.choices, initial=Workflow.Mode.AUTO)
+    input = input_field(initial="{}", help_text="A JSON object.")
+    tasks = tasks_field(
+        help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is '
+        'required, and "after" names the tasks that must succeed first. Empty: the definition\'s default tasks.',
+    )
+    callback_url = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Callback URL",
+        widget=forms.URLInput(attrs={"class": "vURLField"}),
+        help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED); its host must "
+        "be allowed by ORCH_WEBHOOK_ALLOWED_HOSTS. Empty: none.",
+    )
+    start_now = forms.BooleanField(required=False, initial=True, label="Start now")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["definition"].choices = [(key, key) for key in definition_keys()]
+
+    def create(self, user) -> Workflow | None:
+        """Create the workflow through the engine; its refusals become form errors."""
+        data = self.cleaned_data
+        try:
+            workflow, _ = services.workflow_create(
+                name=data["name"],
+                definition=data["definition"],
+                mode=data["mode"],
+                input=data["input"],
+                tasks=data["tasks"] or None,
+                callback_url=data["callback_url"],
+                actor=Actor.admin(user),
+                start=data["start_now"],
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, errors)
+            return None
+        return workflow
+
+
+class DefinitionFilter(admin.SimpleListFilter):
+    """Definitions from the registry: the default filter would scan the table for its values."""
+
+    title = "definition"
+    parameter_name = "definition"
+
+    def lookups(self, request, model_admin):
+        return [(key, key) for key in definition_keys()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(definition=self.value()) if self.value() else queryset
+
+
+class AuditFilter(admin.SimpleListFilter):
+    """Workflows the engine found with a broken audit chain and left as they are."""
+
+    title = "audit chain"
+    parameter_name = "audit"
+
+    def lookups(self, request, model_admin):
+        return [("broken", "found broken")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(broken_chain__isnull=False) if self.value() == "broken" else queryset
+
+
+class TaskColumns:
+    """Columns a task shows in the workflow's inline and in the task admin."""
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, task):
+        return badge(task.status, STATUS_COLOURS[task.status])
+
+    # Not `attempts`: the model's field of that name (every attempt's record) would win.
+    @admin.display(description="attempt")
+    def attempt_of_budget(self, task):
+        return f"{task.attempt}/{task.attempt_budget}"
+
+    @admin.display(description="duration")
+    def run_time(self, task):
+        return duration(task.started_at, task.finished_at)
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """A table of a workflow's rows: shown, never added, changed or deleted from here."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class TaskInline(TaskColumns, ReadOnlyInline):
+    model = Task
+    fields = ["name", "phase", "type", "status_badge", "attempt_of_budget", "run_time", "error_excerpt"]
+    ordering = ["position"]
+
+    @admin.display(description="error")
+    def error_excerpt(self, task):
+        if not task.error:
+            return "—"
+        url = reverse("admin:workflow_orchestrator_task_change", args=[task.pk])
+        link = '{} <a href="{}" class="traceback-link">full traceback</a>'
+        return format_html(link, last_line(task.error)[:120], url)
+
+
+class WebhookDeliveryInline(ReadOnlyInline):
+    """Each call of the callback_url, with every attempt's answer."""
+
+    model = WebhookDelivery
+    fields = ["seq", "event", "url", "status", "delivered_at", "attempt_lines"]
+    ordering = ["seq"]
+    verbose_name_plural = "webhook deliveries"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("attempt_log")
+
+    @admin.display(description="attempts")
+    def attempt_lines(self, delivery):
+        lines = [
+            (
+                attempt.number,
+                attempt.status_code or "no answer",
+                f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
+                f"{attempt.duration:.2f}",
+                attempt.error,
+            )
+            for attempt in delivery.attempt_log.all()
+        ]
+        return format_html_join(mark_safe("<br>"), "{}. {} at {} ({} s) {}", lines) if lines else "—"
+
+
+class TransitionInline(ReadOnlyInline):
+    model = Transition
+    fields = ["seq", "event", "change", "actor_label", "reason", "created_at"]
+    ordering = ["seq"]
+
+    @admin.display(description="source → target")
+    def change(self, transition):
+        return f"{transition.source} → {transition.target}"
+
+
+# The buttons of the change page: (event, label, service, needs confirmation).
+BUTTONS = [
+    ("start", "Start", services.workflow_start, False),
+    ("next", "Next step", services.workflow_next, False),
+    ("retry", "Retry", services.workflow_retry, False),
+    ("cancel", "Cancel", services.workflow_cancel, True),
+]
+
+
+class CheckedQueryParameters:
+    """A changelist's filters and search go to the database: a NUL character (which
+    PostgreSQL refuses in text) or a search longer than anything searched can be (SQLite
+    refuses so large a LIKE pattern) is the client's mistake, answered 400, not a 500."""
+
+    max_search_length = 200  # a name's length; an id is shorter
+
+    def changelist_view(self, request, extra_context=None):
+        for name, given in request.GET.lists():
+            for problem in filter(None, map(values.text_problem, given)):
+                raise BadRequest(f"The query parameter {name} {problem}.")
+        if len(request.GET.get(SEARCH_VAR, "")) > self.max_search_length:
+            raise BadRequest(f"A search is at most {self.max_search_length} characters long.")
+        return super().changelist_view(request, extra_context)
+
+
+class IdPrefixSearch:
+    """Search also finds rows whose workflow id starts with the term (see id_prefix_range)."""
+
+    id_prefix_field = "pk"
+
+    def get_search_results(self, request, queryset, search_term):
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        bounds = id_prefix_range(search_term)
+        if bounds is None:
+            return results, duplicates
+        return results | queryset.filter(**{f"{self.id_prefix_field}__range": bounds}), duplicates
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
+    list_display = [
+        "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
+        "error_line",
+    ]  # fmt: skip
+    list_filter = ["state", DefinitionFilter, "mode", AuditFilter, "created_at"]
+    search_fields = ["name"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    list_per_page = 50
+    actions = [retry_selected, cancel_selected, advance_selected, delete_selected]
+    inlines = [TaskInline, TransitionInline, WebhookDeliveryInline]
+    readonly_fields = [
+        "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
+        "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+        "schedule", "audit_chain",
+    ]  # fmt: skip
+    fieldsets = [
+        (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
+        (
+            "Data",
+            {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
+        ),
+        ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
+        ("Audit", {"fields": ["audit_chain"]}),
+    ]
+    change_form_template = "admin/workflow_orchestrator/workflow/change_form.html"
+    object_history_template = "admin/workflow_orchestrator/workflow/object_history.html"
+
+    def get_queryset(self, request):
+        # A manual workflow waiting for `next` has stopped working when its phase's last
+        # task finished: its duration (shown and sorted) ends there, not now.
+        phase_ended = (
+            Task.objects.filter(workflow=OuterRef("pk"), phase=OuterRef("state"))
+            .order_by()
+            .values("workflow")
+            .annotate(at=Max("finished_at"))
+            .values("at")
+        )
+        waiting = Q(mode=Workflow.Mode.MANUAL, state__in=PHASES, unfinished=0)
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("created_by")
+            .with_progress()
+            .annotate(work_ended_at=Case(When(waiting, then=Coalesce(Subquery(phase_ended), F("updated_at")))))
+            .annotate(
+                elapsed=ExpressionWrapper(
+                    Coalesce("finished_at", "work_ended_at", Now()) - F("started_at"), output_field=DurationField()
+                )
+            )
+        )
+
+    # --- Columns -------------------------------------------------------------------------
+
+    @admin.display(description="audit chain")
+    def audit_chain(self, workflow):
+        """Verified now, as `workflow verify` does (one query)."""
+        broken = audit.verify(workflow)
+        if broken is None:
+            return f"intact: {workflow.last_seq} row(s), the head signed"
+        return format_html(
+            '<strong class="audit-broken">broken</strong>: {}. The engine leaves this workflow as it is.',
+            str(broken).split(": ", 1)[1],
+        )
+
+    @admin.display(description="id")
+    def short_id(self, workflow):
+        return str(workflow.pk)[:8]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, workflow):
+        state = badge(workflow.state, STATE_COLOURS[workflow.state])
+        if not services.is_waiting_for_next(workflow):
+            return state
+        waiting = format_html(
+            '<span title="The phase\'s work is done: it waits for Next step">{}</span>',
+            badge("WAITING", WAITING_COLOUR, "badge-waiting"),
+        )
+        return format_html("{} {}", state, waiting)
+
+    @admin.display(description="progress")
+    def progress(self, workflow):
+        return f"{workflow.tasks_done}/{workflow.tasks_total}"
+
+    @admin.display(description="duration", ordering="elapsed")
+    def run_time(self, workflow):
+        return duration(workflow.started_at, workflow.finished_at or getattr(workflow, "work_ended_at", None))
+
+    @admin.display(description="error")
+    def error_line(self, workflow):
+        if workflow.state != State.FAILED or not workflow.error:
+            return ""
+        line = last_line(workflow.error)
+        return format_html('<span class="error-line" title="{}">{}</span>', line, line[:120])
+
+    # --- Pages ---------------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/transition/<str:event>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="workflow_orchestrator_workflow_transition",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST":  # every field is read-only: state changes go through the buttons
+            return HttpResponseNotAllowed(["GET"])
+        workflow = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if workflow is not None:
+            tasks = list(workflow.tasks.order_by("position"))
+            taken = list(workflow.transitions.order_by("seq").values_list("source", "target"))
+            can_change = self.has_change_permission(request, workflow)
+            extra_context.update(
+                state_graph=state_graph_svg(workflow.state, taken),
+                task_graph=task_graph_svg(
+                    [task for task in tasks if task.phase == Phase.EXECUTE],
+                    link=lambda task: reverse("admin:workflow_orchestrator_task_change", args=[task.pk]),
+                ),
+                task_timeline=task_timeline_svg(tasks),
+                buttons=[
+                    {"event": event, "label": label, "confirm": confirm}
+                    for event, label, _, confirm in BUTTONS
+                    if can_change and self._offers(workflow, event)
+                ],
+                can_delete=self.has_delete_permission(request, workflow) and not workflow.is_running,
+                live_ended=workflow.state in ENDED,
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _offers(workflow: Workflow, event: str) -> bool:
+        return event in services.available_actions(workflow)
+
+    def history_view(self, request, object_id, extra_context=None):
+        """The workflow's audit log, newest first, instead of the admin's own (empty) log."""
+        workflow = self.get_object(request, object_id)
+        transitions = workflow.transitions.select_related("actor").order_by("-seq") if workflow else []
+        return super().history_view(request, object_id, {**(extra_context or {}), "transitions": transitions})
+
+    def transition_view(self, request, object_id, event):
+        workflow = self.get_object(request, object_id)
+        button = next((b for b in BUTTONS if b[0] == event), None)
+        if button is None:
+            raise Http404(f"No transition {event!r} in the admin.")
+        if workflow is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, workflow):
+            raise PermissionDenied
+        _, label, service, confirm = button
+        change_url = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
+        if request.method != "POST":
+            if not confirm:
+                return HttpResponseNotAllowed(["POST"])
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "workflow": workflow,
+                "label": label,
+                "event": event,
+                "change_url": change_url,
+                "title": f"{label} {workflow.name}?",
+            }
+            return TemplateResponse(request, "admin/workflow_orchestrator/workflow/confirm_transition.html", context)
+        kwargs = {"reason": request.POST.get("reason", "")[:1000]} if event == "cancel" else {}
+        try:
+            workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
+        except services.InvalidTransition as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        except ValidationError as exc:  # a reason the database cannot store
+            self.message_user(request, f"Nothing changed: {'; '.join(exc.messages)}.", messages.ERROR)
+        else:
+            self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
+        return HttpResponseRedirect(change_url)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = WorkflowAddForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            workflow = form.create(request.user)
+            if workflow is not None:
+                self.message_user(request, f"Created {workflow.name} ({workflow.state}).", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "form": form,
+            "title": "Add workflow",
+            "has_view_permission": self.has_view_permission(request),
+        }
+        return TemplateResponse(request, "admin/workflow_orchestrator/workflow/add_form.html", context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        workflow = self.get_object(request, object_id)
+        if workflow is not None and workflow.is_running:
+            self.message_user(
+                request, f"Cannot delete a workflow in state {workflow.state}: cancel it first.", messages.ERROR
+            )
+            return HttpResponseRedirect(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_deleted_objects(self, objs, request):
+        # Tasks and transitions go with their workflow. Their own admins are read-only (nobody
+        # deletes one by itself), which must not make Django refuse to delete the workflow.
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed -= {Task._meta.verbose_name, Transition._meta.verbose_name}
+        return deleted, model_count, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        services.workflow_delete(obj.pk, actor=Actor.admin(request.user))
+
+    def delete_queryset(self, request, queryset):
+        for workflow_id in queryset.values_list("pk", flat=True):
+            try:
+                services.workflow_delete(workflow_id, actor=Actor.admin(request.user))
+            except services.InvalidTransition as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+ATTEMPT_TABLE = (
+    '<table class="attempt-list"><thead><tr><th>#</th><th>worker</th><th>started</th><th>finished</th>'
+    "<th>duration</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>"
+)
+ATTEMPT_ROW = (
+    '<tr class="attempt attempt-{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+    '<td title="{}">{}</td><td>{}</td></tr>'
+)
+
+
+def _when(moment) -> str:
+    """A time of an attempt, in the site's time zone, to the millisecond."""
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
+
+
+class ReadOnlyAdmin(CheckedQueryParameters, admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
+    id_prefix_field = "workflow__id"
+    list_display = [
+        "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started_at", "run_time",
+    ]  # fmt: skip
+    list_filter = ["status", "type", "phase"]
+    search_fields = ["name", "type", "workflow__name"]
+    list_select_related = ["workflow"]
+    show_full_result_count = False
+    readonly_fields = [
+        "workflow_link", "phase", "name", "type", "params", "after_list", "status_badge", "attempt", "max_attempts",
+        "timeout", "result", "error_block", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+        "attempt_list",
+    ]  # fmt: skip
+    fields = readonly_fields
+
+    @admin.display(description="workflow")
+    def workflow_link(self, task):
+        url = reverse("admin:workflow_orchestrator_workflow_change", args=[task.workflow_id])
+        return format_html('<a href="{}">{}</a>', url, task.workflow.name)
+
+    @admin.display(description="error")
+    def error_block(self, task):
+        return format_html("<pre style='white-space:pre-wrap'>{}</pre>", task.error) if task.error else "—"
+
+    @admin.display(description="after")
+    def after_list(self, task):
+        return ", ".join(task.after) if task.after else "—"
+
+    @admin.display(description="attempts")
+    def attempt_list(self, task):
+        """Every attempt, oldest first: its worker, times, outcome in words and its error's
+        last line, the full error one click away (a <details>, no script)."""
+        attempts = task_attempts(task)
+        if not attempts:
+            return "Not started yet."
+        rows = format_html_join("", ATTEMPT_ROW, [self._attempt_row(attempt) for attempt in attempts])
+        return format_html(ATTEMPT_TABLE, rows)
+
+    @staticmethod
+    def _attempt_row(attempt) -> tuple:
+        error = (
+            format_html(
+                "<details><summary>{}</summary><pre class='attempt-traceback' "
+                "style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</pre></details>",
+                attempt.error_last_line,
+                attempt.error,
+            )
+            if attempt.error
+            else "—"
+        )
+        return (
+            attempt.outcome, attempt.number, attempt.worker or "—", _when(attempt.started_at),
+            _when(attempt.finished_at), format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
+            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")), error,
+        )  # fmt: skip
+
+
+@admin.register(Transition)
+class TransitionAdmin(ReadOnlyAdmin):
+    list_display = ["workflow", "seq", "event", "source", "target", "actor_label", "created_at"]
+    list_filter = ["event", "target"]
+    search_fields = ["workflow__name", "actor_label", "reason"]
+    list_select_related = ["workflow"]
+    ordering = ["-created_at", "-pk"]
+    show_full_result_count = False
+
+
+@admin.register(WorkflowDeletion)
+class WorkflowDeletionAdmin(ReadOnlyAdmin):
+    """The deletion log: who deleted which workflow, when, in which state and at which
+    chain head. Nobody adds, changes or deletes its rows, not even a superuser."""
+
+    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted_at"]
+    list_filter = ["state", "deleted_at"]
+    search_fields = ["name", "=workflow_id", "actor_label"]
+    show_full_result_count = False
+    readonly_fields = [
+        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted_at",
+        "digest",
+    ]  # fmt: skip
+    fields = readonly_fields
+
+
+# --- The overview ------------------------------------------------------------------------
+
+
+def overview_view(request):
+    """/admin/workflow_orchestrator/dashboard/: counts by state, throughput over the last hour, durations,
+    queue depth, the worker clusters and the latest failures. It reads a fixed number of
+    queries, so the page can refresh itself every few seconds at any size."""
+    workflow_admin = admin.site._registry[Workflow]
+    if not workflow_admin.has_view_permission(request):
+        raise PermissionDenied
+    figures = stats.overview()
+    changelist = reverse("admin:workflow_orchestrator_workflow_changelist")
+    # The last bar is the current minute: its rate is over the seconds it has lasted so far.
+    into_minute = max(1.0, (figures["now"] - figures["since"]).total_seconds() - 60 * (stats.CHART_MINUTES - 1))
+    tasks = figures["tasks_per_minute"]
+    task_rates = [count / 60 for count in tasks[:-1]] + [tasks[-1] * 1.0 / into_minute]
+    workflow_rates = figures["workflows_per_minute"][:-1] + [figures["workflows_per_minute"][-1] * 60 / into_minute]
+    context = {
+        **admin.site.each_context(request),
+        "opts": Workflow._meta,
+        "title": "Overview",
+        "figures": figures,
+        "audit_broken_url": f"{changelist}?audit=broken",
+        "states": [
+            (state, count, badge(state, STATE_COLOURS[state]), f"{changelist}?state__exact={state}")
+            for state, count in figures["workflows_by_state"].items()
+        ],
+        "total": sum(figures["workflows_by_state"].values()),
+        "task_rate": format_rate(task_rates[-1]),
+        "workflow_rate": format_rate(workflow_rates[-1]),
+        "task_chart": rate_chart_svg(task_rates, figures["since"], "Tasks finished per second", "tasks/s"),
+        "workflow_chart": rate_chart_svg(
+            workflow_rates, figures["since"], "Workflows finished per minute", "workflow_orchestrator/min"
+        ),
+        "median": _seconds_or_dash(figures["duration"]["median_seconds"]),
+        "p95": _seconds_or_dash(figures["duration"]["p95_seconds"]),
+        "clusters": [
+            {**cluster, "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079"))}
+            for cluster in figures["clusters"]
+        ],
+        "failures": [
+            (
+                workflow,
+                last_line(workflow.error),
+                reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]),
+            )
+            for workflow in figures["failures"]
+        ],
+        "changelist": changelist,
+    }
+    return TemplateResponse(request, "admin/workflow_orchestrator/dashboard.html", context)
+
+
+CLUSTER_COLOURS = {"Working": STATE_COLOURS[State.EXECUTE], "Idle": STATE_COLOURS[State.COMPLETE]}
+
+
+def _seconds_or_dash(seconds: float | None) -> str:
+    return "—" if seconds is None else format_seconds(seconds)
+
+
+# --- Cron schedules ----------------------------------------------------------------------
+
+
+class WorkflowScheduleForm(forms.ModelForm):
+    definition = forms.ChoiceField(choices=(), initial="default")
+    input = input_field(initial="{}", help_text="The input of each run, a JSON object.")
+    tasks = tasks_field(blank_is_none=True, help_text=WorkflowSchedule._meta.get_field("tasks").help_text)
+
+    class Meta:
+        model = WorkflowSchedule
+        fields = schedules.EDITABLE_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["definition"].choices = [(key, key) for key in definition_keys()]
+
+
+def _each_schedule(modeladmin, request, queryset, operation, verb: str) -> None:
+    """Each schedule on its own: one that cannot be saved as it is (stored before its
+    expression was refused, say) is reported with the reason, and the others go on."""
+    names = []
+    for schedule in queryset:
+        try:
+            names.append(operation(schedule).name)
+        except ValidationError as exc:
+            reasons = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            modeladmin.message_user(request, f"{schedule.name}: {reasons}", messages.ERROR)
+    if names:
+        modeladmin.message_user(request, f"{len(names)} {verb}: {', '.join(names)}", messages.SUCCESS)
+
+
+@admin.action(description="Pause selected schedules", permissions=["change"])
+def pause_schedules(modeladmin, request, queryset):
+    _each_schedule(modeladmin, request, queryset, schedules.schedule_pause, "paused")
+
+
+@admin.action(description="Resume selected schedules", permissions=["change"])
+def resume_schedules(modeladmin, request, queryset):
+    _each_schedule(modeladmin, request, queryset, schedules.schedule_resume, "resumed")
+
+
+@admin.action(description="Run selected schedules now", permissions=["change"])
+def run_schedules_now(modeladmin, request, queryset):
+    """One workflow each, at once; their due runs stay as they were."""
+    for schedule in queryset:
+        try:
+            workflow = schedules.schedule_run_now(schedule, actor=Actor.admin(request.user))
+        except ValidationError as exc:
+            modeladmin.message_user(request, f"{schedule.name}: {'; '.join(exc.messages)}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{schedule.name}: started {workflow.pk}", messages.SUCCESS)
+
+
+@admin.register(WorkflowSchedule)
+class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
+    form = WorkflowScheduleForm
+    list_display = ["name", "cron", "time_zone", "enabled", "last_run_at", "next_run_at", "workflows_link"]
+    list_filter = ["enabled"]
+    search_fields = ["name"]
+    actions = [pause_schedules, resume_schedules, run_schedules_now]
+    readonly_fields = ["last_run_at", "next_run_at", "last_error", "workflows_link", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "cron", "time_zone", "enabled"]}),
+        ("Each run", {"fields": ["definition", "mode", "input", "tasks"]}),
+        ("Runs", {"fields": ["last_run_at", "next_run_at", "last_error", "workflows_link"]}),
+        ("Times", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(started=Count("workflows"))
+
+    @admin.display(description="workflows", ordering="started")
+    def workflows_link(self, schedule):
+        if schedule.pk is None:
+            return "—"
+        url = reverse("admin:workflow_orchestrator_workflow_changelist") + f"?schedule__id__exact={schedule.pk}"
+        return format_html('<a href="{}">{} started</a>', url, schedule.started)
+
+    def save_model(self, request, obj, form, change):
+        schedules.schedule_save(obj)

@@ -1,0 +1,154 @@
+"""django-q2 entry points. Thin: they take ids, load, and call the engine."""
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
+
+from . import logs, queue, schedules, services, webhooks
+from .runner import run_handler, worker_name
+
+RECOVER_SCHEDULE = "workflow_orchestrator.recover"
+
+logger = logging.getLogger(__name__)
+
+
+# A job runs at most this many tasks in a row: its own, then each next phase's first task
+# that its outcome releases, before the worker goes back to the queue.
+INLINE_LIMIT = 8
+# Time kept back from django-q2's timeout for the job (JOB_TIMEOUT_GRACE beyond its first
+# task's timeout) to record the last outcome.
+RECORD_MARGIN = 10
+# What a connection the database dropped (a restart, a failover, a proxy or a network cut)
+# raises at its next statement; a fresh connection is the cure.
+DROPPED = (InterfaceError, OperationalError)
+# While the database stays away, the pause before each further try doubles from the first
+# to the last (the first try again, on a fresh connection, is at once).
+RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 2.0
+
+
+class Chain:
+    """The tasks one job runs in a row. A worker that ends a phase runs the next phase's
+    first task itself, claimed in the same statement that queued it: no trip through the
+    broker, no separate claim. Each such task still runs under its own timeout, lease and
+    cancellation; it is taken only while it fits in what is left of django-q2's timeout
+    for the job, and at most INLINE_LIMIT in a row, so that other workflows' jobs are
+    not kept waiting long."""
+
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.began = time.monotonic()
+        self.ran = 0
+        self.backstop: float | None = None
+
+    def ran_one(self, task) -> None:
+        if self.backstop is None:  # the job's own task: django-q2 gave the job this long
+            self.backstop = int(task.timeout) + queue.JOB_TIMEOUT_GRACE
+        self.ran += 1
+
+    def next_claim(self):
+        left = self.backstop - (time.monotonic() - self.began) - RECORD_MARGIN
+        if self.ran >= INLINE_LIMIT or left < 1:
+            return None
+        return services.inline_claim(self.worker, left)
+
+
+def run_task(task_id: int, attempt: int) -> None:
+    """Run one attempt of a task, and the tasks its outcome hands to this worker. Delivered
+    at least once: only the delivery that claims the attempt runs it, and each outcome is
+    recorded once."""
+    chain = Chain(worker_name())
+    task = _on_fresh_connection(services.task_claim, task_id, attempt, worker=chain.worker)
+    while task is not None:
+        chain.ran_one(task)
+        outcome = run_handler(task)
+        # Still the attempt's for a good part of a lease: the heartbeat renewed it at most a
+        # third of a lease ago.
+        patience = settings.ORCH_LEASE_SECONDS * 2 / 3
+        if outcome.stopped:
+            hand_back = services.task_hand_back
+            _on_fresh_connection(hand_back, task.pk, task.attempt, workflow_id=task.workflow_id, patience=patience)
+            raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
+        inline = chain.next_claim()
+        record = services.task_record
+        recorded = _on_fresh_connection(
+            record, task, stored=outcome.stored, error=outcome.error, inline=inline, patience=patience
+        )
+        _log_outcome(task, outcome.error, recorded.recorded)
+        task = recorded.next_task
+
+
+def _on_fresh_connection(step, *args, patience: float = 0.0, **kwargs):
+    """`step(*args, **kwargs)`, tried again on a fresh connection when the database
+    connection fails: at once, then, for up to `patience` seconds, with backoff.
+
+    Workers skip Django's connection health check (a SELECT 1 before every job), so a
+    connection the database dropped since the last statement fails here instead. The
+    engine's steps are idempotent by attempt number: a step whose commit went through
+    but whose answer was lost finds, when tried again, that there is nothing left to do."""
+    give_up_at = time.monotonic() + patience
+    failures = 0
+    while True:
+        try:
+            return step(*args, **kwargs)
+        except DROPPED as exc:
+            connection.close()
+            failures += 1
+            pause = 0.0 if failures == 1 else min(RETRY_PAUSE * 2 ** (failures - 2), RETRY_PAUSE_MAX)
+            if failures > 1 and time.monotonic() + pause > give_up_at:
+                raise
+            logger.warning("%s: the database connection failed (%s); trying again", step.__name__, str(exc).strip())
+            time.sleep(pause)
+
+
+def _log_outcome(task, error: str | None, recorded: bool) -> None:
+    event = "task_succeeded" if error is None else "task_failed"
+    fields = logs.fields(workflow_id=task.workflow_id, task_id=task.pk, attempt=task.attempt, event=event)
+    how = "" if recorded else " (not recorded: a duplicate, or taken back)"
+    if error is None:
+        logger.info("task %s, attempt %s succeeded%s", task.pk, task.attempt, how, extra=fields)
+    else:
+        last_line = error.strip().splitlines()[-1] if error.strip() else "failed"
+        logger.warning("task %s, attempt %s failed%s: %s", task.pk, task.attempt, how, last_line, extra=fields)
+
+
+def skip_connection_health_checks(**kwargs) -> None:
+    """Connected to django-q2's post_spawn signal: in worker processes, the first
+    statement of a job (the claim) stands in for the health check; see _on_fresh_connection."""
+    connection.settings_dict["CONN_HEALTH_CHECKS"] = False
+
+
+def recover() -> dict:
+    return services.recover()
+
+
+def recover_minute() -> dict:
+    """Run by django-q2's scheduler once a minute. Recovery should come round every half
+    lease, so this run also queues the rest of the minute's runs, each with a due time."""
+    step = max(settings.ORCH_LEASE_SECONDS / 2, 1)
+    now = timezone.now()
+    later = [
+        queue.Job(queue.RECOVER, (), "recover", eta=now + timedelta(seconds=step * i))
+        for i in range(1, int(60 // step))
+        if step * i < 60
+    ]
+    queue.enqueue(later)
+    return services.recover()
+
+
+def schedules_tick() -> dict:
+    """Run by django-q2's scheduler once a minute: start the cron schedules' due runs."""
+    return schedules.tick()
+
+
+def schedule_fire(schedule_id: int) -> None:
+    """Queued at a schedule's due time: start its run, unless that was done already."""
+    schedules.schedule_fire(schedule_id)
+
+
+def deliver_webhook(workflow_id: str, seq: int, attempt: int) -> None:
+    """Call a workflow's callback_url for its transition `seq` (see workflow_orchestrator.webhooks)."""
+    webhooks.deliver(workflow_id, seq, attempt)

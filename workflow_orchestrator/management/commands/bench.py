@@ -1,0 +1,775 @@
+"""`manage.py bench`: the orchestrator against bare django-q2 (single jobs, and chains of
+jobs that each enqueue the next, also timed hop by hop against chains of dependent tasks)
+on one cluster, and the API and admin at scale (`--api`).
+What it measures and how: docs/BENCHMARKS.md.
+
+django-q2 names its queue (and signs its jobs) after the cluster name, which the
+settings read from ORCH_CLUSTER_NAME once, at start-up. So that a run has a queue of its
+own, `bench` starts itself again as a child process with ORCH_CLUSTER_NAME=bench<pid>;
+that child starts `manage.py qcluster` with the same environment, measures, and stops
+it. Both processes therefore share the run's queue and nothing else's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, reset_queries
+from django.db.migrations.executor import MigrationExecutor
+from django.db.models import Count, Max, Q
+from django.test import Client
+from django.test.utils import CaptureQueriesContext, override_settings
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from workflow_orchestrator import audit, queue, services
+from workflow_orchestrator.bench import (
+    CHAIN_LENGTH,
+    CHAIN_STEP,
+    HOP_LINKS,
+    HOP_STEP,
+    ROOT,
+    Cluster,
+    Generator,
+    RssSampler,
+    analyze,
+    chain_tasks,
+    counted,
+    delete_generated,
+    hops_ms,
+    last_stamp,
+    median,
+    metrics_kept,
+    percentile,
+    stamps,
+    vacuum,
+)
+from workflow_orchestrator.models import Actor, State, Task, Workflow
+
+RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
+NOOP_JOB = "workflow_orchestrator.bench.noop"
+FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
+SIZES = {
+    "default": {
+        "rounds": 3,
+        "jobs": 3000,
+        "workflows": 250,
+        "chains": 250,
+        "latency_samples": 30,
+        "hop_chains": 20,
+        "api_size": 100_000,
+    },
+    "quick": {
+        "rounds": 2,
+        "jobs": 300,
+        "workflows": 30,
+        "chains": 30,
+        "latency_samples": 8,
+        "hop_chains": 3,
+        "api_size": 2_000,
+    },
+}
+API_SMALL = 1000
+API_LONG_HISTORY = 50
+API_REQUESTS = {
+    "list": "/workflows/?state=COMPLETE",
+    "detail": "/workflow/{id}",
+    "changelist": "/admin/workflow_orchestrator/workflow/",
+    "overview": "/admin/workflow_orchestrator/dashboard/",
+    "metrics": "/metrics",
+}
+# The bearer token of /metrics during the run.
+METRICS_TOKEN = secrets.token_urlsafe(16)
+STALL_SECONDS = 90  # give up when nothing has progressed for this long
+ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def machine() -> dict:
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+        info["cpu_model"] = models[0] if models else platform.processor()
+        meminfo = Path("/proc/meminfo").read_text().split()
+        info["memory_gb"] = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+def setup() -> dict:
+    db = settings.DATABASES["default"]
+    return {
+        "database": connection.vendor,
+        "database_name": str(db["NAME"]),
+        "broker": settings.ORCH_BROKER,
+        "workers": settings.ORCH_WORKERS,
+        "poll": settings.Q_CLUSTER["poll"],
+        "conn_max_age": db.get("CONN_MAX_AGE", 0),
+        "recycle": settings.Q_CLUSTER.get("recycle"),
+        "save_limit": settings.Q_CLUSTER.get("save_limit"),
+        "debug": settings.DEBUG,
+        "machine": machine(),
+    }
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark the orchestrator against bare django-q2 jobs and chains on a cluster of its own "
+        "(alternating rounds), or with --api the REST API and the admin at 1,000 and 100,000 workflows."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
+        parser.add_argument("--quick", action="store_true", help="Small sizes, two rounds: well under a minute.")
+        parser.add_argument("--rounds", type=positive, help="Rounds of each of A, B, C (default 3; --quick 2).")
+        parser.add_argument("--jobs", type=positive, help="Bare django-q2 noop jobs per A round (default 3000).")
+        parser.add_argument("--workflows", type=positive, help="Workflows of 4 noop tasks per B round (default 250).")
+        parser.add_argument(
+            "--chains", type=positive, help="Bare django-q2 chains of 4 jobs per C round (default 250; --quick 30)."
+        )
+        parser.add_argument(
+            "--latency-samples", type=positive, help="1-task workflows timed one at a time (default 30)."
+        )
+        parser.add_argument(
+            "--hop-chains",
+            type=positive,
+            help=f"Chains of {HOP_LINKS} noop tasks, and of {HOP_LINKS} bare django-q2 jobs, timed hop by hop "
+            "(default 20; --quick 3).",
+        )
+        parser.add_argument("--keep", action="store_true", help="Keep the workflows the run created.")
+        api = parser.add_argument_group("API and admin at scale")
+        api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
+        api.add_argument("--api-size", type=positive, help="Workflows to generate (default 100000; --quick 2000).")
+        api.add_argument("--yes", action="store_true", help="Run --api even if the database holds workflows.")
+
+    def handle(self, *args, **options):
+        self.options = options
+        self.sizes = {**SIZES["quick" if options["quick"] else "default"]}
+        for key in self.sizes:
+            if options.get(key):
+                self.sizes[key] = options[key]
+        self.console = Console(stderr=True)
+        if options["api"]:
+            return self.emit(self.api_bench())
+        if os.environ.get(RUN_ENV) and os.environ[RUN_ENV] == settings.ORCH_CLUSTER_NAME:
+            return self.emit(self.throughput())
+        return self.relaunch()
+
+    # --- Launching ---------------------------------------------------------------------------
+
+    def relaunch(self) -> None:
+        """Run the benchmark in a child process whose settings name the run's own queue."""
+        name = f"bench{os.getpid()}"
+        args = [sys.executable, str(ROOT / "manage.py"), "bench"]
+        for flag in ("json", "quick", "keep", "traceback"):
+            if self.options.get(flag):
+                args.append(f"--{flag}")
+        for key in ("rounds", "jobs", "workflows", "chains", "latency_samples", "hop_chains"):
+            if self.options.get(key):
+                args += [f"--{key.replace('_', '-')}", str(self.options[key])]
+        env = {**os.environ, "ORCH_CLUSTER_NAME": name, RUN_ENV: name}
+        # Straight to the terminal when ours is the process's stdout (rich sees a terminal);
+        # through self.stdout otherwise (call_command with stdout=…).
+        inherit = getattr(self.stdout, "_out", None) is sys.stdout
+        child = subprocess.Popen(args, cwd=ROOT, env=env, stdout=None if inherit else subprocess.PIPE, text=True)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+        try:
+            if not inherit:
+                for line in child.stdout:
+                    self.stdout.write(line, ending="")
+            code = child.wait()
+        except KeyboardInterrupt:  # the child got the same SIGINT: let it stop its cluster
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code:
+            raise CommandError(f"the benchmark did not finish (exit status {code}); see above")
+
+    def ensure_migrated(self) -> None:
+        executor = MigrationExecutor(connection)
+        if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+            self.console.print("[bench] applying migrations first", markup=False)
+            call_command("migrate", interactive=False, verbosity=0)
+
+    def emit(self, report: dict) -> None:
+        if self.options["json"]:
+            self.stdout.write(json.dumps(report, default=str))
+            return
+        console = Console(file=getattr(self.stdout, "_out", sys.stdout), width=max(Console().width, 110))
+        for table in self.tables(report):
+            console.print(table)
+
+    def progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+
+    # --- Throughput: A/B/C rounds, latency, memory ---------------------------------------------
+
+    def throughput(self) -> dict:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        self.ensure_migrated()
+        self.tag = settings.ORCH_CLUSTER_NAME
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        self.cluster = Cluster(self.workdir / "qcluster.log")
+        sampler = None
+        report = {"kind": "throughput", "cluster": self.tag, **setup(), **self.sizes}
+        report.pop("api_size")
+        started = time.monotonic()
+        failed = True
+        try:
+            self.cluster.start()
+            with self.progress() as progress:
+                self.bar = progress
+                self.warm_up()
+                sampler = RssSampler(self.cluster.pid)
+                sampler.start()
+                a_rounds, b_rounds, c_rounds, periods = [], [], [], []
+                for number in range(1, self.sizes["rounds"] + 1):
+                    began = sampler.mark()
+                    a_rounds.append(self.round_a(number))
+                    b_rounds.append(self.round_b(number))
+                    c_rounds.append(self.round_c(number))
+                    periods.append((began, sampler.mark()))
+                report["latency"] = self.latency()
+                report["hops"] = self.hops()
+                memory = sampler.summary(periods, settings.ORCH_WORKERS)
+            failed = False
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            self.cluster.stop()
+            self.clean_up(keep_log=failed)
+        a = median([r["jobs_per_s"] for r in a_rounds])
+        b_tasks = median([r["tasks_per_s"] for r in b_rounds])
+        c_steps = median([r["steps_per_s"] for r in c_rounds])
+        latency = report.pop("latency")
+        hops = report.pop("hops")
+        report.update(
+            {
+                "a_jobs_per_s": round(a, 1),
+                "b_tasks_per_s": round(b_tasks, 1),
+                "b_workflows_per_s": round(median([r["workflows_per_s"] for r in b_rounds]), 1),
+                "c_steps_per_s": round(c_steps, 1),
+                "ratio": round(b_tasks / a, 3),
+                "ratio_per_round": [
+                    round(pair_b["tasks_per_s"] / pair_a["jobs_per_s"], 3)
+                    for pair_a, pair_b in zip(a_rounds, b_rounds, strict=True)
+                ],
+                "ratio_chain": round(b_tasks / c_steps, 3),
+                "ratio_chain_per_round": [
+                    round(pair_b["tasks_per_s"] / pair_c["steps_per_s"], 3)
+                    for pair_b, pair_c in zip(b_rounds, c_rounds, strict=True)
+                ],
+                "tasks_per_workflow": b_rounds[0]["tasks"] // b_rounds[0]["workflows"],
+                "steps_per_chain": CHAIN_LENGTH,
+                **latency,
+                **hops,
+                **memory,
+                "jobs_run_total": sum(r["jobs"] for r in a_rounds)
+                + sum(r["tasks"] for r in b_rounds)
+                + sum(r["steps"] for r in c_rounds)
+                + latency["latency_samples"] * 3
+                + hops["hop_chains"] * (HOP_LINKS + 2 + HOP_LINKS),
+                "a_rounds": a_rounds,
+                "b_rounds": b_rounds,
+                "c_rounds": c_rounds,
+                "duration_s": round(time.monotonic() - started, 1),
+            }
+        )
+        return report
+
+    def wait(self, description: str, total: int, done: Callable[[], int], interval: float) -> int:
+        """Poll `done()` until it reaches `total`, on the progress bar; fail when the cluster
+        died or nothing moved for STALL_SECONDS. Returns the progress bar's task."""
+        task = self.bar.add_task(description, total=total, note="")
+        last, moved = -1, time.monotonic()
+        while True:
+            count = done()
+            self.bar.update(task, completed=min(count, total))
+            if count >= total:
+                return task
+            if count != last:
+                last, moved = count, time.monotonic()
+            if not self.cluster.alive():
+                raise CommandError(f"the cluster stopped during {description}:\n{self.cluster.log_tail()}")
+            if time.monotonic() - moved > STALL_SECONDS:
+                raise CommandError(
+                    f"{description}: stuck at {count}/{total} for {STALL_SECONDS} s; the cluster's log "
+                    f"({self.cluster.log_path}) ends:\n{self.cluster.log_tail()}"
+                )
+            time.sleep(interval)
+
+    def settle(self) -> None:
+        """Let the previous round's last jobs be acknowledged, then purge the queue."""
+        broker = queue.broker()
+        deadline = time.monotonic() + 30
+        while broker.queue_size() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        broker.purge_queue()
+
+    def enqueue(self, func: str, path: Path, args: tuple, count: int, batch: int = 500) -> None:
+        """Put `count` jobs `func(path, *args)` on the broker, packaged as django-q2's
+        async_task does, in bulk (like the engine's own fan-out)."""
+        job = queue.Job(func, (str(path), *args), f"bench-{func.rsplit('.', 1)[1]}")
+        broker = queue.broker()
+        for start in range(0, count, batch):
+            broker.enqueue_many([queue.package(job) for _ in range(min(batch, count - start))])
+
+    def warm_up(self) -> None:
+        """Wait for the cluster and run a few jobs of every kind, so that no round pays for
+        start-up or first imports."""
+        self.settle()
+        path = self.workdir / "warm-up"
+        jobs = 4 * settings.ORCH_WORKERS
+        self.enqueue(NOOP_JOB, path, (), jobs)
+        self.enqueue(CHAIN_STEP, path, (1,), settings.ORCH_WORKERS)
+        self.wait("cluster start-up", jobs + CHAIN_LENGTH * settings.ORCH_WORKERS, lambda: counted(path), 0.05)
+        name = f"{self.tag}-warm-up"
+        for _ in range(settings.ORCH_WORKERS):
+            services.workflow_create(name=name, actor=Actor.CLI, tasks=FOUR_NOOPS, start=True)
+        self.wait("warm-up workflows", settings.ORCH_WORKERS, lambda: self.ended(name), 0.05)
+
+    def ended(self, name: str) -> int:
+        counts = Workflow.objects.filter(name=name).aggregate(
+            ended=Count("pk", filter=Q(state__in=ENDED)), failed=Count("pk", filter=Q(state=State.FAILED))
+        )
+        if counts["failed"]:
+            error = Workflow.objects.filter(name=name, state=State.FAILED).values_list("error", flat=True).first()
+            raise CommandError(f"{counts['failed']} benchmark workflow(s) failed: {error}")
+        return counts["ended"]
+
+    def stamped_round(self, name: str, unit: str, func: str, args: tuple, count: int, stamps: int) -> float:
+        """Rounds A and C: `count` jobs `func(path, *args)` put on the broker in bulk, done
+        when the round's file holds `stamps` stamps (`unit`). Returns the seconds from the
+        first enqueue to the last stamp."""
+        self.settle()
+        path = self.workdir / name.lower()
+        path.touch()
+        started = time.time()
+        self.enqueue(func, path, args, count)
+        task = self.wait(f"{name} django-q2 {unit}", stamps, lambda: counted(path), 0.01)
+        seconds = last_stamp(path) - started
+        self.bar.update(task, note=f"{rate(stamps, seconds):.0f} {unit}/s")
+        return seconds
+
+    def round_a(self, number: int) -> dict:
+        """Bare django-q2: `jobs` noop jobs, from the first enqueue to the last job's end."""
+        jobs = self.sizes["jobs"]
+        seconds = self.stamped_round(f"A{number}", "jobs", NOOP_JOB, (), jobs, jobs)
+        return {"round": number, "jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": rate(jobs, seconds)}
+
+    def round_c(self, number: int) -> dict:
+        """Bare django-q2 chains: the first steps of `chains` chains enqueued in bulk, each
+        step's job enqueuing the next; from the first enqueue to the last step's end."""
+        chains = self.sizes["chains"]
+        steps = chains * CHAIN_LENGTH
+        seconds = self.stamped_round(f"C{number}", "chain steps", CHAIN_STEP, (1,), chains, steps)
+        return {
+            "round": number,
+            "chains": chains,
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "steps_per_s": rate(steps, seconds),
+        }
+
+    def round_b(self, number: int) -> dict:
+        """The orchestrator: `workflows` workflows of 4 noop tasks, from the first
+        workflow_create(start=True) to the last one's finished_at."""
+        self.settle()
+        count = self.sizes["workflows"]
+        name = f"{self.tag}-b{number}"
+        task = self.bar.add_task(f"B{number} creating workflows", total=count, note="")
+        started = time.time()
+        for _ in range(count):
+            services.workflow_create(name=name, actor=Actor.CLI, tasks=FOUR_NOOPS, start=True)
+            self.bar.advance(task)
+        created = time.time() - started
+        self.bar.remove_task(task)
+        task = self.wait(f"B{number} orchestrator workflows", count, lambda: self.ended(name), 0.05)
+        finished = Workflow.objects.filter(name=name).aggregate(last=Max("finished_at"))["last"]
+        tasks = Task.objects.filter(workflow__name=name, status=Task.Status.SUCCEEDED).count()
+        seconds = finished.timestamp() - started
+        result = {
+            "round": number,
+            "workflows": count,
+            "tasks": tasks,
+            "seconds": round(seconds, 3),
+            "create_seconds": round(created, 3),
+            "tasks_per_s": rate(tasks, seconds),
+            "workflows_per_s": rate(count, seconds),
+        }
+        self.bar.update(task, note=f"{result['tasks_per_s']:.0f} tasks/s")
+        return result
+
+    def latency(self) -> dict:
+        """Single 1-task workflows (PREPARE, the task, VALIDATE: three jobs in a row), one at
+        a time on the idle cluster, each after a random pause of up to one broker poll so
+        that starts do not line up with the ORM broker's polling."""
+        self.settle()
+        samples = self.sizes["latency_samples"]
+        name = f"{self.tag}-latency"
+        poll = settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05
+        total, observed, engine = [], [], []
+        task = self.bar.add_task("latency (1-task workflows)", total=samples, note="")
+        for _ in range(samples):
+            time.sleep(random.uniform(0, poll))
+            started = time.time()
+            workflow, _ = services.workflow_create(name=name, actor=Actor.CLI, tasks=[{"type": "noop"}], start=True)
+            began, finished, seen = self.completed(workflow.pk, started, "a latency sample", interval=0.002)
+            total.append((finished.timestamp() - started) * 1000)
+            observed.append((seen - started) * 1000)
+            engine.append((finished - began).total_seconds() * 1000)
+            self.bar.advance(task)
+        self.bar.update(task, note=f"p50 {median(total):.0f} ms")
+
+        def ms(values, fraction):
+            return round(percentile(values, fraction), 1)
+
+        return {
+            "latency_samples": samples,
+            "latency_p50_ms": ms(total, 0.5),
+            "latency_p95_ms": ms(total, 0.95),
+            "latency_observed_p50_ms": ms(observed, 0.5),
+            "latency_observed_p95_ms": ms(observed, 0.95),
+            "latency_engine_p50_ms": ms(engine, 0.5),
+            "latency_engine_p95_ms": ms(engine, 0.95),
+        }
+
+    def completed(self, workflow_id, started: float, what: str, interval: float) -> tuple:
+        """Poll the workflow every `interval` s until it has ended; its started_at and
+        finished_at, and the wall clock at which the poll saw it end. Fails unless it
+        ended COMPLETE."""
+        while True:
+            state, began, finished = Workflow.objects.values_list("state", "started_at", "finished_at").get(
+                pk=workflow_id
+            )
+            if state in ENDED:
+                seen = time.time()
+                break
+            if not self.cluster.alive() or overdue(started):
+                raise CommandError(f"{what} did not complete:\n{self.cluster.log_tail()}")
+            time.sleep(interval)
+        if state != State.COMPLETE:
+            raise CommandError(f"{what} ended {state}")
+        return began, finished, seen
+
+    def hops(self) -> dict:
+        """Chains of HOP_LINKS noop tasks, each after the one before, and bare django-q2
+        chains of HOP_LINKS jobs, each enqueuing the next: one chain at a time on the idle
+        cluster, alternating, each after a random pause of up to one broker poll. A hop
+        runs from one link's finish to the next link's finish (see hops_ms)."""
+        self.settle()
+        chains = self.sizes["hop_chains"]
+        poll = settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05
+        engine, bare, inline = [], [], 0
+        task = self.bar.add_task(f"chains of {HOP_LINKS} links (hops)", total=chains, note="")
+        for number in range(1, chains + 1):
+            time.sleep(random.uniform(0, poll))
+            hops, ran_inline = self.task_chain(number)
+            engine += hops
+            inline += ran_inline
+            time.sleep(random.uniform(0, poll))
+            bare += self.job_chain(number)
+            self.bar.advance(task)
+        self.bar.update(task, note=f"p50 {median(engine):.1f} ms against {median(bare):.1f} ms")
+
+        def ms(values, fraction):
+            return round(percentile(values, fraction), 2)
+
+        return {
+            "hop_chains": chains,
+            "hop_links": HOP_LINKS,
+            "hops": len(engine),
+            "hops_inline": inline,
+            "hop_p50_ms": ms(engine, 0.5),
+            "hop_p95_ms": ms(engine, 0.95),
+            "q2_hops": len(bare),
+            "q2_hop_p50_ms": ms(bare, 0.5),
+            "q2_hop_p95_ms": ms(bare, 0.95),
+        }
+
+    def task_chain(self, number: int) -> tuple[list[float], int]:
+        """One workflow whose EXECUTE is a chain of HOP_LINKS noop tasks: its hops, from the
+        tasks' finished_at, and how many of them the worker that ran a link took straight
+        on (the next link's started_at is then the moment its predecessor's success was
+        recorded)."""
+        started = time.time()
+        workflow, _ = services.workflow_create(
+            name=f"{self.tag}-hops", actor=Actor.CLI, tasks=chain_tasks(HOP_LINKS), start=True
+        )
+        self.completed(workflow.pk, started, f"chain {number} of {HOP_LINKS} tasks", interval=0.005)
+        links = list(
+            Task.objects.filter(workflow=workflow, phase=State.EXECUTE)
+            .order_by("position")
+            .values_list("started_at", "finished_at")
+        )
+        inline = sum(after[0] == before[1] for before, after in pairwise(links))
+        return hops_ms([finished.timestamp() for _, finished in links]), inline
+
+    def job_chain(self, number: int) -> list[float]:
+        """One bare django-q2 chain of HOP_LINKS jobs: its hops, from the jobs' stamps."""
+        path = self.workdir / f"hops-{number}"
+        path.touch()
+        started = time.time()
+        self.enqueue(HOP_STEP, path, (1,), 1)
+        while counted(path) < HOP_LINKS:
+            if not self.cluster.alive() or overdue(started):
+                raise CommandError(f"django-q2 chain {number} did not complete:\n{self.cluster.log_tail()}")
+            time.sleep(0.005)
+        return hops_ms(stamps(path))
+
+    def clean_up(self, keep_log: bool) -> None:
+        try:
+            queue.broker().purge_queue()
+            if not self.options["keep"]:
+                Workflow.objects.filter(name__startswith=f"{self.tag}-").delete()
+        finally:
+            if keep_log:
+                self.console.print(f"[bench] the cluster's log is kept in {self.cluster.log_path}", markup=False)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- The API and the admin at scale --------------------------------------------------------
+
+    def api_bench(self) -> dict:
+        self.ensure_migrated()
+        size = self.sizes["api_size"]
+        small = min(API_SMALL, size)
+        existing = Workflow.objects.count()
+        if existing and not self.options["yes"]:
+            raise CommandError(
+                f"the database ({connection.vendor} {settings.DATABASES['default']['NAME']}) already holds "
+                f"{existing} workflows: bench --api adds {size} more (and deletes them afterwards), and its figures "
+                "would count yours too. Use an empty database, or pass --yes."
+            )
+        report = {"kind": "api", **setup(), "api_size": size, "api_small": small, "existing_workflows": existing}
+        repeats = 3 if self.options["quick"] else 7
+        owner = get_user_model().objects.create(
+            username=f"bench-api-{os.getpid()}-{int(time.time())}", is_staff=True, is_superuser=True
+        )
+        owner.set_unusable_password()
+        owner.save()
+        generator = Generator(owner=owner, tag=f"bench-api-{os.getpid()}")
+        client = Client()
+        hosts = [*settings.ALLOWED_HOSTS, "testserver"]
+        try:
+            with (
+                override_settings(
+                    ALLOWED_HOSTS=hosts, SECURE_SSL_REDIRECT=False, DEBUG=False, ORCH_METRICS_TOKEN=METRICS_TOKEN
+                ),
+                metrics_kept(),
+                self.progress() as progress,
+            ):
+                client.force_login(owner)
+                task = progress.add_task("generating workflows", total=size, note="")
+                long_history = generator.long_history(API_LONG_HISTORY)
+                progress.advance(task)
+                generator.grow(small, size, lambda n: progress.advance(task, n))
+                analyze()
+                at_small = self.time_requests(client, long_history, repeats, progress, small)
+                generator.grow(size, size, lambda n: progress.advance(task, n))
+                analyze()
+                at_full = self.time_requests(client, long_history, repeats, progress, size)
+            report["audit_chain_valid"] = audit.verify(Workflow.objects.get(pk=long_history)) is None
+            client.logout()
+        finally:
+            if not self.options["keep"]:
+                delete_generated(owner)
+                owner.delete()
+                vacuum()
+        report.update(
+            {
+                "transitions": generator.transitions,
+                "tasks": size * 3,
+                "generate_s": round(generator.seconds, 1),
+                "rows_per_s": rate(generator.rows, generator.seconds),
+                "detail_transitions": API_LONG_HISTORY,
+                "repeats": repeats,
+                "requests": {
+                    name: {
+                        "small_ms": at_small[name]["ms"],
+                        "full_ms": at_full[name]["ms"],
+                        "small_first_ms": at_small[name]["first_ms"],
+                        "full_first_ms": at_full[name]["first_ms"],
+                        "ratio": round(at_full[name]["ms"] / at_small[name]["ms"], 2),
+                        "small_queries": at_small[name]["queries"],
+                        "full_queries": at_full[name]["queries"],
+                        "url": API_REQUESTS[name].replace("{id}", "<id>"),
+                    }
+                    for name in API_REQUESTS
+                },
+            }
+        )
+        return report
+
+    def time_requests(self, client: Client, workflow_id, repeats: int, progress: Progress, size: int) -> dict:
+        """Median time of `repeats` requests to each page (after one warm-up), and the
+        queries one request makes."""
+        results = {}
+        task = progress.add_task(f"requests at {size} workflows", total=len(API_REQUESTS) * (repeats + 2), note="")
+        for name, url in API_REQUESTS.items():
+            url = url.format(id=workflow_id)
+            started = time.perf_counter()
+            self.get(client, url)  # warm-up: a first scrape also counts the history generated since the last
+            first_ms = (time.perf_counter() - started) * 1000
+            progress.advance(task)
+            reset_queries()  # a full query log (DEBUG keeps the last 9000) would capture nothing
+            with CaptureQueriesContext(connection) as captured:
+                self.get(client, url)
+            queries = len(captured)  # now: the next request's request_started signal empties the log
+            progress.advance(task)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self.get(client, url)
+                times.append((time.perf_counter() - started) * 1000)
+                progress.advance(task)
+            results[name] = {"ms": round(median(times), 1), "first_ms": round(first_ms, 1), "queries": queries}
+        return results
+
+    @staticmethod
+    def get(client: Client, url: str):
+        response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")  # only /metrics reads it
+        if response.status_code != 200:
+            raise CommandError(f"GET {url} answered {response.status_code}: {response.content[:300]!r}")
+        return response
+
+    # --- Output ------------------------------------------------------------------------------
+
+    def tables(self, report: dict) -> list[Table]:
+        where = Table(title="bench", show_header=False, box=None)
+        where.add_row("database", f"{report['database']} ({report['database_name']})")
+        where.add_row("broker", f"{report['broker']} (poll {report['poll']} s)")
+        where.add_row("workers", str(report["workers"]))
+        m = report["machine"]
+        where.add_row(
+            "machine",
+            f"{m.get('cpus')} CPUs, {m.get('cpu_model', '?')}, {m.get('memory_gb', '?')} GB, Python {m['python']}",
+        )
+        if report["kind"] == "api":
+            return [where, self.api_table(report)]
+        figures = Table(title="Throughput: bare django-q2 jobs (A) and chains (C) against the orchestrator (B)")
+        figures.add_column("figure")
+        figures.add_column("value", justify="right")
+        figures.add_column("rounds", justify="right")
+        figures.add_row(
+            f"A jobs/s ({report['jobs']} noop jobs)",
+            f"{report['a_jobs_per_s']:.0f}",
+            " ".join(f"{r['jobs_per_s']:.0f}" for r in report["a_rounds"]),
+        )
+        figures.add_row(
+            f"B tasks/s ({report['workflows']} workflows × {report['tasks_per_workflow']} tasks)",
+            f"{report['b_tasks_per_s']:.0f}",
+            " ".join(f"{r['tasks_per_s']:.0f}" for r in report["b_rounds"]),
+        )
+        figures.add_row(
+            "B workflow_orchestrator/s",
+            f"{report['b_workflows_per_s']:.1f}",
+            " ".join(f"{r['workflows_per_s']:.1f}" for r in report["b_rounds"]),
+        )
+        figures.add_row(
+            f"C steps/s ({report['chains']} chains × {report['steps_per_chain']} jobs)",
+            f"{report['c_steps_per_s']:.0f}",
+            " ".join(f"{r['steps_per_s']:.0f}" for r in report["c_rounds"]),
+        )
+        figures.add_row(
+            "ratio B tasks/s ÷ A jobs/s",
+            f"{report['ratio']:.2f}",
+            " ".join(f"{ratio:.2f}" for ratio in report["ratio_per_round"]),
+        )
+        figures.add_row(
+            "ratio_chain B tasks/s ÷ C steps/s",
+            f"{report['ratio_chain']:.2f}",
+            " ".join(f"{ratio:.2f}" for ratio in report["ratio_chain_per_round"]),
+        )
+        figures.add_row(
+            f"1-task workflow start→COMPLETE p50 / p95 ({report['latency_samples']} samples)",
+            f"{report['latency_p50_ms']:.0f} / {report['latency_p95_ms']:.0f} ms",
+            "",
+        )
+        figures.add_row(
+            "  observed by polling / engine started→finished p50",
+            f"{report['latency_observed_p50_ms']:.0f} / {report['latency_engine_p50_ms']:.0f} ms",
+            "",
+        )
+        figures.add_row(
+            f"chain of {report['hop_links']} noop tasks (after): hop p50 / p95 ({report['hops']} hops)",
+            f"{report['hop_p50_ms']:.1f} / {report['hop_p95_ms']:.1f} ms",
+            f"{report['hops_inline']} of {report['hops']} taken straight on",
+        )
+        figures.add_row(
+            f"django-q2 chain of {report['hop_links']} noop jobs: hop p50 / p95 ({report['q2_hops']} hops)",
+            f"{report['q2_hop_p50_ms']:.1f} / {report['q2_hop_p95_ms']:.1f} ms",
+            "",
+        )
+        if "rss_peak_mb" in report:
+            figures.add_row("worker RSS peak", f"{report['rss_peak_mb']} MB", "")
+            figures.add_row(
+                f"worker RSS, first → last round ({report['jobs_run_total']} jobs)",
+                f"{report['rss_start_mb']} → {report['rss_end_mb']} MB",
+                " ".join(str(value) for value in report["rss_per_round_mb"]),
+            )
+            figures.add_row(
+                f"worker processes (recycled every {report['recycle']} jobs)", str(report["worker_processes_seen"]), ""
+            )
+        figures.add_row("duration", f"{report['duration_s']} s", "")
+        return [where, figures]
+
+    @staticmethod
+    def api_table(report: dict) -> Table:
+        table = Table(
+            title=f"API and admin: {report['api_small']} against {report['api_size']} workflows "
+            f"({report['transitions']} transitions; generated in {report['generate_s']} s)"
+        )
+        for column in ("request", f"at {report['api_small']}", f"at {report['api_size']}", "ratio", "queries"):
+            table.add_column(column, justify="left" if column == "request" else "right")
+        for name, figures in report["requests"].items():
+            table.add_row(
+                f"{name} {figures['url']}",
+                f"{figures['small_ms']:.1f} ms",
+                f"{figures['full_ms']:.1f} ms",
+                f"{figures['ratio']:.2f}",
+                f"{figures['small_queries']} / {figures['full_queries']}",
+            )
+        return table
+
+
+def overdue(started: float, limit: float = 60) -> bool:
+    return time.time() - started > limit

@@ -1,0 +1,453 @@
+"""`manage.py workflow`: start, inspect and drive workflows from a shell."""
+
+import json
+import math
+import time
+from collections import Counter
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.core.serializers.json import DjangoJSONEncoder
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
+from rich.table import Table
+
+from workflow_orchestrator import audit, checkpoints, schedules, services, statements, values
+from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
+from workflow_orchestrator.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
+
+ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+
+
+def workflow_json(workflow: Workflow) -> dict:
+    """The workflow as the API's detail describes it: the same fields, names and formats."""
+    return WorkflowDetailSerializer(workflow).data
+
+
+def _when(stored) -> str:
+    """A time kept in a task's attempts, to the millisecond in UTC."""
+    moment = statements.from_time(stored) if stored else None
+    return f"{moment:%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "…"
+
+
+def _json_arg(value: str, option: str, max_depth: int = values.MAX_DEPTH):
+    """The JSON value of an option, read strictly (values.parse_json): a one-line error otherwise."""
+    try:
+        return values.parse_json(value, option, max_depth=max_depth)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _tasks_arg(value: str | None):
+    return None if value is None else _json_arg(value, "--tasks", values.TASKS_MAX_DEPTH)
+
+
+class Command(BaseCommand):
+    help = "Start, inspect and drive workflows (state changes are audited with the actor 'cli')."
+
+    def add_arguments(self, parser):
+        commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        start = commands.add_parser("start", help="Create and start a workflow.")
+        start.add_argument("--name", required=True)
+        start.add_argument("--definition", default="default", help="Registered workflow definition.")
+        start.add_argument("--mode", choices=Workflow.Mode.values, default=Workflow.Mode.AUTO)
+        start.add_argument("--input", default="{}", help="The input, a JSON object.")
+        start.add_argument(
+            "--tasks",
+            help='JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is required.',
+        )
+        start.add_argument("--idempotency-key", help="Starting twice with one key returns the first workflow.")
+        start.add_argument(
+            "--callback-url",
+            default="",
+            metavar="URL",
+            help="Called with a signed POST when the workflow ends (its host must be in ORCH_WEBHOOK_ALLOWED_HOSTS).",
+        )
+        start.add_argument(
+            "--wait",
+            nargs="?",
+            type=float,
+            const=600.0,
+            metavar="SECONDS",
+            help="Wait (default 600 s) until it has ended; exit 1 unless it ended COMPLETE.",
+        )
+        start.add_argument("--json", action="store_true", dest="as_json", help="Print the workflow as JSON.")
+
+        show = commands.add_parser("show", help="Show a workflow with its tasks and transitions.")
+        show.add_argument("id")
+        show.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
+
+        listing = commands.add_parser("list", help="List workflows, newest first.")
+        listing.add_argument("--state", choices=State.values)
+        listing.add_argument("--limit", type=int, default=50)
+        listing.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
+
+        for action, text in [
+            ("next", "Manual mode: fire the next transition."),
+            ("delete", "Delete a workflow that is not running."),
+        ]:
+            commands.add_parser(action, help=text).add_argument("id")
+        retry = commands.add_parser(
+            "retry", help="Resume FAILED workflows at the phase that failed (tasks that succeeded are not re-run)."
+        )
+        retry.add_argument("ids", nargs="*", metavar="ID")
+        retry.add_argument("--all-failed", action="store_true", help="Retry every FAILED workflow.")
+        cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
+        cancel.add_argument("ids", nargs="+", metavar="ID")
+        cancel.add_argument("--reason", default="", help="Kept in the audit log.")
+        commands.add_parser(
+            "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
+        )
+        verify = commands.add_parser(
+            "verify", help="Check a workflow's audit chain and its head; exit 1 if it is broken."
+        )
+        verify.add_argument("id", nargs="?")
+        verify.add_argument(
+            "--all",
+            action="store_true",
+            dest="verify_all",
+            help="Check every workflow and the deletion log; print each broken one, then exit 1.",
+        )
+        verify.add_argument(
+            "--checkpoint",
+            metavar="FILE",
+            help="With --all: also check that every chain extends this checkpoint (from `workflow checkpoint`).",
+        )
+        checkpoint = commands.add_parser(
+            "checkpoint",
+            help="Write a signed checkpoint of every audit chain's head, to keep outside the database; "
+            "exit 1 if a chain is broken (it is left out).",
+        )
+        checkpoint.add_argument("--out", metavar="FILE", help="Write it to FILE (replaced whole) instead of stdout.")
+
+        self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
+
+    @staticmethod
+    def _add_schedule_arguments(parser):
+        actions = parser.add_subparsers(dest="schedule_action", required=True, metavar="ACTION")
+        add = actions.add_parser("add", help="Add a schedule that starts a workflow whenever its cron falls due.")
+        add.add_argument("--name", required=True, help="The schedule's name (unique), also its workflows' name.")
+        add.add_argument("--cron", required=True, help="Five fields (e.g. '0 9 * * 1-5'), or @hourly, @daily, ...")
+        add.add_argument("--timezone", default="UTC", help="IANA time zone the cron is read in (default UTC).")
+        add.add_argument("--definition", default="default", help="Registered workflow definition.")
+        add.add_argument("--mode", choices=Workflow.Mode.values, default=Workflow.Mode.AUTO)
+        add.add_argument("--input", default="{}", help="The input of each run, a JSON object.")
+        add.add_argument("--tasks", help="JSON list of tasks, as for `workflow start`; default: the definition's.")
+        add.add_argument("--paused", action="store_true", help="Add it paused.")
+        add.add_argument("--json", action="store_true", dest="as_json", help="Print the schedule as JSON.")
+        listing = actions.add_parser("list", help="List schedules with their last and next runs.")
+        listing.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
+        for action, text in [
+            ("pause", "Pause a schedule: it starts nothing until resumed."),
+            ("resume", "Resume a schedule from its next due time (runs missed while paused are not made up)."),
+            ("remove", "Delete a schedule; the workflows it started stay."),
+        ]:
+            actions.add_parser(action, help=text).add_argument("name")
+
+    def handle(self, *args, action, **options):
+        try:
+            getattr(self, f"do_{action}")(**options)
+        except services.WorkflowError as exc:
+            raise CommandError(self._describe(exc)) from None
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items()))
+
+    @staticmethod
+    def _describe(exc: services.WorkflowError) -> str:
+        if isinstance(exc, services.InvalidTransition):
+            allowed = ", ".join(exc.allowed) or "none"
+            return f"{exc} (state {exc.state}; allowed transitions: {allowed})"
+        return str(exc)
+
+    def _get(self, workflow_id: str) -> Workflow:
+        try:
+            return Workflow.objects.get(pk=workflow_id)
+        except (Workflow.DoesNotExist, ValidationError, ValueError):
+            raise CommandError(f"no workflow with id {workflow_id!r}") from None
+
+    def _print(self, workflow: Workflow, as_json: bool) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(workflow_json(workflow), cls=DjangoJSONEncoder, indent=2))
+            return
+        progress = services.workflow_progress(workflow)
+        self.stdout.write(
+            f"{workflow.pk}  {workflow.name}  {workflow.state}  ({progress['done']}/{progress['total']} tasks)"
+        )
+        if workflow.error:
+            self.stdout.write(f"  error: {workflow.error}")
+        for task in workflow.tasks.all():
+            after = f"  after {', '.join(task.after)}" if task.after else ""
+            self.stdout.write(f"  task {task.name:<24} {task.type:<18} {task.status:<10} attempt {task.attempt}{after}")
+            for attempt in task.attempts:
+                error = attempt.get("error", "").strip().splitlines()
+                self.stdout.write(
+                    f"    attempt {attempt['attempt']}  {attempt['outcome']:<13} {attempt['worker']}"
+                    f"  {_when(attempt.get('started_at'))} → {_when(attempt.get('finished_at'))}"
+                    + (f"  {error[-1]}" if error else "")
+                )
+        for transition in workflow.transitions.all():
+            self.stdout.write(
+                f"  #{transition.seq} {transition.event:<9} {transition.source} → {transition.target}"
+                f"  by {transition.actor_label}  {transition.reason}".rstrip()
+            )
+        for delivery in workflow.webhook_deliveries.all():
+            self.stdout.write(f"  webhook #{delivery.seq} {delivery.event} to {delivery.url}: {delivery.status}")
+            for attempt in delivery.attempt_log.all():
+                answer = attempt.status_code or "no answer"
+                self.stdout.write(f"    attempt {attempt.number}  {answer}  {attempt.error}".rstrip())
+
+    def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, callback_url, wait, as_json, **_):
+        if wait is not None and not (math.isfinite(wait) and wait >= 0):
+            raise CommandError(f"--wait must be a number of seconds, 0 or more, not {wait:g}")
+        workflow, created = services.workflow_create(
+            name=name,
+            definition=definition,
+            mode=mode,
+            input=_json_arg(input, "--input"),
+            tasks=_tasks_arg(tasks),
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            actor=Actor.CLI,
+            start=True,
+        )
+        if not created and not as_json:
+            self.stderr.write(f"idempotency key {idempotency_key!r} was used before: this is that workflow")
+        if wait is not None:
+            workflow = self._wait(workflow, wait)
+        self._print(workflow, as_json)
+        if wait is not None and workflow.state != State.COMPLETE:
+            raise CommandError(f"workflow {workflow.pk} ended {workflow.state}: {workflow.error}".rstrip(": "))
+
+    def _wait(self, workflow: Workflow, seconds: float) -> Workflow:
+        deadline = time.monotonic() + seconds
+        while workflow.state not in ENDED:
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"workflow {workflow.pk} is still {workflow.state} after {seconds:g} s: is a cluster running "
+                    "(python manage.py qcluster)?"
+                )
+            time.sleep(0.1)
+            workflow = Workflow.objects.get(pk=workflow.pk)
+        return workflow
+
+    def do_show(self, *, id, as_json, **_):
+        self._print(self._get(id), as_json)
+
+    def do_list(self, *, state, limit, as_json, **_):
+        if limit < 1:
+            raise CommandError(f"--limit must be 1 or more, not {limit}")
+        workflows = Workflow.objects.all()
+        if state:
+            workflows = workflows.filter(state=state)
+        workflows = workflows[:limit]
+        if as_json:
+            rows = WorkflowListSerializer(workflows.with_progress().select_related("created_by"), many=True).data
+            self.stdout.write(json.dumps(rows, cls=DjangoJSONEncoder, indent=2))
+            return
+        for w in workflows:
+            self.stdout.write(f"{w.pk}  {w.state:<9}  {w.mode:<6}  {w.created_at:%Y-%m-%d %H:%M:%S}  {w.name}")
+
+    def _act(self, operation, workflow_id: str, verb: str, **kwargs) -> None:
+        workflow = operation(self._get(workflow_id).pk, actor=Actor.CLI, **kwargs)
+        self.stdout.write(f"{verb} {workflow.pk}: now {workflow.state}")
+
+    def do_next(self, *, id, **_):
+        self._act(services.workflow_next, id, "advanced")
+
+    def do_retry(self, *, ids, all_failed, **_):
+        if all_failed:
+            ids = [*ids, *map(str, Workflow.objects.filter(state=State.FAILED).values_list("pk", flat=True))]
+        if not ids and not all_failed:
+            raise CommandError("name the workflows to retry, or give --all-failed")
+        if not ids:
+            self.stdout.write("no FAILED workflows to retry")
+            return
+        self._bulk(services.workflow_retry, ids, "retried", "Retrying")
+
+    def do_cancel(self, *, ids, reason, **_):
+        self._bulk(services.workflow_cancel, ids, "cancelled", "Cancelling", reason=reason)
+
+    def _bulk(self, operation, ids: list[str], verb: str, doing: str, **kwargs) -> None:
+        """Act on one workflow, or on many with a progress bar and a summary; exit 1 if any was refused."""
+        if len(ids) == 1:
+            return self._act(operation, ids[0], verb, **kwargs)
+        outcomes: Counter[str] = Counter()
+        console = Console(file=self.stderr)
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress:
+            for workflow_id in progress.track(dict.fromkeys(ids), description=doing):
+                try:
+                    operation(self._get(workflow_id).pk, actor=Actor.CLI, **kwargs)
+                    outcomes[verb] += 1
+                except CommandError:
+                    outcomes["skipped: not found"] += 1
+                except services.InvalidTransition as exc:
+                    outcomes[f"skipped: {exc.state} cannot be {verb}"] += 1
+        table = Table("outcome", "workflows")
+        for outcome, count in outcomes.most_common():
+            table.add_row(outcome, str(count))
+        Console(file=self.stdout).print(table)
+        if outcomes[verb] != sum(outcomes.values()):
+            raise CommandError("; ".join(f"{count} {outcome}" for outcome, count in outcomes.items()))
+
+    def do_delete(self, *, id, **_):
+        workflow = self._get(id)
+        services.workflow_delete(workflow.pk, actor=Actor.CLI)
+        self.stdout.write(f"deleted {workflow.pk}")
+
+    def do_verify(self, *, id, verify_all, checkpoint, **_):
+        if bool(id) == verify_all:
+            raise CommandError("give one workflow id, or --all")
+        if checkpoint and not verify_all:
+            raise CommandError("--checkpoint goes with --all")
+        if not verify_all:
+            broken = audit.verify(self._get(id))
+            if broken:
+                raise CommandError(f"broken audit chain: {broken}")
+            self.stdout.write("audit chain intact for 1 workflow(s)")
+            return
+        self._verify_all(self._checkpoint(checkpoint) if checkpoint else None)
+
+    @staticmethod
+    def _checkpoint(path: str) -> checkpoints.Checkpoint:
+        """The checkpoint, read through and its signature checked before anything else is."""
+        try:
+            return checkpoints.Checkpoint(path)
+        except checkpoints.CheckpointError as exc:
+            raise CommandError(f"checkpoint {path} refused: {exc}") from None
+
+    def _verify_all(self, checkpoint: checkpoints.Checkpoint | None) -> None:
+        """Every workflow's chain and the deletion log, against the checkpoint if given: each
+        broken one on a line of its own."""
+        verification = checkpoints.Verification(checkpoint)
+        try:
+            with checkpoints.snapshot():
+                for problem in verification:
+                    self.stdout.write(str(problem))
+                deletions = WorkflowDeletion.objects.count()
+        except checkpoints.CheckpointError as exc:  # the file changed since it was opened
+            raise CommandError(f"checkpoint {checkpoint.path} refused: {exc}") from None
+        if verification.failed:
+            raise CommandError(self._failures(verification))
+        self.stdout.write(
+            f"audit chain intact for {verification.checked} workflow(s); deletion log intact ({deletions} deletion(s))"
+        )
+        if checkpoint:
+            self.stdout.write(
+                f"every chain extends the checkpoint taken at {checkpoint.taken_at:%Y-%m-%d %H:%M:%S} UTC "
+                f"({checkpoint.workflows} workflow(s), {verification.deleted} deleted through the engine since)"
+            )
+
+    @staticmethod
+    def _failures(verification: checkpoints.Verification) -> str:
+        which = "a broken audit chain"
+        if verification.checkpoint:
+            which += " or one that does not extend the checkpoint"
+        summary = [f"{verification.broken} of {verification.checked} workflow(s) have {which}"]
+        if verification.gone:
+            summary.append(f"{verification.gone} workflow(s) of the checkpoint are gone without a deletion record")
+        summary.append("the deletion log is broken" if verification.deletion_log else "the deletion log is intact")
+        return "; ".join(summary)
+
+    def do_checkpoint(self, *, out, **_):
+        def report(broken) -> None:
+            self.stderr.write(str(broken))
+
+        try:
+            written = checkpoints.write_file(out, report) if out else checkpoints.write(self.stdout, report)
+        except OSError as exc:
+            raise CommandError(f"cannot write the checkpoint to {out or 'stdout'}: {exc.strerror or exc}") from None
+        if written.left_out or not written.deletion_log:
+            left_out = [f"{written.left_out} workflow(s) whose audit chain is broken"] if written.left_out else []
+            if not written.deletion_log:
+                left_out.append("the deletion log, which is broken")
+            raise CommandError(f"checkpoint written without {' and '.join(left_out)}")
+        log_seq = written.deletion_log[0]
+        summary = (
+            f"checkpoint of {written.workflows} workflow(s) and the deletion log at #{log_seq}, taken at "
+            f"{written.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        if out:
+            self.stdout.write(f"{summary}, written to {out}")
+        else:  # the document itself is on stdout
+            self.stderr.write(summary, style_func=str)
+
+    def do_recover(self, **_):
+        found = services.recover()
+        broken = found["audit_broken"]
+        self.stdout.write(
+            f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
+            f"finished phases moved on: {found['moved_on']}; "
+            f"stalled webhooks taken back: {found['webhooks_taken_back']}; "
+            f"audit chains broken, left as they are: {len(broken)}"
+        )
+        for link in broken.values():
+            self.stdout.write(f"  audit broken: {link}")
+
+    # --- schedules --------------------------------------------------------------------------
+
+    def do_schedule(self, *, schedule_action, **options):
+        getattr(self, f"schedule_{schedule_action}")(**options)
+
+    @staticmethod
+    def _schedule_json(schedule: WorkflowSchedule) -> dict:
+        fields = ["id", "name", "cron", "time_zone", "definition", "mode", "input", "tasks", "enabled"]
+        times = ["last_run_at", "next_run_at", "created_at", "updated_at"]
+        data = {field: getattr(schedule, field) for field in fields}
+        data.update({field: getattr(schedule, field) and getattr(schedule, field).isoformat() for field in times})
+        return {**data, "last_error": schedule.last_error, "workflows": schedule.workflows.count()}
+
+    def _schedule(self, name: str) -> WorkflowSchedule:
+        try:
+            if values.text_problem(name):  # no schedule has such a name, and the database cannot be asked
+                raise WorkflowSchedule.DoesNotExist
+            return WorkflowSchedule.objects.get(name=name)
+        except WorkflowSchedule.DoesNotExist:
+            raise CommandError(f"no schedule named {name!r}") from None
+
+    def schedule_add(self, *, name, cron, timezone, definition, mode, input, tasks, paused, as_json, **_):
+        schedule = schedules.schedule_save(
+            WorkflowSchedule(
+                name=name,
+                cron=cron,
+                time_zone=timezone,
+                definition=definition,
+                mode=mode,
+                input=_json_arg(input, "--input"),
+                tasks=_tasks_arg(tasks),
+                enabled=not paused,
+            )
+        )
+        if as_json:
+            self.stdout.write(json.dumps(self._schedule_json(schedule), indent=2))
+            return
+        self.stdout.write(f"added schedule {schedule.name!r}: {self._next(schedule)}")
+
+    @staticmethod
+    def _next(schedule: WorkflowSchedule) -> str:
+        if not schedule.next_run_at:
+            return "paused"
+        return f"next run {schedule.next_run_at:%Y-%m-%d %H:%M} UTC"
+
+    def schedule_list(self, *, as_json, **_):
+        rows = WorkflowSchedule.objects.all()
+        if as_json:
+            self.stdout.write(json.dumps([self._schedule_json(schedule) for schedule in rows], indent=2))
+            return
+        table = Table("name", "cron", "time zone", "enabled", "last run (UTC)", "next run (UTC)")
+        for s in rows:
+            last, upcoming = (f"{t:%Y-%m-%d %H:%M}" if t else "—" for t in (s.last_run_at, s.next_run_at))
+            table.add_row(s.name, s.cron, s.time_zone, "yes" if s.enabled else "paused", last, upcoming)
+        Console(file=self.stdout, width=120).print(table)
+
+    def schedule_pause(self, *, name, **_):
+        schedules.schedule_pause(self._schedule(name))
+        self.stdout.write(f"paused schedule {name!r}")
+
+    def schedule_resume(self, *, name, **_):
+        schedule = schedules.schedule_resume(self._schedule(name))
+        self.stdout.write(f"resumed schedule {name!r}: {self._next(schedule)}")
+
+    def schedule_remove(self, *, name, **_):
+        schedules.schedule_remove(self._schedule(name))
+        self.stdout.write(f"removed schedule {name!r}")

@@ -1,0 +1,661 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
+
+from .cron import validate_cron, validate_timezone
+
+
+class State(models.TextChoices):
+    INIT = "INIT"
+    PREPARE = "PREPARE"
+    EXECUTE = "EXECUTE"
+    VALIDATE = "VALIDATE"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Phase(models.TextChoices):
+    """The states in which a workflow's work runs."""
+
+    PREPARE = "PREPARE"
+    EXECUTE = "EXECUTE"
+    VALIDATE = "VALIDATE"
+
+
+PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
+TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
+# The states a workflow's callback_url is called for (a FAILED workflow may be retried).
+ENDING_STATES = (State.COMPLETE, State.FAILED, State.CANCELLED)
+EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
+# The transition that ends each phase's work and moves the workflow on.
+PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
+
+
+class WorkflowQuerySet(models.QuerySet):
+    def with_progress(self):
+        """Annotate tasks_total and tasks_done (succeeded). Subqueries rather than a join
+        with GROUP BY: a paginator's COUNT(*) can then drop them, and stays cheap on large tables."""
+        tasks = Task.objects.filter(workflow=OuterRef("pk")).order_by().values("workflow")
+        count = tasks.annotate(n=Count("pk")).values("n")
+        done = tasks.filter(status=Task.Status.SUCCEEDED).annotate(n=Count("pk")).values("n")
+        return self.annotate(tasks_total=Coalesce(Subquery(count), 0), tasks_done=Coalesce(Subquery(done), 0))
+
+
+class Workflow(FSMModelMixin, models.Model):
+    """A run of a workflow definition through INIT → PREPARE → EXECUTE → VALIDATE → COMPLETE.
+
+    The state only changes through the transition methods below, and those only through
+    the service layer (`workflow_orchestrator.services`), which locks the row, saves it and writes
+    the audit row in one transaction.
+    """
+
+    class Mode(models.TextChoices):
+        AUTO = "auto"
+        MANUAL = "manual"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    definition = models.CharField(max_length=100, default="default")
+    state = FSMField(default=State.INIT, choices=State.choices, protected=True, max_length=16)
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.AUTO)
+    input = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True, help_text="Results by phase.")
+    error = models.TextField(blank=True)
+    retries = models.PositiveIntegerField(default=0, help_text="Manual retries so far.")
+    failed_phase = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=Phase.choices,
+        help_text="The phase that failed, while the workflow is FAILED.",
+    )
+    # NULL, not "", when unset: the unique constraints only cover keys that were given.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
+    # The scope is kept apart from created_by, which deleting the user clears.
+    # The database's default too: rows inserted by raw SQL that predates the column (the
+    # bench's generator) get none.
+    callback_url = models.URLField(
+        max_length=2000,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED).",
+    )
+    idempotency_scope = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Whose idempotency key it is: the creating user's id; empty for the CLI and the system.",
+    )
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="Hash of the creating request, to tell a repeat from a conflict."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="orchestrated_workflows",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Kept by the engine so that a job decides the fan-in and writes the next audit row
+    # without reading the workflow's tasks or its log (see workflow_orchestrator.statements).
+    unfinished = models.PositiveIntegerField(
+        default=0, help_text="Tasks of the current phase that have not succeeded yet (the fan-in counter)."
+    )
+    last_seq = models.PositiveIntegerField(default=0, help_text="The seq of the latest audit row (the chain's head).")
+    last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of the latest audit row.")
+    head_mac = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="HMAC of its id, state and chain head (workflow_orchestrator.audit).",
+    )
+    schedule = models.ForeignKey(
+        "WorkflowSchedule",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="workflows",
+        help_text="The cron schedule that started it, if one did.",
+    )
+
+    objects = WorkflowQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_scope", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="workflow_idempotency_key_unique_in_scope",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="workflow_state_created"),
+            models.Index(fields=["definition", "-created_at"], name="workflow_definition_created"),
+            models.Index(fields=["mode", "-created_at"], name="workflow_mode_created"),
+            models.Index(fields=["created_by", "-created_at"], name="workflow_owner_created"),
+            models.Index(fields=["name"], name="workflow_name"),
+            # The overview: the latest completions (durations), failures, and ends per minute.
+            models.Index(fields=["state", "-finished_at"], name="workflow_state_finished"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in PHASES
+
+    @property
+    def available_events(self) -> list[str]:
+        available = {t.name for t in self.get_available_state_transitions()}
+        return [event for event in EVENTS if event in available]
+
+    # Transitions: each changes this instance's own fields only, and does no I/O.
+
+    @transition(field=state, source=State.INIT, target=State.PREPARE)
+    def start(self):
+        self.started_at = timezone.now()
+
+    @transition(field=state, source=State.PREPARE, target=State.EXECUTE)
+    def execute(self):
+        pass
+
+    @transition(field=state, source=State.EXECUTE, target=State.VALIDATE)
+    def validate(self):
+        pass
+
+    @transition(field=state, source=State.VALIDATE, target=State.COMPLETE)
+    def complete(self):
+        self.finished_at = timezone.now()
+
+    @transition(field=state, source=PHASES, target=State.FAILED)
+    def fail(self, error: str):
+        self.failed_phase = self.state
+        self.error = error
+        self.finished_at = timezone.now()
+
+    @transition(field=state, source=State.FAILED, target=RETURN_VALUE(*PHASES))
+    def retry(self):
+        """Back to the phase that failed; it no longer counts as failed (the audit log
+        keeps the failure)."""
+        phase, self.failed_phase = self.failed_phase, ""
+        self.retries += 1
+        self.error = ""
+        self.finished_at = None
+        return phase
+
+    @transition(field=state, source=[State.INIT, *PHASES, State.FAILED], target=State.CANCELLED)
+    def cancel(self):
+        self.finished_at = timezone.now()
+
+
+# How an attempt ended, as a task's `attempts` record it.
+ATTEMPT_OUTCOMES = {
+    "running": "still running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "timed_out": "ran past its timeout",
+    "lease_expired": "taken back after its worker stopped heartbeating",
+    "handed_back": "handed back by a stopping worker",
+    "cancelled": "ended after its workflow was cancelled",
+}
+
+
+class Task(models.Model):
+    """One unit of a workflow's work, run as one django-q2 job per attempt."""
+
+    Phase = Phase
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        QUEUED = "QUEUED"
+        RUNNING = "RUNNING"
+        SUCCEEDED = "SUCCEEDED"
+        FAILED = "FAILED"
+        CANCELLED = "CANCELLED"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="tasks")
+    phase = models.CharField(max_length=16, choices=Phase.choices)
+    position = models.PositiveIntegerField(default=0, help_text="Order within the workflow.")
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=100)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveIntegerField(default=0, help_text="Number of the latest attempt; only grows.")
+    attempt_offset = models.PositiveIntegerField(
+        default=0, help_text="Attempts made before the latest workflow retry granted a fresh budget."
+    )
+    max_attempts = models.PositiveIntegerField(default=3)
+    timeout = models.FloatField(help_text="Seconds one attempt may run.")
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the latest attempt is due to run.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    # Dependencies within EXECUTE: the names of the tasks that must succeed first.
+    after = models.JSONField(default=list, blank=True, help_text="Names of the tasks that must succeed first.")
+    waiting = models.PositiveIntegerField(
+        default=0, help_text="Tasks named in `after` that have not succeeded yet: the task runs at 0."
+    )
+    dependents = models.PositiveIntegerField(default=0, help_text="Tasks that name this one in their `after`.")
+    attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every attempt: its number, worker, start and end, outcome and error (see ATTEMPT_OUTCOMES).",
+    )
+
+    # Not a column: the workflow's row as this task's claim saw it (workflow_orchestrator.statements).
+    snapshot = None
+
+    class Meta:
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "name"], name="task_name_unique_in_workflow"),
+        ]
+        indexes = [
+            models.Index(fields=["workflow", "phase", "status"], name="task_workflow_phase_status"),
+            models.Index(fields=["status", "lease_expires_at"], name="task_status_lease"),
+            models.Index(fields=["status", "queued_at"], name="task_status_queued"),
+            # The overview's tasks per minute. Partial: a claim (finished_at NULL) adds no entry.
+            models.Index(fields=["finished_at"], name="task_finished", condition=Q(finished_at__isnull=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.type}] {self.status}"
+
+    @property
+    def attempt_budget(self) -> int:
+        """The last attempt number the current budget allows."""
+        return self.attempt_offset + self.max_attempts
+
+    @property
+    def attempts_left(self) -> int:
+        return self.attempt_budget - self.attempt
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class Actor:
+    """Who caused a transition: a user (API or admin), or the system, a worker or the CLI."""
+
+    def __init__(self, label: str, user=None):
+        self.label = label
+        self.user = user
+
+    def __repr__(self) -> str:
+        return f"Actor({self.label!r})"
+
+    @classmethod
+    def api(cls, user) -> "Actor":
+        return cls(f"api:{user.get_username()}", user)
+
+    @classmethod
+    def admin(cls, user) -> "Actor":
+        return cls(f"admin:{user.get_username()}", user)
+
+
+Actor.SYSTEM = Actor("system")
+Actor.WORKER = Actor("worker")
+Actor.CLI = Actor("cli")
+
+
+class TransitionManager(models.Manager):
+    def build(
+        self, *, workflow: Workflow, source: str, event: str, actor: Actor, reason: str = "", data=None, now=None
+    ) -> "Transition":
+        """The audit row of the change `workflow` has just made in memory (from `source` to
+        its state), chained to the workflow's head, which moves on to the new row.
+
+        The only way rows are made. The engine writes the row in the statement that saves
+        the change (`workflow_orchestrator.statements.transition`), so that a row exists exactly when
+        its change was committed, and seq numbers are gap-free and unique.
+        """
+        from .audit import digest, sign_head
+
+        row = self.model(
+            workflow=workflow,
+            seq=workflow.last_seq + 1,
+            source=source,
+            target=workflow.state,
+            event=event,
+            actor=actor.user,
+            actor_label=actor.label,
+            reason=reason,
+            data=data or {},
+            created_at=now or timezone.now(),
+        )
+        row.digest = digest(row, workflow.last_digest)
+        workflow.last_seq, workflow.last_digest = row.seq, row.digest
+        sign_head(workflow)
+        return row
+
+
+class Transition(models.Model):
+    """The append-only audit log: one row per committed state change."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="transitions")
+    seq = models.PositiveIntegerField()
+    source = models.CharField(max_length=16, choices=State.choices)
+    target = models.CharField(max_length=16, choices=State.choices)
+    event = models.CharField(max_length=32)
+    # Not a constraint: the row keeps the id of a user deleted since, which its digest
+    # covers (clearing it would break the chain of every workflow that user acted on).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+    actor_label = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    digest = models.CharField(
+        max_length=64,
+        editable=False,
+        help_text="HMAC of this row and the previous row's digest (see workflow_orchestrator.audit).",
+    )
+
+    objects = TransitionManager()
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="transition_seq_unique_in_workflow"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.event}: {self.source} → {self.target}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Transitions are append-only and cannot be changed.")
+        super().save(*args, **kwargs)
+
+
+class WorkflowDeletionManager(models.Manager):
+    def record(self, *, workflow: Workflow, actor: Actor, now=None) -> "WorkflowDeletion":
+        """Append the deletion of `workflow` (its last values, as read under its lock) to
+        the deletion log, chained to the log's head, which moves on to the new row.
+
+        The only way rows are made; call it in the transaction that deletes the workflow,
+        after the delete: the log's head stays locked until that transaction ends, so
+        deletions are recorded one after another, and one transaction deletes one
+        workflow (holding the head while locking another workflow could deadlock with a
+        deletion that holds that one).
+        """
+        from .audit import deletion_digest, sign_deletion_head
+
+        head = DeletionLogHead.objects.locked()
+        row = self.model(
+            seq=head.last_seq + 1,
+            workflow_id=workflow.pk,
+            name=workflow.name,
+            state=workflow.state,
+            last_seq=workflow.last_seq,
+            last_digest=workflow.last_digest,
+            actor_id=actor.user.pk if actor.user else None,
+            actor_label=actor.label,
+            deleted_at=now or timezone.now(),
+        )
+        row.digest = deletion_digest(row, head.last_digest)
+        row.save()
+        head.last_seq, head.last_digest = row.seq, row.digest
+        sign_deletion_head(head)
+        head.save()
+        return row
+
+
+class WorkflowDeletion(models.Model):
+    """The deletion log: one row per deleted workflow, append-only, one HMAC chain across
+    all workflows (see workflow_orchestrator.audit)."""
+
+    seq = models.PositiveIntegerField(unique=True)
+    workflow_id = models.UUIDField(db_index=True, help_text="The deleted workflow's id.")
+    name = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=State.choices, help_text="Its state when it was deleted.")
+    last_seq = models.PositiveIntegerField(help_text="The seq of its latest audit row.")
+    last_digest = models.CharField(max_length=64, blank=True, help_text="The digest of its latest audit row.")
+    # Not a constraint: the row keeps the id of a user deleted since (the digest covers it).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=200)
+    deleted_at = models.DateTimeField(default=timezone.now, db_index=True)
+    digest = models.CharField(
+        max_length=64,
+        editable=False,
+        help_text="HMAC of this row and the previous row's digest (see workflow_orchestrator.audit).",
+    )
+
+    objects = WorkflowDeletionManager()
+
+    class Meta:
+        ordering = ["-seq"]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.name} ({self.state}) deleted by {self.actor_label}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Workflow deletions are append-only and cannot be changed.")
+        super().save(*args, **kwargs)
+
+
+class HeadManager(models.Manager):
+    """For a model of one row (pk ONLY), such as a log's head."""
+
+    def locked(self):
+        """The row, locked until the transaction ends (made on first use)."""
+        head = self.select_for_update().filter(pk=self.model.ONLY).first()
+        if head is None:
+            # Two first users at once: the second waits for the first's row here.
+            self.bulk_create([self.model(pk=self.model.ONLY)], ignore_conflicts=True)
+            head = self.select_for_update().get(pk=self.model.ONLY)
+        return head
+
+
+class DeletionLogHead(models.Model):
+    """The deletion log's head (one row): the last seq and digest, signed, so that a
+    removed last row is noticed (see workflow_orchestrator.audit)."""
+
+    ONLY = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY)
+    last_seq = models.PositiveIntegerField(default=0)
+    last_digest = models.CharField(max_length=64, blank=True)
+    head_mac = models.CharField(max_length=64, blank=True)
+
+    objects = HeadManager()
+
+    def __str__(self) -> str:
+        return f"deletion log head at #{self.last_seq}"
+
+
+class BrokenChainManager(models.Manager):
+    def report(self, *, workflow_id, problem: str, refused: str, now=None) -> None:
+        """Keep (or refresh) the finding that `workflow_id`'s chain does not verify and that
+        the engine refused `refused` on it. Call it outside the transaction that was refused:
+        the finding must outlive its rollback."""
+        defaults = {"problem": problem, "refused": refused, "found_at": now or timezone.now()}
+        # A workflow deleted meanwhile leaves nothing to report.
+        if Workflow.objects.filter(pk=workflow_id).exists():
+            self.update_or_create(workflow_id=workflow_id, defaults=defaults)
+
+
+class BrokenChain(models.Model):
+    """A workflow whose audit chain the engine found broken, and which it left as it is: no
+    transition is written to it, and recovery touches none of its tasks, while its chain
+    does not verify. Recovery looks at each again on every run and removes the finding
+    once the chain verifies (its rows restored, or a rotated SECRET_KEY listed again in
+    SECRET_KEY_FALLBACKS)."""
+
+    workflow = models.OneToOneField(Workflow, on_delete=models.CASCADE, primary_key=True, related_name="broken_chain")
+    problem = models.TextField(help_text="The first broken link, as `workflow verify` names it.")
+    refused = models.CharField(max_length=32, help_text="What the engine was about to do: an event, or recover.")
+    found_at = models.DateTimeField(default=timezone.now, help_text="When it was last found broken.")
+
+    objects = BrokenChainManager()
+
+    class Meta:
+        ordering = ["-found_at"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id}: {self.problem}"
+
+
+class WorkflowSchedule(models.Model):
+    """Starts a workflow each time its cron expression falls due in its time zone
+    (workflow_orchestrator.schedules runs it; workflow_orchestrator.cron says when)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    cron = models.CharField(
+        max_length=100,
+        validators=[validate_cron],
+        help_text="Five fields: minute hour day-of-month month day-of-week (e.g. 0 9 * * 1-5), or @hourly, "
+        "@daily, @weekly, @monthly, @yearly.",
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="IANA time zone the expression is read in, e.g. Europe/Paris.",
+    )
+    definition = models.CharField(max_length=100, default="default")
+    mode = models.CharField(max_length=8, choices=Workflow.Mode.choices, default=Workflow.Mode.AUTO)
+    input = models.JSONField(default=dict, blank=True)
+    tasks = models.JSONField(
+        null=True, blank=True, help_text="The EXECUTE tasks of each run, a JSON list; empty: the definition's own."
+    )
+    enabled = models.BooleanField(default=True, help_text="A paused schedule starts nothing.")
+    last_run_at = models.DateTimeField(null=True, blank=True, help_text="Due time of the latest run started.")
+    next_run_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="Due time of the next run; empty while paused."
+    )
+    last_error = models.TextField(blank=True, help_text="Why the latest run could not start, if it could not.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """The workflow it starts must be one the engine accepts: refused here, not at run time."""
+        from .services import validate_request
+
+        validate_request(self.name, self.definition, self.mode, self.input, self.tasks)
+
+
+class WebhookDelivery(models.Model):
+    """The call of a workflow's callback_url for one transition that ended it: at most one
+    per transition (workflow and seq), its body kept so that every attempt sends the same
+    bytes under the same signature."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"  # waiting for its next attempt
+        SENDING = "SENDING"  # an attempt is under way
+        DELIVERED = "DELIVERED"
+        FAILED = "FAILED"  # gave up: a final answer, a refused host or attempts used up
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    seq = models.PositiveIntegerField(help_text="The seq of the transition it reports.")
+    event = models.CharField(max_length=32)
+    url = models.URLField(max_length=2000)
+    body = models.TextField(help_text="The JSON sent, byte for byte, on every attempt.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts made (or under way).")
+    sending_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the attempt under way (SENDING) began; empty otherwise."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="webhook_delivery_once_per_transition"),
+        ]
+        indexes = [
+            # Recovery looks for attempts under way for too long: few rows, whatever the table's size.
+            models.Index(
+                fields=["sending_since"], name="webhook_delivery_sending", condition=Q(sending_since__isnull=False)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.seq} to {self.url}: {self.status}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery (or one refused before it was sent)."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True, help_text="None: no HTTP answer.")
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    duration = models.FloatField(default=0, help_text="Seconds the attempt took.")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"
+
+
+class MetricsHead(models.Model):
+    """How far the stored counters (MetricCounter) have counted the engine's history (one
+    row): the audit log up to a transition id, task attempts up to an end time."""
+
+    ONLY = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY)
+    transition_id = models.BigIntegerField(default=0, help_text="Transitions up to this id are counted.")
+    attempts_until = models.DateTimeField(null=True, blank=True, help_text="Attempts ended by then are counted.")
+
+    objects = HeadManager()
+
+    def __str__(self) -> str:
+        return f"metrics counted up to transition {self.transition_id} and {self.attempts_until}"
+
+
+class MetricCounter(models.Model):
+    """One series of a Prometheus counter (or histogram part) as counted so far, kept so
+    that it never goes backwards when workflows, with their history, are deleted."""
+
+    name = models.CharField(max_length=100)
+    labels = models.CharField(max_length=400, help_text="The series' labels, as sorted JSON.")
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metric_counter_unique_series")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.labels} {self.value:g}"

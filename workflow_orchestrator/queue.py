@@ -1,0 +1,82 @@
+"""Putting jobs on the django-q2 broker.
+
+Jobs are built the way django-q2's `async_task` builds them, but go to the broker in one
+call per batch (EXECUTE's fan-out is one bulk enqueue) and may carry a due time.
+"""
+
+import functools
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import uuid4
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.signing import SignedPackage
+
+RUN_TASK = "workflow_orchestrator.jobs.run_task"
+RECOVER = "workflow_orchestrator.jobs.recover"
+DELIVER_WEBHOOK = "workflow_orchestrator.jobs.deliver_webhook"
+
+# Seconds django-q2 gives a job beyond its task's own timeout before it kills the
+# worker: time for the job to record a timeout itself, which is the normal path.
+JOB_TIMEOUT_GRACE = 30
+
+
+@dataclass(frozen=True)
+class Job:
+    func: str
+    args: tuple
+    name: str
+    timeout: float | None = None
+    eta: datetime | None = None
+
+
+def task_job(task_id: int, attempt: int, timeout: float, eta: datetime | None = None) -> Job:
+    return Job(RUN_TASK, (task_id, attempt), f"task-{task_id}-{attempt}", timeout, eta)
+
+
+def webhook_job(workflow_id, seq: int, attempt: int, eta: datetime | None = None) -> Job:
+    """Attempt `attempt` at calling a workflow's callback_url for its transition `seq`."""
+    return Job(DELIVER_WEBHOOK, (str(workflow_id), seq, attempt), f"webhook-{workflow_id}-{seq}-{attempt}", eta=eta)
+
+
+def package(job: Job) -> str:
+    pack = {
+        "id": uuid4().hex,
+        "name": job.name,
+        "func": job.func,
+        "args": job.args,
+        "kwargs": {},
+        "started": timezone.now(),
+        "ack_failure": True,
+    }
+    if job.timeout is not None:
+        pack["timeout"] = int(job.timeout) + JOB_TIMEOUT_GRACE
+    return SignedPackage.dumps(pack)
+
+
+def in_database() -> bool:
+    """Whether the broker keeps its jobs in the project's database (the ORM broker)."""
+    return settings.Q_CLUSTER.get("orm") == DEFAULT_DB_ALIAS
+
+
+@functools.cache
+def broker():
+    """This process's broker (a Redis broker holds a connection pool: build it once)."""
+    return get_broker()
+
+
+def enqueue(jobs: list[Job]) -> None:
+    """Send `jobs` to the broker: one call for those due now, one per due time after."""
+    if not jobs:
+        return
+    now = timezone.now()
+    batches: dict[datetime | None, list[str]] = defaultdict(list)
+    for job in jobs:
+        due = job.eta if job.eta and job.eta > now else None
+        batches[due].append(package(job))
+    for eta, packages in batches.items():
+        broker().enqueue_many(packages, eta=eta)
