@@ -94,7 +94,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    # workflows comes before django_q too: the project's `qcluster` command (graceful stop)
+    # workflow_orchestrator comes before django_q too: the project's `qcluster` command (graceful stop)
     # replaces django-q2's.
     "django_q",
 ]

@@ -164,7 +164,7 @@ def render(models_: list | None = None) -> str:
 
 
 class Command(BaseCommand):
-    help = "Write docs/SCHEMA.md from the workflow_orchestrator app's models; with --check, exit 1 with a diff if it is stale."
+    help = "Write docs/SCHEMA.md from the app's models; with --check, exit 1 with a diff if it is stale."
 
     def add_arguments(self, parser):
         parser.add_argument("--check", action="store_true", help="Compare instead of writing; exit 1 on a difference.")
