@@ -10,6 +10,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from workflow_orchestrator.conf import q_cluster
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
@@ -184,32 +186,14 @@ ORCH_WEBHOOK_TIMEOUT = env_number("ORCH_WEBHOOK_TIMEOUT", 10, minimum=0.1)
 ORCH_WEBHOOK_BACKOFF = env_number("ORCH_WEBHOOK_BACKOFF", 2.0, minimum=0)
 ORCH_WEBHOOK_BACKOFF_MAX = env_number("ORCH_WEBHOOK_BACKOFF_MAX", 3600, minimum=0)
 
-# django-q2's own job timeout is only a backstop for a handler that ignores ours (each
-# job carries its task's timeout plus a grace period). `retry` must stay above it, or the
-# ORM broker re-delivers jobs that are still running.
-_Q_TIMEOUT = int(ORCH_TASK_TIMEOUT) + 60
-Q_CLUSTER = {
-    "name": ORCH_CLUSTER_NAME,
-    "workers": ORCH_WORKERS,
-    "timeout": _Q_TIMEOUT,
-    "retry": _Q_TIMEOUT + 60,
-    # A job that raised is not delivered again by the broker: step retries are ours.
-    "max_attempts": 1,
-    "ack_failures": True,
-    # Task rows hold the results; django-q2's success table stays empty, which also
-    # spares the result saver its per-save pruning query.
-    "save_limit": -1,
-    "catch_up": False,
-    "poll": ORCH_POLL,
-    "label": "Job queue",
-    "recycle": 1000,
-}
-if ORCH_BROKER == "redis":
-    Q_CLUSTER["redis"] = REDIS_URL
-    Q_CLUSTER["broker_class"] = "workflow_orchestrator.brokers.RedisBroker"
-else:
-    Q_CLUSTER["orm"] = "default"
-    Q_CLUSTER["broker_class"] = "workflow_orchestrator.brokers.OrmBroker"
+# The engine's django-q2 cluster: its broker, worker processes and job timeouts.
+Q_CLUSTER = q_cluster(
+    name=ORCH_CLUSTER_NAME,
+    workers=ORCH_WORKERS,
+    task_timeout=ORCH_TASK_TIMEOUT,
+    redis=REDIS_URL if ORCH_BROKER == "redis" else None,
+    poll=ORCH_POLL,
+)
 
 # django-q2 keeps cluster statistics in the cache, so every process must share it.
 if ORCH_BROKER == "redis":
