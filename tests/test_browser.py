@@ -2,7 +2,7 @@
 `live_server` (a thread of this process on the test database) while a real `qcluster` runs
 the jobs.
 
-With ORCH_SCREENSHOTS=1 the tests also save the screenshots the README shows, in docs/img/.
+With ORCH_SCREENSHOTS=1 the tests also save the screenshots the documentation shows, in docs/img/.
 """
 
 import os

@@ -249,9 +249,9 @@ def test_the_admin_add_form_takes_dependencies_and_refuses_a_cycle(admin_client)
     assert Workflow.objects.get().tasks.get(name="report").after == ["load", "notify"]
 
 
-def test_the_readme_s_dependency_example_runs(engine):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r'```python\n(@task_type\("etl\.transform"\).*?)```', readme, re.S).group(1)
+def test_the_documented_dependency_example_runs(engine):
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "TASK_TYPES.md").read_text()
+    block = re.search(r'```python\n(@task_type\("etl\.transform"\).*?)```', reference, re.S).group(1)
     exec(f"from workflow_orchestrator.registry import WorkflowDefinition, register_definition, task_type\n{block}", {})
     workflow = engine.start(definition="etl", tasks=None)
     engine.drain()

@@ -1,9 +1,11 @@
 """The documentation cannot drift: the schema document is the one the models generate, every
 name a diagram cites exists in the code, every Mermaid diagram renders with the pinned
-renderer, and the README's links and project layout match the tree."""
+renderer, every link between documents resolves, the README links to every document and
+stays short, and the project layout matches the tree."""
 
 import importlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -252,26 +254,104 @@ def test_the_renderer_reports_a_broken_diagram(mermaid_page):
     assert mermaid_page.evaluate(RENDER, ["broken", "sequenceDiagram\n    A->>: nobody"])
 
 
-# --- the README ----------------------------------------------------------------------------
+# --- the README, the links between documents, the project layout ---------------------------
 
+README = ROOT / "README.md"
+README_MAX_LINES = 300  # read in five minutes; reference material lives in docs/
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.MULTILINE)
+ANY_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 LAYOUT = re.compile(r"^## Project layout\n.*?^```\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def readme_layout() -> str:
-    return LAYOUT.search((ROOT / "README.md").read_text())[1]
+def prose(path: Path) -> str:
+    """The document without its fenced blocks: what a reader sees as text and links."""
+    return ANY_FENCE.sub("", path.read_text())
 
 
-def test_the_readme_links_to_the_architecture_schema_quick_start_and_reliability_documents():
-    readme = (ROOT / "README.md").read_text()
-    for target in ["docs/ARCHITECTURE.md", "docs/SCHEMA.md", "QUICKSTART.md", "docs/RELIABILITY.md"]:
-        assert f"]({target})" in readme, target
-    for link in re.findall(r"\]\(((?!https?:|#)[^)\s#]+)", readme):
-        assert (ROOT / link).exists(), link
+def local_links(path: Path) -> list[str]:
+    return [link for link in LINK.findall(prose(path)) if not re.match(r"[a-z]+:", link)]
+
+
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading's anchor, numbered as GitHub numbers repeated ones (`-1`, `-2`, …)."""
+    found, seen = set(), {}
+    for heading in HEADING.findall(prose(path)):
+        slug = anchor(heading)
+        found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for link in local_links(path):
+        target, _, fragment = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        if not file.exists():
+            broken.append(f"{link}: no such file")
+        elif fragment and file.suffix == ".md" and fragment not in anchors(file):
+            broken.append(f"{link}: no such heading in {file.name}")
+    return broken
+
+
+def test_github_anchors_are_computed_as_github_does():
+    assert anchor("PostgreSQL + Redis, worker clusters on several machines") == (
+        "postgresql--redis-worker-clusters-on-several-machines"
+    )
+    assert anchor("The handler's `ctx`") == "the-handlers-ctx"
+    assert anchor("The `workflow_transitioned` signal") == "the-workflow_transitioned-signal"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_link_of_the_documentation_resolves_to_a_file_and_heading(document):
+    assert broken_links(document) == []
+
+
+def test_a_link_to_a_missing_file_or_heading_is_reported(tmp_path):
+    page = tmp_path / "PAGE.md"
+    page.write_text("# Page\n\n## A section\n\n[ok](#a-section) [no](#nowhere) [gone](GONE.md)\n")
+    assert broken_links(page) == ["#nowhere: no such heading in PAGE.md", "GONE.md: no such file"]
+
+
+def test_the_readme_links_to_every_document_in_docs_and_the_quick_start():
+    linked = {(ROOT / link.partition("#")[0]).resolve() for link in local_links(README)}
+    documents = [ROOT / "QUICKSTART.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert [str(path.relative_to(ROOT)) for path in documents if path.resolve() not in linked] == []
+
+
+def test_the_readme_is_short_and_its_contents_list_every_section_in_order():
+    text = README.read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES
+    sections = re.findall(r"^## (.+)$", prose(README), re.MULTILINE)
+    contents = re.findall(r"^- \[(.+?)\]\(#(.+?)\)$", text, re.MULTILINE)
+    assert [title for title, _ in contents] == sections
+    assert all(target == anchor(title) for title, target in contents)
+
+
+def test_the_readme_s_task_type_and_definition_run_as_its_command_shows(engine):
+    text = README.read_text()
+    exec(re.search(r"```python\n(# myapp/workflow_tasks\.py\n.*?)```", text, re.DOTALL)[1], {})
+    command = re.compile(r"`python manage\.py workflow start .*?--definition (\S+) --input '(.*?)'`")
+    definition, given = command.search(text).groups()
+    workflow = engine.start(definition=definition, input=json.loads(given), tasks=None)
+    engine.drain()
+    workflow.refresh_from_db()
+    assert workflow.state == "COMPLETE", workflow.error
+    assert workflow.results["EXECUTE"] == {"resize": {"width": 100, "urls": ["a.png"]}}
+    assert workflow.results["VALIDATE"] == {"made": 1}
 
 
 def layout_paths() -> list[str]:
-    """The first word of each line of the layout: one path per line."""
-    return [line.split()[0] for line in readme_layout().splitlines() if line.strip()]
+    """The first word of each line of the layout in docs/ARCHITECTURE.md: one path per line."""
+    layout = LAYOUT.search((ROOT / "docs" / "ARCHITECTURE.md").read_text())[1]
+    return [line.split()[0] for line in layout.splitlines() if line.strip()]
 
 
 def test_every_path_the_project_layout_lists_exists():
