@@ -2,8 +2,9 @@
 runs in order in bash (variables carry over from one block to the next, as in a reader's
 shell), `make run` runs in the background as the reader's first shell (started again
 where the guide starts it again), each `text` block that follows a command lists lines its
-output must contain, and the admin step is done in a real browser with the values the
-guide gives. The only change: the server listens on a free port instead of 8000."""
+output must contain, the admin step is done in a real browser with the values the guide
+gives, and its password reset is typed at its prompts. The only change: the server listens
+on a free port instead of 8000."""
 
 import os
 import re
@@ -150,6 +151,24 @@ def sign_in_and_add_a_workflow(base_url: str, password: str, values: dict[str, s
     return text
 
 
+def reset_the_admin_password_as_the_guide_says(guide: str, cwd: Path, env: dict) -> None:
+    """The guide's password reset, typed at its two prompts; then the new password signs in.
+    Without a terminal (a session of its own), the prompts read standard input."""
+    command = re.search(r"`(\.venv/bin/python manage\.py changepassword admin)`", guide)[1]
+    password = "a-new-password-for-the-quick-start"
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, input=f"{password}\n{password}\n",
+        capture_output=True, text=True, timeout=60, start_new_session=True,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Password changed successfully" in result.stdout, result.stdout + result.stderr
+    signs_in = (
+        "from django.contrib.auth import authenticate; "
+        f"print(authenticate(username='admin', password='{password}') is not None)"
+    )
+    check = [".venv/bin/python", "manage.py", "shell", "--no-imports", "-c", signs_in]
+    assert subprocess.run(check, cwd=cwd, env=env, capture_output=True, text=True, timeout=60).stdout.strip() == "True"
+
+
 def test_the_quick_start_works_as_written_on_a_fresh_copy(tmp_path):
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("the admin step needs Debian's chromium at /usr/bin/chromium")
@@ -183,6 +202,7 @@ def test_the_quick_start_works_as_written_on_a_fresh_copy(tmp_path):
             output = run_block(Step(commands), repo, env, state)
             missing = [line for line in expected if line not in output]
             assert not missing, f"step {number}: {missing} not in\n{output}"
+        reset_the_admin_password_as_the_guide_says(guide, repo, env)
     except BaseException:
         if server is not None:
             print(server.output()[-5000:])  # shown by pytest with the failure
