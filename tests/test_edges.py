@@ -16,7 +16,8 @@ from rest_framework.authtoken.models import Token
 
 from tests.conftest import ROOT, child_env, free_port, reload, wait_for
 from tests.test_api import client_for, create
-from workflow_orchestrator import services
+from workflow_orchestrator import services, values
+from workflow_orchestrator.api import parsers
 from workflow_orchestrator.models import Actor, Phase, State, Task, Transition, Workflow
 
 
@@ -563,7 +564,7 @@ def test_the_development_server_answers_bad_input_with_a_4xx(runserver):
     assert reload(workflow).state == State.INIT and Workflow.objects.count() == 1
 
 
-# --- Limits the README documents -----------------------------------------------------------------
+# --- Limits docs/API.md documents ----------------------------------------------------------------
 
 
 def test_a_workflow_holds_at_most_max_tasks_tasks(api):
@@ -577,3 +578,11 @@ def test_a_workflow_holds_at_most_max_tasks_tasks(api):
     full = {"name": "full", "tasks": [{"type": "noop"}] * services.MAX_TASKS}
     assert api.post("/workflows/", full, format="json").status_code == 201
     assert Task.objects.filter(phase=Phase.EXECUTE).count() == services.MAX_TASKS  # besides PREPARE and VALIDATE
+
+
+def test_the_limits_table_states_the_engine_s_own_figures():
+    table = (ROOT / "docs" / "API.md").read_text().split("\n## Limits\n")[1].split("\n## ")[0]
+    assert f"| {services.MAX_TASKS:,} | none: fixed (`services.MAX_TASKS`) |" in table
+    assert f"| A task's `max_attempts` | 1 to {services.MAX_TASK_ATTEMPTS} |" in table
+    assert f"| A task's `timeout` | 0.1 s to {services.MAX_TASK_TIMEOUT // (24 * 3600)} days |" in table
+    assert f"| {values.MAX_DEPTH} levels (the whole body: {parsers.MAX_BODY_DEPTH}) |" in table
