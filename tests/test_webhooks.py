@@ -256,6 +256,17 @@ def test_a_wildcard_allows_public_hosts_of_a_domain(hooks, monkeypatch):
         webhooks.check("https://example.org/in")
 
 
+def test_allowed_hosts_are_compared_without_regard_to_case(hooks, monkeypatch):
+    hooks.ORCH_WEBHOOK_ALLOWED_HOSTS = ["*.Example.COM", "Hooks.Example.ORG"]
+    public = [(2, 1, 6, "", ("93.184.215.14", 443))]
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", lambda *args, **kwargs: public)
+
+    assert webhooks.check("https://HOOKS.example.com/in").address == "93.184.215.14"
+    assert webhooks.check("https://hooks.example.org/in").address == "93.184.215.14"
+    with pytest.raises(webhooks.Refused, match="not allowed"):
+        webhooks.check("https://other.example.org/in")
+
+
 # --- The README's receiver, on a real cluster ---------------------------------------------------
 
 
