@@ -1,7 +1,8 @@
 """Settings for the orchestrator, read from the environment and an optional `.env` file.
 
-Every variable is listed with its default in `.env.example`. A malformed value stops
-start-up with an ImproperlyConfigured error that names the variable.
+Every variable is listed with its default in `.env.example` and described in
+docs/CONFIGURATION.md. A malformed value stops start-up with an ImproperlyConfigured
+error that names the variable.
 """
 
 import os
