@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -303,8 +304,7 @@ def test_the_readme_receiver_accepts_a_real_cluster_s_webhooks_and_rejects_forge
         assert {d.attempt_log.get().status_code for d in WebhookDelivery.objects.all()} == {204}
 
         forged = webhooks.Answer()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(webhooks.settings, "ORCH_WEBHOOK_SECRET", "not the secret")
+        with override_settings(ORCH_WEBHOOK_SECRET="not the secret"):
             forged = webhooks.post(url, '{"delivery": "x"}', "x")
         assert forged.status_code == 401
     finally:
