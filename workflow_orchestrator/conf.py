@@ -19,6 +19,9 @@ from django.db import DEFAULT_DB_ALIAS
 
 @dataclass(frozen=True)
 class Setting:
+    """One of the app's settings: its name in Django's settings, its default, and the type
+    and least value the system checks accept."""
+
     name: str
     default: Any
     # float: any number; int: a whole number; str: text; list: a list of strings.
