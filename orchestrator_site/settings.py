@@ -1,7 +1,8 @@
 """Settings for the orchestrator, read from the environment and an optional `.env` file.
 
-Every variable is listed with its default in `.env.example`. A malformed value stops
-start-up with an ImproperlyConfigured error that names the variable.
+Every variable is listed with its default in `.env.example` and described in
+docs/CONFIGURATION.md. A malformed value stops start-up with an ImproperlyConfigured
+error that names the variable.
 """
 
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from workflow_orchestrator.conf import SETTINGS as APP_SETTINGS
 from workflow_orchestrator.conf import q_cluster
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -52,6 +54,19 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in _raw(name, default).split(",") if item.strip()]
+
+
+def env_setting(name: str):
+    """The app's setting `name` from the environment variable of the same name, read as its
+    type and bounded by its minimum (workflow_orchestrator.conf); the app's default when unset."""
+    setting = APP_SETTINGS[name]
+    if name not in os.environ:
+        return setting.default
+    if setting.kind is list:
+        return env_list(name, "")
+    if setting.kind is str:
+        return _raw(name, "")
+    return env_number(name, setting.default, minimum=setting.minimum, whole=setting.kind is int)
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -166,25 +181,24 @@ REDIS_URL = _raw("REDIS_URL", "redis://127.0.0.1:6379/0")
 if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
 ORCH_WORKERS = int(env_number("ORCH_WORKERS", os.cpu_count() or 2, minimum=1, whole=True))
-ORCH_TASK_TIMEOUT = env_number("ORCH_TASK_TIMEOUT", 300, minimum=0.1)
-ORCH_MAX_ATTEMPTS = int(env_number("ORCH_MAX_ATTEMPTS", 3, minimum=1, whole=True))
-ORCH_RETRY_BACKOFF = env_number("ORCH_RETRY_BACKOFF", 1.0, minimum=0)
-ORCH_RETRY_BACKOFF_MAX = env_number("ORCH_RETRY_BACKOFF_MAX", 300, minimum=0)
-ORCH_LEASE_SECONDS = env_number("ORCH_LEASE_SECONDS", 30, minimum=1)
-ORCH_REQUEUE_SECONDS = env_number("ORCH_REQUEUE_SECONDS", 60, minimum=1)
 ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
 ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
-# The bearer token that GET /metrics asks for; unset, the endpoint answers 404.
-ORCH_METRICS_TOKEN = _raw("ORCH_METRICS_TOKEN", "")
-# Modules imported at start-up to register task types, beside every installed app's workflow_tasks.
-ORCH_TASK_MODULES = env_list("ORCH_TASK_MODULES", "")
-# Webhooks (a workflow's callback_url, called when it ends; see workflow_orchestrator.webhooks).
-ORCH_WEBHOOK_SECRET = _raw("ORCH_WEBHOOK_SECRET", "")
-ORCH_WEBHOOK_ALLOWED_HOSTS = [host.lower() for host in env_list("ORCH_WEBHOOK_ALLOWED_HOSTS", "")]
-ORCH_WEBHOOK_MAX_ATTEMPTS = int(env_number("ORCH_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1, whole=True))
-ORCH_WEBHOOK_TIMEOUT = env_number("ORCH_WEBHOOK_TIMEOUT", 10, minimum=0.1)
-ORCH_WEBHOOK_BACKOFF = env_number("ORCH_WEBHOOK_BACKOFF", 2.0, minimum=0)
-ORCH_WEBHOOK_BACKOFF_MAX = env_number("ORCH_WEBHOOK_BACKOFF_MAX", 3600, minimum=0)
+
+# The app's settings (docs/CONFIGURATION.md), each from the variable of the same name.
+ORCH_TASK_TIMEOUT = env_setting("ORCH_TASK_TIMEOUT")
+ORCH_MAX_ATTEMPTS = env_setting("ORCH_MAX_ATTEMPTS")
+ORCH_RETRY_BACKOFF = env_setting("ORCH_RETRY_BACKOFF")
+ORCH_RETRY_BACKOFF_MAX = env_setting("ORCH_RETRY_BACKOFF_MAX")
+ORCH_LEASE_SECONDS = env_setting("ORCH_LEASE_SECONDS")
+ORCH_REQUEUE_SECONDS = env_setting("ORCH_REQUEUE_SECONDS")
+ORCH_TASK_MODULES = env_setting("ORCH_TASK_MODULES")
+ORCH_METRICS_TOKEN = env_setting("ORCH_METRICS_TOKEN")
+ORCH_WEBHOOK_SECRET = env_setting("ORCH_WEBHOOK_SECRET")
+ORCH_WEBHOOK_ALLOWED_HOSTS = env_setting("ORCH_WEBHOOK_ALLOWED_HOSTS")
+ORCH_WEBHOOK_MAX_ATTEMPTS = env_setting("ORCH_WEBHOOK_MAX_ATTEMPTS")
+ORCH_WEBHOOK_TIMEOUT = env_setting("ORCH_WEBHOOK_TIMEOUT")
+ORCH_WEBHOOK_BACKOFF = env_setting("ORCH_WEBHOOK_BACKOFF")
+ORCH_WEBHOOK_BACKOFF_MAX = env_setting("ORCH_WEBHOOK_BACKOFF_MAX")
 
 # The engine's django-q2 cluster: its broker, worker processes and job timeouts.
 Q_CLUSTER = q_cluster(

@@ -1,8 +1,10 @@
 """The documentation cannot drift: the schema document is the one the models generate, every
 name a diagram cites exists in the code, every Mermaid diagram renders with the pinned
 renderer, every link between documents resolves, the README links to every document and
-stays short, and the project layout matches the tree."""
+stays short, the configuration document lists every setting as the code declares it, and
+the project layout matches the tree."""
 
+import ast
 import importlib
 import io
 import json
@@ -17,6 +19,7 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 
 from tests.conftest import ROOT
+from workflow_orchestrator.conf import SETTINGS
 from workflow_orchestrator.management.commands.docs_schema import render
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "QUICKSTART.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -252,6 +255,61 @@ def test_the_entity_relationship_diagram_of_unusual_tables_renders(mermaid_page,
 
 def test_the_renderer_reports_a_broken_diagram(mermaid_page):
     assert mermaid_page.evaluate(RENDER, ["broken", "sequenceDiagram\n    A->>: nobody"])
+
+
+# --- the configuration document --------------------------------------------------------------
+
+CONFIGURATION = ROOT / "docs" / "CONFIGURATION.md"
+SETTING_ROW = re.compile(r"^\| `([A-Z_]+)` \| `([^`]*)` \| ([^|]+?) \|", re.MULTILINE)
+
+
+def documented_settings() -> dict[str, tuple[str, str]]:
+    """The rows of the document's table of the app's settings: name → (default, type)."""
+    section = CONFIGURATION.read_text().split("\n## The app's settings\n")[1].split("\n## ")[0]
+    return {name: (default, kind) for name, default, kind in SETTING_ROW.findall(section)}
+
+
+def type_in_words(setting) -> str:
+    if setting.kind is list:
+        return "list of strings"
+    if setting.kind is str:
+        return "string"
+    return f"{'whole number' if setting.kind is int else 'number'} ≥ {setting.minimum}"
+
+
+def site_variables() -> set[str]:
+    """The environment variables the example site reads."""
+    source = (ROOT / "orchestrator_site" / "settings.py").read_text()
+    return set(re.findall(r'(?:env_\w+|_raw)\("([A-Z_]+)"', source))
+
+
+def test_every_setting_of_the_app_is_documented_with_its_default_and_type():
+    documented = documented_settings()
+    assert sorted(set(SETTINGS) - set(documented)) == []
+    for name, setting in SETTINGS.items():
+        default, kind = documented[name]
+        assert ast.literal_eval(default) == setting.default, name
+        assert type(ast.literal_eval(default)) is type(setting.default), name
+        assert kind == type_in_words(setting), name
+
+
+def test_every_setting_the_configuration_document_names_exists():
+    assert sorted(set(documented_settings()) - set(SETTINGS)) == []
+    named = set(re.findall(r"\bORCH_[A-Z_]*[A-Z]\b", CONFIGURATION.read_text()))
+    assert sorted(named - set(SETTINGS) - site_variables()) == []
+
+
+def test_every_variable_of_the_example_site_is_documented():
+    text = CONFIGURATION.read_text()
+    assert sorted(name for name in site_variables() if f"`{name}`" not in text) == []
+    assert site_variables() >= set(SETTINGS), "the site reads each of the app's settings from the environment"
+
+
+def test_env_example_shows_the_default_of_each_setting_of_the_app():
+    lines = set((ROOT / ".env.example").read_text().splitlines())
+    for name, setting in SETTINGS.items():
+        value = ",".join(setting.default) if setting.kind is list else setting.default
+        assert f"# {name}={value}" in lines, name
 
 
 # --- the README, the links between documents, the project layout ---------------------------

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import ROOT
+from workflow_orchestrator.conf import SETTINGS
 
 
 def start_up(**env) -> subprocess.CompletedProcess:
@@ -43,6 +45,56 @@ def test_a_malformed_value_stops_start_up_naming_the_variable(variable, value):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("ORCH_LEASE_SECONDS", "0", "ORCH_LEASE_SECONDS must be at least 1, got '0'"),
+        ("ORCH_TASK_TIMEOUT", "soon", "ORCH_TASK_TIMEOUT must be a number, got 'soon'"),
+        ("ORCH_MAX_ATTEMPTS", "2.5", "ORCH_MAX_ATTEMPTS must be a whole number, got '2.5'"),
+        ("ORCH_WEBHOOK_BACKOFF", "-1", "ORCH_WEBHOOK_BACKOFF must be at least 0, got '-1'"),
+    ],
+)
+def test_a_malformed_value_of_an_app_setting_is_refused_as_conf_bounds_it(variable, value, message):
+    result = start_up(**{variable: value})
+    assert result.stderr.strip().splitlines()[-1] == f"django.core.exceptions.ImproperlyConfigured: {message}"
+
+
+def app_settings_in_a_fresh_process(**env) -> dict:
+    probe = (
+        "import django, json; django.setup(); from workflow_orchestrator.conf import SETTINGS, app_settings; "
+        "print(json.dumps({name: getattr(app_settings, name) for name in SETTINGS}))"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ORCH_")}
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**environment, **env, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)
+
+
+def test_the_site_leaves_each_app_setting_at_its_default_when_its_variable_is_unset():
+    defaults = {name: list(setting.default) if setting.kind is list else setting.default
+                for name, setting in SETTINGS.items()}  # fmt: skip
+    assert app_settings_in_a_fresh_process() == defaults
+
+
+def test_the_site_reads_each_app_setting_from_the_variable_of_the_same_name():
+    given = {
+        float: ("7.5", 7.5),
+        int: ("7", 7),
+        str: ("a token", "a token"),
+        list: (" tests.outcome_tasks, ", ["tests.outcome_tasks"]),
+    }
+    env = {name: given[setting.kind][0] for name, setting in SETTINGS.items()}
+    expected = {name: given[setting.kind][1] for name, setting in SETTINGS.items()}
+    assert app_settings_in_a_fresh_process(**env) == expected
 
 
 def test_production_refuses_to_start_without_a_secret_key():

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -256,6 +257,17 @@ def test_a_wildcard_allows_public_hosts_of_a_domain(hooks, monkeypatch):
         webhooks.check("https://example.org/in")
 
 
+def test_allowed_hosts_are_compared_without_regard_to_case(hooks, monkeypatch):
+    hooks.ORCH_WEBHOOK_ALLOWED_HOSTS = ["*.Example.COM", "Hooks.Example.ORG"]
+    public = [(2, 1, 6, "", ("93.184.215.14", 443))]
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", lambda *args, **kwargs: public)
+
+    assert webhooks.check("https://HOOKS.example.com/in").address == "93.184.215.14"
+    assert webhooks.check("https://hooks.example.org/in").address == "93.184.215.14"
+    with pytest.raises(webhooks.Refused, match="not allowed"):
+        webhooks.check("https://other.example.org/in")
+
+
 # --- The receiver docs/API.md shows, on a real cluster -------------------------------------------
 
 
@@ -292,8 +304,7 @@ def test_the_documented_receiver_accepts_a_real_cluster_s_webhooks_and_rejects_f
         assert {d.attempt_log.get().status_code for d in WebhookDelivery.objects.all()} == {204}
 
         forged = webhooks.Answer()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(webhooks.settings, "ORCH_WEBHOOK_SECRET", "not the secret")
+        with override_settings(ORCH_WEBHOOK_SECRET="not the secret"):
             forged = webhooks.post(url, '{"delivery": "x"}', "x")
         assert forged.status_code == 401
     finally:

@@ -1,9 +1,12 @@
 from importlib import import_module
 
 from django.apps import AppConfig
-from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
+
+from .conf import SETTINGS, app_settings
 
 
 class WorkflowsConfig(AppConfig):
@@ -15,15 +18,28 @@ class WorkflowsConfig(AppConfig):
         from django_q.signals import post_spawn  # imports django-q2's models
 
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
+        from .checks import check_installed_apps, check_q_cluster, check_settings
         from .jobs import skip_connection_health_checks
         from .runner import end_overdue_workers
 
         autodiscover_modules("workflow_tasks")
-        for module in settings.ORCH_TASK_MODULES:
-            import_module(module)
+        import_task_modules()
+        for check in (check_settings, check_q_cluster, check_installed_apps):
+            checks.register(check)
         post_migrate.connect(ensure_periodic_jobs, sender=self)
         post_spawn.connect(skip_connection_health_checks)
         post_spawn.connect(end_overdue_workers)
+
+
+def import_task_modules() -> None:
+    """Import the modules of ORCH_TASK_MODULES, which register task types. A string there
+    (one module, not a list of them) would be read letter by letter: refused here, before
+    the system checks could say so."""
+    modules = app_settings.ORCH_TASK_MODULES
+    if problem := SETTINGS["ORCH_TASK_MODULES"].problem(modules):
+        raise ImproperlyConfigured(f"ORCH_TASK_MODULES {problem}, got {modules!r}")
+    for module in modules:
+        import_module(module)
 
 
 def ensure_periodic_jobs(using="default", **kwargs) -> None:

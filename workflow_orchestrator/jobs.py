@@ -4,11 +4,11 @@ import logging
 import time
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from . import logs, queue, schedules, services, webhooks
+from .conf import app_settings
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflow_orchestrator.recover"
@@ -67,7 +67,7 @@ def run_task(task_id: int, attempt: int) -> None:
         outcome = run_handler(task)
         # Still the attempt's for a good part of a lease: the heartbeat renewed it at most a
         # third of a lease ago.
-        patience = settings.ORCH_LEASE_SECONDS * 2 / 3
+        patience = app_settings.ORCH_LEASE_SECONDS * 2 / 3
         if outcome.stopped:
             hand_back = services.task_hand_back
             _on_fresh_connection(hand_back, task.pk, task.attempt, workflow_id=task.workflow_id, patience=patience)
@@ -128,7 +128,7 @@ def recover() -> dict:
 def recover_minute() -> dict:
     """Run by django-q2's scheduler once a minute. Recovery should come round every half
     lease, so this run also queues the rest of the minute's runs, each with a due time."""
-    step = max(settings.ORCH_LEASE_SECONDS / 2, 1)
+    step = max(app_settings.ORCH_LEASE_SECONDS / 2, 1)
     now = timezone.now()
     later = [
         queue.Job(queue.RECOVER, (), "recover", eta=now + timedelta(seconds=step * i))

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connections
 
 from . import logs, services, shutdown, values
+from .conf import app_settings
 from .models import Task
 from .registry import TaskContext, UnknownTaskType, get_task_type
 
@@ -134,7 +134,7 @@ class Heartbeat:
             return not self._condition.wait_for(lambda: self._attempt is not attempt, timeout=timeout)
 
     def _keep(self, attempt: Attempt) -> None:
-        renew_every = settings.ORCH_LEASE_SECONDS / 3
+        renew_every = app_settings.ORCH_LEASE_SECONDS / 3
         renewed = attempt.started  # the claim took the first lease
         check_at: float | None = attempt.started + CANCEL_CHECK_SECONDS
         stop_at = attempt.started + attempt.timeout + TIMEOUT_GRACE_SECONDS if self.ends_overdue_workers else None

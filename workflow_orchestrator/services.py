@@ -26,7 +26,6 @@ from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
 from uuid import UUID
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
@@ -34,6 +33,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from . import audit, logs, metrics, queue, statements, values, webhooks
+from .conf import app_settings
 from .models import (
     ENDING_STATES,
     PHASE_EVENTS,
@@ -153,8 +153,8 @@ def _normalize_task(index: int, spec) -> dict:
         raise ValueError("params must be an object")
     if problem := values.json_problem(params, "params"):
         raise ValueError(problem)
-    max_attempts = spec.get("max_attempts", settings.ORCH_MAX_ATTEMPTS)
-    timeout = spec.get("timeout", settings.ORCH_TASK_TIMEOUT)
+    max_attempts = spec.get("max_attempts", app_settings.ORCH_MAX_ATTEMPTS)
+    timeout = spec.get("timeout", app_settings.ORCH_TASK_TIMEOUT)
     after = spec.get("after", [])
     if not isinstance(after, list) or not all(isinstance(upstream, str) for upstream in after):
         raise ValueError("after must be a list of task names")
@@ -222,8 +222,8 @@ def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int)
         position=position,
         name=phase.lower(),
         type=task_type,
-        max_attempts=settings.ORCH_MAX_ATTEMPTS,
-        timeout=settings.ORCH_TASK_TIMEOUT,
+        max_attempts=app_settings.ORCH_MAX_ATTEMPTS,
+        timeout=app_settings.ORCH_TASK_TIMEOUT,
     )
 
 
@@ -766,7 +766,7 @@ def workflow_delete(workflow_id, *, actor: Actor) -> None:
 
 
 def _lease(now):
-    return now + timedelta(seconds=settings.ORCH_LEASE_SECONDS)
+    return now + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
 
 
 def task_claim(task_id: int, attempt: int, *, worker: str) -> Task | None:
@@ -785,7 +785,7 @@ def inline_claim(worker: str, max_timeout: float) -> statements.Inline:
 
 def task_heartbeat(task_id: int, attempt: int) -> bool:
     """Renew a running attempt's lease; False when the attempt was taken back."""
-    lease = timezone.now() + timedelta(seconds=settings.ORCH_LEASE_SECONDS)
+    lease = timezone.now() + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
     return Task.objects.filter(pk=task_id, status=Status.RUNNING, attempt=attempt).update(lease_expires_at=lease) == 1
 
 
@@ -817,7 +817,7 @@ def workflow_is_cancelled(workflow_id) -> bool:
 
 def backoff_delay(failed_attempts: int) -> float:
     """Exponential backoff with jitter: half the delay is fixed, half random."""
-    delay = min(settings.ORCH_RETRY_BACKOFF * 2 ** (failed_attempts - 1), settings.ORCH_RETRY_BACKOFF_MAX)
+    delay = min(app_settings.ORCH_RETRY_BACKOFF * 2 ** (failed_attempts - 1), app_settings.ORCH_RETRY_BACKOFF_MAX)
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -994,7 +994,7 @@ def recover(*, now=None) -> dict:
     )
     for task_id, workflow_id, attempt in expired:
         run.unless_broken(workflow_id, _take_back, task_id, attempt, now)
-    stale_before = now - timedelta(seconds=settings.ORCH_REQUEUE_SECONDS)
+    stale_before = now - timedelta(seconds=app_settings.ORCH_REQUEUE_SECONDS)
     stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before)
     requeued = sum(
         run.unless_broken(task.workflow_id, _requeue, task, now) or 0

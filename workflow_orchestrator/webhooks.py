@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import SplitResult, urlsplit
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import queue, values
+from .conf import app_settings
 from .models import Transition, WebhookAttempt, WebhookDelivery, Workflow
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ class Refused(Exception):
 
 def _allowed(host: str) -> str | None:
     """ "exact" for a host named in ORCH_WEBHOOK_ALLOWED_HOSTS, "public" for one a wildcard
-    covers (its addresses must then be public), None for any other."""
-    allowed = settings.ORCH_WEBHOOK_ALLOWED_HOSTS
+    covers (its addresses must then be public), None for any other. Host names are
+    compared without regard to case, as DNS does."""
+    allowed = [pattern.lower() for pattern in app_settings.ORCH_WEBHOOK_ALLOWED_HOSTS]
     if host in allowed:
         return "exact"
     if "*" in allowed or any(pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed):
@@ -137,7 +138,7 @@ def validate_callback_url(url) -> str:
         problem = f"must be a URL of at most {MAX_URL_LENGTH} characters"
     elif problem := values.text_problem(url):
         pass
-    elif not settings.ORCH_WEBHOOK_SECRET:
+    elif not app_settings.ORCH_WEBHOOK_SECRET:
         problem = "cannot be called: the server has no ORCH_WEBHOOK_SECRET to sign webhooks with"
     else:
         try:
@@ -153,7 +154,7 @@ def validate_callback_url(url) -> str:
 
 def signature(body: bytes, secret: str | None = None) -> str:
     """The X-Orchestrator-Signature of `body`: its HMAC-SHA256 under ORCH_WEBHOOK_SECRET."""
-    key = (secret if secret is not None else settings.ORCH_WEBHOOK_SECRET).encode()
+    key = (secret if secret is not None else app_settings.ORCH_WEBHOOK_SECRET).encode()
     return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
@@ -268,8 +269,8 @@ def post(url: str, body: str, delivery_id) -> Answer:
     path = target.parts.path or "/"
     if target.parts.query:
         path += f"?{target.parts.query}"
-    connection = _connection(target, settings.ORCH_WEBHOOK_TIMEOUT)
-    deadline = Deadline(connection, settings.ORCH_WEBHOOK_TIMEOUT)
+    connection = _connection(target, app_settings.ORCH_WEBHOOK_TIMEOUT)
+    deadline = Deadline(connection, app_settings.ORCH_WEBHOOK_TIMEOUT)
     try:
         with deadline:
             deadline.connect()
@@ -291,7 +292,7 @@ def post(url: str, body: str, delivery_id) -> Answer:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait after attempt `attempt` failed."""
-    return min(settings.ORCH_WEBHOOK_BACKOFF * 2 ** (attempt - 1), settings.ORCH_WEBHOOK_BACKOFF_MAX)
+    return min(app_settings.ORCH_WEBHOOK_BACKOFF * 2 ** (attempt - 1), app_settings.ORCH_WEBHOOK_BACKOFF_MAX)
 
 
 def deliver(workflow_id, seq: int, attempt: int) -> Answer | None:
@@ -321,7 +322,7 @@ def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at,
     repeating; False when the attempt is no longer under way (taken back)."""
     from .services import _enqueue  # the engine's way of sending jobs with a change
 
-    again = answer.retry and attempt < settings.ORCH_WEBHOOK_MAX_ATTEMPTS
+    again = answer.retry and attempt < app_settings.ORCH_WEBHOOK_MAX_ATTEMPTS
     status = Status.DELIVERED if answer.delivered else Status.PENDING if again else Status.FAILED
     with transaction.atomic():
         recorded = WebhookDelivery.objects.filter(pk=delivery.pk, status=Status.SENDING, attempts=attempt).update(
@@ -351,7 +352,7 @@ def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at,
 def sending_timeout() -> timedelta:
     """How long an attempt may be under way (SENDING) before recovery takes it back:
     longer than any attempt takes (see Deadline and ATTEMPT_MARGIN)."""
-    return timedelta(seconds=settings.ORCH_WEBHOOK_TIMEOUT) + ATTEMPT_MARGIN
+    return timedelta(seconds=app_settings.ORCH_WEBHOOK_TIMEOUT) + ATTEMPT_MARGIN
 
 
 def take_back_stalled(now: datetime) -> int:

@@ -2,13 +2,13 @@
 
 import hmac
 
-from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import metrics
+from ..conf import app_settings
 
 
 def _bearer_token(request) -> bytes:
@@ -21,7 +21,7 @@ def _bearer_token(request) -> bytes:
 @csrf_exempt
 def metrics_view(request):
     """404 for any method unless a token is configured (the endpoint does not exist then)."""
-    if not settings.ORCH_METRICS_TOKEN:
+    if not app_settings.ORCH_METRICS_TOKEN:
         raise Http404("metrics are off: set ORCH_METRICS_TOKEN")
     return _scrape(request)
 
@@ -29,7 +29,7 @@ def metrics_view(request):
 @require_GET
 def _scrape(request):
     """401 with a missing or wrong token (compared in constant time)."""
-    if not hmac.compare_digest(_bearer_token(request), settings.ORCH_METRICS_TOKEN.encode()):
+    if not hmac.compare_digest(_bearer_token(request), app_settings.ORCH_METRICS_TOKEN.encode()):
         response = HttpResponse("401: send Authorization: Bearer <ORCH_METRICS_TOKEN>\n", status=401,
                                 content_type="text/plain; charset=utf-8")  # fmt: skip
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
