@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     # workflow_orchestrator comes before django_q too: the project's `qcluster` command (graceful stop)
     # replaces django-q2's.
     "django_q",
+    "orchestrator_dev",  # this repository's own tools (bench, docs_schema, demo, createadmin): no host needs them
 ]
 
 MIDDLEWARE = [
