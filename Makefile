@@ -24,7 +24,9 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 dev: $(VENV)/.dev-installed
 
 ## Set up, migrate, and start the development web server and a worker cluster together (SQLite by default).
-# honcho is told not to read .env itself, so that it cannot disagree with the settings.
+# honcho is told not to read .env itself, so that it cannot disagree with the settings. It runs as
+# the terminal's foreground job (orchestrator_dev/foreground.py), so that Ctrl-C stops it and make
+# exits 0 instead of reporting an interrupted target.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createadmin
@@ -32,7 +34,8 @@ run: install
 	addr=$$($(SERVER_SETTINGS)); \
 	set -- $$addr; \
 	printf '\n  Admin:  http://%s:%s/admin/\n\n' "$$1" "$$2"; \
-	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --port "$$2"
+	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python -m orchestrator_dev.foreground \
+		$(BIN)/honcho start --env /dev/null --port "$$2"
 
 ## The production web server: collect the static files, then gunicorn with WEB_CONCURRENCY workers.
 # Migrate first, and run worker clusters beside it (`manage.py qcluster`): see the README.
