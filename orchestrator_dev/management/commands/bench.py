@@ -93,7 +93,7 @@ API_REQUESTS = {
     "list": "/workflows/?state=COMPLETE",
     "detail": "/workflow/{id}",
     "changelist": "/admin/workflow_orchestrator/workflow/",
-    "overview": "/admin/workflow_orchestrator/dashboard/",
+    "overview": "/admin/workflow_orchestrator/workflow/dashboard/",
     "metrics": "/metrics",
 }
 # The bearer token of /metrics during the run.
