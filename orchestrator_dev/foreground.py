@@ -37,20 +37,24 @@ def foreground_terminal() -> int | None:
 
 
 def run_in_foreground(command: list[str], tty: int) -> int:
-    child = subprocess.Popen(command, process_group=0)
-    os.tcsetpgrp(tty, child.pid)
+    child = None
+    stop_asked = []
 
     def pass_on(signum, frame):
         # Once: make passes on the SIGTERM that its group got too, and a second one would
-        # hurry honcho's processes.
-        if not stopping:
-            stopping.append(signum)
-            child.send_signal(signal.SIGTERM)
+        # have honcho send its processes a second SIGTERM.
+        if not stop_asked:
+            stop_asked.append(signum)
+            if child is not None:
+                child.send_signal(signal.SIGTERM)
 
-    stopping = []
-
+    # Before the child starts, so that a stop asked for meanwhile is not lost.
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, pass_on)
+    child = subprocess.Popen(command, process_group=0)
+    os.tcsetpgrp(tty, child.pid)
+    if stop_asked:
+        child.send_signal(signal.SIGTERM)
     status = child.wait()
     # Take the terminal back for make's group; from the background that raises SIGTTOU.
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
