@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 SERVER_SETTINGS = $(BIN)/python manage.py shell --no-imports -c \
 	"from django.conf import settings as s; print(s.HOST, s.PORT, s.WEB_CONCURRENCY)"
 
+## The example site's runtime (requirements.txt): what `make run` and `make serve` need.
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -15,6 +16,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
+## The runtime plus the test tools and the linter (requirements-dev.txt).
 $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -22,7 +24,9 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 dev: $(VENV)/.dev-installed
 
 ## Set up, migrate, and start the development web server and a worker cluster together (SQLite by default).
-# honcho is told not to read .env itself, so that it cannot disagree with the settings.
+# honcho is told not to read .env itself, so that it cannot disagree with the settings. It runs as
+# the terminal's foreground job (orchestrator_dev/foreground.py), so that Ctrl-C stops it and make
+# exits 0 instead of reporting an interrupted target.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createadmin
@@ -30,7 +34,8 @@ run: install
 	addr=$$($(SERVER_SETTINGS)); \
 	set -- $$addr; \
 	printf '\n  Admin:  http://%s:%s/admin/\n\n' "$$1" "$$2"; \
-	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --port "$$2"
+	HOST="$$1" PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python -m orchestrator_dev.foreground \
+		$(BIN)/honcho start --env /dev/null --port "$$2"
 
 ## The production web server: collect the static files, then gunicorn with WEB_CONCURRENCY workers.
 # Migrate first, and run worker clusters beside it (`manage.py qcluster`): see the README.
@@ -52,18 +57,18 @@ $(MERMAID): docs/mermaid/package-lock.json
 	else echo "make: no npm: the Mermaid rendering test will be skipped"; fi
 
 ## The whole test suite, on whatever DATABASE_URL and ORCH_BROKER select.
-test: install $(MERMAID)
+test: dev $(MERMAID)
 	$(BIN)/pytest
 
-test-unit: install $(MERMAID)
+test-unit: dev $(MERMAID)
 	$(BIN)/pytest -m "not integration"
 
-test-integration: install
+test-integration: dev
 	$(BIN)/pytest -m integration
 
 ## Kill workers and a whole cluster while N workflows run; nothing may be lost, happen twice or run out of order.
 N ?= 200
-chaos: install
+chaos: dev
 	CHAOS_WORKFLOWS=$(N) $(BIN)/pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
 
 ## Orchestrator against bare django-q2 on a cluster of its own; ARGS="--api" for the API at scale.

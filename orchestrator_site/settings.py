@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     # workflow_orchestrator comes before django_q too: the project's `qcluster` command (graceful stop)
     # replaces django-q2's.
     "django_q",
+    "orchestrator_dev",  # this repository's own tools (bench, docs_schema, demo, createadmin): no host needs them
 ]
 
 MIDDLEWARE = [
@@ -231,6 +232,8 @@ else:
 # Request bodies larger than this are refused with 400 (the API's JSON parser enforces it).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(env_number("ORCH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, whole=True))
 
+# The app's API declares its own parser, renderers, pagination, filters and error handling;
+# these are the site's defaults for DRF views (the browsable API's login among them).
 REST_FRAMEWORK = {
     # Token first, so that an anonymous request gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -238,19 +241,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["workflow_orchestrator.api.parsers.LimitedJSONParser"],
-    "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
-    ],
-    "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.SearchFilter",
-        "rest_framework.filters.OrderingFilter",
-    ],
-    "DEFAULT_PAGINATION_CLASS": "workflow_orchestrator.api.pagination.WorkflowPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "workflow_orchestrator.api.errors.api_exception_handler",
 }
 # Throttling (off unless set), e.g. ORCH_API_THROTTLE_USER=600/min: counted in the shared cache.
 _throttle_rates = {

@@ -4,9 +4,6 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from workflow_orchestrator.admin import overview_view
-from workflow_orchestrator.api.metrics import metrics_view
-
 
 class SwaggerUIView(SpectacularSwaggerView):
     """The page, for GET (and HEAD) alone: OPTIONS would be DRF's metadata, which the page's
@@ -21,15 +18,12 @@ home = RedirectView.as_view(url="/workflows/", permanent=False, http_method_name
 
 urlpatterns = [
     path("", csrf_exempt(home)),
-    # Before the admin's own URLs, whose catch-all would answer 404 for it.
-    path("admin/workflow_orchestrator/dashboard/", admin.site.admin_view(overview_view), name="workflows-dashboard"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("schema/", SpectacularAPIView.as_view()),
     path("docs", SwaggerUIView.as_view(url_name="schema"), name="docs"),
     path("docs/", SwaggerUIView.as_view(url_name="schema")),
-    path("metrics", metrics_view, name="metrics"),
-    path("metrics/", metrics_view),
-    path("", include("workflow_orchestrator.api.urls")),
+    # The REST API and /metrics.
+    path("", include("workflow_orchestrator.urls")),
 ]

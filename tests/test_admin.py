@@ -859,7 +859,7 @@ def test_the_transition_list_sorts_by_time_newest_first(admin_client, make):
 
 # --- The overview and the pages that update themselves --------------------------------------
 
-OVERVIEW = reverse("workflows-dashboard")
+OVERVIEW = reverse("admin:workflow_orchestrator_workflow_dashboard")
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from orchestrator_dev.bench import chain_tasks, hops_ms, percentile
 from tests.conftest import ROOT, child_env
-from workflow_orchestrator.bench import chain_tasks, hops_ms, percentile
 from workflow_orchestrator.models import MetricCounter, Workflow
 
 

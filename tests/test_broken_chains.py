@@ -189,7 +189,7 @@ def test_metrics_and_the_overview_count_broken_chains(finished, engine, admin_cl
     scraped = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t").content.decode()
     assert "\norchestrator_audit_broken_workflows 1.0\n" in scraped
 
-    page = admin_client.get(reverse("workflows-dashboard")).content.decode()
+    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_dashboard")).content.decode()
     assert 'id="figure-audit-broken"><a href="/admin/workflow_orchestrator/workflow/?audit=broken"' in page
     assert 'class="alarm"' in page
     listed = admin_client.get("/admin/workflow_orchestrator/workflow/", {"audit": "broken"}).content.decode()

@@ -438,7 +438,7 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
         expect(page.locator("svg.state-graph")).to_be_visible()
         assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     screenshot(page, "admin-phone-workflow.png")
-    page.goto("/admin/workflow_orchestrator/dashboard/")
+    page.goto("/admin/workflow_orchestrator/workflow/dashboard/")
     expect(page.locator("svg.rate-chart")).to_have_count(2)
     assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     assert_badges_readable(page)  # the states' cards and the cluster's
@@ -463,7 +463,7 @@ def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
 
     page.goto("/admin/")
     page.click("#overview-link")
-    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/dashboard/$"))
+    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/workflow/dashboard/$"))
     expect(page.locator("#live-bar")).to_have_attribute("data-state", "live")
     for state in State.values:
         expect(page.locator(f'.state-card[data-state="{state}"] .count')).to_have_text(
@@ -506,7 +506,7 @@ def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
     expect(page.locator("#result_list tbody tr")).to_contain_text("nightly import")
     page.click("#overview-link")
-    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/dashboard/$"))
+    expect(page).to_have_url(re.compile("/admin/workflow_orchestrator/workflow/dashboard/$"))
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)
 
 

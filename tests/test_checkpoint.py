@@ -19,9 +19,9 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from orchestrator_dev.bench import Generator
 from tests.conftest import ROOT, child_env, reload
 from workflow_orchestrator import checkpoints, services
-from workflow_orchestrator.bench import Generator
 from workflow_orchestrator.checkpoints import FORMAT
 from workflow_orchestrator.models import (
     Actor,

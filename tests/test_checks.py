@@ -141,6 +141,16 @@ def test_the_app_must_come_before_django_q():
     assert found["E009"].startswith("INSTALLED_APPS must list workflow_orchestrator before django_q")
 
 
+@pytest.mark.parametrize(
+    "app, label", [("rest_framework.authtoken", "authtoken"), ("django_filters", "django_filters")]
+)
+def test_an_app_the_engine_needs_missing_from_installed_apps_is_an_error(settings, app, label):
+    with override_settings(INSTALLED_APPS=[each for each in settings.INSTALLED_APPS if each != app]):
+        found = messages()
+    assert list(found) == ["E010"]
+    assert found["E010"].startswith(f"INSTALLED_APPS lacks {label}: ")
+
+
 @pytest.mark.parametrize("backend", ["locmem.LocMemCache", "dummy.DummyCache"])
 def test_a_per_process_cache_is_a_warning(settings, backend):
     settings.CACHES = {"default": {"BACKEND": f"django.core.cache.backends.{backend}"}}

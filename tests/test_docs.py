@@ -18,9 +18,9 @@ import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
 
+from orchestrator_dev.management.commands.docs_schema import render
 from tests.conftest import ROOT
 from workflow_orchestrator.conf import SETTINGS
-from workflow_orchestrator.management.commands.docs_schema import render
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "QUICKSTART.md", *sorted((ROOT / "docs").glob("*.md"))]
 MERMAID_JS = ROOT / "docs" / "mermaid" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"

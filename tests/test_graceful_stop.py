@@ -1,10 +1,14 @@
 """Stopping a cluster: nothing is lost, and nothing waits for a lease when it need not."""
 
+import contextlib
+import fcntl
 import multiprocessing
 import os
+import pty
 import re
 import signal
 import subprocess
+import termios
 import threading
 import time
 import urllib.request
@@ -211,39 +215,109 @@ def web_answers(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_stopping_make_run_stops_the_web_server_and_the_cluster_without_sigkill(cluster, tmp_path, signum):
-    """`make run` runs honcho, which gives each process of the Procfile a process group of
-    its own, sends them SIGTERM when it is stopped and SIGKILL five seconds later."""
-    port = free_port()
-    log_path = tmp_path / "make-run.log"
-    with open(log_path, "w") as log:
-        make = subprocess.Popen(
+class MakeRun:
+    """`make run` in a session of its own, its output in `log_path`: without a terminal, or on
+    a pseudo-terminal, as in a reader's shell, where the test can type Ctrl-C."""
+
+    def __init__(self, log_path: Path, env: dict, *, terminal: bool):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.terminal = None
+        output = self.log
+        if terminal:
+            self.terminal, output = pty.openpty()
+        self.process = subprocess.Popen(
             ["make", "--no-print-directory", "run"],
             cwd=ROOT,
-            env=child_env(PORT=port, ORCH_WORKERS=2, ORCH_LEASE_SECONDS=120),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a process group, as in a terminal
+            env=env,
+            stdin=output if terminal else subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,  # a session and a process group, as a terminal's shell gives a job
+            preexec_fn=self._take_terminal if terminal else None,
         )
+        if terminal:
+            os.close(output)
+            threading.Thread(target=self._copy_terminal, daemon=True).start()
+
+    @staticmethod
+    def _take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pseudo-terminal becomes the session's terminal
+
+    def _copy_terminal(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.terminal, 4096)
+            except OSError:  # every process holding the terminal has ended
+                return
+            if not chunk:
+                return
+            self.log.write(chunk)
+            self.log.flush()
+
+    def type_ctrl_c(self) -> None:
+        os.write(self.terminal, b"\x03")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Nothing of the session may outlive the test."""
+        for pid in alive_in_session(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        if self.terminal is not None:
+            os.close(self.terminal)
+        self.log.close()
+
+
+def alive_in_session(sid: int) -> list[int]:
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _group, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except OSError:  # ended meanwhile
+            continue
+        if int(session) == sid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+# How each stop reaches `make run`, and how make ends: Ctrl-C is the way to stop it, so make
+# reports nothing and exits 0; a SIGTERM to make's process group ends make as it ends any
+# program, once its recipe has stopped.
+STOPS = {
+    "Ctrl-C": (True, MakeRun.type_ctrl_c, 0),
+    "SIGTERM": (False, lambda run: os.killpg(run.process.pid, signal.SIGTERM), -signal.SIGTERM),
+    "SIGTERM on a terminal": (True, lambda run: os.killpg(run.process.pid, signal.SIGTERM), -signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_stopping_make_run_stops_the_web_server_and_the_cluster_without_sigkill(cluster, tmp_path, stop):
+    """`make run` runs honcho, which gives each process of the Procfile a process group of
+    its own, sends them SIGTERM when it is stopped and SIGKILL five seconds later."""
+    terminal, send_stop, make_ends = STOPS[stop]
+    port = free_port()
+    env = child_env(PORT=port, ORCH_WORKERS=2, ORCH_LEASE_SECONDS=120)
+    run = MakeRun(tmp_path / "make-run.log", env, terminal=terminal)
     try:
         workflow = start_sleeper(30)
         nap = wait_for(lambda: running(workflow), 90, "the task to start")
         wait_for(lambda: web_answers(port), 30, "the web server to answer")
         time.sleep(0.5)  # into its handler
-        os.killpg(make.pid, signum)  # Ctrl-C in a terminal sends SIGINT to its foreground group
-        make.wait(timeout=10)
-        output = log_path.read_text()
+        send_stop(run)
+        assert run.process.wait(timeout=10) == make_ends, run.output()[-3000:]
+        output = run.output()
         assert "SIGKILL" not in output, output[-3000:]
-        started = dict(re.findall(r"(\S+) started \(pid=(\d+)\)", output))
+        if make_ends == 0:
+            assert "make: ***" not in output, output[-3000:]
         stopped = dict(re.findall(r"(\S+) stopped \(rc=(-?\d+)\)", output))
         # runserver ends with the SIGTERM honcho sends it; the cluster stops by itself.
         assert stopped == {"web.1": "-15", "worker.1": "0"}, output[-3000:]
-        for pid in started.values():
-            wait_for(lambda pid=pid: not alive_in_group(int(pid)), 5, "every process to end")
+        wait_for(lambda: not alive_in_session(run.process.pid), 5, "every process to end")
     finally:
-        if make.poll() is None:
-            os.killpg(make.pid, signal.SIGKILL)
-            make.wait()
+        run.stop()
     handed_back = Task.objects.get(pk=nap.pk)
     assert handed_back.status == Task.Status.QUEUED and budget_attempt(handed_back) == 1

@@ -87,6 +87,14 @@ def duration(start, end) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
+# The overview's colours for a worker cluster's status.
+CLUSTER_COLOURS = {"Working": STATE_COLOURS[State.EXECUTE], "Idle": STATE_COLOURS[State.COMPLETE]}
+
+
+def _seconds_or_dash(seconds: float | None) -> str:
+    return "—" if seconds is None else format_seconds(seconds)
+
+
 # Bulk actions: each workflow goes through its service; refusals are counted, not raised.
 BULK = {
     "retry": (services.workflow_retry, "retried"),
@@ -483,7 +491,14 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     # --- Pages ---------------------------------------------------------------------------
 
     def get_urls(self):
+        # The overview comes with the admin: a project that installs the app adds no URL for it.
+        # Before the admin's own, whose `<object_id>/` would take "dashboard" for a workflow's id.
         return [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.overview_view),
+                name="workflow_orchestrator_workflow_dashboard",
+            ),
             path(
                 "<path:object_id>/transition/<str:event>/",
                 self.admin_site.admin_view(self.transition_view),
@@ -491,6 +506,54 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def overview_view(self, request):
+        """/admin/workflow_orchestrator/workflow/dashboard/: counts by state, throughput over the last hour, durations,
+        queue depth, the worker clusters and the latest failures. It reads a fixed number of
+        queries, so the page can refresh itself every few seconds at any size."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        figures = stats.overview()
+        changelist = reverse("admin:workflow_orchestrator_workflow_changelist")
+        # The last bar is the current minute: its rate is over the seconds it has lasted so far.
+        into_minute = max(1.0, (figures["now"] - figures["since"]).total_seconds() - 60 * (stats.CHART_MINUTES - 1))
+        tasks = figures["tasks_per_minute"]
+        task_rates = [count / 60 for count in tasks[:-1]] + [tasks[-1] * 1.0 / into_minute]
+        workflow_rates = figures["workflows_per_minute"][:-1] + [figures["workflows_per_minute"][-1] * 60 / into_minute]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": Workflow._meta,
+            "title": "Overview",
+            "figures": figures,
+            "audit_broken_url": f"{changelist}?audit=broken",
+            "states": [
+                (state, count, badge(state, STATE_COLOURS[state]), f"{changelist}?state__exact={state}")
+                for state, count in figures["workflows_by_state"].items()
+            ],
+            "total": sum(figures["workflows_by_state"].values()),
+            "task_rate": format_rate(task_rates[-1]),
+            "workflow_rate": format_rate(workflow_rates[-1]),
+            "task_chart": rate_chart_svg(task_rates, figures["since"], "Tasks finished per second", "tasks/s"),
+            "workflow_chart": rate_chart_svg(
+                workflow_rates, figures["since"], "Workflows finished per minute", "workflows/min"
+            ),
+            "median": _seconds_or_dash(figures["duration"]["median_seconds"]),
+            "p95": _seconds_or_dash(figures["duration"]["p95_seconds"]),
+            "clusters": [
+                {**cluster, "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079"))}
+                for cluster in figures["clusters"]
+            ],
+            "failures": [
+                (
+                    workflow,
+                    last_line(workflow.error),
+                    reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]),
+                )
+                for workflow in figures["failures"]
+            ],
+            "changelist": changelist,
+        }
+        return TemplateResponse(request, "admin/workflow_orchestrator/dashboard.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "POST":  # every field is read-only: state changes go through the buttons
@@ -717,66 +780,6 @@ class WorkflowDeletionAdmin(ReadOnlyAdmin):
         "digest",
     ]  # fmt: skip
     fields = readonly_fields
-
-
-# --- The overview ------------------------------------------------------------------------
-
-
-def overview_view(request):
-    """/admin/workflow_orchestrator/dashboard/: counts by state, throughput over the last hour, durations,
-    queue depth, the worker clusters and the latest failures. It reads a fixed number of
-    queries, so the page can refresh itself every few seconds at any size."""
-    workflow_admin = admin.site._registry[Workflow]
-    if not workflow_admin.has_view_permission(request):
-        raise PermissionDenied
-    figures = stats.overview()
-    changelist = reverse("admin:workflow_orchestrator_workflow_changelist")
-    # The last bar is the current minute: its rate is over the seconds it has lasted so far.
-    into_minute = max(1.0, (figures["now"] - figures["since"]).total_seconds() - 60 * (stats.CHART_MINUTES - 1))
-    tasks = figures["tasks_per_minute"]
-    task_rates = [count / 60 for count in tasks[:-1]] + [tasks[-1] * 1.0 / into_minute]
-    workflow_rates = figures["workflows_per_minute"][:-1] + [figures["workflows_per_minute"][-1] * 60 / into_minute]
-    context = {
-        **admin.site.each_context(request),
-        "opts": Workflow._meta,
-        "title": "Overview",
-        "figures": figures,
-        "audit_broken_url": f"{changelist}?audit=broken",
-        "states": [
-            (state, count, badge(state, STATE_COLOURS[state]), f"{changelist}?state__exact={state}")
-            for state, count in figures["workflows_by_state"].items()
-        ],
-        "total": sum(figures["workflows_by_state"].values()),
-        "task_rate": format_rate(task_rates[-1]),
-        "workflow_rate": format_rate(workflow_rates[-1]),
-        "task_chart": rate_chart_svg(task_rates, figures["since"], "Tasks finished per second", "tasks/s"),
-        "workflow_chart": rate_chart_svg(
-            workflow_rates, figures["since"], "Workflows finished per minute", "workflow_orchestrator/min"
-        ),
-        "median": _seconds_or_dash(figures["duration"]["median_seconds"]),
-        "p95": _seconds_or_dash(figures["duration"]["p95_seconds"]),
-        "clusters": [
-            {**cluster, "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079"))}
-            for cluster in figures["clusters"]
-        ],
-        "failures": [
-            (
-                workflow,
-                last_line(workflow.error),
-                reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]),
-            )
-            for workflow in figures["failures"]
-        ],
-        "changelist": changelist,
-    }
-    return TemplateResponse(request, "admin/workflow_orchestrator/dashboard.html", context)
-
-
-CLUSTER_COLOURS = {"Working": STATE_COLOURS[State.EXECUTE], "Idle": STATE_COLOURS[State.COMPLETE]}
-
-
-def _seconds_or_dash(seconds: float | None) -> str:
-    return "—" if seconds is None else format_seconds(seconds)
 
 
 # --- Cron schedules ----------------------------------------------------------------------

@@ -109,18 +109,34 @@ def _shared_cache(cluster: dict) -> list[Warning]:
     ]
 
 
+# The apps the engine needs beside it (by label), and why.
+NEEDED_APPS = {
+    "django_q": "its worker clusters run the engine's jobs",
+    "rest_framework": "the REST API is built on it",
+    "authtoken": "the API takes tokens (rest_framework.authtoken)",
+    "django_filters": "the API's lists are filtered with it",
+}
+
+
 def check_installed_apps(**kwargs) -> list[Error]:
-    """workflow_orchestrator before django_q, so that its `qcluster` command wins."""
+    """The apps the engine needs, and workflow_orchestrator before django_q, so that its
+    `qcluster` command wins."""
     order = [config.label for config in apps.get_app_configs()]
-    if "django_q" not in order or order.index("workflow_orchestrator") < order.index("django_q"):
-        return []
-    return [
-        Error(
-            "INSTALLED_APPS must list workflow_orchestrator before django_q: the app's `qcluster` command (workers "
-            "that stop in order and give back the jobs they did not run) must take the place of django-q2's.",
-            id=f"{APP}.E009",
-        )
+    errors = [
+        Error(f"INSTALLED_APPS lacks {label}: {why}.", id=f"{APP}.E010")
+        for label, why in NEEDED_APPS.items()
+        if label not in order
     ]
+    if "django_q" in order and order.index("workflow_orchestrator") > order.index("django_q"):
+        errors.append(
+            Error(
+                "INSTALLED_APPS must list workflow_orchestrator before django_q: the app's `qcluster` command "
+                "(workers that stop in order and give back the jobs they did not run) must take the place of "
+                "django-q2's.",
+                id=f"{APP}.E009",
+            )
+        )
+    return errors
 
 
 def _is_number(value) -> bool:

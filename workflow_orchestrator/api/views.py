@@ -7,6 +7,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import BrowsableAPIRenderer
@@ -17,7 +18,10 @@ from .. import services, values
 from ..models import Actor, Task, Transition, Workflow
 from ..stats import workflow_stats
 from . import access
+from .errors import api_exception_handler
 from .filters import BoundedSearchFilter, StrictOrderingFilter, WorkflowFilter
+from .pagination import WorkflowPagination
+from .parsers import LimitedJSONParser
 from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer
 from .serializers import (
     CancelSerializer,
@@ -99,9 +103,17 @@ class WorkflowViewSet(
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
+    """Everything the API's behaviour depends on is declared here, not taken from the
+    project's REST_FRAMEWORK setting; only throttling follows the project's defaults."""
+
     queryset = Workflow.objects.none()  # for the schema; requests use get_queryset()
     schema = WorkflowSchema()
+    # Token first, so that a request without credentials gets 401 with a WWW-Authenticate header.
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
     permission_classes = [WorkflowAccess]
+    parser_classes = [LimitedJSONParser]
+    pagination_class = WorkflowPagination
+    versioning_class = None
     lookup_value_regex = "[^/]+"
     filter_backends = [DjangoFilterBackend, BoundedSearchFilter, StrictOrderingFilter]
     filterset_class = WorkflowFilter
@@ -110,6 +122,9 @@ class WorkflowViewSet(
     ordering = ["-created_at"]
     serializer_class = WorkflowDetailSerializer
     renderer_classes = [EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer]
+
+    def get_exception_handler(self):
+        return api_exception_handler
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -40,8 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from workflow_orchestrator import audit, queue, services
-from workflow_orchestrator.bench import (
+from orchestrator_dev.bench import (
     CHAIN_LENGTH,
     CHAIN_STEP,
     HOP_LINKS,
@@ -62,10 +61,11 @@ from workflow_orchestrator.bench import (
     stamps,
     vacuum,
 )
+from workflow_orchestrator import audit, queue, services
 from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
-NOOP_JOB = "workflow_orchestrator.bench.noop"
+NOOP_JOB = "orchestrator_dev.bench.noop"
 FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
 SIZES = {
     "default": {
@@ -93,7 +93,7 @@ API_REQUESTS = {
     "list": "/workflows/?state=COMPLETE",
     "detail": "/workflow/{id}",
     "changelist": "/admin/workflow_orchestrator/workflow/",
-    "overview": "/admin/workflow_orchestrator/dashboard/",
+    "overview": "/admin/workflow_orchestrator/workflow/dashboard/",
     "metrics": "/metrics",
 }
 # The bearer token of /metrics during the run.
@@ -700,7 +700,7 @@ class Command(BaseCommand):
             " ".join(f"{r['tasks_per_s']:.0f}" for r in report["b_rounds"]),
         )
         figures.add_row(
-            "B workflow_orchestrator/s",
+            "B workflows/s",
             f"{report['b_workflows_per_s']:.1f}",
             " ".join(f"{r['workflows_per_s']:.1f}" for r in report["b_rounds"]),
         )

@@ -24,15 +24,15 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from . import audit, queue
-from .models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
+from workflow_orchestrator import audit, queue
+from workflow_orchestrator.models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
 
 ROOT = Path(settings.BASE_DIR)
 STAMP = struct.Struct("d")
 
 # --- Rounds A and C: bare django-q2 jobs -----------------------------------------------------
 
-CHAIN_STEP = "workflow_orchestrator.bench.chain_step"
+CHAIN_STEP = "orchestrator_dev.bench.chain_step"
 CHAIN_LENGTH = 4  # steps per round-C chain, as many as a workflow's EXECUTE tasks in round B
 
 _counter: tuple[str, int] | None = None  # (path, fd) of this worker process's open counter file
@@ -68,7 +68,7 @@ def chain_step(path: str, step: int) -> None:
 
 # --- Hops: chains of HOP_LINKS links, bare django-q2 against the orchestrator ------------------
 
-HOP_STEP = "workflow_orchestrator.bench.hop_step"
+HOP_STEP = "orchestrator_dev.bench.hop_step"
 HOP_LINKS = 20  # links per chain
 
 
