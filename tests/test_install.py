@@ -28,37 +28,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, free_port, wait_for
+from tests.test_quickstart import FENCE, Step, guide_steps
 
 pytestmark = [pytest.mark.install, pytest.mark.integration, pytest.mark.timeout(900)]
 
 GUIDE = ROOT / "docs" / "INSTALL.md"
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 CLONE = "path/to/workflow-orchestrator"
 SERVERS = ("python manage.py qcluster", "python manage.py runserver")
 PASSWORD = secrets.token_urlsafe(12)
-
-
-@dataclass
-class Step:
-    commands: str
-    expected: list[str] = field(default_factory=list)
-
-
-def guide_steps(text: str) -> list[Step]:
-    """The guide's `sh` blocks, each with the lines of the `text` block that follows it."""
-    steps = []
-    for language, body in FENCE.findall(text):
-        if language == "sh":
-            steps.append(Step(body))
-        elif language == "text" and steps and not steps[-1].expected:
-            steps[-1].expected = [line.strip() for line in body.splitlines() if line.strip()]
-    return steps
 
 
 def python_block(text: str, first_line_pattern: str) -> re.Match:
