@@ -1,8 +1,9 @@
 from datetime import timedelta
 
+from django.db import connection
 from django.utils import timezone
 
-from tests.conftest import events, reload, task
+from tests.conftest import CaptureQueriesContext, events, reload, task
 from workflow_orchestrator import jobs, services, statements
 from workflow_orchestrator.models import State, Task
 
@@ -142,6 +143,22 @@ def test_recovery_resends_a_job_the_broker_lost(engine, settings):
     assert engine.call(services.recover) == NOTHING_TO_RECOVER
     found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
     assert found == {**NOTHING_TO_RECOVER, "requeued": 1}
+    engine.drain()
+    assert reload(workflow).state == State.COMPLETE
+
+
+def test_recovery_resends_a_workflow_s_lost_jobs_reading_its_chain_once(engine, settings):
+    """After a broker outage, a fan-out's lost jobs come back together: one lock and one
+    read of the workflow's audit chain, however many tasks it has."""
+    workflow = engine.start(tasks=[{"type": "noop"}] * 6)
+    engine.run(engine.pending()[0])  # PREPARE: EXECUTE's six jobs are queued (one run here)
+    lost = engine.pending()
+    assert len(lost) == 5
+    with CaptureQueriesContext(connection) as queries:
+        found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
+    assert found["requeued"] == 5
+    chain_reads = [q for q in queries.captured_queries if 'FROM "workflow_orchestrator_transition"' in q["sql"]]
+    assert len(chain_reads) == 1
     engine.drain()
     assert reload(workflow).state == State.COMPLETE
 

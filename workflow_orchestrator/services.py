@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
+from itertools import groupby
+from operator import attrgetter
 from uuid import UUID
 
 from django.core.exceptions import ValidationError
@@ -995,13 +997,11 @@ def recover(*, now=None) -> dict:
     for task_id, workflow_id, attempt in expired:
         run.unless_broken(workflow_id, _take_back, task_id, attempt, now)
     stale_before = now - timedelta(seconds=app_settings.ORCH_REQUEUE_SECONDS)
-    stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before)
-    requeued = sum(
-        run.unless_broken(task.workflow_id, _requeue, task, now) or 0
-        for task in stale.only("pk", "workflow_id", "attempt", "timeout")
-    )
+    stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before).order_by("workflow_id", "pk")
+    by_workflow = groupby(stale.only("pk", "workflow_id", "attempt", "timeout"), key=attrgetter("workflow_id"))
+    requeued = sum(run.unless_broken(workflow_id, _requeue, list(tasks), now) for workflow_id, tasks in by_workflow)
     done = Workflow.objects.filter(state__in=PHASES, mode=Workflow.Mode.AUTO, unfinished=0).values_list("pk", flat=True)
-    moved_on = sum(run.unless_broken(workflow_id, _move_on) or 0 for workflow_id in list(done))
+    moved_on = sum(run.unless_broken(workflow_id, _move_on) for workflow_id in list(done))
     return {
         "expired": len(expired),
         "requeued": requeued,
@@ -1018,17 +1018,18 @@ class _Recovery:
     def __init__(self):
         self.broken: dict = {}
 
-    def unless_broken(self, workflow_id, step, *args):
-        """`step(workflow_id, *args)`, unless the workflow's chain was found broken."""
+    def unless_broken(self, workflow_id, step, *args) -> int:
+        """`step(workflow_id, *args)`, what it recovered; 0 when the workflow's chain was
+        found broken (it is left as it is) or the workflow is gone."""
         if workflow_id in self.broken:
-            return None
+            return 0
         try:
             return step(workflow_id, *args)
         except AuditBroken as broken:
             self.broken[workflow_id] = broken
         except Workflow.DoesNotExist:  # deleted meanwhile: nothing to recover
             pass
-        return None
+        return 0
 
 
 def _clear_mended_chains() -> None:
@@ -1043,7 +1044,7 @@ def _clear_mended_chains() -> None:
             )
 
 
-def _take_back(workflow_id, task_id: int, attempt: int, now) -> None:
+def _take_back(workflow_id, task_id: int, attempt: int, now) -> int:
     with _changing(workflow_id, "recover") as workflow:
         task = Task.objects.filter(
             Q(lease_expires_at__lt=now), pk=task_id, status=Status.RUNNING, attempt=attempt
@@ -1058,23 +1059,30 @@ def _take_back(workflow_id, task_id: int, attempt: int, now) -> None:
                 extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="lease_expired"),
             )
             _attempt_failed(workflow, task, error, Actor.SYSTEM, outcome="lease_expired")
+            return 1
+    return 0
 
 
-def _requeue(workflow_id, task: Task, now) -> int:
-    """Re-send the job of an attempt queued long ago: its broker lost it (1), or it was
-    claimed meanwhile (0). A duplicate of a job that was not lost after all loses its
-    claim and does nothing."""
+def _requeue(workflow_id, tasks: list[Task], now) -> int:
+    """Re-send the jobs of a workflow's attempts queued long ago, whose broker lost them:
+    under one lock and one check of its chain. Returns how many; an attempt claimed
+    meanwhile is not one (a duplicate of a job that was not lost after all loses its
+    claim and does nothing)."""
     with _changing(workflow_id, "recover"):
-        if not Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now):
-            return 0
-        _enqueue([queue.task_job(task.pk, task.attempt, task.timeout)])
-    logger.info(
-        "recovery: task %s, attempt %s re-sent (its job was lost)",
-        task.pk,
-        task.attempt,
-        extra=logs.fields(task_id=task.pk, attempt=task.attempt, event="requeued"),
-    )
-    return 1
+        lost = [
+            task
+            for task in tasks
+            if Task.objects.filter(pk=task.pk, status=Status.QUEUED, attempt=task.attempt).update(queued_at=now)
+        ]
+        _enqueue([queue.task_job(task.pk, task.attempt, task.timeout) for task in lost])
+    for task in lost:
+        logger.info(
+            "recovery: task %s, attempt %s re-sent (its job was lost)",
+            task.pk,
+            task.attempt,
+            extra=logs.fields(workflow_id=workflow_id, task_id=task.pk, attempt=task.attempt, event="requeued"),
+        )
+    return len(lost)
 
 
 def _move_on(workflow_id) -> int:
