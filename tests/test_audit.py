@@ -280,7 +280,7 @@ def test_a_deletion_is_recorded_with_who_when_and_the_chain_head(engine, admin_u
     assert (row.actor_id, row.actor_label) == (admin_user.pk, f"api:{admin_user.username}")
     assert before <= row.deleted_at <= timezone.now()
     assert len(row.digest) == 64 and row.digest == audit.deletion_digest(row, "")
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
 
 
 def test_a_refused_deletion_records_nothing(engine):
@@ -298,7 +298,7 @@ def test_the_deletion_log_outlives_the_user_who_deleted(engine, django_user_mode
     user.delete()
     row = WorkflowDeletion.objects.get()
     assert (row.actor_id, row.actor_label) == (user_id, "api:leaver")
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
     page = admin_client.get(reverse("admin:workflow_orchestrator_workflowdeletion_change", args=[row.pk]))
     assert page.status_code == 200 and "api:leaver" in page.content.decode()
 
@@ -318,7 +318,7 @@ def test_the_api_the_cli_the_admin_and_its_bulk_action_record_deletions(engine, 
     assert log[:3] == [(1, "a", f"api:{admin_user.username}"), (2, "c", "cli"), (3, "d", admin)]
     assert {(name, label) for _, name, label in log[3:]} == {("b1", admin), ("b2", admin)}
     assert [seq for seq, _, _ in log] == [1, 2, 3, 4, 5]
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
 
 
 @pytest.fixture
@@ -331,7 +331,7 @@ def deletions(engine):
 
 def test_an_edited_deletion_row_is_caught(deletions):
     WorkflowDeletion.objects.filter(seq=2).update(actor_label="admin:mallory")
-    broken = audit.verify_deletions()
+    broken = WorkflowDeletion.objects.verify()
     assert broken.seq == 2 and "edited or inserted" in broken.problem
     out = StringIO()
     with pytest.raises(CommandError, match=r"the deletion log is broken"):
@@ -343,20 +343,20 @@ def test_an_edited_deletion_row_is_caught(deletions):
 
 def test_a_removed_deletion_row_is_caught(deletions):
     WorkflowDeletion.objects.filter(seq=3).delete()
-    broken = audit.verify_deletions()
+    broken = WorkflowDeletion.objects.verify()
     assert broken.seq == 3 and "a row was removed" in broken.problem
 
 
 def test_a_removed_last_deletion_row_is_caught(deletions):
     WorkflowDeletion.objects.filter(seq=4).delete()
-    broken = audit.verify_deletions()
+    broken = WorkflowDeletion.objects.verify()
     assert broken.seq == 4 and "the log ends at #3 but its head is at #4" in broken.problem
 
 
 def test_a_removed_last_deletion_row_is_caught_with_the_head_moved_back(deletions):
     WorkflowDeletion.objects.filter(seq=4).delete()
     DeletionLogHead.objects.update(last_seq=3, last_digest=deletions[2].digest)
-    broken = audit.verify_deletions()
+    broken = WorkflowDeletion.objects.verify()
     assert broken.seq is None and "its MAC does not match" in broken.problem
 
 
@@ -372,12 +372,12 @@ def test_an_inserted_deletion_row_is_caught(deletions):
         digest="0" * 64,
     )
     forged.save()
-    assert audit.verify_deletions().seq == 4
+    assert WorkflowDeletion.objects.verify().seq == 4
 
 
 def test_a_deletion_log_without_its_head_is_caught(deletions):
     DeletionLogHead.objects.all().delete()
-    broken = audit.verify_deletions()
+    broken = WorkflowDeletion.objects.verify()
     assert broken.seq is None and "its head is missing" in broken.problem
 
 
@@ -391,9 +391,9 @@ def test_deletion_rows_are_append_only(deletions):
 def test_the_deletion_log_verifies_after_a_secret_key_rotation(deletions, settings):
     old_key = settings.SECRET_KEY
     settings.SECRET_KEY = "a-new-secret-key-" + "z" * 40
-    assert audit.verify_deletions() is not None
+    assert WorkflowDeletion.objects.verify() is not None
     settings.SECRET_KEY_FALLBACKS = [old_key]
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
 
 
 def test_the_deletion_log_is_read_only_in_the_admin(deletions, admin_client):
@@ -414,7 +414,7 @@ def test_the_deletion_log_is_read_only_in_the_admin(deletions, admin_client):
     assert delete.status_code == 403
     assert list(WorkflowDeletion.objects.order_by("seq")) == deletions
     assert WorkflowDeletion.objects.get(pk=row.pk).name == row.name
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
 
 
 def delete_concurrently(workflow_ids: list) -> None:
@@ -448,7 +448,7 @@ def test_concurrent_deletions_chain_one_after_another():
     log = WorkflowDeletion.objects.order_by("seq")
     assert list(log.values_list("seq", flat=True)) == list(range(1, 13))
     assert {row.workflow_id for row in log} == {workflow.pk for workflow in workflows}
-    assert audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.verify() is None
 
 
 @pytest.mark.integration
@@ -465,4 +465,4 @@ def test_deletions_run_alongside_a_real_cluster_without_deadlock(cluster):
     )
     assert Workflow.objects.count() == len(busy)
     assert all(audit.verify(workflow) is None for workflow in Workflow.objects.all())
-    assert WorkflowDeletion.objects.count() == len(idle) and audit.verify_deletions() is None
+    assert WorkflowDeletion.objects.count() == len(idle) and WorkflowDeletion.objects.verify() is None

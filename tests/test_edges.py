@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.exceptions import ValidationError
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
@@ -85,18 +86,18 @@ def test_a_nul_in_a_query_parameter_is_a_400_naming_it(api, owner, params):
 
 
 def test_engine_services_refuse_the_same_values_for_every_caller(db):
-    with pytest.raises(services.ValidationError) as refused:
+    with pytest.raises(ValidationError) as refused:
         services.workflow_create(name="x", input={"k": "\ud800"}, actor=Actor.CLI)
     assert list(refused.value.message_dict) == ["input"]
-    with pytest.raises(services.ValidationError) as refused:
+    with pytest.raises(ValidationError) as refused:
         services.workflow_create(name="x\x00", actor=Actor.CLI)
     assert list(refused.value.message_dict) == ["name"]
     workflow, _ = services.workflow_create(name="x", tasks=[], actor=Actor.CLI)
-    with pytest.raises(services.ValidationError) as refused:
+    with pytest.raises(ValidationError) as refused:
         services.workflow_cancel(workflow.pk, actor=Actor.CLI, reason="\x00")
     assert list(refused.value.message_dict) == ["reason"]
     assert reload(workflow).state == State.INIT
-    with pytest.raises(services.ValidationError) as refused:
+    with pytest.raises(ValidationError) as refused:
         services.workflow_create(name="x", idempotency_key="k" * 201, actor=Actor.CLI)
     assert refused.value.message_dict == {
         "idempotency_key": ["idempotency_key must be at most 200 characters (it has 201)"]

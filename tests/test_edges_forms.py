@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, child_env, free_port, reload
 from tests.conftest import WEBHOOK_SECRET as SECRET
-from workflow_orchestrator import cron, schedules, services, values, webhooks
+from workflow_orchestrator import callbacks, cron, jobs, schedules, services, values, webhooks
 from workflow_orchestrator.models import Actor, WebhookAttempt, WebhookDelivery, Workflow, WorkflowSchedule
 
 ADD_WORKFLOW = reverse("admin:workflow_orchestrator_workflow_add")
@@ -318,7 +318,7 @@ def unsendable(receiver, tail: str) -> str:
 def test_a_callback_url_http_cannot_send_is_refused_by_the_api_the_admin_and_the_cli(receiver, admin_client, tail):
     url = unsendable(receiver, tail)
     with pytest.raises(ValidationError) as refused:
-        webhooks.validate_callback_url(url)
+        callbacks.validate_callback_url(url)
     [message] = refused.value.message_dict["callback_url"]
     assert "percent-encode" in message
 
@@ -415,7 +415,7 @@ def sending_when_the_receiver_has_it(engine, receiver, hooks) -> tuple[Workflow,
 
 
 def recover_at(engine, moment) -> dict:
-    return engine.call(services.recover, now=moment)
+    return engine.call(jobs.recover, now=moment)
 
 
 def attempt_log(workflow) -> list:

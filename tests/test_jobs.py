@@ -90,9 +90,9 @@ def test_recovery_requeues_a_task_whose_lease_expired(engine):
     claimed = services.task_claim(job["args"][0], job["args"][1], worker="doomed:1")
     assert claimed is not None  # ...and the worker is killed here, before it records anything
 
-    assert engine.call(services.recover)["expired"] == 0, "the lease has not run out yet"
+    assert engine.call(jobs.recover)["expired"] == 0, "the lease has not run out yet"
     later = timezone.now() + timedelta(seconds=31)
-    assert engine.call(services.recover, now=later) == {**NOTHING_TO_RECOVER, "expired": 1}
+    assert engine.call(jobs.recover, now=later) == {**NOTHING_TO_RECOVER, "expired": 1}
     prepare = task(workflow, "prepare")
     assert (prepare.status, prepare.attempt) == (Status.QUEUED, 2)
     assert "lease expired: doomed:1 stopped heartbeating" in prepare.error
@@ -109,7 +109,7 @@ def test_recovery_fails_the_workflow_when_attempts_are_used_up(engine):
     engine.run(engine.pending()[0])  # PREPARE, and noop-1 by the same worker
     [job] = engine.pending()
     services.task_claim(*job["args"], worker="doomed:1")
-    engine.call(services.recover, now=timezone.now() + timedelta(minutes=5))
+    engine.call(jobs.recover, now=timezone.now() + timedelta(minutes=5))
     workflow = reload(workflow)
     assert workflow.state == State.FAILED
     assert task(workflow, "t").status == Status.FAILED
@@ -127,11 +127,11 @@ def test_recovery_moves_on_a_workflow_whose_worker_died_after_the_last_success(e
     # transition to VALIDATE.
     assert statements.succeed(b.pk, 1, workflow_id=workflow.pk, result=None, now=timezone.now()).phase_done
     assert reload(workflow).state == State.EXECUTE
-    assert engine.call(services.recover) == {**NOTHING_TO_RECOVER, "moved_on": 1}
+    assert engine.call(jobs.recover) == {**NOTHING_TO_RECOVER, "moved_on": 1}
     workflow = reload(workflow)
     assert (workflow.state, workflow.results["EXECUTE"]) == (State.VALIDATE, {"a": {"v": 1}, "b": None})
     assert workflow.transitions.get(event="validate").actor_label == "system"
-    assert engine.call(services.recover)["moved_on"] == 0
+    assert engine.call(jobs.recover)["moved_on"] == 0
     engine.drain()
     assert events(reload(workflow)) == ["start", "execute", "validate", "complete"]
 
@@ -140,8 +140,8 @@ def test_recovery_resends_a_job_the_broker_lost(engine, settings):
     settings.ORCH_REQUEUE_SECONDS = 60
     workflow = engine.start(tasks=[])
     assert len(engine.pending()) == 1  # taken off the broker and lost with its worker
-    assert engine.call(services.recover) == NOTHING_TO_RECOVER
-    found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
+    assert engine.call(jobs.recover) == NOTHING_TO_RECOVER
+    found = engine.call(jobs.recover, now=timezone.now() + timedelta(seconds=61))
     assert found == {**NOTHING_TO_RECOVER, "requeued": 1}
     engine.drain()
     assert reload(workflow).state == State.COMPLETE
@@ -155,7 +155,7 @@ def test_recovery_resends_a_workflow_s_lost_jobs_reading_its_chain_once(engine, 
     lost = engine.pending()
     assert len(lost) == 5
     with CaptureQueriesContext(connection) as queries:
-        found = engine.call(services.recover, now=timezone.now() + timedelta(seconds=61))
+        found = engine.call(jobs.recover, now=timezone.now() + timedelta(seconds=61))
     assert found["requeued"] == 5
     chain_reads = [q for q in queries.captured_queries if 'FROM "workflow_orchestrator_transition"' in q["sql"]]
     assert len(chain_reads) == 1

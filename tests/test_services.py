@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from tests.conftest import events, reload, task
-from workflow_orchestrator import services
+from workflow_orchestrator import queue, services
 from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
 
 Status = Task.Status
@@ -50,7 +50,7 @@ def test_a_failure_inside_a_service_leaves_neither_state_change_nor_audit_row(en
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "_enqueue", broken)  # after the change, in its transaction
+    monkeypatch.setattr(queue, "send_with_change", broken)  # after the change, in its transaction
     with pytest.raises(RuntimeError):
         engine.call(services.workflow_start, workflow.pk, actor=Actor.SYSTEM)
     assert reload(workflow).state == State.INIT

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import ROOT, free_port, reload, wait_for
 from tests.conftest import WEBHOOK_SECRET as SECRET
-from workflow_orchestrator import services, webhooks
+from workflow_orchestrator import callbacks, services, webhooks
 from workflow_orchestrator.models import Actor, State, WebhookDelivery, Workflow
 
 
@@ -250,22 +250,22 @@ def test_an_allowed_callback_url_is_kept_by_the_api_and_the_cli(hooks, django_us
 def test_a_wildcard_allows_public_hosts_of_a_domain(hooks, monkeypatch):
     hooks.ORCH_WEBHOOK_ALLOWED_HOSTS = ["*.example.com"]
     public = [(2, 1, 6, "", ("93.184.215.14", 443))]
-    monkeypatch.setattr(webhooks.socket, "getaddrinfo", lambda *args, **kwargs: public)
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", lambda *args, **kwargs: public)
 
-    assert webhooks.validate_callback_url("https://hooks.example.com/in") == "https://hooks.example.com/in"
-    with pytest.raises(webhooks.Refused, match="not allowed"):
-        webhooks.check("https://example.org/in")
+    assert callbacks.validate_callback_url("https://hooks.example.com/in") == "https://hooks.example.com/in"
+    with pytest.raises(callbacks.Refused, match="not allowed"):
+        callbacks.check("https://example.org/in")
 
 
 def test_allowed_hosts_are_compared_without_regard_to_case(hooks, monkeypatch):
     hooks.ORCH_WEBHOOK_ALLOWED_HOSTS = ["*.Example.COM", "Hooks.Example.ORG"]
     public = [(2, 1, 6, "", ("93.184.215.14", 443))]
-    monkeypatch.setattr(webhooks.socket, "getaddrinfo", lambda *args, **kwargs: public)
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", lambda *args, **kwargs: public)
 
-    assert webhooks.check("https://HOOKS.example.com/in").address == "93.184.215.14"
-    assert webhooks.check("https://hooks.example.org/in").address == "93.184.215.14"
-    with pytest.raises(webhooks.Refused, match="not allowed"):
-        webhooks.check("https://other.example.org/in")
+    assert callbacks.check("https://HOOKS.example.com/in").address == "93.184.215.14"
+    assert callbacks.check("https://hooks.example.org/in").address == "93.184.215.14"
+    with pytest.raises(callbacks.Refused, match="not allowed"):
+        callbacks.check("https://other.example.org/in")
 
 
 # --- The receiver docs/API.md shows, on a real cluster -------------------------------------------

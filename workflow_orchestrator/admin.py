@@ -798,6 +798,15 @@ class WorkflowScheduleForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["definition"].choices = [(key, key) for key in definition_keys()]
 
+    def _post_clean(self):
+        """The model's own checks, then the workflow the schedule starts (as
+        schedules.schedule_save checks it), each error on its field."""
+        super()._post_clean()
+        try:
+            schedules.validate_workflow(self.instance)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
 
 def _each_schedule(modeladmin, request, queryset, operation, verb: str) -> None:
     """Each schedule on its own: one that cannot be saved as it is (stored before its

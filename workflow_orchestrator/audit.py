@@ -261,14 +261,13 @@ class BrokenDeletion:
         return f"deletion log: {where}: {self.problem}"
 
 
-def verify_deletions(since: tuple[int, str] | None = None) -> BrokenDeletion | None:
-    """The first broken link of the deletion log or of its head, or None when both are whole.
-    `since`: the (seq, digest) of its head in a checkpoint, which the log must still pass
-    through."""
-    from .models import DeletionLogHead, WorkflowDeletion
-
+def verify_deletions(rows, head, since: tuple[int, str] | None = None) -> BrokenDeletion | None:
+    """The first broken link of the deletion log (`rows`, in seq order) or of its `head`
+    (None when there is none), or None when both are whole. `since`: the (seq, digest) of
+    its head in a checkpoint, which the log must still pass through. Called by
+    `WorkflowDeletion.objects.verify`."""
     previous_digest, expected_seq = "", 1
-    for row in WorkflowDeletion.objects.order_by("seq").iterator():
+    for row in rows:
         if row.seq != expected_seq:
             return BrokenDeletion(expected_seq, f"missing (found #{row.seq} next): a row was removed")
         if not _signed(row.digest, DELETION_SALT, _deletion(row, previous_digest)):
@@ -276,7 +275,6 @@ def verify_deletions(since: tuple[int, str] | None = None) -> BrokenDeletion | N
         if _replaced(row, since):
             return BrokenDeletion(row.seq, REPLACED)
         previous_digest, expected_seq = row.digest, expected_seq + 1
-    head = DeletionLogHead.objects.filter(pk=DeletionLogHead.ONLY).first()
     if head is None:
         # No head: no deletion was ever recorded, so the log must be empty too.
         if expected_seq > 1:

@@ -173,7 +173,7 @@ class Verification:
     def __iter__(self):
         yield from self._workflows()
         since = self.checkpoint.deletion_log if self.checkpoint else None
-        self.deletion_log = audit.verify_deletions(since=since)
+        self.deletion_log = WorkflowDeletion.objects.verify(since=since)
         if self.deletion_log:
             yield self.deletion_log
 
@@ -223,7 +223,7 @@ def write(out: TextIO, on_broken: Callable[[object], None]) -> Written:
 
     with snapshot():
         written = Written(taken_at=timezone.now())
-        broken_log = audit.verify_deletions()
+        broken_log = WorkflowDeletion.objects.verify()
         if broken_log:
             on_broken(broken_log)
         else:

@@ -121,8 +121,11 @@ def skip_connection_health_checks(**kwargs) -> None:
     connection.settings_dict["CONN_HEALTH_CHECKS"] = False
 
 
-def recover() -> dict:
-    return services.recover()
+def recover(*, now=None) -> dict:
+    """Recovery of everything a crash or a lost job can leave behind: the engine's
+    (services.recover) and the webhooks' deliveries whose worker died mid-attempt."""
+    now = now or timezone.now()
+    return {**services.recover(now=now), "webhooks_taken_back": webhooks.take_back_stalled(now)}
 
 
 def recover_minute() -> dict:
@@ -136,7 +139,7 @@ def recover_minute() -> dict:
         if step * i < 60
     ]
     queue.enqueue(later)
-    return services.recover()
+    return recover(now=now)
 
 
 def schedules_tick() -> dict:

@@ -205,7 +205,8 @@ def count_history(settle: timedelta = SETTLE) -> Counts:
 
 def count_deleted(workflow_id) -> None:
     """Add to the stored counters the history of a workflow about to be deleted that they
-    do not hold yet. Call it in the deleting transaction, before the delete."""
+    do not hold yet. Called in the deleting transaction, before the delete, by the
+    `workflow_deleting` signal (connected by the app's `ready`)."""
     head = MetricsHead.objects.locked()
     added = Counts()
     newer = Transition.objects.filter(workflow_id=workflow_id, pk__gt=head.transition_id).order_by()
@@ -319,3 +320,7 @@ def exposition() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Figures(families))
     return generate_latest(registry)
+
+
+def on_workflow_deleting(sender, workflow, **kwargs) -> None:
+    count_deleted(workflow.pk)

@@ -7,6 +7,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 
+from .audit import deletion_digest, digest, sign_deletion_head, sign_head, verify_deletions
 from .cron import validate_cron, validate_timezone
 
 
@@ -327,8 +328,6 @@ class TransitionManager(models.Manager):
         the change (`workflow_orchestrator.statements.transition`), so that a row exists exactly when
         its change was committed, and seq numbers are gap-free and unique.
         """
-        from .audit import digest, sign_head
-
         row = self.model(
             workflow=workflow,
             seq=workflow.last_seq + 1,
@@ -388,6 +387,12 @@ class Transition(models.Model):
 
 
 class WorkflowDeletionManager(models.Manager):
+    def verify(self, since: tuple[int, str] | None = None):
+        """The first broken link of the deletion log or of its head (audit.BrokenDeletion),
+        or None when both are whole; `since`, a checkpoint's (seq, digest) of the head."""
+        head = DeletionLogHead.objects.filter(pk=DeletionLogHead.ONLY).first()
+        return verify_deletions(self.order_by("seq").iterator(), head, since)
+
     def record(self, *, workflow: Workflow, actor: Actor, now=None) -> "WorkflowDeletion":
         """Append the deletion of `workflow` (its last values, as read under its lock) to
         the deletion log, chained to the log's head, which moves on to the new row.
@@ -398,8 +403,6 @@ class WorkflowDeletionManager(models.Manager):
         workflow (holding the head while locking another workflow could deadlock with a
         deletion that holds that one).
         """
-        from .audit import deletion_digest, sign_deletion_head
-
         head = DeletionLogHead.objects.locked()
         row = self.model(
             seq=head.last_seq + 1,
@@ -560,12 +563,6 @@ class WorkflowSchedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    def clean(self) -> None:
-        """The workflow it starts must be one the engine accepts: refused here, not at run time."""
-        from .services import validate_request
-
-        validate_request(self.name, self.definition, self.mode, self.input, self.tasks)
 
 
 class WebhookDelivery(models.Model):

@@ -4,17 +4,21 @@ Jobs are built the way django-q2's `async_task` builds them, but go to the broke
 call per batch (EXECUTE's fan-out is one bulk enqueue) and may carry a due time.
 """
 
+import contextlib
 import functools
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import uuid4
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.signing import SignedPackage
+
+logger = logging.getLogger("workflow_orchestrator.services")
 
 RUN_TASK = "workflow_orchestrator.jobs.run_task"
 RECOVER = "workflow_orchestrator.jobs.recover"
@@ -80,3 +84,42 @@ def enqueue(jobs: list[Job]) -> None:
         batches[due].append(package(job))
     for eta, packages in batches.items():
         broker().enqueue_many(packages, eta=eta)
+
+
+# --- Jobs sent with a change ---------------------------------------------------------------
+
+
+def send_with_change(jobs: list[Job]) -> None:
+    """Send the jobs of a change. The ORM broker keeps them in this database: they go in
+    the change's own transaction, so that a change rolled back takes its jobs with it
+    and one committed cannot lose them. Any other broker gets them once the change is
+    committed, so that a job never sees a row that was rolled back."""
+    if not jobs:
+        return
+    if in_database():
+        enqueue(jobs)
+    else:
+        transaction.on_commit(lambda: _send(jobs))
+
+
+def _send(jobs: list[Job]) -> None:
+    try:
+        enqueue(jobs)
+    except Exception as exc:
+        # The state change is committed and its tasks are QUEUED in the database, which is
+        # the source of truth: recovery re-sends their jobs once the broker answers again.
+        # An outage is one line; its traceback is for debugging.
+        reason = " ".join(str(exc).split())
+        logger.warning("could not reach the broker (%s): %d job(s) will be re-sent by recovery", reason, len(jobs))
+        logger.debug("the broker's error", exc_info=True)
+
+
+def task_jobs(queued) -> list[Job]:
+    """The jobs of tasks a statement queued (statements.ClaimedTask)."""
+    return [task_job(task.values["id"], task.values["attempt"], task.values["timeout"]) for task in queued]
+
+
+def change_transaction():
+    """A transaction for a change and its jobs, when the jobs live in the database too;
+    a single statement needs none."""
+    return transaction.atomic(savepoint=False) if in_database() else contextlib.nullcontext()

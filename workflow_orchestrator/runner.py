@@ -22,8 +22,9 @@ from django.db import DatabaseError, connections
 
 from . import logs, services, shutdown, values
 from .conf import app_settings
+from .context import TaskContext
 from .models import Task
-from .registry import TaskContext, UnknownTaskType, get_task_type
+from .registry import UnknownTaskType, get_task_type
 
 logger = logging.getLogger(__name__)
 

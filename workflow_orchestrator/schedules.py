@@ -56,11 +56,31 @@ def _queue_fires(schedules: list[WorkflowSchedule], now: datetime) -> None:
         transaction.on_commit(lambda: queue.enqueue(jobs))
 
 
+def validate_workflow(schedule: WorkflowSchedule) -> None:
+    """The workflow `schedule` starts must be one the engine accepts: refused when the
+    schedule is saved, not at run time. ValidationError names each bad field."""
+    services.validate_request(schedule.name, schedule.definition, schedule.mode, schedule.input, schedule.tasks)
+
+
+def schedule_clean(schedule: WorkflowSchedule) -> None:
+    """Check `schedule`'s own fields and the workflow it starts; ValidationError names
+    each bad field, all of them at once."""
+    errors: dict[str, list] = {}
+    for check in (schedule.full_clean, lambda: validate_workflow(schedule)):
+        try:
+            check()
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+
+
 def schedule_save(schedule: WorkflowSchedule, *, now: datetime | None = None) -> WorkflowSchedule:
     """Check and save `schedule`, its next run computed afresh from its expression (none
     while paused). ValidationError names each bad field."""
     now = now or timezone.now()
-    schedule.full_clean()
+    schedule_clean(schedule)
     schedule.next_run_at = _next_after(schedule, now) if schedule.enabled else None
     with transaction.atomic():
         if schedule._state.adding:

@@ -9,7 +9,13 @@ that was rolled back, or that lost a race and was not written.
   path reads no more of the row than the change needs), the fields it did not read are
   deferred: reading one (its `name`, `input`, ...) loads it with a query, in the receiver.
 
-Receivers run in the process that made the change: a web server's, the CLI's or a
+`workflow_deleting` (sender: `Workflow`; argument `workflow`) is sent as a workflow is about
+to be deleted, inside the deleting transaction, while its tasks and audit rows still exist:
+a receiver may read them (the metrics add its history to their stored counters, see
+`workflow_orchestrator.metrics.count_deleted`), and an exception it raises rolls the
+deletion back.
+
+Receivers of `workflow_transitioned` run in the process that made the change: a web server's, the CLI's or a
 worker's. An exception in a receiver is logged and does not reach the engine.
 """
 
@@ -21,6 +27,7 @@ from django.dispatch import Signal
 logger = logging.getLogger(__name__)
 
 workflow_transitioned = Signal()
+workflow_deleting = Signal()
 
 
 def send_transitioned_on_commit(workflow, transition) -> None:

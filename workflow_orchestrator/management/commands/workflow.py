@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflow_orchestrator import audit, checkpoints, schedules, services, statements, values
+from workflow_orchestrator import audit, checkpoints, jobs, schedules, services, statements, values
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflow_orchestrator.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
 
@@ -373,7 +373,7 @@ class Command(BaseCommand):
             self.stderr.write(summary, style_func=str)
 
     def do_recover(self, **_):
-        found = services.recover()
+        found = jobs.recover()
         broken = found["audit_broken"]
         self.stdout.write(
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "

@@ -1,0 +1,55 @@
+"""Reads of the engine's state: what a workflow offers, how far it got, its phases' results.
+
+Reads change nothing; the service functions (`workflow_orchestrator.services`) make the
+changes, and refuse what these say is not on offer.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q
+
+from . import audit, statements
+from .models import PHASES, State, Task, Workflow
+
+ACTIONS = ("start", "next", "retry", "cancel", "delete")
+
+
+def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
+    """The ACTIONS the service functions below would accept for `workflow` now, from a
+    caller who may change it and (`may_delete`) delete it. A workflow whose head is not
+    signed can only be deleted (see AuditBroken)."""
+    state = workflow.state
+    may_change = may_change and audit.head_problem(workflow) is None
+    allowed = {
+        "start": state == State.INIT,
+        "next": workflow.mode == Workflow.Mode.MANUAL and state == State.INIT or is_waiting_for_next(workflow),
+        "retry": state == State.FAILED,
+        "cancel": state in (State.INIT, *PHASES, State.FAILED),
+    }
+    actions = [action for action, ok in allowed.items() if ok and may_change]
+    return [*actions, "delete"] if may_delete and state not in PHASES else actions
+
+
+def is_waiting_for_next(workflow: Workflow) -> bool:
+    """A manual workflow whose phase's work is done: nothing runs until someone fires `next`."""
+    return workflow.mode == Workflow.Mode.MANUAL and workflow.state in PHASES and not workflow.unfinished
+
+
+def current_phase_results(workflow: Workflow):
+    """The results of the current phase's tasks: by task name for EXECUTE, the one
+    handler's result for PREPARE and VALIDATE."""
+    rows = statements.results(workflow.pk, workflow.state)
+    if workflow.state == State.EXECUTE:
+        return dict(rows)
+    results = [result for _, result in rows]
+    return results[0] if len(results) == 1 else results or None
+
+
+def workflow_is_cancelled(workflow_id) -> bool:
+    return Workflow.objects.filter(pk=workflow_id, state=State.CANCELLED).exists()
+
+
+def workflow_progress(workflow: Workflow) -> dict:
+    """Tasks done (succeeded) out of all the workflow's tasks."""
+    counts = workflow.tasks.aggregate(total=Count("pk"), done=Count("pk", filter=Q(status=Task.Status.SUCCEEDED)))
+    return {"done": counts["done"], "total": counts["total"]}

@@ -1,0 +1,74 @@
+"""The engine's service layer: every change to a workflow and its tasks goes through here.
+
+- `validation`: what a request asks for, checked before anything is stored.
+- `create`: creating a workflow (and starting it), changing one not yet started.
+- `transitions`: state changes, a user's actions (start, next, retry, cancel, delete).
+- `outcomes`: a task's attempts, claimed, kept alive, handed back, their outcomes recorded.
+- `recovery`: what a crash or a lost job left behind, put right.
+- `exceptions`: what the engine refuses.
+
+Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
+(DESIGN.md's "write paths"): a locked transaction (a user's action, recovery, a failure:
+`transitions.changing` holds the workflow's row lock and checks its audit chain), or a
+compare-and-set statement (a worker's success that ends a phase: `outcomes.task_record`
+takes no lock, and its statement loses to any change made meanwhile). Either way the
+workflow row, its audit row and the entered phase's tasks are written together, and
+their jobs go with the change (`queue.send_with_change`), so that a job never sees a
+rolled-back row and an audit row exists exactly when its state change was committed.
+What each step costs the database is pinned by tests (tests/test_hot_path.py).
+
+The names below are the layer's interface: callers (jobs, api, admin, commands,
+schedules) import them from here.
+"""
+
+from ..selectors import ACTIONS, available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
+from .create import UPDATABLE_FIELDS, workflow_create, workflow_update
+from .exceptions import AuditBroken, ConcurrentChange, IdempotencyConflict, InvalidTransition, WorkflowError
+from .outcomes import (
+    Recorded,
+    backoff_delay,
+    inline_claim,
+    task_claim,
+    task_finished,
+    task_hand_back,
+    task_heartbeat,
+    task_record,
+)
+from .recovery import recover
+from .transitions import workflow_cancel, workflow_delete, workflow_next, workflow_retry, workflow_start
+from .validation import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS, normalize_tasks, validate_request
+
+__all__ = [
+    "ACTIONS",
+    "MAX_TASK_ATTEMPTS",
+    "MAX_TASK_TIMEOUT",
+    "MAX_TASKS",
+    "UPDATABLE_FIELDS",
+    "AuditBroken",
+    "ConcurrentChange",
+    "IdempotencyConflict",
+    "InvalidTransition",
+    "Recorded",
+    "WorkflowError",
+    "available_actions",
+    "backoff_delay",
+    "inline_claim",
+    "is_waiting_for_next",
+    "normalize_tasks",
+    "recover",
+    "task_claim",
+    "task_finished",
+    "task_hand_back",
+    "task_heartbeat",
+    "task_record",
+    "validate_request",
+    "workflow_cancel",
+    "workflow_create",
+    "workflow_delete",
+    "workflow_is_cancelled",
+    "workflow_next",
+    "workflow_progress",
+    "workflow_retry",
+    "workflow_start",
+    "workflow_update",
+]

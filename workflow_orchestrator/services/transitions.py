@@ -1,0 +1,313 @@
+"""State changes: every transition of a workflow is written here.
+
+A user's action (start, next, retry, cancel, delete), recovery and a worker that ends a
+phase all come to `fire`: it fires the django-fsm transition in memory and writes it
+with `_commit_change`, as one statement on PostgreSQL (statements.transition): the
+workflow row, compared and set on its chain head, its audit row and the entered phase's
+tasks, with their jobs (queue.send_with_change). A user's action and recovery hold the
+workflow's lock while they do (`changing`); a worker holds none, and its compare-and-set
+loses to any change made meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from uuid import UUID
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django_fsm import TransitionNotAllowed
+
+from .. import audit, logs, queue, statements, values
+from ..models import (
+    ENDING_STATES,
+    PHASE_EVENTS,
+    PHASES,
+    Actor,
+    BrokenChain,
+    State,
+    Task,
+    Transition,
+    Workflow,
+    WorkflowDeletion,
+)
+from ..selectors import current_phase_results
+from ..signals import send_transitioned_on_commit, workflow_deleting
+from .exceptions import AuditBroken, ConcurrentChange, InvalidTransition
+
+logger = logging.getLogger("workflow_orchestrator.services")
+Status = Task.Status
+
+
+def locked(workflow_id: UUID | str) -> Workflow:
+    # Without the lock, two requests could both see a state that allows their change and
+    # both make it (a `next` racing a worker, two retries); a worker ending a phase, which
+    # takes no lock, loses any such race through the compare-and-set in
+    # statements.transition.
+    return Workflow.objects.select_for_update().get(pk=workflow_id)
+
+
+def check_chain(workflow: Workflow, event: str, *, whole: bool = True) -> None:
+    """Raise AuditBroken unless the workflow's audit chain verifies: `whole`, every row
+    (one query); otherwise only the head on its row, which costs no query."""
+    link = audit.verify(workflow) if whole else audit.head_problem(workflow)
+    if link:
+        raise AuditBroken(workflow, event, link)
+
+
+def report_broken(broken: AuditBroken) -> None:
+    """Log and keep the finding that a workflow's chain is broken (once per refusal)."""
+    if broken.reported:
+        return
+    broken.reported = True
+    workflow_id = broken.workflow.pk
+    logger.error(
+        "workflow %s: audit chain broken, %s refused, the workflow is left as it is: %s",
+        workflow_id,
+        broken.event,
+        broken.link,
+        extra=logs.fields(workflow_id=workflow_id, event="audit_broken"),
+    )
+    BrokenChain.objects.report(workflow_id=workflow_id, problem=str(broken.link), refused=broken.event)
+
+
+@contextlib.contextmanager
+def changing(workflow_id, event: str, *, whole_chain: bool = True):
+    """A transaction that holds the workflow's lock, entered only if its audit chain
+    verifies (`whole_chain`: every row; otherwise the head on its row). A refusal is
+    reported once the transaction has been rolled back, so that the report stays."""
+    try:
+        with transaction.atomic():
+            workflow = locked(workflow_id)
+            check_chain(workflow, event, whole=whole_chain)
+            yield workflow
+    except AuditBroken as broken:
+        report_broken(broken)
+        raise
+
+
+def _commit_change(
+    workflow: Workflow,
+    source: str,
+    event: str,
+    actor: Actor,
+    *,
+    reason="",
+    data=None,
+    inline=None,
+    succeeded=None,
+    phase_results=statements.UNCHANGED,
+) -> Task | None:
+    """Write the change `workflow` has made in memory: the workflow row, its audit row and,
+    when it entered a phase, that phase's tasks' next attempts (one statement on
+    PostgreSQL, with `succeeded` the success of the task that ended the phase too), and
+    their jobs (see _enqueue). Returns the task claimed for `inline`."""
+    now = timezone.now()
+    previous_seq, previous_mac = workflow.last_seq, workflow.head_mac
+    row = Transition.objects.build(
+        workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data, now=now
+    )
+    with queue.change_transaction():
+        written = statements.transition(
+            workflow=workflow,
+            row=row,
+            previous_seq=previous_seq,
+            previous_mac=previous_mac,
+            now=now,
+            queue_phase=workflow.state in PHASES,
+            fresh_budget=event == "retry",
+            inline=inline,
+            succeeded=succeeded,
+            phase_results=phase_results,
+        )
+        if written.unfinished is not None:
+            workflow.unfinished, workflow.updated_at = written.unfinished, now
+            _after_change(workflow, row, written)
+        queue.send_with_change(queue.task_jobs(written.queued) + _webhook_jobs(workflow, row, written))
+    if written.unfinished is None:  # outside the transaction: a success recorded with it stays
+        raise ConcurrentChange(
+            f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
+        )
+    task = (data or {}).get("task")
+    logger.info(
+        "workflow %s: %s, %s -> %s",
+        workflow.pk,
+        event,
+        source,
+        workflow.state,
+        extra=logs.fields(workflow_id=workflow.pk, event=event, task_id=task, attempt=(data or {}).get("attempt")),
+    )
+    if written.inline is None:
+        return None
+    written.inline.workflow_row = statements.WorkflowRow.of(workflow)
+    return written.inline.instance()
+
+
+def _after_change(workflow: Workflow, row: Transition, written: statements.Written) -> None:
+    """What follows a change once it commits: the workflow_transitioned signal, with the
+    workflow as this change left it (the engine may move it on before the commit)."""
+    workflow.callback_url = written.callback_url  # returned by the change: never deferred
+    send_transitioned_on_commit(copy.copy(workflow), row)
+
+
+def _webhook_jobs(workflow: Workflow, row: Transition, written: statements.Written) -> list[queue.Job]:
+    """The call of the workflow's callback_url, when the change ended it; the URL comes
+    back from the change's own statement, so a change that does not end a workflow, or
+    one without a URL, costs nothing more."""
+    if written.unfinished is None or not written.callback_url or workflow.state not in ENDING_STATES:
+        return []
+    return [queue.webhook_job(workflow.pk, row.seq, 1)]
+
+
+def fire(
+    workflow: Workflow,
+    event: str,
+    actor: Actor,
+    *,
+    reason="",
+    data=None,
+    inline=None,
+    succeeded=None,
+    phase_results=statements.UNCHANGED,
+    **arguments,
+):
+    """Fire the django-fsm transition `event` (with its `arguments`, such as a fail's
+    error) and commit it (see _commit_change); a phase it enters with nothing left to run
+    is finished at once. Returns the task claimed for `inline`, if any."""
+    source = workflow.state
+    check_chain(workflow, event, whole=False)  # the last guard of every path, the hot one included
+    try:
+        getattr(workflow, event)(**arguments)
+    except TransitionNotAllowed:
+        raise InvalidTransition(workflow, event) from None
+    claimed = _commit_change(
+        workflow,
+        source,
+        event,
+        actor,
+        reason=reason,
+        data=data,
+        inline=inline,
+        succeeded=succeeded,
+        phase_results=phase_results,
+    )
+    if workflow.state in PHASES and workflow.unfinished == 0:
+        nothing = statements.GATHER if workflow.state == State.EXECUTE else json.dumps(None)
+        return finish_phase(workflow, actor, nothing, inline=inline)
+    return claimed
+
+
+def queue_tasks(
+    tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None, attempts: list | None = None
+) -> None:
+    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs (see
+    _enqueue). `charge=False` keeps the attempt from counting against the budget (a
+    handed-back attempt)."""
+    changes = {
+        "status": Status.QUEUED,
+        "attempt": F("attempt") + 1,
+        "queued_at": eta or timezone.now(),
+        "started_at": None,
+        "finished_at": None,
+        "lease_expires_at": None,
+        "worker": "",
+    }
+    if not charge:
+        changes["attempt_offset"] = F("attempt_offset") + 1
+    if error is not None:
+        changes["error"] = error
+    if attempts is not None:
+        changes["attempts"] = attempts
+    Task.objects.filter(pk__in=[task.pk for task in tasks]).update(**changes)
+    queue.send_with_change([queue.task_job(task.pk, task.attempt + 1, task.timeout, eta) for task in tasks])
+
+
+def gathered(workflow: Workflow):
+    """The current phase's results for a transition: EXECUTE's are gathered by its
+    statement; PREPARE's and VALIDATE's are read here."""
+    return statements.GATHER if workflow.state == State.EXECUTE else json.dumps(current_phase_results(workflow))
+
+
+def finish_phase(workflow: Workflow, actor: Actor, phase_results, *, inline=None, succeeded=None) -> Task | None:
+    """The current phase's work is done (or, with `succeeded`, will be with that success):
+    add its results (JSON text, or statements.GATHER) to the workflow's and, in
+    automatic mode, move on to the next phase. Returns the task claimed for `inline`."""
+    if workflow.mode == Workflow.Mode.MANUAL:
+        _keep_results(workflow.pk, workflow.state, workflow.last_seq)
+        return None
+    return _advance(workflow, actor, inline=inline, succeeded=succeeded, phase_results=phase_results)
+
+
+def _keep_results(workflow_id, phase: str, last_seq: int) -> None:
+    """A manual workflow waits for `next` with its phase's results in view."""
+    with changing(workflow_id, "keep its results", whole_chain=False) as workflow:
+        if (workflow.state, workflow.last_seq) != (phase, last_seq):
+            raise ConcurrentChange(f"workflow {workflow_id} changed while its {phase} results were being kept")
+        workflow.results = {**workflow.results, phase: current_phase_results(workflow)}
+        workflow.save(update_fields=["results", "updated_at"])
+
+
+def _advance(workflow: Workflow, actor: Actor, **commit) -> Task | None:
+    return fire(workflow, PHASE_EVENTS[workflow.state], actor, **commit)
+
+
+def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
+    with changing(workflow_id, "start") as workflow:
+        fire(workflow, "start", actor)
+    return workflow
+
+
+def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
+    """Manual mode: fire the next transition once the current phase's work is done."""
+    with changing(workflow_id, "next") as workflow:
+        if workflow.mode != Workflow.Mode.MANUAL:
+            raise InvalidTransition(workflow, "next", "next is only for workflows in manual mode")
+        if workflow.state not in PHASE_EVENTS:
+            raise InvalidTransition(workflow, "next", f"a workflow in state {workflow.state} has no next step")
+        if workflow.state in PHASES and workflow.unfinished:
+            raise InvalidTransition(workflow, "next", f"the {workflow.state} phase's work has not finished")
+        _advance(workflow, actor)
+    return workflow
+
+
+def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
+    """Resume a FAILED workflow at the phase that failed: tasks that succeeded are not
+    run again, the others get a fresh budget of attempts."""
+    with changing(workflow_id, "retry") as workflow:
+        fire(workflow, "retry", actor, data={"phase": workflow.failed_phase})
+    return workflow
+
+
+def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
+    """Cancel: tasks not yet running are cancelled at once; running ones see
+    `ctx.cancelled()` and their late results change nothing."""
+    if problem := values.text_problem(reason):
+        raise ValidationError({"reason": [f"reason {problem}"]})
+    with changing(workflow_id, "cancel") as workflow:
+        fire(workflow, "cancel", actor, reason=reason)
+        workflow.tasks.filter(status__in=[Status.PENDING, Status.QUEUED]).update(
+            status=Status.CANCELLED, finished_at=timezone.now()
+        )
+    return workflow
+
+
+def workflow_delete(workflow_id, *, actor: Actor) -> None:
+    """Delete a workflow that is not running, with its tasks and history, and record the
+    deletion (who, when, the workflow's final state and chain head) in the deletion log,
+    in the same transaction."""
+    with transaction.atomic():
+        workflow = locked(workflow_id)
+        if workflow.is_running:
+            raise InvalidTransition(
+                workflow, "delete", f"cannot delete a workflow in state {workflow.state}: cancel it first"
+            )
+        # The log's head is taken last, so that deletions wait for one another only as
+        # long as it takes to append a row and commit.
+        workflow_deleting.send(sender=Workflow, workflow=workflow)  # the metrics keep its history
+        Workflow.objects.filter(pk=workflow.pk).delete()
+        WorkflowDeletion.objects.record(workflow=workflow, actor=actor)
