@@ -45,7 +45,8 @@ def all_blocks() -> list[tuple[str, str]]:
 
 def workflow_modules() -> set[str]:
     package = ROOT / "workflow_orchestrator"
-    return {path.stem for path in package.glob("*.py") if path.stem != "__init__"} | {"api", "management"}
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    return modules | {path.parent.name for path in package.glob("*/__init__.py")}
 
 
 def resolve(name: str):
@@ -419,11 +420,11 @@ def test_every_path_the_project_layout_lists_exists():
 
 
 def test_the_project_layout_lists_every_module_and_command_of_workflows():
-    tree = [
-        ROOT / "workflow_orchestrator",
-        ROOT / "workflow_orchestrator" / "api",
-        ROOT / "workflow_orchestrator" / "management" / "commands",
+    package = ROOT / "workflow_orchestrator"
+    modules = [
+        path
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py" and "migrations" not in path.relative_to(package).parts
     ]
-    modules = [path for folder in tree for path in sorted(folder.glob("*.py")) if path.name != "__init__.py"]
     paths = layout_paths()
     assert [str(path.relative_to(ROOT)) for path in modules if str(path.relative_to(ROOT)) not in paths] == []
