@@ -353,13 +353,15 @@ class TransitionInline(ReadOnlyInline):
         return f"{transition.source} → {transition.target}"
 
 
-# The buttons of the change page: (event, label, service, needs confirmation).
-BUTTONS = [
-    ("start", "Start", services.workflow_start, False),
-    ("next", "Next step", services.workflow_next, False),
-    ("retry", "Retry", services.workflow_retry, False),
-    ("cancel", "Cancel", services.workflow_cancel, True),
-]
+# How the change page shows each action that fires a transition (services.ACTIONS but
+# delete): (label, service, asks first). Which of them it shows is the engine's to say
+# (services.available_actions).
+BUTTONS = {
+    "start": ("Start", services.workflow_start, False),
+    "next": ("Next step", services.workflow_next, False),
+    "retry": ("Retry", services.workflow_retry, False),
+    "cancel": ("Cancel", services.workflow_cancel, True),
+}
 
 
 class CheckedQueryParameters:
@@ -563,7 +565,11 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         if workflow is not None:
             tasks = list(workflow.tasks.order_by("position"))
             taken = list(workflow.transitions.order_by("seq").values_list("source", "target"))
-            can_change = self.has_change_permission(request, workflow)
+            offered = services.available_actions(
+                workflow,
+                may_change=self.has_change_permission(request, workflow),
+                may_delete=self.has_delete_permission(request, workflow),
+            )
             extra_context.update(
                 state_graph=state_graph_svg(workflow.state, taken),
                 task_graph=task_graph_svg(
@@ -572,18 +578,14 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 ),
                 task_timeline=task_timeline_svg(tasks),
                 buttons=[
-                    {"event": event, "label": label, "confirm": confirm}
-                    for event, label, _, confirm in BUTTONS
-                    if can_change and self._offers(workflow, event)
+                    {"event": action, "label": BUTTONS[action][0], "confirm": BUTTONS[action][2]}
+                    for action in offered
+                    if action in BUTTONS
                 ],
-                can_delete=self.has_delete_permission(request, workflow) and not workflow.is_running,
+                can_delete="delete" in offered,
                 live_ended=workflow.state in ENDED,
             )
         return super().change_view(request, object_id, form_url, extra_context)
-
-    @staticmethod
-    def _offers(workflow: Workflow, event: str) -> bool:
-        return event in services.available_actions(workflow)
 
     def history_view(self, request, object_id, extra_context=None):
         """The workflow's audit log, newest first, instead of the admin's own (empty) log."""
@@ -593,14 +595,14 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
 
     def transition_view(self, request, object_id, event):
         workflow = self.get_object(request, object_id)
-        button = next((b for b in BUTTONS if b[0] == event), None)
+        button = BUTTONS.get(event)
         if button is None:
             raise Http404(f"No transition {event!r} in the admin.")
         if workflow is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, workflow):
             raise PermissionDenied
-        _, label, service, confirm = button
+        label, service, confirm = button
         change_url = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
         if request.method != "POST":
             if not confirm:

@@ -36,6 +36,7 @@ from django_fsm import TransitionNotAllowed
 
 from . import audit, logs, metrics, queue, statements, values, webhooks
 from .conf import app_settings
+from .models import ACTIONS as ACTIONS  # what a user can do: the API offers them from here
 from .models import (
     ENDING_STATES,
     PHASE_EVENTS,
@@ -63,30 +64,19 @@ class WorkflowError(Exception):
     """A request the workflow cannot honour in its current state."""
 
 
-# What a user can do to a workflow (the transitions that end a phase, and `fail`, are the
-# engine's own).
-ACTIONS = ("start", "next", "retry", "cancel", "delete")
-
-
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
     """The ACTIONS the service functions below would accept for `workflow` now, from a
-    caller who may change it and (`may_delete`) delete it. A workflow whose head is not
-    signed can only be deleted (see AuditBroken)."""
-    state = workflow.state
+    caller who may change it and (`may_delete`) delete it: those its transitions allow
+    (Workflow.offered_actions), and `delete` while it is not running. A workflow whose
+    head is not signed can only be deleted (see AuditBroken)."""
     may_change = may_change and audit.head_problem(workflow) is None
-    allowed = {
-        "start": state == State.INIT,
-        "next": workflow.mode == Workflow.Mode.MANUAL and state == State.INIT or is_waiting_for_next(workflow),
-        "retry": state == State.FAILED,
-        "cancel": state in (State.INIT, *PHASES, State.FAILED),
-    }
-    actions = [action for action, ok in allowed.items() if ok and may_change]
-    return [*actions, "delete"] if may_delete and state not in PHASES else actions
+    actions = workflow.offered_actions() if may_change else []
+    return [*actions, "delete"] if may_delete and not workflow.is_running else actions
 
 
 def is_waiting_for_next(workflow: Workflow) -> bool:
     """A manual workflow whose phase's work is done: nothing runs until someone fires `next`."""
-    return workflow.mode == Workflow.Mode.MANUAL and workflow.state in PHASES and not workflow.unfinished
+    return workflow.waiting_for_next
 
 
 class InvalidTransition(WorkflowError):
@@ -716,12 +706,8 @@ def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
 def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
     """Manual mode: fire the next transition once the current phase's work is done."""
     with _changing(workflow_id, "next") as workflow:
-        if workflow.mode != Workflow.Mode.MANUAL:
-            raise InvalidTransition(workflow, "next", "next is only for workflows in manual mode")
-        if workflow.state not in PHASE_EVENTS:
-            raise InvalidTransition(workflow, "next", f"a workflow in state {workflow.state} has no next step")
-        if workflow.state in PHASES and workflow.unfinished:
-            raise InvalidTransition(workflow, "next", f"the {workflow.state} phase's work has not finished")
+        if refusal := workflow.next_refusal():
+            raise InvalidTransition(workflow, "next", refusal)
         _advance(workflow, actor)
     return workflow
 
