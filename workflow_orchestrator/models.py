@@ -1,4 +1,5 @@
 import uuid
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import models
@@ -337,6 +338,72 @@ class Task(models.Model):
     @property
     def is_done(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class TaskTransition(NamedTuple):
+    """A change of a task's status the engine makes: from any of `sources` (None: the task
+    is being inserted) to `target`."""
+
+    name: str
+    sources: tuple[str | None, ...]
+    target: str
+    when: str
+
+
+_S = Task.Status
+# Every change of a task's status, by name. Task.status has no state machine of its own:
+# the hot path writes tasks with one SQL statement per step (workflow_orchestrator.statements),
+# and the ORM paths of the services say which of these they make (task_status_after).
+TASK_TRANSITIONS = {
+    change.name: change
+    for change in (
+        TaskTransition("create", (None,), _S.PENDING, "inserted with its workflow"),
+        TaskTransition("create_queued", (None,), _S.QUEUED, "inserted in the first phase, its workflow started"),
+        TaskTransition("queue", (_S.PENDING,), _S.QUEUED, "its phase begins, or the last task it waited for succeeds"),
+        TaskTransition(
+            "claim_inline",
+            (_S.PENDING,),
+            _S.RUNNING,
+            "as for queue, but the worker whose change entered the phase, or whose success released it, runs it",
+        ),
+        TaskTransition("claim", (_S.QUEUED,), _S.RUNNING, "a worker takes the attempt its job names"),
+        TaskTransition("succeed", (_S.RUNNING,), _S.SUCCEEDED, "its attempt succeeds"),
+        TaskTransition(
+            "retry_later",
+            (_S.RUNNING,),
+            _S.QUEUED,
+            "its attempt fails, or recovery takes it back (lease expired), with attempts left: after a backoff",
+        ),
+        TaskTransition("hand_back", (_S.RUNNING,), _S.QUEUED, "a stopping worker gives its attempt back (not counted)"),
+        TaskTransition("fail", (_S.RUNNING,), _S.FAILED, "its last attempt fails, or one fails after its phase failed"),
+        TaskTransition(
+            "end_cancelled",
+            (_S.RUNNING,),
+            _S.CANCELLED,
+            "its attempt ends (succeeds, fails, is handed back) after its workflow was cancelled, or is handed back "
+            "after the workflow left its phase: the work no longer counts",
+        ),
+        TaskTransition("hold", (_S.QUEUED,), _S.PENDING, "its phase fails before it ran: it waits for a retry"),
+        TaskTransition("cancel", (_S.PENDING, _S.QUEUED), _S.CANCELLED, "its workflow is cancelled before it ran"),
+        TaskTransition(
+            "requeue",
+            (_S.PENDING, _S.FAILED, _S.CANCELLED),
+            _S.QUEUED,
+            "its workflow is retried: the failed phase's unfinished tasks get a fresh budget",
+        ),
+    )
+}
+# The status changes the table allows, (source, target).
+TASK_STATUS_CHANGES = {(source, change.target) for change in TASK_TRANSITIONS.values() for source in change.sources}
+
+
+def task_status_after(name: str, *sources: str) -> str:
+    """The status task transition `name` leads to, from tasks now in `sources`; ValueError
+    when the transition does not start from one of them (a change the table lacks)."""
+    change = TASK_TRANSITIONS[name]
+    if not set(sources) <= set(change.sources):
+        raise ValueError(f"task transition {name} does not start from {', '.join(sorted(map(str, sources)))}")
+    return change.target
 
 
 class Actor:

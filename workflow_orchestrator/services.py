@@ -41,6 +41,7 @@ from .models import (
     ENDING_STATES,
     PHASE_EVENTS,
     PHASES,
+    TASK_TRANSITIONS,
     Actor,
     BrokenChain,
     State,
@@ -48,6 +49,7 @@ from .models import (
     Transition,
     Workflow,
     WorkflowDeletion,
+    task_status_after,
 )
 from .registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 from .signals import send_transitioned_on_commit
@@ -254,7 +256,7 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
     row = Transition.objects.build(workflow=workflow, source=State.INIT, event="start", actor=actor, now=now)
     first = [task for task in tasks if task.phase == workflow.state]
     for task in first:
-        task.status, task.attempt, task.queued_at = Status.QUEUED, 1, now
+        task.status, task.attempt, task.queued_at = task_status_after("create_queued", None), 1, now
     workflow.unfinished = len(first)
     with _with_its_jobs():
         _enqueue(_jobs(statements.create(workflow, tasks, row)))
@@ -640,7 +642,7 @@ def _queue_tasks(
     _enqueue). `charge=False` keeps the attempt from counting against the budget (a
     handed-back attempt)."""
     changes = {
-        "status": Status.QUEUED,
+        "status": task_status_after("retry_later" if charge else "hand_back", *{task.status for task in tasks}),
         "attempt": F("attempt") + 1,
         "queued_at": eta or timezone.now(),
         "started_at": None,
@@ -727,9 +729,8 @@ def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
         raise ValidationError({"reason": [f"reason {problem}"]})
     with _changing(workflow_id, "cancel") as workflow:
         _fire(workflow, "cancel", actor, reason=reason)
-        workflow.tasks.filter(status__in=[Status.PENDING, Status.QUEUED]).update(
-            status=Status.CANCELLED, finished_at=timezone.now()
-        )
+        cancel = TASK_TRANSITIONS["cancel"]
+        workflow.tasks.filter(status__in=cancel.sources).update(status=cancel.target, finished_at=timezone.now())
     return workflow
 
 
@@ -789,7 +790,7 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
             now = timezone.now()
             outcome = "cancelled" if workflow.state == State.CANCELLED else "handed_back"
             Task.objects.filter(pk=task.pk).update(
-                status=Status.CANCELLED,
+                status=task_status_after("end_cancelled", task.status),
                 finished_at=now,
                 lease_expires_at=None,
                 attempts=_end_attempt(task, outcome, now=now),
@@ -946,7 +947,7 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, ou
         _queue_tasks([task], eta=eta, error=error, attempts=task.attempts)
         return
     # An attempt that ends after its workflow was cancelled ends the task as CANCELLED.
-    task.status = Status.CANCELLED if cancelled else Status.FAILED
+    task.status = task_status_after("end_cancelled" if cancelled else "fail", task.status)
     task.save(update_fields=["status", "error", "finished_at", "lease_expires_at", "attempts"])
     if not in_phase:
         return
@@ -960,7 +961,8 @@ def _attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, ou
         error=f"{task.name}: {last_line}",
     )
     # Siblings waiting for their turn wait for a retry instead; running ones finish.
-    workflow.tasks.filter(phase=task.phase, status=Status.QUEUED).update(status=Status.PENDING, queued_at=None)
+    hold = TASK_TRANSITIONS["hold"]
+    workflow.tasks.filter(phase=task.phase, status__in=hold.sources).update(status=hold.target, queued_at=None)
 
 
 # --- Recovery ----------------------------------------------------------------------------
