@@ -14,11 +14,11 @@ from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
 from django.db.models.functions import Coalesce, Now
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 
 from . import audit, schedules, services, stats, values
 from .diagrams import (
@@ -55,14 +55,15 @@ ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 WAITING_COLOUR = "#8a4f00"
 
 
-def badge(value: str, colour: str, kind: str = ""):
-    return format_html(
-        '<span class="badge{}" style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
-        'font-size:11px;font-weight:600;white-space:nowrap">{}</span>',
-        f" {kind}" if kind else "",
-        colour,
-        value,
-    )
+def cell(name: str, **context) -> SafeString:
+    """A cell or fragment of an admin page: the logic here says what it shows, its markup is
+    in templates/admin/workflow_orchestrator/cells/<name>.html (escaped as any template)."""
+    # The template escaped what it was given; strip() only drops the file's own line breaks.
+    return mark_safe(render_to_string(f"admin/workflow_orchestrator/cells/{name}.html", context).strip())
+
+
+def badge(value: str, colour: str, kind: str = "") -> SafeString:
+    return cell("badge", value=value, colour=colour, kind=kind)
 
 
 def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
@@ -313,8 +314,7 @@ class TaskInline(TaskColumns, ReadOnlyInline):
         if not task.error:
             return "—"
         url = reverse("admin:workflow_orchestrator_task_change", args=[task.pk])
-        link = '{} <a href="{}" class="traceback-link">full traceback</a>'
-        return format_html(link, last_line(task.error)[:120], url)
+        return cell("traceback_link", line=last_line(task.error)[:120], url=url)
 
 
 class WebhookDeliveryInline(ReadOnlyInline):
@@ -330,17 +330,17 @@ class WebhookDeliveryInline(ReadOnlyInline):
 
     @admin.display(description="attempts")
     def attempt_lines(self, delivery):
-        lines = [
-            (
-                attempt.number,
-                attempt.status_code or "no answer",
-                f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
-                f"{attempt.duration:.2f}",
-                attempt.error,
-            )
+        attempts = [
+            {
+                "number": attempt.number,
+                "answer": attempt.status_code or "no answer",
+                "at": f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
+                "seconds": f"{attempt.duration:.2f}",
+                "error": attempt.error,
+            }
             for attempt in delivery.attempt_log.all()
         ]
-        return format_html_join(mark_safe("<br>"), "{}. {} at {} ({} s) {}", lines) if lines else "—"
+        return cell("webhook_attempts", attempts=attempts) if attempts else "—"
 
 
 class TransitionInline(ReadOnlyInline):
@@ -455,10 +455,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         broken = audit.verify(workflow)
         if broken is None:
             return f"intact: {workflow.last_seq} row(s), the head signed"
-        return format_html(
-            '<strong class="audit-broken">broken</strong>: {}. The engine leaves this workflow as it is.',
-            str(broken).split(": ", 1)[1],
-        )
+        return cell("audit_broken", link=str(broken).split(": ", 1)[1])
 
     @admin.display(description="id")
     def short_id(self, workflow):
@@ -469,11 +466,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         state = badge(workflow.state, STATE_COLOURS[workflow.state])
         if not services.is_waiting_for_next(workflow):
             return state
-        waiting = format_html(
-            '<span title="The phase\'s work is done: it waits for Next step">{}</span>',
-            badge("WAITING", WAITING_COLOUR, "badge-waiting"),
-        )
-        return format_html("{} {}", state, waiting)
+        return cell("state_badge", state=state, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
 
     @admin.display(description="progress")
     def progress(self, workflow):
@@ -488,7 +481,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         if workflow.state != State.FAILED or not workflow.error:
             return ""
         line = last_line(workflow.error)
-        return format_html('<span class="error-line" title="{}">{}</span>', line, line[:120])
+        return cell("error_line", line=line, shown=line[:120])
 
     # --- Pages ---------------------------------------------------------------------------
 
@@ -673,16 +666,6 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
 
 
-ATTEMPT_TABLE = (
-    '<table class="attempt-list"><thead><tr><th>#</th><th>worker</th><th>started</th><th>finished</th>'
-    "<th>duration</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>"
-)
-ATTEMPT_ROW = (
-    '<tr class="attempt attempt-{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
-    '<td title="{}">{}</td><td>{}</td></tr>'
-)
-
-
 def _when(moment) -> str:
     """A time of an attempt, in the site's time zone, to the millisecond."""
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
@@ -719,11 +702,11 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
     @admin.display(description="workflow")
     def workflow_link(self, task):
         url = reverse("admin:workflow_orchestrator_workflow_change", args=[task.workflow_id])
-        return format_html('<a href="{}">{}</a>', url, task.workflow.name)
+        return cell("link", url=url, text=task.workflow.name)
 
     @admin.display(description="error")
     def error_block(self, task):
-        return format_html("<pre style='white-space:pre-wrap'>{}</pre>", task.error) if task.error else "—"
+        return cell("error_block", error=task.error) if task.error else "—"
 
     @admin.display(description="after")
     def after_list(self, task):
@@ -736,26 +719,22 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
         attempts = task_attempts(task)
         if not attempts:
             return "Not started yet."
-        rows = format_html_join("", ATTEMPT_ROW, [self._attempt_row(attempt) for attempt in attempts])
-        return format_html(ATTEMPT_TABLE, rows)
+        return cell("attempt_list", attempts=[self._attempt_row(attempt) for attempt in attempts])
 
     @staticmethod
-    def _attempt_row(attempt) -> tuple:
-        error = (
-            format_html(
-                "<details><summary>{}</summary><pre class='attempt-traceback' "
-                "style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</pre></details>",
-                attempt.error_last_line,
-                attempt.error,
-            )
-            if attempt.error
-            else "—"
-        )
-        return (
-            attempt.outcome, attempt.number, attempt.worker or "—", _when(attempt.started_at),
-            _when(attempt.finished_at), format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
-            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")), error,
-        )  # fmt: skip
+    def _attempt_row(attempt) -> dict:
+        return {
+            "outcome": attempt.outcome,
+            "number": attempt.number,
+            "worker": attempt.worker or "—",
+            "started": _when(attempt.started_at),
+            "finished": _when(attempt.finished_at),
+            "duration": format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
+            "description": attempt.description,
+            "badge": badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")),
+            "error": attempt.error,
+            "error_last_line": attempt.error_last_line,
+        }
 
 
 @admin.register(Transition)
@@ -860,7 +839,7 @@ class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
         if schedule.pk is None:
             return "—"
         url = reverse("admin:workflow_orchestrator_workflow_changelist") + f"?schedule__id__exact={schedule.pk}"
-        return format_html('<a href="{}">{} started</a>', url, schedule.started)
+        return cell("link", url=url, text=f"{schedule.started} started")
 
     def save_model(self, request, obj, form, change):
         schedules.schedule_save(obj)
