@@ -184,7 +184,7 @@ class Workflow(FSMModelMixin, models.Model):
         django-fsm allows from this state, `next` only when next_refusal has nothing
         against it. (Who may act, and an audit head that does not verify, are the
         services' to add: services.available_actions.)"""
-        offered = {action for change in self.get_available_state_transitions() for action in change.custom["actions"]}
+        offered = {action for change in self.get_available_state_transitions() for action in transition_actions(change)}
         if self.next_refusal():
             offered.discard("next")
         return [action for action in ACTIONS if action in offered]
@@ -244,10 +244,15 @@ def transition_targets(change) -> tuple[str, ...]:
     return tuple(getattr(change.target, "allowed_states", None) or (change.target,))
 
 
+def transition_actions(change) -> tuple[str, ...]:
+    """The user actions that fire a transition (none: it is the engine's own)."""
+    return change.custom.get("actions", ())
+
+
 # The state machine's graph (source, target), as the model declares it.
 STATE_EDGES = [(change.source, target) for change in state_transitions() for target in transition_targets(change)]
 # The transition that ends each step's work and moves the workflow on (the one `next` fires).
-PHASE_EVENTS = {change.source: change.name for change in state_transitions() if "next" in change.custom["actions"]}
+PHASE_EVENTS = {change.source: change.name for change in state_transitions() if "next" in transition_actions(change)}
 
 
 # How an attempt ended, as a task's `attempts` record it.
