@@ -1,7 +1,7 @@
 import pytest
 from django_fsm import TransitionNotAllowed
 
-from workflow_orchestrator.models import PHASES, State, Transition, Workflow
+from workflow_orchestrator.models import PHASE_EVENTS, PHASES, STATE_EDGES, State, Transition, Workflow
 
 EVENTS = ["start", "execute", "validate", "complete", "fail", "retry", "cancel"]
 
@@ -69,11 +69,18 @@ def test_state_cannot_be_assigned_directly():
 
 
 @pytest.mark.parametrize("state", State.values)
-def test_available_events_match_the_table(state):
+def test_django_fsm_offers_exactly_the_transitions_of_the_table(state):
     expected = {event for (source, event) in ALLOWED if source == state}
     if state == State.FAILED:
         expected.add("retry")
-    assert set(workflow_in(state).available_events) == expected
+    assert {change.name for change in workflow_in(state).get_available_state_transitions()} == expected
+
+
+def test_the_graph_and_the_phase_events_are_read_from_the_transitions():
+    retries = {(State.FAILED, phase) for phase in PHASES}
+    assert set(STATE_EDGES) == {(source, target) for (source, _), target in ALLOWED.items()} | retries
+    assert PHASE_EVENTS == {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate",
+                            State.VALIDATE: "complete"}  # fmt: skip
 
 
 def test_transition_rows_cannot_be_edited(db):

@@ -14,11 +14,11 @@ from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
 from django.db.models.functions import Coalesce, Now
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 
 from . import audit, schedules, services, stats, values
 from .diagrams import (
@@ -55,14 +55,15 @@ ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 WAITING_COLOUR = "#8a4f00"
 
 
-def badge(value: str, colour: str, kind: str = ""):
-    return format_html(
-        '<span class="badge{}" style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
-        'font-size:11px;font-weight:600;white-space:nowrap">{}</span>',
-        f" {kind}" if kind else "",
-        colour,
-        value,
-    )
+def cell(name: str, **context) -> SafeString:
+    """A cell or fragment of an admin page: the logic here says what it shows, its markup is
+    in templates/admin/workflow_orchestrator/cells/<name>.html (escaped as any template)."""
+    # The template escaped what it was given; strip() only drops the file's own line breaks.
+    return mark_safe(render_to_string(f"admin/workflow_orchestrator/cells/{name}.html", context).strip())
+
+
+def badge(value: str, colour: str, kind: str = "") -> SafeString:
+    return cell("badge", value=value, colour=colour, kind=kind)
 
 
 def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
@@ -313,8 +314,7 @@ class TaskInline(TaskColumns, ReadOnlyInline):
         if not task.error:
             return "—"
         url = reverse("admin:workflow_orchestrator_task_change", args=[task.pk])
-        link = '{} <a href="{}" class="traceback-link">full traceback</a>'
-        return format_html(link, last_line(task.error)[:120], url)
+        return cell("traceback_link", line=last_line(task.error)[:120], url=url)
 
 
 class WebhookDeliveryInline(ReadOnlyInline):
@@ -330,17 +330,17 @@ class WebhookDeliveryInline(ReadOnlyInline):
 
     @admin.display(description="attempts")
     def attempt_lines(self, delivery):
-        lines = [
-            (
-                attempt.number,
-                attempt.status_code or "no answer",
-                f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
-                f"{attempt.duration:.2f}",
-                attempt.error,
-            )
+        attempts = [
+            {
+                "number": attempt.number,
+                "answer": attempt.status_code or "no answer",
+                "at": f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
+                "seconds": f"{attempt.duration:.2f}",
+                "error": attempt.error,
+            }
             for attempt in delivery.attempt_log.all()
         ]
-        return format_html_join(mark_safe("<br>"), "{}. {} at {} ({} s) {}", lines) if lines else "—"
+        return cell("webhook_attempts", attempts=attempts) if attempts else "—"
 
 
 class TransitionInline(ReadOnlyInline):
@@ -353,13 +353,15 @@ class TransitionInline(ReadOnlyInline):
         return f"{transition.source} → {transition.target}"
 
 
-# The buttons of the change page: (event, label, service, needs confirmation).
-BUTTONS = [
-    ("start", "Start", services.workflow_start, False),
-    ("next", "Next step", services.workflow_next, False),
-    ("retry", "Retry", services.workflow_retry, False),
-    ("cancel", "Cancel", services.workflow_cancel, True),
-]
+# How the change page shows each action that fires a transition (services.ACTIONS but
+# delete): (label, service, asks first). Which of them it shows is the engine's to say
+# (services.available_actions).
+BUTTONS = {
+    "start": ("Start", services.workflow_start, False),
+    "next": ("Next step", services.workflow_next, False),
+    "retry": ("Retry", services.workflow_retry, False),
+    "cancel": ("Cancel", services.workflow_cancel, True),
+}
 
 
 class CheckedQueryParameters:
@@ -453,10 +455,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         broken = audit.verify(workflow)
         if broken is None:
             return f"intact: {workflow.last_seq} row(s), the head signed"
-        return format_html(
-            '<strong class="audit-broken">broken</strong>: {}. The engine leaves this workflow as it is.',
-            str(broken).split(": ", 1)[1],
-        )
+        return cell("audit_broken", link=str(broken).split(": ", 1)[1])
 
     @admin.display(description="id")
     def short_id(self, workflow):
@@ -467,11 +466,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         state = badge(workflow.state, STATE_COLOURS[workflow.state])
         if not services.is_waiting_for_next(workflow):
             return state
-        waiting = format_html(
-            '<span title="The phase\'s work is done: it waits for Next step">{}</span>',
-            badge("WAITING", WAITING_COLOUR, "badge-waiting"),
-        )
-        return format_html("{} {}", state, waiting)
+        return cell("state_badge", state=state, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
 
     @admin.display(description="progress")
     def progress(self, workflow):
@@ -486,7 +481,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         if workflow.state != State.FAILED or not workflow.error:
             return ""
         line = last_line(workflow.error)
-        return format_html('<span class="error-line" title="{}">{}</span>', line, line[:120])
+        return cell("error_line", line=line, shown=line[:120])
 
     # --- Pages ---------------------------------------------------------------------------
 
@@ -563,7 +558,11 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         if workflow is not None:
             tasks = list(workflow.tasks.order_by("position"))
             taken = list(workflow.transitions.order_by("seq").values_list("source", "target"))
-            can_change = self.has_change_permission(request, workflow)
+            offered = services.available_actions(
+                workflow,
+                may_change=self.has_change_permission(request, workflow),
+                may_delete=self.has_delete_permission(request, workflow),
+            )
             extra_context.update(
                 state_graph=state_graph_svg(workflow.state, taken),
                 task_graph=task_graph_svg(
@@ -572,18 +571,14 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 ),
                 task_timeline=task_timeline_svg(tasks),
                 buttons=[
-                    {"event": event, "label": label, "confirm": confirm}
-                    for event, label, _, confirm in BUTTONS
-                    if can_change and self._offers(workflow, event)
+                    {"event": action, "label": BUTTONS[action][0], "confirm": BUTTONS[action][2]}
+                    for action in offered
+                    if action in BUTTONS
                 ],
-                can_delete=self.has_delete_permission(request, workflow) and not workflow.is_running,
+                can_delete="delete" in offered,
                 live_ended=workflow.state in ENDED,
             )
         return super().change_view(request, object_id, form_url, extra_context)
-
-    @staticmethod
-    def _offers(workflow: Workflow, event: str) -> bool:
-        return event in services.available_actions(workflow)
 
     def history_view(self, request, object_id, extra_context=None):
         """The workflow's audit log, newest first, instead of the admin's own (empty) log."""
@@ -593,14 +588,14 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
 
     def transition_view(self, request, object_id, event):
         workflow = self.get_object(request, object_id)
-        button = next((b for b in BUTTONS if b[0] == event), None)
+        button = BUTTONS.get(event)
         if button is None:
             raise Http404(f"No transition {event!r} in the admin.")
         if workflow is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, workflow):
             raise PermissionDenied
-        _, label, service, confirm = button
+        label, service, confirm = button
         change_url = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
         if request.method != "POST":
             if not confirm:
@@ -671,16 +666,6 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
 
 
-ATTEMPT_TABLE = (
-    '<table class="attempt-list"><thead><tr><th>#</th><th>worker</th><th>started</th><th>finished</th>'
-    "<th>duration</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>"
-)
-ATTEMPT_ROW = (
-    '<tr class="attempt attempt-{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
-    '<td title="{}">{}</td><td>{}</td></tr>'
-)
-
-
 def _when(moment) -> str:
     """A time of an attempt, in the site's time zone, to the millisecond."""
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
@@ -717,11 +702,11 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
     @admin.display(description="workflow")
     def workflow_link(self, task):
         url = reverse("admin:workflow_orchestrator_workflow_change", args=[task.workflow_id])
-        return format_html('<a href="{}">{}</a>', url, task.workflow.name)
+        return cell("link", url=url, text=task.workflow.name)
 
     @admin.display(description="error")
     def error_block(self, task):
-        return format_html("<pre style='white-space:pre-wrap'>{}</pre>", task.error) if task.error else "—"
+        return cell("error_block", error=task.error) if task.error else "—"
 
     @admin.display(description="after")
     def after_list(self, task):
@@ -734,26 +719,22 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
         attempts = task_attempts(task)
         if not attempts:
             return "Not started yet."
-        rows = format_html_join("", ATTEMPT_ROW, [self._attempt_row(attempt) for attempt in attempts])
-        return format_html(ATTEMPT_TABLE, rows)
+        return cell("attempt_list", attempts=[self._attempt_row(attempt) for attempt in attempts])
 
     @staticmethod
-    def _attempt_row(attempt) -> tuple:
-        error = (
-            format_html(
-                "<details><summary>{}</summary><pre class='attempt-traceback' "
-                "style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</pre></details>",
-                attempt.error_last_line,
-                attempt.error,
-            )
-            if attempt.error
-            else "—"
-        )
-        return (
-            attempt.outcome, attempt.number, attempt.worker or "—", _when(attempt.started_at),
-            _when(attempt.finished_at), format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
-            attempt.description, badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")), error,
-        )  # fmt: skip
+    def _attempt_row(attempt) -> dict:
+        return {
+            "outcome": attempt.outcome,
+            "number": attempt.number,
+            "worker": attempt.worker or "—",
+            "started": _when(attempt.started_at),
+            "finished": _when(attempt.finished_at),
+            "duration": format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
+            "description": attempt.description,
+            "badge": badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")),
+            "error": attempt.error,
+            "error_last_line": attempt.error_last_line,
+        }
 
 
 @admin.register(Transition)
@@ -867,7 +848,7 @@ class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
         if schedule.pk is None:
             return "—"
         url = reverse("admin:workflow_orchestrator_workflow_changelist") + f"?schedule__id__exact={schedule.pk}"
-        return format_html('<a href="{}">{} started</a>', url, schedule.started)
+        return cell("link", url=url, text=f"{schedule.started} started")
 
     def save_model(self, request, obj, form, change):
         schedules.schedule_save(obj)

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from .models import ATTEMPT_OUTCOMES, State, Task
+from .models import ATTEMPT_OUTCOMES, STATE_EDGES, State, Task
 from .statements import from_time
 
 # Dark enough that white text on each reaches WCAG AA (4.5:1) in the admin's badges:
@@ -44,15 +44,6 @@ POSITIONS = {
     State.FAILED: (320, 150),
     State.CANCELLED: (580, 150),
 }
-EDGES = [
-    (State.INIT, State.PREPARE),
-    (State.PREPARE, State.EXECUTE),
-    (State.EXECUTE, State.VALIDATE),
-    (State.VALIDATE, State.COMPLETE),
-    *[(phase, State.FAILED) for phase in (State.PREPARE, State.EXECUTE, State.VALIDATE)],
-    *[(State.FAILED, phase) for phase in (State.PREPARE, State.EXECUTE, State.VALIDATE)],
-    *[(state, State.CANCELLED) for state in (State.INIT, State.PREPARE, State.EXECUTE, State.VALIDATE, State.FAILED)],
-]
 
 
 def _edge_points(source: str, target: str) -> tuple[float, float, float, float]:
@@ -72,7 +63,7 @@ def state_graph_svg(current: str, taken: list[tuple[str, str]]) -> SafeString:
     taken_edges = set(taken)
     visited = {state for edge in taken for state in edge} | {current}
     edges = []
-    for source, target in EDGES:
+    for source, target in STATE_EDGES:
         x1, y1, x2, y2 = _edge_points(source, target)
         on_path = (source, target) in taken_edges
         edges.append(

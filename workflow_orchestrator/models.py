@@ -1,4 +1,5 @@
 import uuid
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import models
@@ -33,9 +34,12 @@ PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
 TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
 # The states a workflow's callback_url is called for (a FAILED workflow may be retried).
 ENDING_STATES = (State.COMPLETE, State.FAILED, State.CANCELLED)
-EVENTS = ("start", "execute", "validate", "complete", "fail", "retry", "cancel")
-# The transition that ends each phase's work and moves the workflow on.
-PHASE_EVENTS = {State.INIT: "start", State.PREPARE: "execute", State.EXECUTE: "validate", State.VALIDATE: "complete"}
+# What a user can do to a workflow. Each action but `delete` fires the transition that
+# names it in its `custom["actions"]` (below): `next` is the transition that ends the
+# current step, fired by hand (see Workflow.next_refusal). A transition no action names
+# (`fail`) is the engine's own. `delete` is no transition: it removes a workflow that is
+# not running.
+ACTIONS = ("start", "next", "retry", "cancel", "delete")
 
 
 class WorkflowQuerySet(models.QuerySet):
@@ -160,35 +164,58 @@ class Workflow(FSMModelMixin, models.Model):
         return self.state in PHASES
 
     @property
-    def available_events(self) -> list[str]:
-        available = {t.name for t in self.get_available_state_transitions()}
-        return [event for event in EVENTS if event in available]
+    def waiting_for_next(self) -> bool:
+        """A manual workflow whose phase's work is done: nothing runs until someone fires `next`."""
+        return self.is_running and not self.next_refusal()
 
-    # Transitions: each changes this instance's own fields only, and does no I/O.
+    def next_refusal(self) -> str:
+        """Why `next` is refused now, "" when it is not: a person ends a step by hand only in
+        manual mode, in a step that has a next one, once the phase's work is done (the
+        automatic mode's engine fires the same transitions without asking)."""
+        if self.mode != self.Mode.MANUAL:
+            return "next is only for workflows in manual mode"
+        if self.state not in PHASE_EVENTS:
+            return f"a workflow in state {self.state} has no next step"
+        if self.is_running and self.unfinished:
+            return f"the {self.state} phase's work has not finished"
+        return ""
 
-    @transition(field=state, source=State.INIT, target=State.PREPARE)
+    def offered_actions(self) -> list[str]:
+        """The ACTIONS but `delete` that would be accepted now: those of the transitions
+        django-fsm allows from this state, `next` only when next_refusal has nothing
+        against it. (Who may act, and an audit head that does not verify, are the
+        services' to add: services.available_actions.)"""
+        offered = {action for change in self.get_available_state_transitions() for action in transition_actions(change)}
+        if self.next_refusal():
+            offered.discard("next")
+        return [action for action in ACTIONS if action in offered]
+
+    # Transitions: each changes this instance's own fields only, and does no I/O. Each names
+    # the user actions that fire it (see ACTIONS); the order here is the diagrams' order.
+
+    @transition(field=state, source=State.INIT, target=State.PREPARE, custom={"actions": ("start", "next")})
     def start(self):
         self.started_at = timezone.now()
 
-    @transition(field=state, source=State.PREPARE, target=State.EXECUTE)
+    @transition(field=state, source=State.PREPARE, target=State.EXECUTE, custom={"actions": ("next",)})
     def execute(self):
         pass
 
-    @transition(field=state, source=State.EXECUTE, target=State.VALIDATE)
+    @transition(field=state, source=State.EXECUTE, target=State.VALIDATE, custom={"actions": ("next",)})
     def validate(self):
         pass
 
-    @transition(field=state, source=State.VALIDATE, target=State.COMPLETE)
+    @transition(field=state, source=State.VALIDATE, target=State.COMPLETE, custom={"actions": ("next",)})
     def complete(self):
         self.finished_at = timezone.now()
 
-    @transition(field=state, source=PHASES, target=State.FAILED)
+    @transition(field=state, source=PHASES, target=State.FAILED, custom={"actions": ()})
     def fail(self, error: str):
         self.failed_phase = self.state
         self.error = error
         self.finished_at = timezone.now()
 
-    @transition(field=state, source=State.FAILED, target=RETURN_VALUE(*PHASES))
+    @transition(field=state, source=State.FAILED, target=RETURN_VALUE(*PHASES), custom={"actions": ("retry",)})
     def retry(self):
         """Back to the phase that failed; it no longer counts as failed (the audit log
         keeps the failure)."""
@@ -198,9 +225,35 @@ class Workflow(FSMModelMixin, models.Model):
         self.finished_at = None
         return phase
 
-    @transition(field=state, source=[State.INIT, *PHASES, State.FAILED], target=State.CANCELLED)
+    @transition(
+        field=state, source=[State.INIT, *PHASES, State.FAILED], target=State.CANCELLED, custom={"actions": ("cancel",)}
+    )
     def cancel(self):
         self.finished_at = timezone.now()
+
+
+def state_transitions() -> list:
+    """Every transition of Workflow.state as django-fsm holds it (`name`, `source`,
+    `target`, `custom`), one per source state, in the order the model declares them."""
+    declared = list(vars(Workflow))
+    transitions = Workflow._meta.get_field("state").get_all_transitions(Workflow)
+    return sorted(transitions, key=lambda change: declared.index(change.name))
+
+
+def transition_targets(change) -> tuple[str, ...]:
+    """The states a transition may lead to (retry's: the phase that failed)."""
+    return tuple(getattr(change.target, "allowed_states", None) or (change.target,))
+
+
+def transition_actions(change) -> tuple[str, ...]:
+    """The user actions that fire a transition (none: it is the engine's own)."""
+    return change.custom.get("actions", ())
+
+
+# The state machine's graph (source, target), as the model declares it.
+STATE_EDGES = [(change.source, target) for change in state_transitions() for target in transition_targets(change)]
+# The transition that ends each step's work and moves the workflow on (the one `next` fires).
+PHASE_EVENTS = {change.source: change.name for change in state_transitions() if "next" in transition_actions(change)}
 
 
 # How an attempt ended, as a task's `attempts` record it.
@@ -291,6 +344,72 @@ class Task(models.Model):
     @property
     def is_done(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class TaskTransition(NamedTuple):
+    """A change of a task's status the engine makes: from any of `sources` (None: the task
+    is being inserted) to `target`."""
+
+    name: str
+    sources: tuple[str | None, ...]
+    target: str
+    when: str
+
+
+_S = Task.Status
+# Every change of a task's status, by name. Task.status has no state machine of its own:
+# the hot path writes tasks with one SQL statement per step (workflow_orchestrator.statements),
+# and the ORM paths of the services say which of these they make (task_status_after).
+TASK_TRANSITIONS = {
+    change.name: change
+    for change in (
+        TaskTransition("create", (None,), _S.PENDING, "inserted with its workflow"),
+        TaskTransition("create_queued", (None,), _S.QUEUED, "inserted in the first phase, its workflow started"),
+        TaskTransition("queue", (_S.PENDING,), _S.QUEUED, "its phase begins, or the last task it waited for succeeds"),
+        TaskTransition(
+            "claim_inline",
+            (_S.PENDING,),
+            _S.RUNNING,
+            "as for queue, but the worker whose change entered the phase, or whose success released it, runs it",
+        ),
+        TaskTransition("claim", (_S.QUEUED,), _S.RUNNING, "a worker takes the attempt its job names"),
+        TaskTransition("succeed", (_S.RUNNING,), _S.SUCCEEDED, "its attempt succeeds"),
+        TaskTransition(
+            "retry_later",
+            (_S.RUNNING,),
+            _S.QUEUED,
+            "its attempt fails, or recovery takes it back (lease expired), with attempts left: after a backoff",
+        ),
+        TaskTransition("hand_back", (_S.RUNNING,), _S.QUEUED, "a stopping worker gives its attempt back (not counted)"),
+        TaskTransition("fail", (_S.RUNNING,), _S.FAILED, "its last attempt fails, or one fails after its phase failed"),
+        TaskTransition(
+            "end_cancelled",
+            (_S.RUNNING,),
+            _S.CANCELLED,
+            "its attempt ends (succeeds, fails, is handed back) after its workflow was cancelled, or is handed back "
+            "after the workflow left its phase: the work no longer counts",
+        ),
+        TaskTransition("hold", (_S.QUEUED,), _S.PENDING, "its phase fails before it ran: it waits for a retry"),
+        TaskTransition("cancel", (_S.PENDING, _S.QUEUED), _S.CANCELLED, "its workflow is cancelled before it ran"),
+        TaskTransition(
+            "requeue",
+            (_S.PENDING, _S.FAILED, _S.CANCELLED),
+            _S.QUEUED,
+            "its workflow is retried: the failed phase's unfinished tasks get a fresh budget",
+        ),
+    )
+}
+# The status changes the table allows, (source, target).
+TASK_STATUS_CHANGES = {(source, change.target) for change in TASK_TRANSITIONS.values() for source in change.sources}
+
+
+def task_status_after(name: str, *sources: str) -> str:
+    """The status task transition `name` leads to, from tasks now in `sources`; ValueError
+    when the transition does not start from one of them (a change the table lacks)."""
+    change = TASK_TRANSITIONS[name]
+    if not set(sources) <= set(change.sources):
+        raise ValueError(f"task transition {name} does not start from {', '.join(sorted(map(str, sources)))}")
+    return change.target
 
 
 class Actor:

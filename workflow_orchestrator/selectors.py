@@ -9,30 +9,24 @@ from __future__ import annotations
 from django.db.models import Count, Q
 
 from . import audit, statements
-from .models import PHASES, State, Task, Workflow
+from .models import State, Task, Workflow
 
 ACTIONS = ("start", "next", "retry", "cancel", "delete")
 
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
-    """The ACTIONS the service functions below would accept for `workflow` now, from a
-    caller who may change it and (`may_delete`) delete it. A workflow whose head is not
-    signed can only be deleted (see AuditBroken)."""
-    state = workflow.state
+    """The ACTIONS the service functions would accept for `workflow` now, from a caller
+    who may change it and (`may_delete`) delete it: those its transitions allow
+    (Workflow.offered_actions), and `delete` while it is not running. A workflow whose
+    head is not signed can only be deleted (see services.AuditBroken)."""
     may_change = may_change and audit.head_problem(workflow) is None
-    allowed = {
-        "start": state == State.INIT,
-        "next": workflow.mode == Workflow.Mode.MANUAL and state == State.INIT or is_waiting_for_next(workflow),
-        "retry": state == State.FAILED,
-        "cancel": state in (State.INIT, *PHASES, State.FAILED),
-    }
-    actions = [action for action, ok in allowed.items() if ok and may_change]
-    return [*actions, "delete"] if may_delete and state not in PHASES else actions
+    actions = workflow.offered_actions() if may_change else []
+    return [*actions, "delete"] if may_delete and not workflow.is_running else actions
 
 
 def is_waiting_for_next(workflow: Workflow) -> bool:
     """A manual workflow whose phase's work is done: nothing runs until someone fires `next`."""
-    return workflow.mode == Workflow.Mode.MANUAL and workflow.state in PHASES and not workflow.unfinished
+    return workflow.waiting_for_next
 
 
 def current_phase_results(workflow: Workflow):

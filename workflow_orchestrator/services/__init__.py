@@ -21,7 +21,8 @@ The names below are the layer's interface: callers (jobs, api, admin, commands,
 schedules) import them from here.
 """
 
-from ..selectors import ACTIONS, available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
+from ..models import ACTIONS
+from ..selectors import available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
 from .create import UPDATABLE_FIELDS, workflow_create, workflow_update
 from .exceptions import AuditBroken, ConcurrentChange, IdempotencyConflict, InvalidTransition, WorkflowError
 from .outcomes import (

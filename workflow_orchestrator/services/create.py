@@ -14,7 +14,7 @@ from django.utils import timezone
 from .. import audit, queue, statements
 from ..callbacks import validate_callback_url
 from ..conf import app_settings
-from ..models import Actor, State, Task, Transition, Workflow
+from ..models import Actor, State, Task, Transition, Workflow, task_status_after
 from ..signals import send_transitioned_on_commit
 from .exceptions import IdempotencyConflict, InvalidTransition
 from .transitions import changing, fire
@@ -70,7 +70,7 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
     row = Transition.objects.build(workflow=workflow, source=State.INIT, event="start", actor=actor, now=now)
     first = [task for task in tasks if task.phase == workflow.state]
     for task in first:
-        task.status, task.attempt, task.queued_at = Status.QUEUED, 1, now
+        task.status, task.attempt, task.queued_at = task_status_after("create_queued", None), 1, now
     workflow.unfinished = len(first)
     with queue.change_transaction():
         queue.send_with_change(queue.task_jobs(statements.create(workflow, tasks, row)))

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import audit, queue, statements
 from ..conf import app_settings
-from ..models import Actor, State, Task, Workflow
+from ..models import TASK_TRANSITIONS, Actor, State, Task, Workflow, task_status_after
 from .exceptions import AuditBroken, ConcurrentChange
 from .transitions import changing, finish_phase, fire, locked, queue_tasks, report_broken
 
@@ -59,7 +59,7 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
             now = timezone.now()
             outcome = "cancelled" if workflow.state == State.CANCELLED else "handed_back"
             Task.objects.filter(pk=task.pk).update(
-                status=Status.CANCELLED,
+                status=task_status_after("end_cancelled", task.status),
                 finished_at=now,
                 lease_expires_at=None,
                 attempts=end_attempt(task, outcome, now=now),
@@ -212,7 +212,7 @@ def attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, out
         queue_tasks([task], eta=eta, error=error, attempts=task.attempts)
         return
     # An attempt that ends after its workflow was cancelled ends the task as CANCELLED.
-    task.status = Status.CANCELLED if cancelled else Status.FAILED
+    task.status = task_status_after("end_cancelled" if cancelled else "fail", task.status)
     task.save(update_fields=["status", "error", "finished_at", "lease_expires_at", "attempts"])
     if not in_phase:
         return
@@ -226,7 +226,8 @@ def attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, out
         error=f"{task.name}: {last_line}",
     )
     # Siblings waiting for their turn wait for a retry instead; running ones finish.
-    workflow.tasks.filter(phase=task.phase, status=Status.QUEUED).update(status=Status.PENDING, queued_at=None)
+    hold = TASK_TRANSITIONS["hold"]
+    workflow.tasks.filter(phase=task.phase, status__in=hold.sources).update(status=hold.target, queued_at=None)
 
 
 # --- Recovery ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ..models import (
     ENDING_STATES,
     PHASE_EVENTS,
     PHASES,
+    TASK_TRANSITIONS,
     Actor,
     BrokenChain,
     State,
@@ -35,6 +36,7 @@ from ..models import (
     Transition,
     Workflow,
     WorkflowDeletion,
+    task_status_after,
 )
 from ..selectors import current_phase_results
 from ..signals import send_transitioned_on_commit, workflow_deleting
@@ -209,7 +211,7 @@ def queue_tasks(
     _enqueue). `charge=False` keeps the attempt from counting against the budget (a
     handed-back attempt)."""
     changes = {
-        "status": Status.QUEUED,
+        "status": task_status_after("retry_later" if charge else "hand_back", *{task.status for task in tasks}),
         "attempt": F("attempt") + 1,
         "queued_at": eta or timezone.now(),
         "started_at": None,
@@ -265,12 +267,8 @@ def workflow_start(workflow_id, *, actor: Actor) -> Workflow:
 def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
     """Manual mode: fire the next transition once the current phase's work is done."""
     with changing(workflow_id, "next") as workflow:
-        if workflow.mode != Workflow.Mode.MANUAL:
-            raise InvalidTransition(workflow, "next", "next is only for workflows in manual mode")
-        if workflow.state not in PHASE_EVENTS:
-            raise InvalidTransition(workflow, "next", f"a workflow in state {workflow.state} has no next step")
-        if workflow.state in PHASES and workflow.unfinished:
-            raise InvalidTransition(workflow, "next", f"the {workflow.state} phase's work has not finished")
+        if refusal := workflow.next_refusal():
+            raise InvalidTransition(workflow, "next", refusal)
         _advance(workflow, actor)
     return workflow
 
@@ -290,9 +288,8 @@ def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
         raise ValidationError({"reason": [f"reason {problem}"]})
     with changing(workflow_id, "cancel") as workflow:
         fire(workflow, "cancel", actor, reason=reason)
-        workflow.tasks.filter(status__in=[Status.PENDING, Status.QUEUED]).update(
-            status=Status.CANCELLED, finished_at=timezone.now()
-        )
+        cancel = TASK_TRANSITIONS["cancel"]
+        workflow.tasks.filter(status__in=cancel.sources).update(status=cancel.target, finished_at=timezone.now())
     return workflow
 
 
