@@ -21,6 +21,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 
 from . import logs, services, shutdown, values
+from .backoff import backoff
 from .conf import app_settings
 from .models import Task
 from .registry import TaskContext, UnknownTaskType, get_task_type
@@ -160,7 +161,7 @@ class Heartbeat:
                 failures, check_at = 0, time.monotonic() + CANCEL_CHECK_SECONDS
             except DatabaseError as exc:
                 failures += 1
-                delay = min(CANCEL_CHECK_SECONDS * 2**failures, renew_every / 2)
+                delay = backoff(failures, base=2 * CANCEL_CHECK_SECONDS, cap=renew_every / 2)
                 logger.warning(
                     "heartbeat of task %s: %s; trying again in %.1f s",
                     attempt.task_id,

@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import logging
-import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +34,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from . import audit, logs, metrics, queue, statements, values, webhooks
+from .backoff import backoff
 from .conf import app_settings
 from .models import (
     ENDING_STATES,
@@ -818,9 +818,11 @@ def workflow_is_cancelled(workflow_id) -> bool:
 
 
 def backoff_delay(failed_attempts: int) -> float:
-    """Exponential backoff with jitter: half the delay is fixed, half random."""
-    delay = min(app_settings.ORCH_RETRY_BACKOFF * 2 ** (failed_attempts - 1), app_settings.ORCH_RETRY_BACKOFF_MAX)
-    return delay / 2 + random.uniform(0, delay / 2)
+    """The wait before a step's next attempt: ORCH_RETRY_BACKOFF doubling, at most
+    ORCH_RETRY_BACKOFF_MAX, with jitter."""
+    return backoff(
+        failed_attempts, base=app_settings.ORCH_RETRY_BACKOFF, cap=app_settings.ORCH_RETRY_BACKOFF_MAX, jitter=True
+    )
 
 
 @dataclass
