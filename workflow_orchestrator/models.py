@@ -7,6 +7,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 
+from .attempts import OUTCOMES
 from .cron import validate_cron, validate_timezone
 
 
@@ -203,15 +204,7 @@ class Workflow(FSMModelMixin, models.Model):
 
 
 # How an attempt ended, as a task's `attempts` record it.
-ATTEMPT_OUTCOMES = {
-    "running": "still running",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "timed_out": "ran past its timeout",
-    "lease_expired": "taken back after its worker stopped heartbeating",
-    "handed_back": "handed back by a stopping worker",
-    "cancelled": "ended after its workflow was cancelled",
-}
+ATTEMPT_OUTCOMES = OUTCOMES
 
 
 class Task(models.Model):

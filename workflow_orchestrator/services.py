@@ -34,6 +34,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from . import audit, logs, metrics, queue, statements, values, webhooks
+from .attempts import ended
 from .backoff import backoff
 from .conf import app_settings
 from .models import (
@@ -932,7 +933,7 @@ def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool
 
 
 def _outcome_of(error: str) -> str:
-    """How a failed attempt ended (see models.ATTEMPT_OUTCOMES), from its error."""
+    """How a failed attempt ended (see attempts.OUTCOMES), from its error."""
     lines = error.strip().splitlines()
     return "timed_out" if lines and lines[-1].startswith("TaskTimeout:") else "failed"
 
@@ -942,8 +943,7 @@ def _end_attempt(task: Task, outcome: str, error: str = "", *, now=None) -> list
     written to the task's finished_at: the metrics find ended attempts by it."""
     attempts = list(task.attempts or [])
     if attempts:
-        ended = {"outcome": outcome, "finished_at": (now or timezone.now()).isoformat()}
-        attempts[-1] = {**attempts[-1], **ended, **({"error": error} if error else {})}
+        attempts[-1] = ended(attempts[-1], outcome, now or timezone.now(), error)
     return attempts
 
 
