@@ -79,13 +79,9 @@ class Workflow(FSMModelMixin, models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
     # The scope is kept apart from created_by, which deleting the user clears.
-    # The database's default too: rows inserted by raw SQL that predates the column (the
-    # bench's generator) get none.
     callback_url = models.URLField(
         max_length=2000,
         blank=True,
-        default="",
-        db_default="",
         help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED).",
     )
     idempotency_scope = models.CharField(
