@@ -16,86 +16,124 @@ from workflow_orchestrator.conf import q_cluster
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
-env = environ.Env()
+
+class Env(environ.Env):
+    """django-environ's reader, strict: a value that its cast refuses (see the casts below:
+    django-environ's own would read "perhaps" as false) stops start-up with an
+    ImproperlyConfigured error that names the variable and quotes the value."""
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except ValueError as refused:
+            raise ImproperlyConfigured(
+                f"{var} {refused}, got {str(self.ENVIRON.get(var, default)).strip()!r}"
+            ) from None
 
 
-def _raw(name: str, default: str) -> str:
-    return os.environ.get(name, default).strip()
+def text(value: str) -> str:
+    return value.strip()
 
 
-def env_bool(name: str, default: bool) -> bool:
-    value = _raw(name, "true" if default else "false").lower()
-    if value in {"1", "true", "yes", "on"}:
+def boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
         return True
-    if value in {"0", "false", "no", "off", ""}:
+    if word in {"0", "false", "no", "off", ""}:
         return False
-    raise ImproperlyConfigured(f"{name} must be true or false, got {value!r}")
+    raise ValueError("must be true or false")
 
 
-def env_number(name: str, default: float, *, minimum: float, whole: bool = False) -> float:
-    value = _raw(name, str(default))
+def number(*, minimum: float, whole: bool = False):
+    def cast(value: str) -> float:
+        try:
+            read = int(value) if whole else float(value)
+        except ValueError:
+            raise ValueError("must be a whole number" if whole else "must be a number") from None
+        if read < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return read
+
+    return cast
+
+
+def one_of(*choices: str):
+    def cast(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return cast
+
+
+def items(value: str) -> list[str]:
+    """A comma-separated list, each item stripped, empty ones dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def database(url: str) -> dict:
+    if url.split("://", 1)[0] not in environ.Env.DB_SCHEMES:
+        raise ValueError("must start with a known scheme such as sqlite:// or postgres://")
     try:
-        number = int(value) if whole else float(value)
-    except ValueError:
-        kind = "a whole number" if whole else "a number"
-        raise ImproperlyConfigured(f"{name} must be {kind}, got {value!r}") from None
-    if number < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value!r}")
-    return number
+        return environ.Env.db_url_config(url.strip())
+    except Exception as exc:  # django-environ raises several types for a malformed URL
+        raise ValueError(f"is not a valid database URL ({exc})") from None
 
 
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _raw(name, default).lower()
-    if value not in choices:
-        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+def redis_url(url: str) -> str:
+    if not url.strip().startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis:// URL")
+    return url.strip()
 
 
-def env_list(name: str, default: str) -> list[str]:
-    return [item.strip() for item in _raw(name, default).split(",") if item.strip()]
+def throttle_rate(rate: str) -> str:
+    count, _, period = rate.strip().partition("/")
+    if rate.strip() and (not count.isdigit() or period[:1] not in {"s", "m", "h", "d"}):
+        raise ValueError("must look like 100/min (per s, min, hour or day)")
+    return rate.strip()
 
 
 def env_setting(name: str):
-    """The app's setting `name` from the environment variable of the same name, read as its
-    type and bounded by its minimum (workflow_orchestrator.conf); the app's default when unset."""
+    """The app's setting `name` from the variable of the same name, read as its type and
+    bounded by its minimum (workflow_orchestrator.conf); the app's default when unset."""
     setting = APP_SETTINGS[name]
-    if name not in os.environ:
-        return setting.default
-    if setting.kind is list:
-        return env_list(name, "")
-    if setting.kind is str:
-        return _raw(name, "")
-    return env_number(name, setting.default, minimum=setting.minimum, whole=setting.kind is int)
+    cast = {list: items, str: text}.get(setting.kind) or number(minimum=setting.minimum, whole=setting.kind is int)
+    return env(name, cast=cast, default=setting.default)
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = _raw("DJANGO_SECRET_KEY", "")
+# Variables set in the environment win over the file's. A value that starts with $ names
+# another variable (django-environ's proxy); write \$ for a literal $.
+Env.read_env(BASE_DIR / ".env", overwrite=False)
+env = Env()
+env.escape_proxy = True
+
+DEBUG = env("DJANGO_DEBUG", cast=boolean, default=True)
+SECRET_KEY = env("DJANGO_SECRET_KEY", cast=text, default="")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
     SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
 # Earlier keys, after a rotation: sessions signed with them stay valid, and the audit log's
 # rows and heads signed with them still verify.
-SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", "")
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+SECRET_KEY_FALLBACKS = env("DJANGO_SECRET_KEY_FALLBACKS", cast=items, default=[])
+ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", cast=items, default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 
 # HTTPS hardening: on by default when DEBUG is off (`manage.py check --deploy` is clean),
 # each switch overridable. Behind a TLS-terminating proxy, set DJANGO_BEHIND_PROXY=true so
 # that Django trusts its X-Forwarded-Proto header.
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
-SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", not DEBUG)
-SECURE_HSTS_SECONDS = int(env_number("DJANGO_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0, whole=True))
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
-SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", not DEBUG)
-if env_bool("DJANGO_BEHIND_PROXY", False):
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env("DJANGO_SECURE_COOKIES", cast=boolean, default=not DEBUG)
+SECURE_SSL_REDIRECT = env("DJANGO_SSL_REDIRECT", cast=boolean, default=not DEBUG)
+SECURE_HSTS_SECONDS = env("DJANGO_HSTS_SECONDS", cast=number(minimum=0, whole=True), default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env("DJANGO_HSTS_INCLUDE_SUBDOMAINS", cast=boolean, default=not DEBUG)
+SECURE_HSTS_PRELOAD = env("DJANGO_HSTS_PRELOAD", cast=boolean, default=not DEBUG)
+if env("DJANGO_BEHIND_PROXY", cast=boolean, default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 
-HOST = _raw("HOST", "127.0.0.1")
-PORT = int(env_number("PORT", 8000, minimum=1, whole=True))
+HOST = env("HOST", cast=text, default="127.0.0.1")
+PORT = env("PORT", cast=number(minimum=1, whole=True), default=8000)
 # gunicorn worker processes of `make serve` (gunicorn's own variable; its advice: 2 per CPU, plus one).
-WEB_CONCURRENCY = int(env_number("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1) + 1, minimum=1, whole=True))
+WEB_CONCURRENCY = env("WEB_CONCURRENCY", cast=number(minimum=1, whole=True), default=2 * (os.cpu_count() or 1) + 1)
 
 INSTALLED_APPS = [
     # First, so that its admin/base_site.html (favicon, small-screen styles) wraps the admin's own.
@@ -149,16 +187,10 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 
-CONN_MAX_AGE = int(env_number("CONN_MAX_AGE", 60, minimum=0, whole=True))
-_database_url = _raw("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-if _database_url.split("://", 1)[0] not in environ.Env.DB_SCHEMES:
-    raise ImproperlyConfigured(
-        f"DATABASE_URL must start with a known scheme such as sqlite:// or postgres://, got {_database_url!r}"
-    )
-try:
-    DATABASES = {"default": env.db_url_config(_database_url)}
-except Exception as exc:  # django-environ raises several types for a malformed URL
-    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+CONN_MAX_AGE = env("CONN_MAX_AGE", cast=number(minimum=0, whole=True), default=60)
+DATABASES = {
+    "default": env("DATABASE_URL", cast=database, default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", parse_default=True)
+}
 DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = CONN_MAX_AGE > 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -177,13 +209,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Orchestrator ---------------------------------------------------------------------
 
-ORCH_BROKER = env_choice("ORCH_BROKER", "orm", ("orm", "redis"))
-REDIS_URL = _raw("REDIS_URL", "redis://127.0.0.1:6379/0")
-if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
-ORCH_WORKERS = int(env_number("ORCH_WORKERS", os.cpu_count() or 2, minimum=1, whole=True))
-ORCH_POLL = env_number("ORCH_POLL", 0.2, minimum=0.01)
-ORCH_CLUSTER_NAME = _raw("ORCH_CLUSTER_NAME", "orchestrator")
+ORCH_BROKER = env("ORCH_BROKER", cast=one_of("orm", "redis"), default="orm")
+REDIS_URL = env("REDIS_URL", cast=redis_url, default="redis://127.0.0.1:6379/0")
+ORCH_WORKERS = env("ORCH_WORKERS", cast=number(minimum=1, whole=True), default=os.cpu_count() or 2)
+ORCH_POLL = env("ORCH_POLL", cast=number(minimum=0.01), default=0.2)
+ORCH_CLUSTER_NAME = env("ORCH_CLUSTER_NAME", cast=text, default="orchestrator")
 
 # The app's settings (docs/CONFIGURATION.md), each from the variable of the same name.
 ORCH_TASK_TIMEOUT = env_setting("ORCH_TASK_TIMEOUT")
@@ -230,7 +260,7 @@ else:
 # --- REST API -----------------------------------------------------------------------------
 
 # Request bodies larger than this are refused with 400 (the API's JSON parser enforces it).
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(env_number("ORCH_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, whole=True))
+DATA_UPLOAD_MAX_MEMORY_SIZE = env("ORCH_MAX_BODY_BYTES", cast=number(minimum=1024, whole=True), default=1024 * 1024)
 
 # The app's API declares its own parser, renderers, pagination, filters and error handling;
 # these are the site's defaults for DRF views (the browsable API's login among them).
@@ -246,15 +276,12 @@ REST_FRAMEWORK = {
 # Throttling (off unless set), e.g. ORCH_API_THROTTLE_USER=600/min: counted in the shared cache.
 _throttle_rates = {
     scope: rate
-    for scope, rate in [("user", _raw("ORCH_API_THROTTLE_USER", "")), ("anon", _raw("ORCH_API_THROTTLE_ANON", ""))]
+    for scope, rate in [
+        ("user", env("ORCH_API_THROTTLE_USER", cast=throttle_rate, default="")),
+        ("anon", env("ORCH_API_THROTTLE_ANON", cast=throttle_rate, default="")),
+    ]
     if rate
 }
-for _scope, _rate in _throttle_rates.items():
-    _count, _, _period = _rate.partition("/")
-    if not _count.isdigit() or _period[:1] not in {"s", "m", "h", "d"}:
-        raise ImproperlyConfigured(
-            f"ORCH_API_THROTTLE_{_scope.upper()} must look like 100/min (per s, min, hour or day), got {_rate!r}"
-        )
 if _throttle_rates:
     REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
         f"rest_framework.throttling.{'User' if scope == 'user' else 'Anon'}RateThrottle" for scope in _throttle_rates
@@ -294,7 +321,7 @@ FORMAT_MODULE_PATH = ["orchestrator_site.formats"]
 STATIC_URL = "static/"
 # `make serve` collects the static files here (`manage.py collectstatic`); WhiteNoise serves
 # them, compressed, when DEBUG is off, and straight from the apps when it is on.
-STATIC_ROOT = Path(_raw("DJANGO_STATIC_ROOT", "") or BASE_DIR / "staticfiles")
+STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", cast=text, default="") or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -309,10 +336,10 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Logging --------------------------------------------------------------------------
 
-LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper()
+LOG_LEVEL = env("LOG_LEVEL", cast=one_of("debug", "info", "warning", "error", "critical"), default="info").upper()
 # text: one readable line per record; json: one JSON object per line, with the engine's
 # fields (workflow_id, task_id, attempt, event) where a record has them.
-LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
+LOG_FORMAT = env("LOG_FORMAT", cast=one_of("text", "json"), default="text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -281,7 +281,7 @@ def type_in_words(setting) -> str:
 def site_variables() -> set[str]:
     """The environment variables the example site reads."""
     source = (ROOT / "orchestrator_site" / "settings.py").read_text()
-    return set(re.findall(r'(?:env_\w+|_raw)\("([A-Z_]+)"', source))
+    return set(re.findall(r'\benv(?:_\w+|\.\w+)?\("([A-Z_]+)"', source))
 
 
 def test_every_setting_of_the_app_is_documented_with_its_default_and_type():

@@ -7,8 +7,8 @@ like any failed attempt."""
 
 import random
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -42,23 +42,14 @@ def worker_pid(worker: str) -> int:
 def alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
 def processes_running(*argv: str) -> list[int]:
     """Live processes whose command line is exactly `argv` (a zombie has none)."""
-    wanted = ("\0".join(argv) + "\0").encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes() == wanted:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return [process.pid for process in psutil.process_iter(["cmdline"]) if process.info["cmdline"] == list(argv)]
 
 
 # --- In the test process: a late result --------------------------------------------------

@@ -344,3 +344,17 @@ def test_the_admin_adds_a_workflow_with_a_callback_url_and_shows_its_attempts(en
     assert "webhook deliveries" in page.lower()
     assert "1. 503 at" in page and "answered 503" in page
     assert "2. 200 at" in page
+
+
+def test_the_next_attempt_waits_out_the_webhook_backoff(engine, receiver, hooks):
+    hooks.ORCH_WEBHOOK_BACKOFF = 0.5
+    receiver.answers = [500]
+    engine.start(name="retried later", tasks=[], callback_url=receiver.url)
+    for _ in range(10):  # the workflow's own jobs, then the first attempt
+        for job in engine.pending():
+            engine.run(job)
+    assert len(receiver.requests) == 1
+    assert engine.pending() == [], "the second attempt is not due before its backoff"
+    assert engine.broker.delayed_size() == 1
+    engine.drain(wait=5)
+    assert len(receiver.requests) == 2

@@ -30,7 +30,7 @@ import json
 import math
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Count, Max, Min, Q
@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from . import stats
+from .attempts import time_of
 from .models import BrokenChain, MetricCounter, MetricsHead, State, Task, Transition, Workflow
 
 # How long a row may take from getting its id or end time to being committed (a
@@ -70,15 +71,6 @@ def _key(name: str, **labels) -> Key:
 def _series(name: str, *labels: tuple[str, str]) -> Key:
     # Cached: the first scrape of a large history makes a key for each of millions of samples.
     return name, json.dumps(dict(labels), sort_keys=True)
-
-
-def _time(value) -> datetime | None:
-    """An attempt's start or end as its JSON holds it (fromisoformat: the first scrape of
-    a large history parses millions)."""
-    if not isinstance(value, str):
-        return None
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Counts(Counter):
@@ -113,7 +105,7 @@ class Attempts:
 
     def add(self, task_type: str, entry: dict, ended: datetime) -> None:
         self.outcomes[task_type, entry.get("outcome", "")] += 1
-        started = _time(entry.get("started_at"))
+        started = time_of(entry.get("started_at"))
         if started is not None:
             microseconds = max((ended - started) // MICROSECOND, 0)
             self.durations[task_type, bisect.bisect_left(BUCKETS, microseconds / 1e6)] += 1
@@ -155,7 +147,7 @@ def _ended_attempts(after: datetime | None, tasks=None):
 def _ended_after(after: datetime | None, tasks):
     for task_type, attempts in tasks:
         for entry in attempts or ():
-            ended = _time(entry.get("finished_at")) if entry.get("outcome") != "running" else None
+            ended = time_of(entry.get("finished_at")) if entry.get("outcome") != "running" else None
             if ended is not None and (after is None or ended > after):
                 yield task_type, entry, ended
 

@@ -8,6 +8,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 
+from .attempts import OUTCOMES
 from .audit import deletion_digest, digest, sign_deletion_head, sign_head, verify_deletions
 from .cron import validate_cron, validate_timezone
 
@@ -83,13 +84,9 @@ class Workflow(FSMModelMixin, models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # Keys are scoped to their creator: one user's key neither reveals nor blocks another's.
     # The scope is kept apart from created_by, which deleting the user clears.
-    # The database's default too: rows inserted by raw SQL that predates the column (the
-    # bench's generator) get none.
     callback_url = models.URLField(
         max_length=2000,
         blank=True,
-        default="",
-        db_default="",
         help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED).",
     )
     idempotency_scope = models.CharField(
@@ -257,15 +254,7 @@ PHASE_EVENTS = {change.source: change.name for change in state_transitions() if 
 
 
 # How an attempt ended, as a task's `attempts` record it.
-ATTEMPT_OUTCOMES = {
-    "running": "still running",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "timed_out": "ran past its timeout",
-    "lease_expired": "taken back after its worker stopped heartbeating",
-    "handed_back": "handed back by a stopping worker",
-    "cancelled": "ended after its workflow was cancelled",
-}
+ATTEMPT_OUTCOMES = OUTCOMES
 
 
 class Task(models.Model):

@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 from django.db import DatabaseError, connections
 
 from . import logs, services, shutdown, values
+from .backoff import backoff
 from .conf import app_settings
 from .context import TaskContext
 from .models import Task
@@ -161,7 +163,7 @@ class Heartbeat:
                 failures, check_at = 0, time.monotonic() + CANCEL_CHECK_SECONDS
             except DatabaseError as exc:
                 failures += 1
-                delay = min(CANCEL_CHECK_SECONDS * 2**failures, renew_every / 2)
+                delay = backoff(failures, base=2 * CANCEL_CHECK_SECONDS, cap=renew_every / 2)
                 logger.warning(
                     "heartbeat of task %s: %s; trying again in %.1f s",
                     attempt.task_id,
@@ -226,45 +228,23 @@ def _record_overdue(attempt: Attempt, error: str) -> None:
                 return
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes `pid` started, and theirs, as /proc shows them now (none where there
-    is no /proc)."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])  # after "pid (comm) state"
-            except (OSError, IndexError, ValueError):
-                continue  # ended meanwhile
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def kill_descendants() -> int:
     """SIGKILL the processes this one started, and theirs (a handler's `os.system`, its
-    subprocesses). They share the cluster's process group, so they are found through /proc:
-    each is stopped first, so that none can start another or outlive its parent unseen,
-    then all are killed. Returns how many."""
-    found: set[int] = set()
+    subprocesses). They share the cluster's process group, so they are found as this
+    process's descendants: each is stopped first, so that none can start another or
+    outlive its parent unseen, then all are killed. Returns how many."""
+    found: dict[int, psutil.Process] = {}
     for _ in range(5):  # new ones may have been started while the last were being stopped
-        new = set(_descendants(os.getpid())) - found
+        new = [child for child in psutil.Process().children(recursive=True) if child.pid not in found]
         if not new:
             break
-        for pid in new:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-        found |= new
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        for child in new:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.suspend()
+            found[child.pid] = child
+    for child in found.values():
+        with contextlib.suppress(psutil.NoSuchProcess):  # psutil checks it is still the process found
+            child.kill()
     return len(found)
 
 

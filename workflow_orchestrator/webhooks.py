@@ -35,6 +35,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import queue
+from .backoff import backoff
 from .callbacks import Refused, Target, check
 from .conf import app_settings
 from .models import Transition, WebhookAttempt, WebhookDelivery, Workflow
@@ -195,9 +196,10 @@ def post(url: str, body: str, delivery_id) -> Answer:
     return Answer(status, error, retry)
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait after attempt `attempt` failed."""
-    return min(app_settings.ORCH_WEBHOOK_BACKOFF * 2 ** (attempt - 1), app_settings.ORCH_WEBHOOK_BACKOFF_MAX)
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after attempt `attempt` failed: ORCH_WEBHOOK_BACKOFF doubling, at
+    most ORCH_WEBHOOK_BACKOFF_MAX, without jitter."""
+    return backoff(attempt, base=app_settings.ORCH_WEBHOOK_BACKOFF, cap=app_settings.ORCH_WEBHOOK_BACKOFF_MAX)
 
 
 def deliver(workflow_id, seq: int, attempt: int) -> Answer | None:
@@ -242,7 +244,7 @@ def _record(delivery: WebhookDelivery, attempt: int, answer: Answer, started_at,
             duration=duration,
         )
         if again:
-            eta = timezone.now() + timedelta(seconds=backoff(attempt))
+            eta = timezone.now() + timedelta(seconds=retry_delay(attempt))
             queue.send_with_change([queue.webhook_job(delivery.workflow_id, delivery.seq, attempt + 1, eta)])
     if status == Status.FAILED:
         logger.warning("webhook %s gave up after attempt %d: %s", delivery.pk, attempt, answer.error)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,6 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import audit, queue, statements
+from ..attempts import ended
+from ..backoff import backoff
 from ..conf import app_settings
 from ..models import TASK_TRANSITIONS, Actor, State, Task, Workflow, task_status_after
 from .exceptions import AuditBroken, ConcurrentChange
@@ -70,9 +71,11 @@ def task_hand_back(task_id: int, attempt: int, *, workflow_id) -> bool:
 
 
 def backoff_delay(failed_attempts: int) -> float:
-    """Exponential backoff with jitter: half the delay is fixed, half random."""
-    delay = min(app_settings.ORCH_RETRY_BACKOFF * 2 ** (failed_attempts - 1), app_settings.ORCH_RETRY_BACKOFF_MAX)
-    return delay / 2 + random.uniform(0, delay / 2)
+    """The wait before a step's next attempt: ORCH_RETRY_BACKOFF doubling, at most
+    ORCH_RETRY_BACKOFF_MAX, with jitter."""
+    return backoff(
+        failed_attempts, base=app_settings.ORCH_RETRY_BACKOFF, cap=app_settings.ORCH_RETRY_BACKOFF_MAX, jitter=True
+    )
 
 
 @dataclass
@@ -182,7 +185,7 @@ def _record_failure(task_id: int, attempt: int, error: str, workflow_id) -> bool
 
 
 def _outcome_of(error: str) -> str:
-    """How a failed attempt ended (see models.ATTEMPT_OUTCOMES), from its error."""
+    """How a failed attempt ended (see attempts.OUTCOMES), from its error."""
     lines = error.strip().splitlines()
     return "timed_out" if lines and lines[-1].startswith("TaskTimeout:") else "failed"
 
@@ -192,8 +195,7 @@ def end_attempt(task: Task, outcome: str, error: str = "", *, now=None) -> list:
     written to the task's finished_at: the metrics find ended attempts by it."""
     attempts = list(task.attempts or [])
     if attempts:
-        ended = {"outcome": outcome, "finished_at": (now or timezone.now()).isoformat()}
-        attempts[-1] = {**attempts[-1], **ended, **({"error": error} if error else {})}
+        attempts[-1] = ended(attempts[-1], outcome, now or timezone.now(), error)
     return attempts
 
 

@@ -12,6 +12,7 @@ it. Both processes therefore share the run's queue and nothing else's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +27,9 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
+from statistics import median
 
+import psutil
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -44,18 +47,14 @@ from orchestrator_dev.bench import (
     CHAIN_LENGTH,
     CHAIN_STEP,
     HOP_LINKS,
-    HOP_STEP,
     ROOT,
     Cluster,
     Generator,
     RssSampler,
-    analyze,
     chain_tasks,
     counted,
     delete_generated,
     hops_ms,
-    last_stamp,
-    median,
     metrics_kept,
     percentile,
     stamps,
@@ -67,26 +66,13 @@ from workflow_orchestrator.models import Actor, State, Task, Workflow
 RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
 NOOP_JOB = "orchestrator_dev.bench.noop"
 FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
+TASKS_PER_WORKFLOW = len(FOUR_NOOPS) + 2  # PREPARE and VALIDATE run a task each too
 SIZES = {
-    "default": {
-        "rounds": 3,
-        "jobs": 3000,
-        "workflows": 250,
-        "chains": 250,
-        "latency_samples": 30,
-        "hop_chains": 20,
-        "api_size": 100_000,
-    },
-    "quick": {
-        "rounds": 2,
-        "jobs": 300,
-        "workflows": 30,
-        "chains": 30,
-        "latency_samples": 8,
-        "hop_chains": 3,
-        "api_size": 2_000,
-    },
-}
+    "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "chains": 250, "latency_samples": 30, "hop_chains": 20,
+                "api_size": 100_000},
+    "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "chains": 30, "latency_samples": 8, "hop_chains": 3,
+              "api_size": 2_000},
+}  # fmt: skip
 API_SMALL = 1000
 API_LONG_HISTORY = 50
 API_REQUESTS = {
@@ -110,15 +96,15 @@ def positive(value: str) -> int:
 
 
 def machine() -> dict:
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1)}  # fmt: skip
+    with contextlib.suppress(OSError):  # psutil does not name the CPU
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         info["cpu_model"] = models[0] if models else platform.processor()
-        meminfo = Path("/proc/meminfo").read_text().split()
-        info["memory_gb"] = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
     return info
 
 
@@ -142,6 +128,15 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
+def spread(prefix: str, values: list[float], digits: int) -> dict:
+    """The p50 and p95 of `values` (ms) as `<prefix>_p50_ms` and `<prefix>_p95_ms`."""
+    return {f"{prefix}_p{p}_ms": round(percentile(values, p / 100), digits) for p in (50, 95)}
+
+
+def overdue(started: float, limit: float = 60) -> bool:
+    return time.time() - started > limit
+
+
 class Command(BaseCommand):
     help = (
         "Benchmark the orchestrator against bare django-q2 jobs and chains on a cluster of its own "
@@ -155,17 +150,13 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=positive, help="Bare django-q2 noop jobs per A round (default 3000).")
         parser.add_argument("--workflows", type=positive, help="Workflows of 4 noop tasks per B round (default 250).")
         parser.add_argument(
-            "--chains", type=positive, help="Bare django-q2 chains of 4 jobs per C round (default 250; --quick 30)."
+            "--chains", type=positive, help="Bare django-q2 chains of 4 jobs per C round (default 250)."
         )
         parser.add_argument(
             "--latency-samples", type=positive, help="1-task workflows timed one at a time (default 30)."
         )
-        parser.add_argument(
-            "--hop-chains",
-            type=positive,
-            help=f"Chains of {HOP_LINKS} noop tasks, and of {HOP_LINKS} bare django-q2 jobs, timed hop by hop "
-            "(default 20; --quick 3).",
-        )
+        parser.add_argument("--hop-chains", type=positive, help=f"Chains of {HOP_LINKS} noop tasks, and of {HOP_LINKS} "
+                            "bare django-q2 jobs, timed hop by hop (default 20; --quick 3).")  # fmt: skip
         parser.add_argument("--keep", action="store_true", help="Keep the workflows the run created.")
         api = parser.add_argument_group("API and admin at scale")
         api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
@@ -174,10 +165,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         self.options = options
-        self.sizes = {**SIZES["quick" if options["quick"] else "default"]}
-        for key in self.sizes:
-            if options.get(key):
-                self.sizes[key] = options[key]
+        defaults = SIZES["quick" if options["quick"] else "default"]
+        self.sizes = {key: options.get(key) or default for key, default in defaults.items()}
         self.console = Console(stderr=True)
         if options["api"]:
             return self.emit(self.api_bench())
@@ -191,10 +180,8 @@ class Command(BaseCommand):
         """Run the benchmark in a child process whose settings name the run's own queue."""
         name = f"bench{os.getpid()}"
         args = [sys.executable, str(ROOT / "manage.py"), "bench"]
-        for flag in ("json", "quick", "keep", "traceback"):
-            if self.options.get(flag):
-                args.append(f"--{flag}")
-        for key in ("rounds", "jobs", "workflows", "chains", "latency_samples", "hop_chains"):
+        args += [f"--{flag}" for flag in ("json", "quick", "keep", "traceback") if self.options.get(flag)]
+        for key in SIZES["default"]:
             if self.options.get(key):
                 args += [f"--{key.replace('_', '-')}", str(self.options[key])]
         env = {**os.environ, "ORCH_CLUSTER_NAME": name, RUN_ENV: name}
@@ -204,9 +191,8 @@ class Command(BaseCommand):
         child = subprocess.Popen(args, cwd=ROOT, env=env, stdout=None if inherit else subprocess.PIPE, text=True)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
         try:
-            if not inherit:
-                for line in child.stdout:
-                    self.stdout.write(line, ending="")
+            for line in [] if inherit else child.stdout:
+                self.stdout.write(line, ending="")
             code = child.wait()
         except KeyboardInterrupt:  # the child got the same SIGINT: let it stop its cluster
             code = child.wait()
@@ -239,7 +225,7 @@ class Command(BaseCommand):
             console=self.console,
         )
 
-    # --- Throughput: A/B/C rounds, latency, memory ---------------------------------------------
+    # --- Throughput: A/B/C rounds, latency, hops, memory ---------------------------------------
 
     def throughput(self) -> dict:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -247,27 +233,22 @@ class Command(BaseCommand):
         self.tag = settings.ORCH_CLUSTER_NAME
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self.cluster = Cluster(self.workdir / "qcluster.log")
-        sampler = None
-        report = {"kind": "throughput", "cluster": self.tag, **setup(), **self.sizes}
-        report.pop("api_size")
-        started = time.monotonic()
-        failed = True
+        sizes = {key: value for key, value in self.sizes.items() if key != "api_size"}
+        report = {"kind": "throughput", "cluster": self.tag, **setup(), **sizes}
+        started, sampler, failed = time.monotonic(), None, True
         try:
-            self.cluster.start()
-            with self.progress() as progress:
-                self.bar = progress
+            with self.progress() as self.bar:
                 self.warm_up()
-                sampler = RssSampler(self.cluster.pid)
+                sampler = RssSampler(self.cluster.process.pid)
                 sampler.start()
                 a_rounds, b_rounds, c_rounds, periods = [], [], [], []
                 for number in range(1, self.sizes["rounds"] + 1):
-                    began = sampler.mark()
+                    began = time.monotonic()
                     a_rounds.append(self.round_a(number))
                     b_rounds.append(self.round_b(number))
                     c_rounds.append(self.round_c(number))
-                    periods.append((began, sampler.mark()))
-                report["latency"] = self.latency()
-                report["hops"] = self.hops()
+                    periods.append((began, time.monotonic()))
+                latency, hops = self.latency(), self.hops()
                 memory = sampler.summary(periods, settings.ORCH_WORKERS)
             failed = False
         finally:
@@ -275,32 +256,29 @@ class Command(BaseCommand):
                 sampler.stop()
             self.cluster.stop()
             self.clean_up(keep_log=failed)
-        a = median([r["jobs_per_s"] for r in a_rounds])
-        b_tasks = median([r["tasks_per_s"] for r in b_rounds])
-        c_steps = median([r["steps_per_s"] for r in c_rounds])
-        latency = report.pop("latency")
-        hops = report.pop("hops")
+        a, b, c = (median(r[key] for r in rounds) for rounds, key in
+                   ((a_rounds, "jobs_per_s"), (b_rounds, "tasks_per_s"), (c_rounds, "steps_per_s")))  # fmt: skip
         report.update(
             {
                 "a_jobs_per_s": round(a, 1),
-                "b_tasks_per_s": round(b_tasks, 1),
-                "b_workflows_per_s": round(median([r["workflows_per_s"] for r in b_rounds]), 1),
-                "c_steps_per_s": round(c_steps, 1),
-                "ratio": round(b_tasks / a, 3),
+                "b_tasks_per_s": round(b, 1),
+                "b_workflows_per_s": round(median(r["workflows_per_s"] for r in b_rounds), 1),
+                "c_steps_per_s": round(c, 1),
+                "ratio": round(b / a, 3),
                 "ratio_per_round": [
-                    round(pair_b["tasks_per_s"] / pair_a["jobs_per_s"], 3)
-                    for pair_a, pair_b in zip(a_rounds, b_rounds, strict=True)
+                    round(rb["tasks_per_s"] / ra["jobs_per_s"], 3) for ra, rb in zip(a_rounds, b_rounds, strict=True)
                 ],
-                "ratio_chain": round(b_tasks / c_steps, 3),
+                "ratio_chain": round(b / c, 3),
                 "ratio_chain_per_round": [
-                    round(pair_b["tasks_per_s"] / pair_c["steps_per_s"], 3)
-                    for pair_b, pair_c in zip(b_rounds, c_rounds, strict=True)
+                    round(rb["tasks_per_s"] / rc["steps_per_s"], 3) for rb, rc in zip(b_rounds, c_rounds, strict=True)
                 ],
-                "tasks_per_workflow": b_rounds[0]["tasks"] // b_rounds[0]["workflows"],
+                "tasks_per_workflow": TASKS_PER_WORKFLOW,
                 "steps_per_chain": CHAIN_LENGTH,
                 **latency,
                 **hops,
                 **memory,
+                # Latency: PREPARE, the task, VALIDATE; hops: a workflow of HOP_LINKS tasks and
+                # its PREPARE and VALIDATE, and a django-q2 chain of HOP_LINKS jobs.
                 "jobs_run_total": sum(r["jobs"] for r in a_rounds)
                 + sum(r["tasks"] for r in b_rounds)
                 + sum(r["steps"] for r in c_rounds)
@@ -319,11 +297,8 @@ class Command(BaseCommand):
         died or nothing moved for STALL_SECONDS. Returns the progress bar's task."""
         task = self.bar.add_task(description, total=total, note="")
         last, moved = -1, time.monotonic()
-        while True:
-            count = done()
-            self.bar.update(task, completed=min(count, total))
-            if count >= total:
-                return task
+        while (count := done()) < total:
+            self.bar.update(task, completed=count)
             if count != last:
                 last, moved = count, time.monotonic()
             if not self.cluster.alive():
@@ -334,6 +309,8 @@ class Command(BaseCommand):
                     f"({self.cluster.log_path}) ends:\n{self.cluster.log_tail()}"
                 )
             time.sleep(interval)
+        self.bar.update(task, completed=total)
+        return task
 
     def settle(self) -> None:
         """Let the previous round's last jobs be acknowledged, then purge the queue."""
@@ -352,19 +329,20 @@ class Command(BaseCommand):
         for start in range(0, count, batch):
             broker.enqueue_many([queue.package(job) for _ in range(min(batch, count - start))])
 
+    def start_workflows(self, name: str, count: int, tasks: list[dict]) -> None:
+        for _ in range(count):
+            services.workflow_create(name=name, actor=Actor.CLI, tasks=tasks, start=True)
+
     def warm_up(self) -> None:
         """Wait for the cluster and run a few jobs of every kind, so that no round pays for
         start-up or first imports."""
         self.settle()
-        path = self.workdir / "warm-up"
-        jobs = 4 * settings.ORCH_WORKERS
-        self.enqueue(NOOP_JOB, path, (), jobs)
-        self.enqueue(CHAIN_STEP, path, (1,), settings.ORCH_WORKERS)
-        self.wait("cluster start-up", jobs + CHAIN_LENGTH * settings.ORCH_WORKERS, lambda: counted(path), 0.05)
-        name = f"{self.tag}-warm-up"
-        for _ in range(settings.ORCH_WORKERS):
-            services.workflow_create(name=name, actor=Actor.CLI, tasks=FOUR_NOOPS, start=True)
-        self.wait("warm-up workflows", settings.ORCH_WORKERS, lambda: self.ended(name), 0.05)
+        path, workers = self.workdir / "warm-up", settings.ORCH_WORKERS
+        self.enqueue(NOOP_JOB, path, (), 4 * workers)
+        self.enqueue(CHAIN_STEP, path, (1, CHAIN_LENGTH), workers)
+        self.wait("cluster start-up", (4 + CHAIN_LENGTH) * workers, lambda: counted(path), 0.05)
+        self.start_workflows(f"{self.tag}-warm-up", workers, FOUR_NOOPS)
+        self.wait("warm-up workflows", workers, lambda: self.ended(f"{self.tag}-warm-up"), 0.05)
 
     def ended(self, name: str) -> int:
         counts = Workflow.objects.filter(name=name).aggregate(
@@ -375,18 +353,18 @@ class Command(BaseCommand):
             raise CommandError(f"{counts['failed']} benchmark workflow(s) failed: {error}")
         return counts["ended"]
 
-    def stamped_round(self, name: str, unit: str, func: str, args: tuple, count: int, stamps: int) -> float:
+    def stamped_round(self, name: str, unit: str, func: str, args: tuple, count: int, total: int) -> float:
         """Rounds A and C: `count` jobs `func(path, *args)` put on the broker in bulk, done
-        when the round's file holds `stamps` stamps (`unit`). Returns the seconds from the
+        when the round's file holds `total` stamps (`unit`). Returns the seconds from the
         first enqueue to the last stamp."""
         self.settle()
         path = self.workdir / name.lower()
         path.touch()
         started = time.time()
         self.enqueue(func, path, args, count)
-        task = self.wait(f"{name} django-q2 {unit}", stamps, lambda: counted(path), 0.01)
-        seconds = last_stamp(path) - started
-        self.bar.update(task, note=f"{rate(stamps, seconds):.0f} {unit}/s")
+        task = self.wait(f"{name} django-q2 {unit}", total, lambda: counted(path), 0.01)
+        seconds = max(stamps(path)) - started
+        self.bar.update(task, note=f"{rate(total, seconds):.0f} {unit}/s")
         return seconds
 
     def round_a(self, number: int) -> dict:
@@ -400,130 +378,88 @@ class Command(BaseCommand):
         step's job enqueuing the next; from the first enqueue to the last step's end."""
         chains = self.sizes["chains"]
         steps = chains * CHAIN_LENGTH
-        seconds = self.stamped_round(f"C{number}", "chain steps", CHAIN_STEP, (1,), chains, steps)
-        return {
-            "round": number,
-            "chains": chains,
-            "steps": steps,
-            "seconds": round(seconds, 3),
-            "steps_per_s": rate(steps, seconds),
-        }
+        seconds = self.stamped_round(f"C{number}", "chain steps", CHAIN_STEP, (1, CHAIN_LENGTH), chains, steps)
+        return {"round": number, "chains": chains, "steps": steps, "seconds": round(seconds, 3),
+                "steps_per_s": rate(steps, seconds)}  # fmt: skip
 
     def round_b(self, number: int) -> dict:
         """The orchestrator: `workflows` workflows of 4 noop tasks, from the first
         workflow_create(start=True) to the last one's finished_at."""
         self.settle()
-        count = self.sizes["workflows"]
-        name = f"{self.tag}-b{number}"
-        task = self.bar.add_task(f"B{number} creating workflows", total=count, note="")
+        count, name = self.sizes["workflows"], f"{self.tag}-b{number}"
         started = time.time()
-        for _ in range(count):
-            services.workflow_create(name=name, actor=Actor.CLI, tasks=FOUR_NOOPS, start=True)
-            self.bar.advance(task)
+        self.start_workflows(name, count, FOUR_NOOPS)
         created = time.time() - started
-        self.bar.remove_task(task)
         task = self.wait(f"B{number} orchestrator workflows", count, lambda: self.ended(name), 0.05)
-        finished = Workflow.objects.filter(name=name).aggregate(last=Max("finished_at"))["last"]
+        seconds = Workflow.objects.filter(name=name).aggregate(last=Max("finished_at"))["last"].timestamp() - started
         tasks = Task.objects.filter(workflow__name=name, status=Task.Status.SUCCEEDED).count()
-        seconds = finished.timestamp() - started
-        result = {
-            "round": number,
-            "workflows": count,
-            "tasks": tasks,
-            "seconds": round(seconds, 3),
-            "create_seconds": round(created, 3),
-            "tasks_per_s": rate(tasks, seconds),
-            "workflows_per_s": rate(count, seconds),
-        }
-        self.bar.update(task, note=f"{result['tasks_per_s']:.0f} tasks/s")
-        return result
+        self.bar.update(task, note=f"{rate(tasks, seconds):.0f} tasks/s")
+        return {"round": number, "workflows": count, "tasks": tasks, "seconds": round(seconds, 3),
+                "create_seconds": round(created, 3), "tasks_per_s": rate(tasks, seconds),
+                "workflows_per_s": rate(count, seconds)}  # fmt: skip
+
+    def pause(self) -> None:
+        """Up to one broker poll, at random: so that starts do not line up with the ORM
+        broker's polling."""
+        time.sleep(random.uniform(0, settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05))
 
     def latency(self) -> dict:
         """Single 1-task workflows (PREPARE, the task, VALIDATE: three jobs in a row), one at
-        a time on the idle cluster, each after a random pause of up to one broker poll so
-        that starts do not line up with the ORM broker's polling."""
+        a time on the idle cluster, each after a pause."""
         self.settle()
         samples = self.sizes["latency_samples"]
-        name = f"{self.tag}-latency"
-        poll = settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05
         total, observed, engine = [], [], []
         task = self.bar.add_task("latency (1-task workflows)", total=samples, note="")
         for _ in range(samples):
-            time.sleep(random.uniform(0, poll))
+            self.pause()
             started = time.time()
-            workflow, _ = services.workflow_create(name=name, actor=Actor.CLI, tasks=[{"type": "noop"}], start=True)
+            workflow, _ = services.workflow_create(
+                name=f"{self.tag}-latency", actor=Actor.CLI, tasks=[{"type": "noop"}], start=True
+            )
             began, finished, seen = self.completed(workflow.pk, started, "a latency sample", interval=0.002)
             total.append((finished.timestamp() - started) * 1000)
             observed.append((seen - started) * 1000)
             engine.append((finished - began).total_seconds() * 1000)
             self.bar.advance(task)
         self.bar.update(task, note=f"p50 {median(total):.0f} ms")
-
-        def ms(values, fraction):
-            return round(percentile(values, fraction), 1)
-
-        return {
-            "latency_samples": samples,
-            "latency_p50_ms": ms(total, 0.5),
-            "latency_p95_ms": ms(total, 0.95),
-            "latency_observed_p50_ms": ms(observed, 0.5),
-            "latency_observed_p95_ms": ms(observed, 0.95),
-            "latency_engine_p50_ms": ms(engine, 0.5),
-            "latency_engine_p95_ms": ms(engine, 0.95),
-        }
+        return {"latency_samples": samples, **spread("latency", total, 1),
+                **spread("latency_observed", observed, 1), **spread("latency_engine", engine, 1)}  # fmt: skip
 
     def completed(self, workflow_id, started: float, what: str, interval: float) -> tuple:
         """Poll the workflow every `interval` s until it has ended; its started_at and
         finished_at, and the wall clock at which the poll saw it end. Fails unless it
         ended COMPLETE."""
         while True:
-            state, began, finished = Workflow.objects.values_list("state", "started_at", "finished_at").get(
-                pk=workflow_id
-            )
-            if state in ENDED:
-                seen = time.time()
+            row = Workflow.objects.values_list("state", "started_at", "finished_at").get(pk=workflow_id)
+            if row[0] in ENDED:
                 break
             if not self.cluster.alive() or overdue(started):
                 raise CommandError(f"{what} did not complete:\n{self.cluster.log_tail()}")
             time.sleep(interval)
-        if state != State.COMPLETE:
-            raise CommandError(f"{what} ended {state}")
-        return began, finished, seen
+        if row[0] != State.COMPLETE:
+            raise CommandError(f"{what} ended {row[0]}")
+        return row[1], row[2], time.time()
 
     def hops(self) -> dict:
         """Chains of HOP_LINKS noop tasks, each after the one before, and bare django-q2
         chains of HOP_LINKS jobs, each enqueuing the next: one chain at a time on the idle
-        cluster, alternating, each after a random pause of up to one broker poll. A hop
-        runs from one link's finish to the next link's finish (see hops_ms)."""
+        cluster, alternating, each after a pause. A hop runs from one link's finish to the
+        next link's finish (see hops_ms)."""
         self.settle()
         chains = self.sizes["hop_chains"]
-        poll = settings.Q_CLUSTER["poll"] if settings.ORCH_BROKER == "orm" else 0.05
         engine, bare, inline = [], [], 0
         task = self.bar.add_task(f"chains of {HOP_LINKS} links (hops)", total=chains, note="")
         for number in range(1, chains + 1):
-            time.sleep(random.uniform(0, poll))
+            self.pause()
             hops, ran_inline = self.task_chain(number)
             engine += hops
             inline += ran_inline
-            time.sleep(random.uniform(0, poll))
+            self.pause()
             bare += self.job_chain(number)
             self.bar.advance(task)
         self.bar.update(task, note=f"p50 {median(engine):.1f} ms against {median(bare):.1f} ms")
-
-        def ms(values, fraction):
-            return round(percentile(values, fraction), 2)
-
-        return {
-            "hop_chains": chains,
-            "hop_links": HOP_LINKS,
-            "hops": len(engine),
-            "hops_inline": inline,
-            "hop_p50_ms": ms(engine, 0.5),
-            "hop_p95_ms": ms(engine, 0.95),
-            "q2_hops": len(bare),
-            "q2_hop_p50_ms": ms(bare, 0.5),
-            "q2_hop_p95_ms": ms(bare, 0.95),
-        }
+        return {"hop_chains": chains, "hop_links": HOP_LINKS, "hops": len(engine), "hops_inline": inline,
+                **spread("hop", engine, 2), "q2_hops": len(bare), **spread("q2_hop", bare, 2)}  # fmt: skip
 
     def task_chain(self, number: int) -> tuple[list[float], int]:
         """One workflow whose EXECUTE is a chain of HOP_LINKS noop tasks: its hops, from the
@@ -546,9 +482,8 @@ class Command(BaseCommand):
     def job_chain(self, number: int) -> list[float]:
         """One bare django-q2 chain of HOP_LINKS jobs: its hops, from the jobs' stamps."""
         path = self.workdir / f"hops-{number}"
-        path.touch()
         started = time.time()
-        self.enqueue(HOP_STEP, path, (1,), 1)
+        self.enqueue(CHAIN_STEP, path, (1, HOP_LINKS), 1)
         while counted(path) < HOP_LINKS:
             if not self.cluster.alive() or overdue(started):
                 raise CommandError(f"django-q2 chain {number} did not complete:\n{self.cluster.log_tail()}")
@@ -588,32 +523,30 @@ class Command(BaseCommand):
         owner.save()
         generator = Generator(owner=owner, tag=f"bench-api-{os.getpid()}")
         client = Client()
-        hosts = [*settings.ALLOWED_HOSTS, "testserver"]
         try:
             with (
-                override_settings(
-                    ALLOWED_HOSTS=hosts, SECURE_SSL_REDIRECT=False, DEBUG=False, ORCH_METRICS_TOKEN=METRICS_TOKEN
-                ),
+                override_settings(ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"], SECURE_SSL_REDIRECT=False,
+                                  DEBUG=False, ORCH_METRICS_TOKEN=METRICS_TOKEN),
                 metrics_kept(),
                 self.progress() as progress,
-            ):
+            ):  # fmt: skip
                 client.force_login(owner)
                 task = progress.add_task("generating workflows", total=size, note="")
                 long_history = generator.long_history(API_LONG_HISTORY)
                 progress.advance(task)
-                generator.grow(small, size, lambda n: progress.advance(task, n))
-                analyze()
-                at_small = self.time_requests(client, long_history, repeats, progress, small)
-                generator.grow(size, size, lambda n: progress.advance(task, n))
-                analyze()
-                at_full = self.time_requests(client, long_history, repeats, progress, size)
+                timed = {}
+                for count in (small, size):
+                    generator.grow(count, size, lambda n: progress.advance(task, n))
+                    vacuum(full=False)
+                    timed[count] = self.time_requests(client, long_history, repeats, progress, count)
             report["audit_chain_valid"] = audit.verify(Workflow.objects.get(pk=long_history)) is None
             client.logout()
         finally:
             if not self.options["keep"]:
                 delete_generated(owner)
                 owner.delete()
-                vacuum()
+                vacuum(full=True)
+        at_small, at_full = timed[small], timed[size]
         report.update(
             {
                 "transitions": generator.transitions,
@@ -631,9 +564,9 @@ class Command(BaseCommand):
                         "ratio": round(at_full[name]["ms"] / at_small[name]["ms"], 2),
                         "small_queries": at_small[name]["queries"],
                         "full_queries": at_full[name]["queries"],
-                        "url": API_REQUESTS[name].replace("{id}", "<id>"),
+                        "url": url.replace("{id}", "<id>"),
                     }
-                    for name in API_REQUESTS
+                    for name, url in API_REQUESTS.items()
                 },
             }
         )
@@ -646,110 +579,76 @@ class Command(BaseCommand):
         task = progress.add_task(f"requests at {size} workflows", total=len(API_REQUESTS) * (repeats + 2), note="")
         for name, url in API_REQUESTS.items():
             url = url.format(id=workflow_id)
-            started = time.perf_counter()
-            self.get(client, url)  # warm-up: a first scrape also counts the history generated since the last
-            first_ms = (time.perf_counter() - started) * 1000
-            progress.advance(task)
+            first_ms = self.get(client, url)  # warm-up: a first scrape also counts the history generated since
             reset_queries()  # a full query log (DEBUG keeps the last 9000) would capture nothing
             with CaptureQueriesContext(connection) as captured:
                 self.get(client, url)
             queries = len(captured)  # now: the next request's request_started signal empties the log
-            progress.advance(task)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                self.get(client, url)
-                times.append((time.perf_counter() - started) * 1000)
-                progress.advance(task)
+            times = [self.get(client, url) for _ in range(repeats)]
+            progress.advance(task, repeats + 2)
             results[name] = {"ms": round(median(times), 1), "first_ms": round(first_ms, 1), "queries": queries}
         return results
 
     @staticmethod
-    def get(client: Client, url: str):
+    def get(client: Client, url: str) -> float:
+        """GET `url`; the ms it took."""
+        started = time.perf_counter()
         response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")  # only /metrics reads it
         if response.status_code != 200:
             raise CommandError(f"GET {url} answered {response.status_code}: {response.content[:300]!r}")
-        return response
+        return (time.perf_counter() - started) * 1000
 
     # --- Output ------------------------------------------------------------------------------
 
     def tables(self, report: dict) -> list[Table]:
         where = Table(title="bench", show_header=False, box=None)
-        where.add_row("database", f"{report['database']} ({report['database_name']})")
-        where.add_row("broker", f"{report['broker']} (poll {report['poll']} s)")
-        where.add_row("workers", str(report["workers"]))
         m = report["machine"]
-        where.add_row(
-            "machine",
-            f"{m.get('cpus')} CPUs, {m.get('cpu_model', '?')}, {m.get('memory_gb', '?')} GB, Python {m['python']}",
-        )
+        for row in (
+            ("database", f"{report['database']} ({report['database_name']})"),
+            ("broker", f"{report['broker']} (poll {report['poll']} s)"),
+            ("workers", str(report["workers"])),
+            ("machine", f"{m['cpus']} CPUs, {m.get('cpu_model', '?')}, {m['memory_gb']} GB, Python {m['python']}"),
+        ):
+            where.add_row(*row)
         if report["kind"] == "api":
             return [where, self.api_table(report)]
+        r = report
         figures = Table(title="Throughput: bare django-q2 jobs (A) and chains (C) against the orchestrator (B)")
-        figures.add_column("figure")
-        figures.add_column("value", justify="right")
-        figures.add_column("rounds", justify="right")
-        figures.add_row(
-            f"A jobs/s ({report['jobs']} noop jobs)",
-            f"{report['a_jobs_per_s']:.0f}",
-            " ".join(f"{r['jobs_per_s']:.0f}" for r in report["a_rounds"]),
-        )
-        figures.add_row(
-            f"B tasks/s ({report['workflows']} workflows × {report['tasks_per_workflow']} tasks)",
-            f"{report['b_tasks_per_s']:.0f}",
-            " ".join(f"{r['tasks_per_s']:.0f}" for r in report["b_rounds"]),
-        )
-        figures.add_row(
-            "B workflows/s",
-            f"{report['b_workflows_per_s']:.1f}",
-            " ".join(f"{r['workflows_per_s']:.1f}" for r in report["b_rounds"]),
-        )
-        figures.add_row(
-            f"C steps/s ({report['chains']} chains × {report['steps_per_chain']} jobs)",
-            f"{report['c_steps_per_s']:.0f}",
-            " ".join(f"{r['steps_per_s']:.0f}" for r in report["c_rounds"]),
-        )
-        figures.add_row(
-            "ratio B tasks/s ÷ A jobs/s",
-            f"{report['ratio']:.2f}",
-            " ".join(f"{ratio:.2f}" for ratio in report["ratio_per_round"]),
-        )
-        figures.add_row(
-            "ratio_chain B tasks/s ÷ C steps/s",
-            f"{report['ratio_chain']:.2f}",
-            " ".join(f"{ratio:.2f}" for ratio in report["ratio_chain_per_round"]),
-        )
-        figures.add_row(
-            f"1-task workflow start→COMPLETE p50 / p95 ({report['latency_samples']} samples)",
-            f"{report['latency_p50_ms']:.0f} / {report['latency_p95_ms']:.0f} ms",
-            "",
-        )
-        figures.add_row(
-            "  observed by polling / engine started→finished p50",
-            f"{report['latency_observed_p50_ms']:.0f} / {report['latency_engine_p50_ms']:.0f} ms",
-            "",
-        )
-        figures.add_row(
-            f"chain of {report['hop_links']} noop tasks (after): hop p50 / p95 ({report['hops']} hops)",
-            f"{report['hop_p50_ms']:.1f} / {report['hop_p95_ms']:.1f} ms",
-            f"{report['hops_inline']} of {report['hops']} taken straight on",
-        )
-        figures.add_row(
-            f"django-q2 chain of {report['hop_links']} noop jobs: hop p50 / p95 ({report['q2_hops']} hops)",
-            f"{report['q2_hop_p50_ms']:.1f} / {report['q2_hop_p95_ms']:.1f} ms",
-            "",
-        )
-        if "rss_peak_mb" in report:
-            figures.add_row("worker RSS peak", f"{report['rss_peak_mb']} MB", "")
-            figures.add_row(
-                f"worker RSS, first → last round ({report['jobs_run_total']} jobs)",
-                f"{report['rss_start_mb']} → {report['rss_end_mb']} MB",
-                " ".join(str(value) for value in report["rss_per_round_mb"]),
-            )
-            figures.add_row(
-                f"worker processes (recycled every {report['recycle']} jobs)", str(report["worker_processes_seen"]), ""
-            )
-        figures.add_row("duration", f"{report['duration_s']} s", "")
+        for column, justify in (("figure", "left"), ("value", "right"), ("rounds", "right")):
+            figures.add_column(column, justify=justify)
+
+        def rounds(key: str, which: str, form: str) -> str:
+            return " ".join(format(round_[key], form) for round_ in r[which])
+
+        rows = [
+            (f"A jobs/s ({r['jobs']} noop jobs)", f"{r['a_jobs_per_s']:.0f}", rounds("jobs_per_s", "a_rounds", ".0f")),
+            (f"B tasks/s ({r['workflows']} workflows × {r['tasks_per_workflow']} tasks)", f"{r['b_tasks_per_s']:.0f}",
+             rounds("tasks_per_s", "b_rounds", ".0f")),
+            ("B workflows/s", f"{r['b_workflows_per_s']:.1f}", rounds("workflows_per_s", "b_rounds", ".1f")),
+            (f"C steps/s ({r['chains']} chains × {r['steps_per_chain']} jobs)", f"{r['c_steps_per_s']:.0f}",
+             rounds("steps_per_s", "c_rounds", ".0f")),
+            ("ratio B tasks/s ÷ A jobs/s", f"{r['ratio']:.2f}", " ".join(f"{x:.2f}" for x in r["ratio_per_round"])),
+            ("ratio_chain B tasks/s ÷ C steps/s", f"{r['ratio_chain']:.2f}",
+             " ".join(f"{x:.2f}" for x in r["ratio_chain_per_round"])),
+            (f"1-task workflow start→COMPLETE p50 / p95 ({r['latency_samples']} samples)",
+             f"{r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} ms", ""),
+            ("  observed by polling / engine started→finished p50",
+             f"{r['latency_observed_p50_ms']:.0f} / {r['latency_engine_p50_ms']:.0f} ms", ""),
+            (f"chain of {r['hop_links']} noop tasks (after): hop p50 / p95 ({r['hops']} hops)",
+             f"{r['hop_p50_ms']:.1f} / {r['hop_p95_ms']:.1f} ms",
+             f"{r['hops_inline']} of {r['hops']} taken straight on"),
+            (f"django-q2 chain of {r['hop_links']} noop jobs: hop p50 / p95 ({r['q2_hops']} hops)",
+             f"{r['q2_hop_p50_ms']:.1f} / {r['q2_hop_p95_ms']:.1f} ms", ""),
+        ]  # fmt: skip
+        if "rss_peak_mb" in r:
+            rows += [
+                ("worker RSS peak", f"{r['rss_peak_mb']} MB", ""),
+                (f"worker RSS, first → last round ({r['jobs_run_total']} jobs)",
+                 f"{r['rss_start_mb']} → {r['rss_end_mb']} MB", " ".join(str(x) for x in r["rss_per_round_mb"])),
+                (f"worker processes (recycled every {r['recycle']} jobs)", str(r["worker_processes_seen"]), ""),
+            ]  # fmt: skip
+        for row in [*rows, ("duration", f"{r['duration_s']} s", "")]:
+            figures.add_row(*row)
         return [where, figures]
 
     @staticmethod
@@ -769,7 +668,3 @@ class Command(BaseCommand):
                 f"{figures['small_queries']} / {figures['full_queries']}",
             )
         return table
-
-
-def overdue(started: float, limit: float = 60) -> bool:
-    return time.time() - started > limit
