@@ -6,6 +6,7 @@ error that names the variable.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -204,6 +205,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The test database must be a file: integration tests run a qcluster in another process.
     db_name = Path(DATABASES["default"]["NAME"])
     DATABASES["default"]["TEST"] = {"NAME": str(db_name.with_name(f"test_{db_name.name}"))}
+
+# Under pytest only, a second database: the contract tests (tests/test_contract.py) run the
+# PostgreSQL backend's statements in the everyday SQLite run too. Its test database is made
+# only when a test asks for it; the tests skip it when the server does not answer.
+if "pytest" in sys.modules and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["postgresql"] = env.db_url_config(
+        os.environ.get("ORCH_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -4,6 +4,7 @@ A change that adds a round trip fails here; PostgreSQL's own count, BEGIN and CO
 included, comes from ../shared/tools/pg-statements-per-task (docs/BENCHMARKS.md)."""
 
 import pydoc
+import re
 
 import pytest
 from django.conf import settings
@@ -17,21 +18,10 @@ from workflow_orchestrator.models import Actor, State, Task
 pytestmark = pytest.mark.django_db(transaction=True)  # autocommit, as in a worker
 POSTGRES = connection.vendor == "postgresql"
 
-# The statements' names, by how they begin (workflow_orchestrator/statements.py names them so).
-NAMES = [
-    ("UPDATE workflow_orchestrator_task AS task SET status = 'RUNNING'", "claim"),
-    ("UPDATE workflow_orchestrator_task SET status = 'RUNNING'", "claim"),
-    ("SELECT state, mode, unfinished", "claim: its workflow"),
-    ("WITH locked AS", "succeed"),  # "succeed + transition" when it also holds `change AS`
-    ("WITH change AS", "transition"),
-    ("UPDATE workflow_orchestrator_task SET status = CASE", "succeed: the task"),
-    ("UPDATE workflow_orchestrator_workflow SET unfinished", "succeed: the fan-in"),
-    ("WITH next_up AS", "succeed: release what waited"),
-    ("UPDATE workflow_orchestrator_workflow SET state", "transition: the workflow"),
-    ("INSERT INTO workflow_orchestrator_transition", "transition: the audit row"),
-    ("WITH pick AS", "transition: the next phase's tasks"),
-    ("UPDATE workflow_orchestrator_task SET status = 'QUEUED'", "transition: the next phase's tasks"),
-    ("SELECT input, results FROM workflow_orchestrator_workflow", "the workflow's input"),
+# The engine's own statements carry their name (workflow_orchestrator/sql/*.sql); the ORM's
+# are named here by how they begin.
+NAMED = re.compile(r"/\* (\w+) \*/ ")
+ORM = [
     ('SELECT "workflow_orchestrator_workflow"', "the workflow"),  # FOR UPDATE (PostgreSQL): "lock the workflow"
     ('SELECT "workflow_orchestrator_task"."name"', "the EXECUTE tasks"),
     ('SELECT "workflow_orchestrator_task"."id"', "the failed attempt"),
@@ -41,11 +31,11 @@ NAMES = [
 
 
 def name(sql: str) -> str:
+    if named := NAMED.match(sql):
+        return named[1]
     sql = " ".join(sql.split())
-    for start, label in NAMES:
+    for start, label in ORM:
         if sql.startswith(start):
-            if label == "succeed" and "change AS" in sql:
-                return "succeed + transition"
             return "lock the workflow" if label == "the workflow" and "FOR UPDATE" in sql else label
     return sql[:60]
 
@@ -100,18 +90,16 @@ def start(tasks) -> object:
 # One statement each on PostgreSQL; their parts in one transaction on SQLite. The ORM
 # broker's jobs go in the transaction of the change that makes them; Redis gets them after.
 JOBS = ("enqueue",) if settings.ORCH_BROKER == "orm" else ()
-CLAIM = ["claim"] if POSTGRES else ["claim", "claim: its workflow"]
-SUCCEED = ["succeed"] if POSTGRES else [("succeed: the task", "succeed: the fan-in")]
+CLAIM = ["claim"] if POSTGRES else ["claim", "workflow_row"]
+SUCCEED = ["succeed"] if POSTGRES else [("succeed", "count_out")]
 
 
 def transition(*, succeeded: bool) -> list:
     if POSTGRES:
-        statement = "succeed + transition" if succeeded else "transition"
+        statement = "succeed_and_transition" if succeeded else "transition"
         return [(statement, *JOBS)] if JOBS else [statement]
-    parts = ("succeed: the task",) if succeeded else ()
-    return [
-        (*parts, "transition: the workflow", "transition: the audit row", "transition: the next phase's tasks", *JOBS)
-    ]
+    parts = ("succeed",) if succeeded else ()
+    return [(*parts, "change_workflow", "insert_audit_row", "queue_phase", *JOBS)]
 
 
 def test_a_task_in_the_middle_of_its_phase_costs_a_claim_and_a_success():
@@ -148,9 +136,7 @@ def test_a_task_others_wait_for_costs_at_most_one_more_statement_and_hands_one_o
                       {"name": "b", "type": "noop", "after": ["a"]}, {"name": "d", "type": "noop"}])  # fmt: skip
     run(jobs_on_the_broker()[0])  # PREPARE, and x
     a, _d = jobs_on_the_broker()
-    release = (
-        ["succeed"] if POSTGRES else [("succeed: the task", "succeed: the fan-in", "succeed: release what waited")]
-    )
+    release = ["succeed_and_release"] if POSTGRES else [("succeed", "count_out", "release_waiting")]
     # a's success releases b in the same statement (SQLite: transaction), claimed for this
     # worker, which runs it at once: b costs no claim and no job.
     assert run(a).steps == [*CLAIM, *release, *SUCCEED]
@@ -163,9 +149,9 @@ def test_a_task_that_releases_several_queues_the_rest_with_their_jobs():
     run(jobs_on_the_broker()[0])  # PREPARE, and x
     [a] = jobs_on_the_broker()
     if POSTGRES:
-        release = [("succeed", *JOBS)] if JOBS else ["succeed"]
+        release = [("succeed_and_release", *JOBS)] if JOBS else ["succeed_and_release"]
     else:
-        release = [("succeed: the task", "succeed: the fan-in", "succeed: release what waited", *JOBS)]
+        release = [("succeed", "count_out", "release_waiting", *JOBS)]
     assert run(a).steps == [*CLAIM, *release, *SUCCEED]  # b runs here; c is queued
     [c] = jobs_on_the_broker()
     assert tuple(c["args"][:2]) == (task(workflow, "c").pk, 1)
@@ -175,7 +161,7 @@ def test_prepare_then_the_first_execute_task_in_one_job():
     start([{"type": "noop"}] * 2)
     assert run(jobs_on_the_broker()[0]).steps == [
         *CLAIM,
-        "the workflow's input",  # read by default.prepare, which checks it
+        "workflow_input",  # read by default.prepare, which checks it
         *transition(succeeded=True),  # noop-2 queued, noop-1 claimed for this worker
         *SUCCEED,  # noop-1, run by the same worker
     ]

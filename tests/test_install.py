@@ -198,7 +198,7 @@ def token_for(project: Project, username: str) -> str:
 # --- The distribution ------------------------------------------------------------------------
 
 
-def test_the_wheel_holds_the_app_with_its_migrations_templates_and_static_files_alone(project):
+def test_the_wheel_holds_the_app_with_its_migrations_templates_static_and_sql_files_alone(project):
     (wheel,) = (project.root / "dist").glob("django_workflow_orchestrator-0.1.0-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {
@@ -210,6 +210,8 @@ def test_the_wheel_holds_the_app_with_its_migrations_templates_and_static_files_
         "workflow_orchestrator/templates/admin/workflow_orchestrator/dashboard.html",
         "workflow_orchestrator/templates/rest_framework/orchestrator_api.html",
         "workflow_orchestrator/static/workflow_orchestrator/admin.css",
+        "workflow_orchestrator/sql/postgresql.sql",
+        "workflow_orchestrator/sql/sqlite.sql",
         "workflow_orchestrator/urls.py",
     ]:
         assert expected in names, expected

@@ -1,0 +1,110 @@
+"""The hot path on PostgreSQL: every operation is one statement of sql/postgresql.sql."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..models import Task, Transition, Workflow
+from .base import (
+    TASK_COLUMNS,
+    UNCHANGED,
+    WORKFLOW_COLUMNS_READ,
+    Backend,
+    ClaimedTask,
+    FanIn,
+    Inline,
+    Succeeded,
+    Written,
+    is_json,
+)
+
+
+class PostgreSQLBackend(Backend):
+    vendor = "postgresql"
+
+    def document_value(self, field, value):
+        # jsonb_populate_record reads a jsonb column's value as the JSON it is given.
+        return value if is_json(field) else super().document_value(field, value)
+
+    def create(self, workflow: Workflow, tasks: list[Task], row: Transition | None = None) -> list[ClaimedTask]:
+        params = {
+            "workflow": self.workflow_json(workflow),
+            "tasks": self.tasks_json(tasks),
+        }
+        if row is None:
+            rows = self._fetch("create", params)
+        else:
+            params.update(self.audit_params(row), workflow_id=self.db_uuid(workflow.pk))
+            rows = self._fetch("create_started", params)
+            self._written_row(row, rows[0][0])
+            rows = [task[1:] for task in rows if task[1] is not None]
+        self._inserted(workflow)
+        return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
+
+    def claim(self, task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
+        params = {
+            "task": task_id,
+            "attempt": attempt,
+            "worker": worker,
+            "now": self.db_time(now),
+            "lease": self.db_time(lease),
+        }
+        row = self._one("claim", params)
+        if row is None:
+            return None
+        return self._task(row[: len(TASK_COLUMNS)], self._workflow_row(row[len(TASK_COLUMNS) :]))
+
+    def succeed(
+        self,
+        task_id: int,
+        attempt: int,
+        *,
+        workflow_id,
+        result: str | None,
+        now: datetime,
+        name: str = "",
+        dependents: int = 0,
+        inline: Inline | None = None,
+    ) -> FanIn | None:
+        params = {
+            "task": task_id,
+            "attempt": attempt,
+            "workflow": self.db_uuid(workflow_id),
+            "result": result,
+            "now": self.db_time(now),
+            "name": name,
+            **self.inline_params(inline),
+        }
+        if not dependents:
+            row = self._one("succeed", params)
+            return self._fan_in(row) if row else None
+        rows = self._fetch("succeed_and_release", params)
+        if not rows:
+            return None
+        width = 1 + len(WORKFLOW_COLUMNS_READ)
+        return self._released(self._fan_in(rows[0][:width]), [row[width:] for row in rows if row[width] is not None])
+
+    def transition(
+        self,
+        *,
+        workflow: Workflow,
+        row: Transition,
+        previous_seq: int,
+        previous_mac: str,
+        now: datetime,
+        queue_phase: bool,
+        fresh_budget: bool = False,
+        inline: Inline | None = None,
+        succeeded: Succeeded | None = None,
+        phase_results=UNCHANGED,
+    ) -> Written:
+        # `queue_phase` needs no parameter: only a phase (the target) has tasks to queue.
+        params = self.transition_params(
+            workflow, row, previous_seq, previous_mac, now, fresh_budget, inline, succeeded, phase_results
+        )
+        rows = self._fetch("succeed_and_transition" if succeeded else "transition", params)
+        recorded, unfinished, callback_url, row_id = rows[0][:4]
+        if row_id is not None:
+            self._written_row(row, row_id)
+        queued = [r[4:] for r in rows if r[4] is not None]
+        return self._written(bool(recorded), unfinished, queued, callback_url)

@@ -1,0 +1,307 @@
+-- The hot path's statements on PostgreSQL: each step of a task's life is one statement,
+-- one round trip, written out whole (workflow_orchestrator/sql/__init__.py reads them).
+--
+-- A statement that writes both a task and its workflow locks the workflow's row first, as
+-- the services' transactions do (services._locked), so that the two never deadlock.
+-- Values come in as the database stores them: JSON as text (already serialised and
+-- checked), UUIDs and times through Django's adapters. A task's `attempts` (a JSON list)
+-- is written by the statements that start and end an attempt: its history costs no
+-- statement of its own.
+
+-- name: create
+-- A workflow and its tasks (all PENDING), inserted as they are, nothing read back.
+-- transitions: ->PENDING
+/* create */ WITH workflow AS (
+    INSERT INTO workflow_orchestrator_workflow
+        (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
+         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
+         unfinished, last_seq, last_digest, head_mac, schedule_id)
+    SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
+        idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
+        unfinished, last_seq, last_digest, head_mac, schedule_id
+    FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
+)
+INSERT INTO workflow_orchestrator_task
+    (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
+     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts)
+SELECT workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
+    error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts
+FROM jsonb_populate_recordset(NULL::workflow_orchestrator_task, CAST(%(tasks)s AS jsonb))
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents
+
+-- name: create_started
+-- A workflow already started: in PREPARE, with its first audit row and its PREPARE task QUEUED, as `start` leaves them; returns its tasks and the audit row's id.
+-- transitions: ->PENDING, ->QUEUED
+/* create_started */ WITH workflow AS (
+    INSERT INTO workflow_orchestrator_workflow
+        (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
+         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
+         unfinished, last_seq, last_digest, head_mac, schedule_id)
+    SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
+        idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
+        unfinished, last_seq, last_digest, head_mac, schedule_id
+    FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
+), tasks AS (
+    INSERT INTO workflow_orchestrator_task
+        (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+         result, error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents,
+         attempts)
+    SELECT workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+        result, error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents,
+        attempts
+    FROM jsonb_populate_recordset(NULL::workflow_orchestrator_task, CAST(%(tasks)s AS jsonb))
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents
+), audit AS (
+    INSERT INTO workflow_orchestrator_transition
+        (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
+    VALUES (%(workflow_id)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s,
+        CAST(%(data)s AS jsonb), %(created_at)s, %(digest)s)
+    RETURNING id
+)
+SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON TRUE
+
+-- name: claim
+-- A queued attempt becomes RUNNING for one worker, and comes back with what a transition of its workflow needs; no row when another delivery got there first.
+-- transitions: QUEUED->RUNNING
+/* claim */ UPDATE workflow_orchestrator_task AS task
+SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
+    attempts = attempts || jsonb_build_array(jsonb_build_object(
+        'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+FROM workflow_orchestrator_workflow AS workflow
+WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
+    -- A claim need not be durable: one lost with a crash of the database only means that
+    -- the job runs again, and the outcome that follows is committed synchronously, which
+    -- flushes the claim too. set_config(..., true) is SET LOCAL, within this statement.
+    AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.type, task.params, task.status,
+    task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
+    task.lease_expires_at, task.after, task.dependents,
+    workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest, workflow.head_mac,
+    workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at
+
+-- name: workflow_input
+-- What a handler reads of its workflow, only when it asks: its input and the results of the phases so far.
+-- transitions: none
+/* workflow_input */ SELECT input, results FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
+
+-- name: task_results
+-- (name, result) of each of a phase's tasks, in order: for a caller that gathers a phase's results itself.
+-- transitions: none
+/* task_results */ SELECT name, result FROM workflow_orchestrator_task
+WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
+
+-- name: succeed
+-- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED.
+-- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED
+/* succeed */ WITH locked AS (
+    -- The lock returns the workflow's state as it is once locked (a cancel that committed
+    -- while this waited included), where a subquery would see the statement's snapshot.
+    SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+), done AS (
+    UPDATE workflow_orchestrator_task
+    SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
+        result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL,
+        attempts = CASE WHEN jsonb_array_length(attempts) = 0 THEN attempts ELSE jsonb_set(attempts, '{-1}',
+            (attempts -> -1) || jsonb_build_object(
+                'outcome', CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'cancelled' ELSE 'succeeded' END,
+                'finished_at', %(now)s)) END
+    WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
+    RETURNING phase
+)
+-- Only a success in the workflow's current phase lowers the counter. The row is updated
+-- anyway, so that the success waits for (or holds back) a transaction that counts the
+-- phase's tasks, such as a retry.
+UPDATE workflow_orchestrator_workflow
+SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+FROM done WHERE id = %(workflow)s
+RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
+    started_at, finished_at
+
+-- name: succeed_and_release
+-- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
+-- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED, PENDING->QUEUED, PENDING->RUNNING
+/* succeed_and_release */ WITH locked AS (
+    SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+), done AS (
+    UPDATE workflow_orchestrator_task
+    SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
+        result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL,
+        attempts = CASE WHEN jsonb_array_length(attempts) = 0 THEN attempts ELSE jsonb_set(attempts, '{-1}',
+            (attempts -> -1) || jsonb_build_object(
+                'outcome', CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'cancelled' ELSE 'succeeded' END,
+                'finished_at', %(now)s)) END
+    WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
+    RETURNING phase
+), next_up AS (
+    -- A NULL inline_timeout picks nothing: every released task is queued.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
+        AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND (SELECT state FROM locked) = 'EXECUTE'
+        AND timeout <= %(inline_timeout)s
+    ORDER BY position LIMIT 1
+), released AS (
+    -- Counting on the waiting task's own row keeps two successes released at once from
+    -- both missing the last one: PostgreSQL re-reads a row updated meanwhile.
+    UPDATE workflow_orchestrator_task
+    SET waiting = waiting - 1,
+        status = CASE WHEN id = (SELECT id FROM next_up) THEN 'RUNNING'
+                      WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN 'QUEUED' ELSE status END,
+        attempt = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN attempt + 1 ELSE attempt END,
+        queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN %(now)s ELSE queued_at END,
+        started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
+        lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
+        worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
+        attempts = CASE WHEN id = (SELECT id FROM next_up) THEN attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+            ELSE attempts END
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
+        AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND EXISTS (SELECT 1 FROM done)
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents
+), fan_in AS (
+    UPDATE workflow_orchestrator_workflow
+    SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+    FROM done WHERE id = %(workflow)s
+    RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries,
+        failed_phase, started_at, finished_at
+)
+SELECT fan_in.*, released.* FROM fan_in LEFT JOIN released ON TRUE
+
+-- name: count_out
+-- The fan-in alone, for a success already recorded: the workflow's counter down by one while it is in `phase`.
+-- transitions: none
+/* count_out */ UPDATE workflow_orchestrator_workflow
+SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+WHERE id = %(workflow)s
+RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
+    started_at, finished_at
+
+-- name: transition
+-- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker.
+-- transitions: PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+/* transition */ WITH change AS (
+    -- Only while the workflow is still in the state, and at the head of its audit chain
+    -- (its seq and the MAC the caller checked), that the change was computed from: a
+    -- caller that holds no lock loses to any change made meanwhile.
+    UPDATE workflow_orchestrator_workflow
+    SET state = %(target)s,
+        results = CASE
+            -- `gather`: the change ends EXECUTE, whose results are its tasks', by name.
+            WHEN %(gather)s THEN results || jsonb_build_object(%(source)s, (
+                SELECT COALESCE(jsonb_object_agg(name, result), '{}')
+                FROM workflow_orchestrator_task WHERE workflow_id = %(workflow)s AND phase = %(source)s))
+            WHEN %(phase_results)s IS NULL THEN results
+            ELSE results || jsonb_build_object(%(source)s, CAST(%(phase_results)s AS jsonb))
+        END,
+        error = %(error)s, retries = %(retries)s, failed_phase = %(failed_phase)s, started_at = %(started_at)s,
+        finished_at = %(finished_at)s, updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
+        head_mac = %(head_mac)s,
+        unfinished = (SELECT COUNT(*) FROM workflow_orchestrator_task
+                      WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
+    WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
+    RETURNING unfinished, callback_url
+), audit AS (
+    INSERT INTO workflow_orchestrator_transition
+        (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
+    SELECT %(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s,
+        CAST(%(data)s AS jsonb), %(created_at)s, %(digest)s
+    FROM change
+    RETURNING id
+), pick AS (
+    -- Tasks have a phase for a state (PREPARE, EXECUTE, VALIDATE): a change to any other
+    -- state queues nothing. A NULL inline_timeout picks nothing.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND timeout <= %(inline_timeout)s
+    ORDER BY position LIMIT 1
+), queued AS (
+    UPDATE workflow_orchestrator_task
+    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+        started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
+        lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN CAST(%(lease)s AS timestamptz) END,
+        worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
+        attempts = CASE WHEN id = (SELECT id FROM pick) THEN attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+            ELSE attempts END,
+        attempt = attempt + 1,
+        -- A workflow retry gives the tasks a fresh budget of attempts.
+        attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
+        queued_at = %(now)s, finished_at = NULL
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND EXISTS (SELECT 1 FROM change)
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents
+)
+SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (SELECT id FROM audit), queued.*
+FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
+
+-- name: succeed_and_transition
+-- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition`, in one statement.
+-- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED, PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+/* succeed_and_transition */ WITH locked AS (
+    SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+), done AS (
+    UPDATE workflow_orchestrator_task
+    SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
+        result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL,
+        attempts = CASE WHEN jsonb_array_length(attempts) = 0 THEN attempts ELSE jsonb_set(attempts, '{-1}',
+            (attempts -> -1) || jsonb_build_object(
+                'outcome', CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'cancelled' ELSE 'succeeded' END,
+                'finished_at', %(now)s)) END
+    WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
+    RETURNING phase
+), change AS (
+    UPDATE workflow_orchestrator_workflow
+    SET state = %(target)s,
+        results = CASE
+            -- The success recorded in this statement is not visible to it yet: `task` and
+            -- `result` stand in for it.
+            WHEN %(gather)s THEN results || jsonb_build_object(%(source)s, (
+                SELECT COALESCE(jsonb_object_agg(
+                    name, CASE WHEN id = %(task)s THEN CAST(%(result)s AS jsonb) ELSE result END), '{}')
+                FROM workflow_orchestrator_task WHERE workflow_id = %(workflow)s AND phase = %(source)s))
+            WHEN %(phase_results)s IS NULL THEN results
+            ELSE results || jsonb_build_object(%(source)s, CAST(%(phase_results)s AS jsonb))
+        END,
+        error = %(error)s, retries = %(retries)s, failed_phase = %(failed_phase)s, started_at = %(started_at)s,
+        finished_at = %(finished_at)s, updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
+        head_mac = %(head_mac)s,
+        unfinished = (SELECT COUNT(*) FROM workflow_orchestrator_task
+                      WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
+    WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
+        AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)
+    RETURNING unfinished, callback_url
+), audit AS (
+    INSERT INTO workflow_orchestrator_transition
+        (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
+    SELECT %(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s,
+        CAST(%(data)s AS jsonb), %(created_at)s, %(digest)s
+    FROM change
+    RETURNING id
+), pick AS (
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND timeout <= %(inline_timeout)s
+    ORDER BY position LIMIT 1
+), queued AS (
+    UPDATE workflow_orchestrator_task
+    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+        started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
+        lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN CAST(%(lease)s AS timestamptz) END,
+        worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
+        attempts = CASE WHEN id = (SELECT id FROM pick) THEN attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+            ELSE attempts END,
+        attempt = attempt + 1,
+        attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
+        queued_at = %(now)s, finished_at = NULL
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND EXISTS (SELECT 1 FROM change)
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents
+)
+SELECT (SELECT COUNT(*) FROM done), (SELECT unfinished FROM change), (SELECT callback_url FROM change),
+    (SELECT id FROM audit), queued.*
+FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE

@@ -1,0 +1,187 @@
+-- The hot path's statements on SQLite (workflow_orchestrator/sql/__init__.py reads them).
+--
+-- SQLite cannot write two tables in one statement, nor return another table's columns:
+-- where PostgreSQL runs one statement, the SQLite backend runs these parts in order, in
+-- one transaction where they write. SQLite runs one writer at a time, so a workflow's
+-- state read in a subquery cannot change under the statement that reads it.
+-- Values come in as the database stores them: JSON as text, UUIDs as 32 hex digits, times
+-- as text in UTC (Django's adapters).
+
+-- name: create_workflow
+-- A workflow's row, inserted as it is.
+-- transitions: none
+/* create_workflow */ INSERT INTO workflow_orchestrator_workflow
+    (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
+     idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
+     unfinished, last_seq, last_digest, head_mac, schedule_id)
+SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.definition'),
+    json_extract(value, '$.state'), json_extract(value, '$.mode'), json_extract(value, '$.input'),
+    json_extract(value, '$.results'), json_extract(value, '$.error'), json_extract(value, '$.retries'),
+    json_extract(value, '$.failed_phase'), json_extract(value, '$.idempotency_key'),
+    json_extract(value, '$.idempotency_scope'), json_extract(value, '$.fingerprint'),
+    json_extract(value, '$.callback_url'), json_extract(value, '$.created_by_id'), json_extract(value, '$.created_at'),
+    json_extract(value, '$.updated_at'), json_extract(value, '$.started_at'), json_extract(value, '$.finished_at'),
+    json_extract(value, '$.unfinished'), json_extract(value, '$.last_seq'), json_extract(value, '$.last_digest'),
+    json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id')
+FROM (SELECT json(%(workflow)s) AS value)
+
+-- name: create_tasks
+-- A workflow's tasks, inserted as they are (PENDING; the PREPARE task QUEUED when the workflow is inserted started); returns them.
+-- transitions: ->PENDING, ->QUEUED
+/* create_tasks */ INSERT INTO workflow_orchestrator_task
+    (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
+     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts)
+SELECT json_extract(value, '$.workflow_id'), json_extract(value, '$.phase'), json_extract(value, '$.position'),
+    json_extract(value, '$.name'), json_extract(value, '$.type'), json_extract(value, '$.params'),
+    json_extract(value, '$.status'), json_extract(value, '$.attempt'), json_extract(value, '$.attempt_offset'),
+    json_extract(value, '$.max_attempts'), json_extract(value, '$.timeout'), json_extract(value, '$.result'),
+    json_extract(value, '$.error'), json_extract(value, '$.queued_at'), json_extract(value, '$.started_at'),
+    json_extract(value, '$.finished_at'), json_extract(value, '$.lease_expires_at'), json_extract(value, '$.worker'),
+    json_extract(value, '$.after'), json_extract(value, '$.waiting'), json_extract(value, '$.dependents'),
+    json_extract(value, '$.attempts')
+FROM json_each(%(tasks)s)
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents
+
+-- name: insert_audit_row
+-- A workflow's audit row, built and signed in memory (Transition.objects.build); returns its id.
+-- transitions: none
+/* insert_audit_row */ INSERT INTO workflow_orchestrator_transition
+    (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
+VALUES (%(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(actor_label)s, %(reason)s, %(data)s,
+    %(created_at)s, %(digest)s)
+RETURNING id
+
+-- name: claim
+-- A queued attempt becomes RUNNING for one worker; no row when another delivery got there first.
+-- transitions: QUEUED->RUNNING
+/* claim */ UPDATE workflow_orchestrator_task
+SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
+    attempts = json_insert(attempts, '$[#]', json_object(
+        'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
+WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents
+
+-- name: workflow_row
+-- What a transition of a claimed task's workflow needs of its row.
+-- transitions: none
+/* workflow_row */ SELECT state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
+    started_at, finished_at
+FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
+
+-- name: workflow_input
+-- What a handler reads of its workflow, only when it asks: its input and the results of the phases so far.
+-- transitions: none
+/* workflow_input */ SELECT input, results FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
+
+-- name: task_results
+-- (name, result) of each of a phase's tasks, in order: for a caller that gathers a phase's results itself.
+-- transitions: none
+/* task_results */ SELECT name, result FROM workflow_orchestrator_task
+WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
+
+-- name: succeed
+-- A running attempt's success; one after its workflow was cancelled is kept and reads CANCELLED. Returns the task's phase.
+-- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED
+/* succeed */ UPDATE workflow_orchestrator_task
+SET status = CASE WHEN (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'CANCELLED'
+                  THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
+    result = %(result)s, error = '', finished_at = %(now)s, lease_expires_at = NULL,
+    attempts = CASE WHEN json_array_length(attempts) = 0 THEN attempts ELSE json_set(attempts,
+        '$[#-1].outcome', CASE WHEN (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
+                               = 'CANCELLED' THEN 'cancelled' ELSE 'succeeded' END,
+        '$[#-1].finished_at', %(now)s) END
+WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s
+RETURNING phase
+
+-- name: count_out
+-- The fan-in: the workflow's counter down by one while it is in `phase` (the row is written anyway, so that a success and a transaction counting the phase's tasks never overlap).
+-- transitions: none
+/* count_out */ UPDATE workflow_orchestrator_workflow
+SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+WHERE id = %(workflow)s
+RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
+    started_at, finished_at
+
+-- name: release_waiting
+-- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker.
+-- transitions: PENDING->QUEUED, PENDING->RUNNING
+/* release_waiting */ WITH next_up AS (
+    -- A NULL inline_timeout picks nothing: every released task is queued.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
+        AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
+        AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'EXECUTE'
+        AND timeout <= %(inline_timeout)s
+    ORDER BY position LIMIT 1
+)
+UPDATE workflow_orchestrator_task
+SET waiting = waiting - 1,
+    status = CASE WHEN id = (SELECT id FROM next_up) THEN 'RUNNING'
+                  WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
+                       = 'EXECUTE' THEN 'QUEUED'
+                  ELSE status END,
+    attempt = CASE WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
+                        = 'EXECUTE' THEN attempt + 1 ELSE attempt END,
+    queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
+                          = 'EXECUTE' THEN %(now)s ELSE queued_at END,
+    started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
+    lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
+    worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
+    attempts = CASE WHEN id = (SELECT id FROM next_up) THEN json_insert(attempts, '$[#]', json_object(
+        'attempt', attempt + 1, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
+        ELSE attempts END
+WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
+    AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents
+
+-- name: change_workflow
+-- A state change computed in memory, written as a compare-and-set on the workflow's chain head (with `last_of_phase`, only while the task that ends the phase is its last); returns the entered phase's unfinished count.
+-- transitions: none
+/* change_workflow */ UPDATE workflow_orchestrator_workflow
+SET state = %(target)s,
+    results = CASE
+        -- `gather`: the change ends EXECUTE, whose results are its tasks', by name (a success
+        -- recorded in the same transaction is visible: `task` and `result` agree with it).
+        WHEN %(gather)s THEN json_set(results, '$.' || %(source)s, json((
+            SELECT json_group_object(name, json(CASE WHEN id = %(task)s THEN %(result)s ELSE result END))
+            FROM (SELECT id, name, result FROM workflow_orchestrator_task
+                  WHERE workflow_id = %(workflow)s AND phase = %(source)s ORDER BY position))))
+        WHEN %(phase_results)s IS NULL THEN results
+        ELSE json_set(results, '$.' || %(source)s, json(%(phase_results)s))
+    END,
+    error = %(error)s, retries = %(retries)s, failed_phase = %(failed_phase)s, started_at = %(started_at)s,
+    finished_at = %(finished_at)s, updated_at = %(now)s, last_seq = %(seq)s, last_digest = %(digest)s,
+    head_mac = %(head_mac)s,
+    unfinished = (SELECT COUNT(*) FROM workflow_orchestrator_task
+                  WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
+WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
+    AND (unfinished = 1 OR NOT %(last_of_phase)s)
+RETURNING unfinished, callback_url
+
+-- name: queue_phase
+-- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker.
+-- transitions: PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+/* queue_phase */ WITH pick AS (
+    -- A NULL inline_timeout picks nothing.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND timeout <= %(inline_timeout)s
+    ORDER BY position LIMIT 1
+)
+UPDATE workflow_orchestrator_task
+SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+    started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
+    lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN %(lease)s END,
+    worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
+    attempts = CASE WHEN id = (SELECT id FROM pick) THEN json_insert(attempts, '$[#]', json_object(
+        'attempt', attempt + 1, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
+        ELSE attempts END,
+    attempt = attempt + 1,
+    attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
+    queued_at = %(now)s, finished_at = NULL
+WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents
