@@ -13,7 +13,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from workflow_orchestrator import audit, services
+from workflow_orchestrator import audit, services, sql
 from workflow_orchestrator.diagrams import _edge_points, state_graph_svg
 from workflow_orchestrator.models import (
     ACTIONS,
@@ -265,3 +265,21 @@ def test_every_task_status_change_the_engine_makes_is_in_the_table(engine, monke
         (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.QUEUED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
         (S.QUEUED, S.PENDING), (S.PENDING, S.CANCELLED), (S.QUEUED, S.CANCELLED), (S.FAILED, S.QUEUED),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("vendor", ["postgresql", "sqlite"])
+def test_every_task_status_change_the_sql_makes_is_in_the_table(vendor):
+    """Each named statement lists the task status changes it can make (`-- transitions:` in
+    workflow_orchestrator/sql/); each must be a change the table names."""
+    by_statement = sql.task_transitions_by_statement(vendor)
+    assert by_statement["claim"] == {(Task.Status.QUEUED, Task.Status.RUNNING)}
+    outside = {name: sorted(changes - TASK_STATUS_CHANGES, key=str) for name, changes in by_statement.items()}
+    assert {name: changes for name, changes in outside.items() if changes} == {}
+
+
+def test_the_sql_of_both_databases_makes_the_same_task_status_changes():
+    """The two databases differ in how they write a step, never in what it does to a task."""
+    made = {
+        vendor: set().union(*sql.task_transitions_by_statement(vendor).values()) for vendor in ("postgresql", "sqlite")
+    }
+    assert made["postgresql"] == made["sqlite"]

@@ -357,9 +357,10 @@ TASK_TRANSITIONS = {
         TaskTransition("queue", (_S.PENDING,), _S.QUEUED, "its phase begins, or the last task it waited for succeeds"),
         TaskTransition(
             "claim_inline",
-            (_S.PENDING,),
+            (_S.PENDING, _S.QUEUED, _S.FAILED, _S.CANCELLED),
             _S.RUNNING,
-            "as for queue, but the worker whose change entered the phase, or whose success released it, runs it",
+            "as for queue (or requeue), but the worker whose change entered the phase, or whose success released "
+            "it, runs it",
         ),
         TaskTransition("claim", (_S.QUEUED,), _S.RUNNING, "a worker takes the attempt its job names"),
         TaskTransition("succeed", (_S.RUNNING,), _S.SUCCEEDED, "its attempt succeeds"),
