@@ -5,6 +5,7 @@ from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from tests import dom
 from tests.conftest import events, reload
 from workflow_orchestrator import services
 from workflow_orchestrator.models import Actor, State, Task, Workflow
@@ -430,7 +431,8 @@ def test_session_login_for_the_browsable_api(client, owner):
     assert login_page.status_code == 200
     assert client.login(username="owner", password="pw")
     page = client.get("/workflows/", HTTP_ACCEPT="text/html")
-    assert page.status_code == 200 and b"Workflow" in page.content
+    assert page.status_code == 200
+    assert dom.parse(page).one("title").text == "Workflow List – Workflow orchestrator API"
 
 
 # --- Query counts -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule
 
+from tests import dom
 from tests.conftest import reload, wait_for
 from workflow_orchestrator import cron, queue, schedules
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer
@@ -339,16 +340,18 @@ def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_
     engine.call(schedules.schedule_run_now, schedule, actor=Actor.CLI)
     page = admin_client.get(CHANGELIST)
     assert page.status_code == 200
-    html = page.content.decode()
-    assert "*/10 * * * *" in html and PARIS in html
+    [row] = dom.parse(page).select("#result_list tbody tr")
+    assert "*/10 * * * *" in row.texts("td") and PARIS in row.texts("td")
     link = f"?schedule__id__exact={schedule.pk}"
-    assert f'{link}">1 started' in html
+    assert [a.text for a in row.select(f"a[href$='{link}']")] == ["1 started"]
     workflows = admin_client.get(reverse("admin:workflow_orchestrator_workflow_changelist") + link)
     [workflow] = workflows.context["cl"].result_list
     assert workflow.schedule_id == schedule.pk
     # And the workflow's page links back to its schedule.
-    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])).content.decode()
-    assert reverse("admin:workflow_orchestrator_workflowschedule_change", args=[schedule.pk]) in page
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])))
+    assert page.select(
+        f"a[href='{reverse('admin:workflow_orchestrator_workflowschedule_change', args=[schedule.pk])}']"
+    )
 
 
 def test_the_admin_adds_a_schedule_and_refuses_a_bad_one(engine, admin_client):
