@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-.PHONY: install dev run serve test test-unit test-integration chaos bench docs lint format clean
+.PHONY: install dev run serve test test-pg test-unit test-integration chaos bench docs lint format clean
 
 # HOST, PORT and WEB_CONCURRENCY come from the settings (environment, then .env, then defaults).
 SERVER_SETTINGS = $(BIN)/python manage.py shell --no-imports -c \
@@ -56,9 +56,36 @@ $(MERMAID): docs/mermaid/package-lock.json
 		npm ci --prefix docs/mermaid --no-audit --no-fund --loglevel=error || echo "make: npm ci failed in docs/mermaid"; \
 	else echo "make: no npm: the Mermaid rendering test will be skipped"; fi
 
-## The whole test suite, on whatever DATABASE_URL and ORCH_BROKER select.
+## The tests. The engine's tests (the `engine` marker: tests/conftest.py's ENGINE_MODULES) run on
+## PostgreSQL + Redis as well as SQLite; the others check what is the same on any database.
+# `make test`, the everyday loop and CI's command: the whole suite on SQLite with the ORM broker
+# (whatever .env says), then the engine's tests on PostgreSQL + Redis at TEST_PG_URL and
+# TEST_REDIS_URL, which must be running. When DATABASE_URL or ORCH_BROKER is set in the
+# environment (or on make's command line), that choice is the user's: the whole suite runs once,
+# on what they select, and nothing else.
+# `make test-pg`: the whole suite on PostgreSQL + Redis (all but the install test, whose fresh
+# project has a SQLite database of its own whatever the suite runs on).
+# `make test-unit`: the quick loop, on what the environment selects (SQLite by default): the
+# tests that start no qcluster and no server. `make test-integration`: the ones that do.
+TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+ON_SQLITE = DATABASE_URL="sqlite:///$(CURDIR)/db.sqlite3" ORCH_BROKER=orm
+ON_PG = DATABASE_URL="$(TEST_PG_URL)" ORCH_BROKER=redis REDIS_URL="$(TEST_REDIS_URL)"
+
 test: dev $(MERMAID)
+ifneq ($(DATABASE_URL)$(ORCH_BROKER),)
 	$(BIN)/pytest
+else
+	@# Both passes run, whichever fails; make fails if either did.
+	@echo "=== make test: the whole suite on SQLite, ORM broker ==="
+	$(ON_SQLITE) $(BIN)/pytest; sqlite=$$?; \
+	echo "=== make test: the engine's tests on PostgreSQL, Redis broker ==="; \
+	$(ON_PG) $(BIN)/pytest -m "engine and not install"; pg=$$?; \
+	test $$sqlite = 0 && test $$pg = 0
+endif
+
+test-pg: dev $(MERMAID)
+	$(ON_PG) $(BIN)/pytest -m "not install"
 
 test-unit: dev $(MERMAID)
 	$(BIN)/pytest -m "not integration"

@@ -22,6 +22,51 @@ from workflow_orchestrator.registry import task_type
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# --- Which tests run on both databases -------------------------------------------------
+
+# The engine's tests: what they check depends on the database (its SQL, its locks, its
+# transactions, what it stores or refuses), so `make test` runs them on PostgreSQL + Redis as
+# well as on SQLite, and CI with it. Every other module runs once, on SQLite: what it checks
+# (the admin's pages, the docs, the browser, serving, settings, the schema's contract, the
+# install) is the same on any database. A new module that exercises the engine is listed
+# here deliberately: it gets the `engine` marker (pyproject.toml) from this list.
+ENGINE_MODULES = {
+    "test_api",
+    "test_audit",
+    "test_broken_chains",
+    "test_brokers",
+    "test_chaos",
+    "test_checkpoint",
+    "test_commands",
+    "test_connections",
+    "test_contract",
+    "test_dependencies",
+    "test_edges",
+    "test_edges_forms",
+    "test_graceful_stop",
+    "test_heartbeat",
+    "test_hot_path",
+    "test_integration",
+    "test_invariants",
+    "test_jobs",
+    "test_metrics",
+    "test_outages",
+    "test_outcomes",
+    "test_races",
+    "test_schedules",
+    "test_services",
+    "test_signals",
+    "test_timeouts",
+    "test_webhooks",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.stem in ENGINE_MODULES:
+            item.add_marker(pytest.mark.engine)
+
+
 # Task types the tests need beyond the built-in ones.
 
 

@@ -1,8 +1,11 @@
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from tests import dom
 from tests.conftest import events, reload
 from workflow_orchestrator import services
 from workflow_orchestrator.models import Actor, State, Task, Workflow
@@ -232,11 +235,13 @@ def test_stats(engine, api, owner, other_user):
     create(owner)
     create(other_user)
     engine.drain()
+    finished = reload(done).finished_at
+    Workflow.objects.filter(pk=done.pk).update(started_at=finished - timedelta(seconds=2.5))
     stats = api.get("/execution/stats").json()
     assert stats["workflows_by_state"]["COMPLETE"] == 1
     assert stats["workflows_by_state"]["INIT"] == 1, "other users' workflows are not counted"
     assert stats["tasks_by_status"]["SUCCEEDED"] == 4
-    assert stats["duration"]["sample"] == 1 and stats["duration"]["median_seconds"] >= 0
+    assert stats["duration"] == {"median_seconds": 2.5, "p95_seconds": 2.5, "sample": 1}, "from its start to its end"
     assert stats["completed_last_minute"] == 1 and stats["completed_last_hour"] == 1
     assert stats["queue_depth"] == 0 and isinstance(stats["workers"], int)
     assert reload(done).state == State.COMPLETE
@@ -426,7 +431,8 @@ def test_session_login_for_the_browsable_api(client, owner):
     assert login_page.status_code == 200
     assert client.login(username="owner", password="pw")
     page = client.get("/workflows/", HTTP_ACCEPT="text/html")
-    assert page.status_code == 200 and b"Workflow" in page.content
+    assert page.status_code == 200
+    assert dom.parse(page).one("title").text == "Workflow List – Workflow orchestrator API"
 
 
 # --- Query counts -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from tests import dom
 from tests.conftest import reload, task, wait_for
 from tests.test_api import client_for
 from workflow_orchestrator import audit, queue, services
@@ -189,13 +190,17 @@ def test_metrics_and_the_overview_count_broken_chains(finished, engine, admin_cl
     scraped = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t").content.decode()
     assert "\norchestrator_audit_broken_workflows 1.0\n" in scraped
 
-    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_dashboard")).content.decode()
-    assert 'id="figure-audit-broken"><a href="/admin/workflow_orchestrator/workflow/?audit=broken"' in page
-    assert 'class="alarm"' in page
-    listed = admin_client.get("/admin/workflow_orchestrator/workflow/", {"audit": "broken"}).content.decode()
-    assert str(finished.pk) in listed
-    page = admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[finished.pk])).content.decode()
-    assert '<strong class="audit-broken">broken</strong>: transition #5: missing: the log ends in COMPLETE' in page
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_dashboard")))
+    figure = page.one("#figure-audit-broken")
+    link = figure.one("a")
+    assert (link.text, link["href"]) == ("1", "/admin/workflow_orchestrator/workflow/?audit=broken")
+    assert "alarm" in figure.parent.classes, "the figure is raised as an alarm"
+    listed = admin_client.get(link["href"]).context["cl"].result_list
+    assert [workflow.pk for workflow in listed] == [finished.pk]
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[finished.pk])))
+    chain = page.one(".field-audit_chain .readonly")
+    assert chain.one(".audit-broken").text == "broken"
+    assert chain.text.startswith("broken: transition #5: missing: the log ends in COMPLETE")
 
 
 def found_again(last: list | None) -> list | None:

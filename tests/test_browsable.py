@@ -3,12 +3,12 @@ that creates a workflow, its answers, the "Extra Actions" menu and the page titl
 clients asking for JSON get what they always got."""
 
 import json
-import re
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from tests import dom
 from workflow_orchestrator import services
 from workflow_orchestrator.models import Actor, State, Workflow
 
@@ -32,33 +32,39 @@ def post_json(client, path: str, body: dict):
     return client.post(path, json.dumps(body), content_type="application/json", HTTP_ACCEPT=HTML)
 
 
-def title(html: str) -> str:
-    return re.search(r"<title>(.*?)</title>", html, re.S).group(1).strip()
+def title(response) -> str:
+    return dom.parse(response).one("title").text
 
 
-def extra_actions(html: str) -> set[str]:
-    menu = html.split("Extra Actions", 1)[1].split("</ul>", 1)[0] if "Extra Actions" in html else ""
-    return set(re.findall(r'<li><a href="[^"]+">(.*?)</a></li>', menu))
+def extra_actions(response) -> dict[str, str]:
+    """The "Extra Actions" menu: each entry's label → the page it links to."""
+    menus = dom.parse(response).select("ul.dropdown-menu[aria-labelledby=extra-actions-menu]")
+    return {link.text: link["href"] for menu in menus for link in menu.select("li > a")}
 
 
-def field(html: str, name: str) -> str:
-    match = re.search(rf'<(?:input|textarea|select)[^>]*name="{name}"[^>]*>', html)
-    assert match, f"no field {name}"
-    return match.group(0)
+def start_form(response) -> dom.Element:
+    """The form that starts a workflow (the page's other form is the raw JSON one)."""
+    [form] = [form for form in dom.parse(response).select("form[method=POST]") if form.select("[name=idempotency_key]")]
+    return form
+
+
+def selected(form: dom.Element, name: str) -> str:
+    return form.one(f"select[name={name}] option[selected]")["value"]
 
 
 @pytest.mark.parametrize("path", ["/workflow/start", "/workflow/start/"])
 def test_start_page_shows_a_form_with_choices_and_an_example(browser, path):
     response = browser.get(path)
     assert response.status_code == 200
-    html = response.content.decode()
+    form = start_form(response)
     for name in ("name", "definition", "mode", "input", "tasks", "idempotency_key"):
-        field(html, name)
-    assert '<option value="default" selected>default</option>' in html
-    assert '<option value="auto" selected>' in html and '<option value="manual">' in html
-    assert 'id="start-tasks-example"' in html and "&quot;type&quot;: &quot;echo&quot;" in html
-    assert 'data-override="content-type" value="application/json"' in html
-    assert title(html) == "Start a workflow – Workflow orchestrator API"
+        assert form.one(f"[name={name}]"), name
+    assert selected(form, "definition") == "default"
+    assert selected(form, "mode") == "auto" and form.texts("select[name=mode] option") == ["Auto", "Manual"]
+    example = json.loads(dom.parse(response).one("#start-tasks-example").text)
+    assert example[0]["type"] == "echo"  # an example of the tasks, as JSON
+    assert form.one("input[data-override=content-type]")["value"] == "application/json"  # sent as one JSON body
+    assert title(response) == "Start a workflow – Workflow orchestrator API"
 
 
 def test_api_clients_still_get_405_for_get_on_start(owner):
@@ -89,17 +95,24 @@ def test_a_400_keeps_what_was_typed_and_names_the_fields(browser):
     }
     response = post_json(browser, "/workflow/start", typed)
     assert response.status_code == 400
-    html = response.content.decode()
-    assert 'value="kept name"' in field(html, "name")
-    assert '<option value="manual" selected>' in html
-    assert ">{not json</textarea>" in html
-    assert "&quot;max_attempts&quot;: 0" in html.split('id="start-tasks"', 1)[1].split("</textarea>", 1)[0]
-    assert "Must be a JSON object." in html
-    assert "task 1: max_attempts: Ensure this value is greater than or equal to 1." in html
+    form = start_form(response)
+    assert form.one("input[name=name]")["value"] == "kept name"
+    assert selected(form, "mode") == "manual"
+    assert form.one("textarea[name=input]").text == "{not json"
+    assert json.loads(form.one("textarea[name=tasks]").text) == typed["tasks"]
+
+    def errors(name: str) -> list[dom.Element]:
+        return [group for group in form.select(".form-group.has-error") if group.select(f"[name={name}]")]
+
+    [input_group] = errors("input")
+    assert "Must be a JSON object." in input_group.texts(".help-block")
+    [tasks_group] = errors("tasks")
+    assert "task 1: max_attempts: Ensure this value is greater than or equal to 1." in tasks_group.texts(".help-block")
 
     response = post_json(browser, "/workflow/start", {"name": "kept", "tasks": [{"type": "nope"}]})
     assert response.status_code == 400
-    assert "unknown task type &#x27;nope&#x27;" in response.content.decode()
+    [tasks_group] = [g for g in start_form(response).select(".form-group.has-error") if g.select("[name=tasks]")]
+    assert any("unknown task type 'nope'" in text for text in tasks_group.texts(".help-block"))
     assert not Workflow.objects.exists()
 
 
@@ -127,8 +140,9 @@ def make(owner, *, mode: str = "auto", state: str = State.INIT, engine=None) -> 
 def test_extra_actions_offer_only_the_transitions_the_workflow_allows(browser, owner, engine, state, mode, offered):
     workflow = make(owner, mode=mode, state=state, engine=engine)
     for path in (f"/workflows/{workflow.pk}/", f"/workflow/{workflow.pk}"):
-        html = browser.get(path).content.decode()
-        assert extra_actions(html) == offered | {"Status", "Tasks", "Transitions"}
+        actions = extra_actions(browser.get(path))
+        assert set(actions) == offered | {"Status", "Tasks", "Transitions"}
+        assert all(f"/{workflow.pk}/" in href for href in actions.values()), actions
 
 
 def test_extra_actions_of_another_users_workflow_offer_no_transitions(db, owner):
@@ -137,7 +151,7 @@ def test_extra_actions_of_another_users_workflow_offer_no_transitions(db, owner)
     client = Client(HTTP_ACCEPT=HTML)
     client.force_login(stranger)
     response = client.get(f"/workflows/{workflow.pk}/")
-    assert response.status_code == 404 and extra_actions(response.content.decode()) == set()
+    assert response.status_code == 404 and extra_actions(response) == {}
 
 
 @pytest.mark.parametrize(
@@ -153,5 +167,4 @@ def test_extra_actions_of_another_users_workflow_offer_no_transitions(db, owner)
 )
 def test_page_titles_name_the_view(browser, owner, path, name):
     workflow = make(owner)
-    html = browser.get(path.format(id=workflow.pk)).content.decode()
-    assert title(html) == f"{name} – Workflow orchestrator API"
+    assert title(browser.get(path.format(id=workflow.pk))) == f"{name} – Workflow orchestrator API"

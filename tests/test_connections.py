@@ -95,8 +95,7 @@ def test_a_worker_stopped_after_its_connection_dropped_still_hands_its_attempt_b
     time.sleep(0.5)  # into its handler
     assert terminate_backends()
     os.kill(int(nap.worker.rsplit(":", 1)[1]), signal.SIGTERM)
-    handed_back = time.monotonic()
+    # Handed back, not left for the 120 s lease to run out (the rerun is awaited 60 s).
     again = wait_for(lambda: Task.objects.filter(pk=nap.pk, attempt=2).exclude(worker="").first(), 60, "a rerun")
-    assert time.monotonic() - handed_back < 60, "handed back, not left for the 120 s lease to run out"
     assert again.attempt_offset == 1 and again.attempts[0]["outcome"] == "handed_back"
     services.workflow_cancel(workflow.pk, actor=Actor.SYSTEM)  # the rerun's nap ends, and the cluster with it

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from tests import dom
 from tests.conftest import ROOT, child_env, free_port, reload, wait_for
 from tests.test_api import client_for, create
 from workflow_orchestrator import services, values
@@ -361,23 +362,23 @@ def test_the_browsable_api_answers_a_bad_body_with_its_form_and_a_400(browser, p
     response = post(browser, path, body, HTTP_ACCEPT="text/html")
     assert response.status_code == 400, response.content[-2000:]
     assert response["Content-Type"].startswith("text/html")
-    html = response.content.decode()
-    assert 'id="start-workflow-form"' in html
+    assert dom.parse(response).one("form[method=POST] #start-workflow-form")  # the form, to be corrected and sent again
     assert nothing_stored()
 
 
 def test_the_browsable_form_shows_lone_surrogates_as_their_escapes(browser):
-    html = post(browser, "/workflow/start", '{"name": "x\\ud800", "\\udfff": 1}', HTTP_ACCEPT="text/html")
-    html = html.content.decode()
-    assert 'value="x\\ud800"' in html  # in the name's box, as the escape that was sent
-    assert "&quot;\\udfff&quot;: [" in html  # and in the JSON answer shown on the page
+    page = dom.parse(post(browser, "/workflow/start", '{"name": "x\\ud800", "\\udfff": 1}', HTTP_ACCEPT="text/html"))
+    assert page.one("#start-workflow-form input[name=name]")["value"] == "x\\ud800"  # as the escape that was sent
+    assert '"\\udfff": [' in page.one(".response-info pre").text  # and in the JSON answer shown on the page
 
 
 def test_the_browsable_form_labels_tasks_by_position_and_fields_by_name(browser):
     body = '{"name": "x", "tasks": [{"type": "echo"}, {"type": "echo", "5": 1, "after": ["\\ud800"]}]}'
-    html = post(browser, "/workflow/start", body, HTTP_ACCEPT="text/html").content.decode()
-    assert "task 2: 5: Unknown field" in html
-    assert "task 2: after: item 1: Surrogate characters are not allowed" in html
+    page = dom.parse(post(browser, "/workflow/start", body, HTTP_ACCEPT="text/html"))
+    [tasks] = [group for group in page.select(".form-group.has-error") if group.select("[name=tasks]")]
+    errors = tasks.texts(".help-block")
+    assert any(error.startswith("task 2: 5: Unknown field") for error in errors), errors
+    assert any(error.startswith("task 2: after: item 1: Surrogate characters are not allowed") for error in errors)
 
 
 @pytest.mark.parametrize(

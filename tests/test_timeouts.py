@@ -6,7 +6,6 @@ process replaced. Either way the attempt fails with TaskTimeout, once, and is re
 like any failed attempt."""
 
 import random
-import time
 
 import psutil
 import pytest
@@ -98,7 +97,6 @@ def test_a_handler_that_swallows_its_timeout_fails_and_its_worker_is_replaced(cl
     stubborn = task(workflow, "only")
     assert (stubborn.status, stubborn.attempt, stubborn.result) == (Status.FAILED, 1, None), running.output()[-3000:]
     assert stubborn.error.startswith("TaskTimeout: timed out after 1 s"), stubborn.error
-    assert (stubborn.finished_at - stubborn.started_at).total_seconds() < 15, "long before the lease or the backstop"
     workflow = reload(workflow)
     assert workflow.state == State.FAILED and workflow.error.startswith("only: TaskTimeout")
     assert events(workflow) == ["start", "execute", "fail"]
@@ -160,9 +158,7 @@ def test_a_handler_blocked_in_a_child_process_fails_and_the_child_is_killed(clus
     seconds = f"40.{random.randrange(10**6):06d}"  # names this test's `sleep` among all processes
     workflow = start(only("tests.shell_sleep", timeout=1, seconds=seconds))
     wait_for(lambda: processes_running("sleep", seconds), 60, "the child process to start")
-    began = time.monotonic()
-    wait_for(lambda: ended(workflow), 20, "the timeout to end the workflow")
-    assert time.monotonic() - began < 15
+    wait_for(lambda: ended(workflow), 20, "the timeout to end the workflow")  # the child sleeps 40 s
     blocked = task(workflow, "only")
     assert (blocked.status, blocked.result) == (Status.FAILED, None), running.output()[-3000:]
     assert blocked.error.startswith("TaskTimeout: timed out after 1 s"), blocked.error
