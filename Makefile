@@ -108,6 +108,7 @@ docs: install
 
 lint: dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 
 format: dev

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # here deliberately: it gets the `engine` marker (pyproject.toml) from this list.
 ENGINE_MODULES = {
     "test_api",
+    "test_attempts",
     "test_audit",
     "test_broken_chains",
     "test_brokers",
@@ -53,6 +54,7 @@ ENGINE_MODULES = {
     "test_outages",
     "test_outcomes",
     "test_races",
+    "test_rules",
     "test_schedules",
     "test_services",
     "test_signals",
