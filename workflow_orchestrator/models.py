@@ -56,9 +56,12 @@ class WorkflowQuerySet(models.QuerySet):
 class Workflow(FSMModelMixin, models.Model):
     """A run of a workflow definition through INIT → PREPARE → EXECUTE → VALIDATE → COMPLETE.
 
-    The state only changes through the transition methods below, and those only through
-    the service layer (`workflow_orchestrator.services`), which locks the row, saves it and writes
-    the audit row in one transaction.
+    The state only changes through the transition methods below, which change only the
+    instance, and those only through the service layer (`workflow_orchestrator.services`),
+    which writes the change with its audit row in one statement (one transaction on
+    SQLite): inside a transaction that holds the row's lock (a user's action, recovery, a
+    failure), or as a compare-and-set on the row's state and chain head (a worker's
+    success that ends a phase).
     """
 
     class Mode(models.TextChoices):

@@ -2,7 +2,7 @@
 FAILED or CANCELLED).
 
 - The change that ends the workflow queues a `deliver_webhook` job with the change itself
-  (workflow_orchestrator.services): the URL comes back from the change's statement, so a change that
+  (services.transitions, queue.send_with_change): the URL comes back from the change's statement, so a change that
   ends no workflow costs nothing more.
 - Each transition is delivered at most once: one WebhookDelivery per workflow and seq, its
   body built once, and each attempt claimed with a conditional update, so that a job

@@ -8,10 +8,12 @@
 - `exceptions`: what the engine refuses.
 
 Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
-(DESIGN.md's "write paths"): a locked transaction (a user's action, recovery, a failure:
-`transitions.changing` holds the workflow's row lock and checks its audit chain), or a
-compare-and-set statement (a worker's success that ends a phase: `outcomes.task_record`
-takes no lock, and its statement loses to any change made meanwhile). Either way the
+(docs/ARCHITECTURE.md's "Two write paths"): a locked transaction (a user's action,
+recovery, a failure: `transitions.changing` holds the workflow's row lock and checks its
+audit chain), or a compare-and-set statement (a worker's success that ends a phase:
+`outcomes.task_record` holds no lock across the change; its `succeed` statement locks
+the row only to count the success out, and the transition's statement loses to any
+change made meanwhile). Either way the
 workflow row, its audit row and the entered phase's tasks are written together, and
 their jobs go with the change (`queue.send_with_change`), so that a job never sees a
 rolled-back row and an audit row exists exactly when its state change was committed.

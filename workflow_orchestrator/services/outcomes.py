@@ -93,8 +93,9 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
     (services.inline_claim), a transition this outcome causes may claim the next phase's
     first task for the same worker.
 
-    A success that ends its phase moves the workflow on without a lock: the change is
-    computed from the workflow's row as a statement returned it, and written as a
+    A success that ends its phase moves the workflow on without holding a lock (its
+    `succeed` statement locks the workflow's row only to count it out): the change is
+    computed from the workflow's row as that statement returned it, and written as a
     compare-and-set on its chain head, which loses to any change made meanwhile (a
     cancel, recovery), and then this worker stops there. When the claim already showed
     this task to be the last of its phase, the success and the change are one statement.
@@ -117,8 +118,8 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
                 return Recorded(False)
             fan_in = statements.count_out(task.workflow_id, task.phase)  # recorded: count it out as usual
     else:
-        # A task others wait for queues those it releases, with their jobs (see _enqueue),
-        # and hands one of them to this worker (`inline`).
+        # A task others wait for queues those it releases, with their jobs (sent with the
+        # change: queue.send_with_change), and hands one of them to this worker (`inline`).
         with queue.change_transaction() if task.dependents else contextlib.nullcontext():
             fan_in = statements.succeed(
                 task.pk,

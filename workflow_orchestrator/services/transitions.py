@@ -1,12 +1,14 @@
 """State changes: every transition of a workflow is written here.
 
-A user's action (start, next, retry, cancel, delete), recovery and a worker that ends a
-phase all come to `fire`: it fires the django-fsm transition in memory and writes it
-with `_commit_change`, as one statement on PostgreSQL (statements.transition): the
-workflow row, compared and set on its chain head, its audit row and the entered phase's
-tasks, with their jobs (queue.send_with_change). A user's action and recovery hold the
-workflow's lock while they do (`changing`); a worker holds none, and its compare-and-set
-loses to any change made meanwhile.
+A user's action (start, next, retry, cancel), recovery, a failed attempt and a worker
+that ends a phase all come to `fire`: it fires the django-fsm transition in memory and
+writes it with `_commit_change`, as one statement on PostgreSQL (the `transition`
+statement, through statements.transition): the workflow row, compared and set on its
+chain head, its audit row and the entered phase's tasks, with their jobs
+(queue.send_with_change). A user's action, recovery and a failed attempt hold the
+workflow's lock while they do (`changing`); a worker that ends a phase holds none, and
+its compare-and-set loses to any change made meanwhile. `delete` is no transition: it
+removes the workflow under the same lock.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _commit_change(
     """Write the change `workflow` has made in memory: the workflow row, its audit row and,
     when it entered a phase, that phase's tasks' next attempts (one statement on
     PostgreSQL, with `succeeded` the success of the task that ended the phase too), and
-    their jobs (see _enqueue). Returns the task claimed for `inline`."""
+    their jobs (queue.send_with_change). Returns the task claimed for `inline`."""
     now = timezone.now()
     previous_seq, previous_mac = workflow.last_seq, workflow.head_mac
     row = Transition.objects.build(
@@ -207,8 +209,8 @@ def fire(
 def queue_tasks(
     tasks: list[Task], *, charge: bool = True, eta=None, error: str | None = None, attempts: list | None = None
 ) -> None:
-    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs (see
-    _enqueue). `charge=False` keeps the attempt from counting against the budget (a
+    """Move tasks to QUEUED for their next attempt (one UPDATE) and send their jobs with
+    the change (queue.send_with_change). `charge=False` keeps the attempt from counting against the budget (a
     handed-back attempt)."""
     changes = {
         "status": task_status_after("retry_later" if charge else "hand_back", *{task.status for task in tasks}),

@@ -2,7 +2,11 @@
 -- one round trip, written out whole (workflow_orchestrator/sql/__init__.py reads them).
 --
 -- A statement that writes both a task and its workflow locks the workflow's row first, as
--- the services' transactions do (services._locked), so that the two never deadlock.
+-- the services' locked transactions do (services.transitions.locked), so that the two
+-- never deadlock. The success statements hold that lock for themselves only, to count a
+-- success out of the phase; a worker holds no lock while it computes the transition that
+-- follows, and `transition` writes it as a compare-and-set on the workflow's state and
+-- chain head.
 -- Values come in as the database stores them: JSON as text (already serialised and
 -- checked), UUIDs and times through Django's adapters. A task's `attempts` (a JSON list)
 -- is written by the statements that start and end an attempt: its history costs no
