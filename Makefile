@@ -69,7 +69,7 @@ $(MERMAID): docs/mermaid/package-lock.json
 # tests that start no qcluster and no server. `make test-integration`: the ones that do.
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
-ON_SQLITE = DATABASE_URL="sqlite:///$(CURDIR)/db.sqlite3" ORCH_BROKER=orm
+ON_SQLITE = DATABASE_URL="sqlite:///$(CURDIR)/db.sqlite3" ORCH_BROKER=orm ORCH_TEST_POSTGRES_URL="$(TEST_PG_URL)"
 ON_PG = DATABASE_URL="$(TEST_PG_URL)" ORCH_BROKER=redis REDIS_URL="$(TEST_REDIS_URL)"
 
 test: dev $(MERMAID)

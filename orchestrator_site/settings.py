@@ -211,7 +211,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # only when a test asks for it; the tests skip it when the server does not answer.
 if "pytest" in sys.modules and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["postgresql"] = env.db_url_config(
-        os.environ.get("ORCH_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+        env.str("ORCH_TEST_POSTGRES_URL", default="postgres://postgres@127.0.0.1:5432/test")
     )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

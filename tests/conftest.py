@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext  # noqa: F401  (re-exported for test modules)
@@ -67,6 +68,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.stem in ENGINE_MODULES:
             item.add_marker(pytest.mark.engine)
+
+
+def alive_processes(*, pgid: int | None = None, sid: int | None = None) -> list[int]:
+    """The processes of a process group (`pgid`) or session (`sid`) that still run: a
+    zombie has ended, and a process that ends while we look is not counted."""
+    alive = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if pgid is not None and os.getpgid(process.pid) != pgid:
+                continue
+            if sid is not None and os.getsid(process.pid) != sid:
+                continue
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+        alive.append(process.pid)
+    return alive
 
 
 # Task types the tests need beyond the built-in ones.

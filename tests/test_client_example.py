@@ -6,12 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import ROOT, events, wait_for
+from tests.conftest import ROOT, alive_processes, events, wait_for
 from workflow_orchestrator.models import State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -19,16 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def group_alive(pgid: int) -> list[int]:
     """Processes of the process group `pgid` that are still running (zombies excluded)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended while we looked
-        state, process_group = fields[0], int(fields[2])
-        if process_group == pgid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+    return alive_processes(pgid=pgid)
 
 
 def test_the_client_example_runs_every_step_against_a_live_server(cluster, live_server, django_user_model):

@@ -121,7 +121,7 @@ class Made:
         )
 
     def change(self, event: str, *, previous_seq: int | None = None, **kwargs):
-        """Fire `event` on the workflow in memory and write it, as services._commit_change does."""
+        """Fire `event` on the workflow in memory and write it, as services.transitions._commit_change does."""
         workflow, now = self.workflow, timezone.now()
         source, seq, mac = workflow.state, workflow.last_seq, workflow.head_mac
         getattr(workflow, event)(**({"error": "it broke"} if event == "fail" else {}))
@@ -561,15 +561,16 @@ def test_every_statement_carries_its_name_and_says_which_task_statuses_it_change
     assert {"claim", "succeed", "count_out", "workflow_input", "task_results"} <= set(statements)
     for name, statement in statements.items():
         assert statement.text.startswith(f"/* {name} */ ") and statement.comment
-    assert sql.task_transitions_by_statement(vendor)["claim"] == {("QUEUED", "RUNNING")}
+    assert sql.task_transitions_by_statement(vendor)["claim"] == {("claim", "QUEUED", "RUNNING")}
     assert sql.task_transitions_by_statement(vendor)["count_out"] == frozenset()
 
 
 def test_a_file_with_a_name_used_twice_or_a_text_without_its_name_is_refused():
-    header = "-- name: claim\n-- Claims.\n-- transitions: QUEUED->RUNNING\n"
+    header = "-- name: claim\n-- Claims.\n-- transitions: claim QUEUED->RUNNING\n"
     with pytest.raises(sql.SQLFileError, match="named twice"):
         sql.parse(f"{header}/* claim */ SELECT 1\n\n{header}/* claim */ SELECT 2\n")
     with pytest.raises(sql.SQLFileError, match="must start with"):
         sql.parse(f"{header}SELECT 1\n")
-    with pytest.raises(sql.SQLFileError, match="SOURCE->TARGET"):
-        sql.parse("-- name: claim\n-- Claims.\n-- transitions: QUEUED to RUNNING\n/* claim */ SELECT 1\n")
+    for unnamed in ("QUEUED->RUNNING", "claim QUEUED to RUNNING"):
+        with pytest.raises(sql.SQLFileError, match="TRANSITION SOURCE->TARGET"):
+            sql.parse(f"-- name: claim\n-- Claims.\n-- transitions: {unnamed}\n/* claim */ SELECT 1\n")

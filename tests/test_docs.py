@@ -26,7 +26,7 @@ DOCUMENTS = [ROOT / "README.md", ROOT / "QUICKSTART.md", *sorted((ROOT / "docs")
 MERMAID_JS = ROOT / "docs" / "mermaid" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 FENCE = re.compile(r"^```mermaid\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # A dotted name whose first part is a module of workflow_orchestrator/ or django_q: `services.task_record`,
-# `api.views.WorkflowViewSet.create_and_start`, `statements.CLAIM`, `django_q.pusher.pusher`.
+# `api.views.WorkflowViewSet.create_and_start`, `services.transitions.fire`, `django_q.pusher.pusher`.
 CODE_NAME = re.compile(r"(?<![\w.])((?:django_q|[a-z_]+)(?:\.[A-Za-z_]\w*)+)")
 ARROW = re.compile(r"^\s*\w+\s*(-|--)(>>|x|\))\+?-?\s*\w+\s*:(.*)$")
 
@@ -199,9 +199,13 @@ def test_every_call_in_a_sequence_diagram_names_the_code_that_makes_it():
 
 
 def test_a_renamed_function_would_fail_the_check():
-    assert cited_names("W->>PG: services.task_claim: statements.CLAIM") == ["services.task_claim", "statements.CLAIM"]
+    cited = cited_names("W->>PG: services.task_claim: services.outcomes.task_claim")
+    assert cited == ["services.task_claim", "services.outcomes.task_claim"]
+    assert resolve("services.outcomes.task_claim") is resolve("services.task_claim")
     with pytest.raises(AttributeError):
         resolve("services.task_claim_renamed")
+    with pytest.raises(AttributeError):
+        resolve("statements.CLAIM")  # a statement is cited by its name in sql/*.sql, not as a constant
     assert resolve("api.views.WorkflowViewSet.create_and_start")
     assert resolve("django_q.pusher.pusher")
 

@@ -20,7 +20,7 @@ from django.db import connections
 from django_q.queues import Queue
 from django_q.signing import SignedPackage
 
-from tests.conftest import ROOT, child_env, events, free_port, wait_for
+from tests.conftest import ROOT, alive_processes, child_env, events, free_port, wait_for
 from workflow_orchestrator import queue, services, shutdown
 from workflow_orchestrator.models import Actor, State, Task, Workflow
 
@@ -72,15 +72,7 @@ def test_sigterm_to_a_busy_worker_hands_its_task_back_at_once(cluster):
 
 def alive_in_group(pgid: int) -> list[int]:
     """The processes of a process group that still run (a zombie has ended)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except OSError:  # ended meanwhile
-            continue
-        if int(group) == pgid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+    return alive_processes(pgid=pgid)
 
 
 def budget_attempt(task: Task) -> int:
@@ -271,15 +263,7 @@ class MakeRun:
 
 
 def alive_in_session(sid: int) -> list[int]:
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, _group, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
-        except OSError:  # ended meanwhile
-            continue
-        if int(session) == sid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+    return alive_processes(sid=sid)
 
 
 # How each stop reaches `make run`, and how make ends: Ctrl-C is the way to stop it, so make

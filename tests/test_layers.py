@@ -1,9 +1,11 @@
 """The engine's layers, as pyproject.toml's [tool.importlinter] contracts order them: a
 module imports only from layers below its own (function-level imports included)."""
 
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -43,3 +45,16 @@ def test_an_import_from_a_higher_layer_breaks_the_contract(tmp_path):
     result = lint_imports(cwd=tmp_path, config=config)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "workflow_orchestrator.models -> workflow_orchestrator.services" in result.stdout
+
+
+def test_the_contract_places_every_module_of_the_app():
+    """import-linter leaves a module the contract does not name unconstrained: every module
+    and package of the app must stand in a layer."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [layers] = [contract for contract in config["contracts"] if contract["type"] == "layers"]
+    placed = {name.strip() for layer in layers["layers"] for name in re.split(r"[|:]", layer)}
+    package = ROOT / "workflow_orchestrator"
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    modules |= {path.parent.name for path in package.glob("*/__init__.py")}
+    assert sorted(modules - placed) == []
+    assert sorted(placed - modules) == []

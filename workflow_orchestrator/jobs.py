@@ -8,6 +8,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from . import logs, queue, schedules, services, webhooks
+from .backoff import backoff
 from .conf import app_settings
 from .runner import run_handler, worker_name
 
@@ -97,7 +98,7 @@ def _on_fresh_connection(step, *args, patience: float = 0.0, **kwargs):
         except DROPPED as exc:
             connection.close()
             failures += 1
-            pause = 0.0 if failures == 1 else min(RETRY_PAUSE * 2 ** (failures - 2), RETRY_PAUSE_MAX)
+            pause = 0.0 if failures == 1 else backoff(failures - 1, base=RETRY_PAUSE, cap=RETRY_PAUSE_MAX)
             if failures > 1 and time.monotonic() + pause > give_up_at:
                 raise
             logger.warning("%s: the database connection failed (%s); trying again", step.__name__, str(exc).strip())

@@ -640,7 +640,10 @@ class BrokenChain(models.Model):
 
 class WorkflowSchedule(models.Model):
     """Starts a workflow each time its cron expression falls due in its time zone
-    (workflow_orchestrator.schedules runs it; workflow_orchestrator.cron says when)."""
+    (workflow_orchestrator.schedules runs it; workflow_orchestrator.cron says when).
+
+    Save one with `schedules.schedule_save`: it checks the workflow the schedule starts
+    too (`schedules.schedule_clean`), which `full_clean()` alone does not."""
 
     name = models.CharField(max_length=200, unique=True)
     cron = models.CharField(

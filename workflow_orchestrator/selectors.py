@@ -11,8 +11,6 @@ from django.db.models import Count, Q
 from . import audit, statements
 from .models import State, Task, Workflow
 
-ACTIONS = ("start", "next", "retry", "cancel", "delete")
-
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
     """The ACTIONS the service functions would accept for `workflow` now, from a caller

@@ -112,7 +112,8 @@ class WorkflowRow:
     def last_of_phase(self, phase: str) -> bool:
         """True when a task of `phase` is the only one of its phase not yet succeeded, and
         the workflow moves on by itself once it succeeds."""
-        return self.values["state"] == phase and self.values["unfinished"] == 1 and self.values["mode"] == "auto"
+        values = self.values
+        return values["state"] == phase and values["unfinished"] == 1 and values["mode"] == Workflow.Mode.AUTO
 
     def workflow(self, workflow_id) -> Workflow:
         """The workflow with what this row holds; its other fields are deferred (read

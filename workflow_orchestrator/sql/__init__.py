@@ -4,12 +4,13 @@ Each statement in a file is written out whole, under a header:
 
     -- name: claim
     -- A queued attempt becomes RUNNING for one worker.          (one line: what it does)
-    -- transitions: QUEUED->RUNNING                               (the task statuses it changes)
+    -- transitions: claim QUEUED->RUNNING                         (the task statuses it changes)
     /* claim */ UPDATE ...
 
-`transitions` lists each task status change the statement can make as SOURCE->TARGET,
-comma-separated: `->PENDING` for a task inserted with that status, `none` when it changes
-no task's status. The text starts with its name in an SQL comment, so that tests,
+`transitions` lists each task status change the statement can make, comma-separated, as
+the name of the task transition it performs (models.TASK_TRANSITIONS) and SOURCE->TARGET:
+`create ->PENDING` for a task inserted with that status; `none` when it changes no task's
+status. The text starts with its name in an SQL comment, so that tests,
 pg_stat_statements and PostgreSQL's statement log can tell the statements apart.
 
 Nothing is added to a text at run time but its parameters (`%(name)s`).
@@ -26,14 +27,14 @@ DIRECTORY = Path(__file__).resolve().parent
 HEADER = re.compile(
     r"^-- name: (?P<name>[a-z_]+)\n-- (?P<comment>[^\n]+)\n-- transitions: (?P<transitions>[^\n]+)\n", re.M
 )
-STATUS_CHANGE = re.compile(r"^(?P<source>[A-Z]*)->(?P<target>[A-Z]+)$")
+STATUS_CHANGE = re.compile(r"^(?P<transition>[a-z_]+) (?P<source>[A-Z]*)->(?P<target>[A-Z]+)$")
 
 
 @dataclass(frozen=True)
 class Statement:
     name: str
     comment: str
-    transitions: frozenset[tuple[str | None, str]]  # (source, target); source None: inserted
+    transitions: frozenset[tuple[str, str | None, str]]  # (task transition, source, target); source None: inserted
     text: str
 
 
@@ -62,15 +63,15 @@ def parse(source: str, filename: str = "<sql>") -> dict[str, Statement]:
     return statements
 
 
-def _transitions(listed: str, name: str) -> frozenset[tuple[str | None, str]]:
+def _transitions(listed: str, name: str) -> frozenset[tuple[str, str | None, str]]:
     if listed.strip() == "none":
         return frozenset()
     changes = set()
     for change in listed.split(","):
         found = STATUS_CHANGE.match(change.strip())
         if found is None:
-            raise SQLFileError(f"{name}: {change.strip()!r} is not SOURCE->TARGET")
-        changes.add((found["source"] or None, found["target"]))
+            raise SQLFileError(f"{name}: {change.strip()!r} is not TRANSITION SOURCE->TARGET")
+        changes.add((found["transition"], found["source"] or None, found["target"]))
     return frozenset(changes)
 
 
@@ -81,7 +82,7 @@ def statements(vendor: str) -> dict[str, Statement]:
     return parse(path.read_text(), path.name)
 
 
-def task_transitions_by_statement(vendor: str) -> dict[str, frozenset[tuple[str | None, str]]]:
-    """Each named statement's task status changes: for checking them against the task
-    status table."""
+def task_transitions_by_statement(vendor: str) -> dict[str, frozenset[tuple[str, str | None, str]]]:
+    """Each named statement's task status changes, (task transition, source, target): for
+    checking them against the task status table."""
     return {name: statement.transitions for name, statement in statements(vendor).items()}

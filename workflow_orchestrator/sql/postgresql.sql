@@ -14,7 +14,7 @@
 
 -- name: create
 -- A workflow and its tasks (all PENDING), inserted as they are, nothing read back.
--- transitions: ->PENDING
+-- transitions: create ->PENDING
 /* create */ WITH workflow AS (
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
@@ -36,7 +36,7 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
 
 -- name: create_started
 -- A workflow already started: in PREPARE, with its first audit row and its PREPARE task QUEUED, as `start` leaves them; returns its tasks and the audit row's id.
--- transitions: ->PENDING, ->QUEUED
+-- transitions: create ->PENDING, create_queued ->QUEUED
 /* create_started */ WITH workflow AS (
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
@@ -68,7 +68,7 @@ SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON
 
 -- name: claim
 -- A queued attempt becomes RUNNING for one worker, and comes back with what a transition of its workflow needs; no row when another delivery got there first.
--- transitions: QUEUED->RUNNING
+-- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task AS task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
     attempts = attempts || jsonb_build_array(jsonb_build_object(
@@ -98,7 +98,7 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
 
 -- name: succeed
 -- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED.
--- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED
 /* succeed */ WITH locked AS (
     -- The lock returns the workflow's state as it is once locked (a cancel that committed
     -- while this waited included), where a subquery would see the statement's snapshot.
@@ -125,7 +125,7 @@ RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, he
 
 -- name: succeed_and_release
 -- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
--- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED, PENDING->QUEUED, PENDING->RUNNING
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING
 /* succeed_and_release */ WITH locked AS (
     SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
@@ -184,7 +184,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
 
 -- name: transition
 -- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker.
--- transitions: PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* transition */ WITH change AS (
     -- Only while the workflow is still in the state, and at the head of its audit chain
     -- (its seq and the MAC the caller checked), that the change was computed from: a
@@ -243,7 +243,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
 
 -- name: succeed_and_transition
 -- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition`, in one statement.
--- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED, PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* succeed_and_transition */ WITH locked AS (
     SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (

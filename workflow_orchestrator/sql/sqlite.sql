@@ -27,7 +27,7 @@ FROM (SELECT json(%(workflow)s) AS value)
 
 -- name: create_tasks
 -- A workflow's tasks, inserted as they are (PENDING; the PREPARE task QUEUED when the workflow is inserted started); returns them.
--- transitions: ->PENDING, ->QUEUED
+-- transitions: create ->PENDING, create_queued ->QUEUED
 /* create_tasks */ INSERT INTO workflow_orchestrator_task
     (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
      error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts)
@@ -54,7 +54,7 @@ RETURNING id
 
 -- name: claim
 -- A queued attempt becomes RUNNING for one worker; no row when another delivery got there first.
--- transitions: QUEUED->RUNNING
+-- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
     attempts = json_insert(attempts, '$[#]', json_object(
@@ -83,7 +83,7 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
 
 -- name: succeed
 -- A running attempt's success; one after its workflow was cancelled is kept and reads CANCELLED. Returns the task's phase.
--- transitions: RUNNING->SUCCEEDED, RUNNING->CANCELLED
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED
 /* succeed */ UPDATE workflow_orchestrator_task
 SET status = CASE WHEN (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'CANCELLED'
                   THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
@@ -106,7 +106,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
 
 -- name: release_waiting
 -- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker.
--- transitions: PENDING->QUEUED, PENDING->RUNNING
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING
 /* release_waiting */ WITH next_up AS (
     -- A NULL inline_timeout picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
@@ -163,7 +163,7 @@ RETURNING unfinished, callback_url
 
 -- name: queue_phase
 -- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker.
--- transitions: PENDING->QUEUED, PENDING->RUNNING, FAILED->QUEUED, FAILED->RUNNING, CANCELLED->QUEUED, CANCELLED->RUNNING, QUEUED->RUNNING
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* queue_phase */ WITH pick AS (
     -- A NULL inline_timeout picks nothing.
     SELECT id FROM workflow_orchestrator_task
