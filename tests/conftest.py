@@ -54,6 +54,7 @@ ENGINE_MODULES = {
     "test_metrics",
     "test_outages",
     "test_outcomes",
+    "test_pause",
     "test_races",
     "test_rules",
     "test_schedules",

@@ -336,10 +336,10 @@ def offered(page: dom.Element, workflow) -> dict[str, str]:
 @pytest.mark.parametrize(
     "state, mode, buttons",
     [
-        (State.INIT, "auto", {"start", "cancel", "delete"}),
-        (State.PREPARE, "auto", {"cancel"}),
-        (State.PREPARE, "manual", {"cancel"}),  # its work runs: no Next yet
-        ("PREPARE done", "manual", {"next", "cancel"}),
+        (State.INIT, "auto", {"start", "cancel", "pause", "delete"}),
+        (State.PREPARE, "auto", {"cancel", "pause"}),
+        (State.PREPARE, "manual", {"cancel", "pause"}),  # its work runs: no Next yet
+        ("PREPARE done", "manual", {"next", "cancel", "pause"}),
         (State.FAILED, "auto", {"retry", "cancel", "delete"}),
         (State.COMPLETE, "auto", {"delete"}),
         (State.CANCELLED, "auto", {"delete"}),

@@ -77,7 +77,7 @@ def test_start_creates_and_starts_a_workflow(engine, api, owner, path):
             "created_at": body["transitions"][0]["created_at"],
         }
     ]
-    assert body["available_transitions"] == ["cancel"]  # PREPARE's work is the engine's to end
+    assert body["available_transitions"] == ["cancel", "pause"]  # PREPARE's work is the engine's to end
     engine.drain()
     detail = api.get(f"/workflow/{body['id']}").json()
     assert detail["state"] == State.COMPLETE
@@ -168,7 +168,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "state": "EXECUTE",
         "phase": "EXECUTE",
         "progress": {"done": 2, "total": 4},
-        "available_transitions": ["cancel"],
+        "available_transitions": ["cancel", "pause"],
         "waiting_for_next": False,
         "error": "",
     }

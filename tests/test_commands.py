@@ -81,7 +81,7 @@ def test_refused_transitions_name_the_state_and_what_is_allowed(engine):
     workflow = json.loads(run(engine, "start", "--name", "w", "--tasks", "[]", "--json"))
     with pytest.raises(
         CommandError,
-        match=r"cannot retry a workflow in state PREPARE \(state PREPARE; allowed transitions: cancel\)",
+        match=r"cannot retry a workflow in state PREPARE \(state PREPARE; allowed transitions: cancel, pause\)",
     ):
         run(engine, "retry", workflow["id"])
     with pytest.raises(CommandError, match="only for workflows in manual mode"):

@@ -102,6 +102,11 @@ class Made:
         """The workflow's state changed by someone else (a cancel, a failure), as stored."""
         Workflow.objects.using(self.backend.alias).filter(pk=self.workflow.pk).update(state=state)
 
+    def pause(self) -> None:
+        """The workflow paused (services.workflow_pause), as stored and as held in memory."""
+        self.workflow.paused_at = timezone.now()
+        Workflow.objects.using(self.backend.alias).filter(pk=self.workflow.pk).update(paused_at=self.workflow.paused_at)
+
     def claim(self, name: str, worker: str = "w1"):
         task = self.task(name)
         now = timezone.now()
@@ -234,6 +239,28 @@ def test_claim_takes_a_queued_attempt_once_and_returns_its_workflow_row(backend)
 
 
 @on_every_backend
+def test_claim_of_a_paused_workflows_task_takes_nothing_and_leaves_it_queued(backend):
+    made = make(backend)
+    made.pause()
+    assert made.claim("a") is None
+    a = made.task("a")
+    assert (a.status, a.attempt, a.worker, a.attempts) == (Status.QUEUED, 1, "", [])
+    Workflow.objects.using(backend.alias).filter(pk=made.workflow.pk).update(paused_at=None)  # resumed
+    claimed = made.claim("a")
+    assert claimed.values["status"] == "RUNNING" and claimed.workflow_row.values["paused_at"] is None
+
+
+@on_every_backend
+def test_a_task_running_when_its_workflow_is_paused_succeeds_and_is_counted_out(backend):
+    made = make(backend)
+    claimed = made.claim("a")
+    made.pause()
+    fan_in = made.succeed(claimed)  # a running task of a paused workflow finishes, and is counted out
+    assert fan_in.in_phase and fan_in.workflow_row.values["paused_at"] == made.workflow.paused_at
+    assert made.task("a").status == Status.SUCCEEDED and made.row().unfinished == 1
+
+
+@on_every_backend
 def test_claim_of_an_attempt_no_longer_wanted_changes_nothing(backend):
     made = make(backend)
     task = made.task("a")
@@ -321,6 +348,18 @@ def test_a_success_hands_the_first_released_task_that_fits_inline_timeout_to_its
 
 
 @on_every_backend
+def test_a_success_queues_but_hands_no_released_task_to_its_worker_while_the_workflow_is_paused(backend):
+    made = make(backend, tasks=waiting_tasks())
+    claimed = made.claim("a")
+    made.pause()
+    fan_in = made.succeed(claimed, inline=Inline(worker="w9", lease=timezone.now(), max_timeout=100.0))
+    assert fan_in.inline is None
+    assert sorted(task.values["name"] for task in fan_in.released) == ["b", "c"]
+    assert {made.task("b").status, made.task("c").status} == {Status.QUEUED}
+    assert made.claim("b") is None  # their jobs claim nothing until it is resumed
+
+
+@on_every_backend
 def test_tasks_are_released_only_while_their_workflow_is_in_execute(backend):
     made = make(backend, tasks=waiting_tasks())
     claimed = made.claim("a")
@@ -369,6 +408,33 @@ def test_entering_a_phase_hands_its_first_task_that_fits_inline_timeout_to_the_w
     b = made.task("b")
     assert (b.status, b.worker, b.attempts[-1]["worker"]) == (Status.RUNNING, "w7", "w7")
     assert made.task("a").worker == "" and made.task("a").lease_expires_at is None
+
+
+@on_every_backend
+def test_entering_a_phase_of_a_paused_workflow_queues_its_tasks_and_hands_none_to_the_worker(backend):
+    tasks = [{"name": "p", "phase": State.PREPARE, "status": "SUCCEEDED"}, {"name": "a"}, {"name": "b"}]
+    made = make(backend, state=State.PREPARE, tasks=tasks)
+    made.pause()
+    lease = timezone.now() + timedelta(seconds=60)
+    written = made.change("execute", inline=Inline(worker="w7", lease=lease, max_timeout=100.0))
+    assert (written.unfinished, written.inline) == (2, None)
+    assert sorted(task.values["name"] for task in written.queued) == ["a", "b"]
+    assert {made.task("a").status, made.task("b").status} == {Status.QUEUED}
+    assert made.row().paused_at == made.workflow.paused_at  # a transition leaves the pause as it is
+
+
+@on_every_backend
+def test_the_last_success_of_a_paused_workflows_phase_moves_it_on_and_hands_nothing_to_the_worker(backend):
+    made = make(backend, tasks=[{"name": "a"}, {"name": "v", "phase": State.VALIDATE}])
+    claimed = made.claim("a")
+    made.pause()
+    inline = Inline(worker="w7", lease=timezone.now() + timedelta(seconds=60), max_timeout=100.0)
+    written = made.change(
+        "validate", succeeded=Succeeded(claimed.values["id"], 1, "1"), phase_results=GATHER, inline=inline
+    )
+    assert (written.recorded, written.unfinished, written.inline) == (True, 1, None)
+    assert [task.values["name"] for task in written.queued] == ["v"]
+    assert made.task("v").status == Status.QUEUED and made.row().state == State.VALIDATE
 
 
 @on_every_backend

@@ -205,15 +205,21 @@ def test_list_parameters_are_checked_not_ignored(api, owner, params, field):
 
 def test_available_transitions_are_what_the_user_can_do_now(engine, api, owner):
     manual = create(owner, engine, mode="manual", tasks=[{"type": "noop"}])
-    assert api.get(f"/workflow/{manual.pk}").json()["available_transitions"] == ["start", "next", "cancel", "delete"]
+    assert api.get(f"/workflow/{manual.pk}").json()["available_transitions"] == [
+        "start",
+        "next",
+        "cancel",
+        "pause",
+        "delete",
+    ]
     with engine.capture(execute=True):
         api.post(f"/execution/workflows/{manual.pk}/start")
-    # PREPARE's work is queued: nothing but cancel, and `next` is refused saying so.
-    assert api.get(f"/execution/workflows/{manual.pk}/status").json()["available_transitions"] == ["cancel"]
+    # PREPARE's work is queued: nothing but cancel and pause, and `next` is refused saying so.
+    assert api.get(f"/execution/workflows/{manual.pk}/status").json()["available_transitions"] == ["cancel", "pause"]
     refused = api.post(f"/workflow/{manual.pk}/next")
-    assert refused.status_code == 409 and refused.json()["available_transitions"] == ["cancel"]
+    assert refused.status_code == 409 and refused.json()["available_transitions"] == ["cancel", "pause"]
     engine.drain()
-    assert api.get(f"/workflow/{manual.pk}").json()["available_transitions"] == ["next", "cancel"]
+    assert api.get(f"/workflow/{manual.pk}").json()["available_transitions"] == ["next", "cancel", "pause"]
     with engine.capture(execute=True):
         assert api.post(f"/workflow/{manual.pk}/next").status_code == 202
     engine.drain()
@@ -232,11 +238,15 @@ def test_what_others_are_offered_follows_their_permissions(owner):
     assert client_for(viewer).get(f"/workflow/{workflow.pk}").json()["available_transitions"] == []
     viewer.user_permissions.add(Permission.objects.get(codename="change_workflow"))
     viewer = User.objects.get(pk=viewer.pk)
-    assert client_for(viewer).get(f"/workflow/{workflow.pk}").json()["available_transitions"] == ["start", "cancel"]
+    assert client_for(viewer).get(f"/workflow/{workflow.pk}").json()["available_transitions"] == [
+        "start",
+        "cancel",
+        "pause",
+    ]
     viewer.user_permissions.add(Permission.objects.get(codename="delete_workflow"))
     viewer = User.objects.get(pk=viewer.pk)
     offered = client_for(viewer).get("/workflows/").json()["results"][0]["available_transitions"]
-    assert offered == ["start", "cancel", "delete"]
+    assert offered == ["start", "cancel", "pause", "delete"]
 
 
 def test_staff_with_only_view_permission_cannot_act_on_others_workflows(owner):

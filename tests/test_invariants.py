@@ -100,6 +100,14 @@ class Engine(RuleBasedStateMachine):
     def retry(self):
         self.call(services.workflow_retry)
 
+    @rule()
+    def pause(self):
+        self.call(services.workflow_pause)
+
+    @rule()
+    def resume(self):
+        self.call(services.workflow_resume)
+
     @rule(now=st.integers(min_value=0, max_value=3))
     def cancel(self, now):
         """Now and then: a cancelled workflow has little left to explore."""
@@ -123,9 +131,10 @@ class Engine(RuleBasedStateMachine):
 
     def given(self, task: Task) -> Task:
         """A worker was given `task` (a claim, or a success handing it on): it may start
-        only while its workflow is in the task's phase, and only once every task in its
-        `after` has succeeded."""
+        only while its workflow is in the task's phase and not paused, and only once every
+        task in its `after` has succeeded."""
         assert task.status == Status.RUNNING
+        assert not self.workflow.is_paused, f"{task.name} started while its workflow was paused"
         assert (task.pk, task.attempt) not in self.claims, "an attempt was given to two workers"
         self.claims.add((task.pk, task.attempt))
         assert self.workflow.state == task.phase, f"{task.name} started in a workflow that left {task.phase}"
@@ -141,6 +150,9 @@ class Engine(RuleBasedStateMachine):
             return None
         task = queued[pick % len(queued)]
         claimed = services.task_claim(task.pk, task.attempt, worker=self.worker())
+        if self.workflow.is_paused:  # its job claims nothing, and the task stays queued
+            assert claimed is None and Task.objects.get(pk=task.pk).status == Status.QUEUED
+            return None
         assert claimed is not None
         if deliver_twice:  # the broker delivers the same job again: it finds nothing to claim
             assert services.task_claim(task.pk, task.attempt, worker=self.worker()) is None
@@ -176,7 +188,7 @@ class Engine(RuleBasedStateMachine):
     @rule(hand_on=st.booleans())
     def workers_run_every_queued_job(self, hand_on):
         """...and they all succeed (what a healthy cluster does most of the time)."""
-        for _ in range(len(self.queued())):
+        for _ in range(0 if self.workflow.is_paused else len(self.queued())):
             task = self.claim(0)
             while task is not None:  # a worker runs what its success hands on, as jobs.run_task does
                 task = self.record(task, True, hand_on=hand_on)
@@ -201,7 +213,7 @@ class Engine(RuleBasedStateMachine):
     @rule(succeed=st.lists(st.booleans(), min_size=2, max_size=2), reverse=st.booleans(), hand_on=st.booleans())
     def two_workers_at_once(self, succeed, reverse, hand_on):
         """Both claim before either records: neither claim sees itself as the last."""
-        queued = list(self.queued())[:2]
+        queued = [] if self.workflow.is_paused else list(self.queued())[:2]
         claimed = [self.given(services.task_claim(t.pk, t.attempt, worker=self.worker())) for t in queued]
         pairs = list(zip(claimed, succeed, strict=False))
         for task, ok in reversed(pairs) if reverse else pairs:

@@ -32,29 +32,37 @@ SERVICES = {
     "next": services.workflow_next,
     "retry": services.workflow_retry,
     "cancel": services.workflow_cancel,
+    "pause": services.workflow_pause,
+    "resume": services.workflow_resume,
     "delete": services.workflow_delete,
 }
 FAILS = {"type": "fail", "max_attempts": 1}  # fails on every attempt
 
 # Every situation a workflow can be in, as far as the rules tell them apart: its state, its
-# mode, and, in a phase, whether the phase's work is done (auto mode: a worker died between
-# recording the last success and moving the workflow on).
+# mode, in a phase, whether the phase's work is done (auto mode: a worker died between
+# recording the last success and moving the workflow on), and whether it is paused (a
+# cancel ends a pause; a workflow paused in a phase may fail or complete and stay paused).
 SITUATIONS = [
-    (state, mode, done)
+    (state, mode, done, paused)
     for state, mode in itertools.product(State.values, ["auto", "manual"])
     for done in ([False, True] if state in PHASES else [None])
+    for paused in ([False] if state == State.CANCELLED else [False, True])
 ]
 
 
 def situation_id(situation) -> str:
-    state, mode, done = situation
-    return f"{state}-{mode}" + ("" if done is None else ("-done" if done else "-working"))
+    state, mode, done, paused = situation
+    return (
+        f"{state}-{mode}" + ("" if done is None else ("-done" if done else "-working")) + ("-paused" if paused else "")
+    )
 
 
-def bring(engine, state: str, mode: str, done: bool | None) -> Workflow:
+def bring(engine, state: str, mode: str, done: bool | None, paused: bool = False) -> Workflow:
     """A workflow in `state`, brought there through the services: by hand (manual mode) one
     phase at a time, its jobs run by `engine`; an automatic one is the same workflow with
-    its mode set (what the rules read of it is its state, mode and unfinished count)."""
+    its mode set (what the rules read of it is its state, mode, unfinished count and
+    paused_at). One paused before it starts or in a phase is paused by the service; one
+    that failed or completed while paused keeps the paused_at it had."""
     tasks = [FAILS] if state == State.FAILED else [{"type": "noop"}]
     workflow, _ = services.workflow_create(name=f"{state} {mode}", mode="manual", tasks=tasks, actor=Actor.SYSTEM)
     if state == State.CANCELLED:
@@ -69,8 +77,12 @@ def bring(engine, state: str, mode: str, done: bool | None) -> Workflow:
         engine.drain()
     engine.pending()  # jobs of work left undone stay undone
     Workflow.objects.filter(pk=workflow.pk).update(mode=mode)
+    if paused and state in (State.INIT, *PHASES):
+        services.workflow_pause(workflow.pk, actor=Actor.SYSTEM)
+    elif paused:
+        Workflow.objects.filter(pk=workflow.pk).update(paused_at=timezone.now())
     workflow = Workflow.objects.get(pk=workflow.pk)
-    assert (workflow.state, workflow.mode) == (state, mode)
+    assert (workflow.state, workflow.mode, workflow.is_paused) == (state, mode, paused)
     if done is not None:
         assert (workflow.unfinished == 0) == done
     return workflow
@@ -101,10 +113,11 @@ def signed(**fields) -> Workflow:
 def test_every_user_action_is_offered_in_some_situation_and_refused_in_another():
     # Guards the test above against situations that cannot tell an action's rule apart.
     offered = {action: set() for action in ACTIONS}
-    for state, mode, done in SITUATIONS:
-        workflow = signed(state=state, mode=mode, unfinished=0 if done in (None, True) else 1)
+    for state, mode, done, paused in SITUATIONS:
+        unfinished = 0 if done in (None, True) else 1
+        workflow = signed(state=state, mode=mode, unfinished=unfinished, paused_at=timezone.now() if paused else None)
         for action in services.available_actions(workflow):
-            offered[action].add((state, mode, done))
+            offered[action].add((state, mode, done, paused))
     for action, situations in offered.items():
         assert situations and len(situations) < len(SITUATIONS), action
 
@@ -114,7 +127,7 @@ def test_a_workflow_whose_head_does_not_verify_offers_and_accepts_only_delete(en
     Workflow.objects.filter(pk=workflow.pk).update(head_mac="0" * 64)
     workflow = Workflow.objects.get(pk=workflow.pk)
     assert services.available_actions(workflow) == ["delete"]
-    for action in ("start", "next", "cancel"):
+    for action in ("start", "next", "cancel", "pause"):
         with pytest.raises(services.AuditBroken):
             SERVICES[action](workflow.pk, actor=Actor.SYSTEM)
     services.workflow_delete(workflow.pk, actor=Actor.SYSTEM)
@@ -191,8 +204,8 @@ class StatusChanges:
     from the database: the changes each call made, whatever statement made them."""
 
     ENTRY_POINTS = [
-        "workflow_create", "workflow_start", "workflow_next", "workflow_retry", "workflow_cancel", "task_claim",
-        "task_record", "task_hand_back", "recover",
+        "workflow_create", "workflow_start", "workflow_next", "workflow_retry", "workflow_cancel", "workflow_pause",
+        "workflow_resume", "task_claim", "task_record", "task_hand_back", "recover",
     ]  # fmt: skip
 
     def __init__(self, monkeypatch):
@@ -249,6 +262,14 @@ def test_every_task_status_change_the_engine_makes_is_in_the_table(engine, monke
             services.task_hand_back(claimed.pk, claimed.attempt, workflow_id=workflow.pk)
         else:
             services.task_record(claimed, stored=json.dumps("late"))
+
+    # A paused workflow's job claims nothing; resumed, its job is sent again and runs.
+    paused = engine.start(tasks=[{"type": "noop"}])
+    engine.call(services.workflow_pause, paused.pk, actor=system)
+    engine.drain()
+    engine.call(services.workflow_resume, paused.pk, actor=system)
+    engine.drain()
+    assert Workflow.objects.get(pk=paused.pk).state == State.COMPLETE
 
     # Recovery takes back an attempt whose worker stopped heartbeating.
     engine.start(tasks=[{"type": "noop"}])

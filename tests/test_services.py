@@ -368,4 +368,4 @@ def test_next_is_refused_in_auto_mode(engine):
     with pytest.raises(services.InvalidTransition, match="only for workflows in manual mode") as error:
         engine.call(services.workflow_next, workflow.pk, actor=Actor.SYSTEM)
     assert error.value.state == State.PREPARE
-    assert error.value.allowed == ["cancel"]
+    assert error.value.allowed == ["cancel", "pause"]

@@ -353,14 +353,16 @@ class TransitionInline(ReadOnlyInline):
         return f"{transition.source} → {transition.target}"
 
 
-# How the change page shows each action that fires a transition (services.ACTIONS but
-# delete): (label, service, asks first). Which of them it shows is the engine's to say
+# How the change page shows each action (services.ACTIONS but delete): (label, service,
+# asks first). Which of them it shows is the engine's to say
 # (services.available_actions).
 BUTTONS = {
     "start": ("Start", services.workflow_start, False),
     "next": ("Next step", services.workflow_next, False),
     "retry": ("Retry", services.workflow_retry, False),
     "cancel": ("Cancel", services.workflow_cancel, True),
+    "pause": ("Pause", services.workflow_pause, False),
+    "resume": ("Resume", services.workflow_resume, False),
 }
 
 

@@ -35,12 +35,15 @@ PHASES = (State.PREPARE, State.EXECUTE, State.VALIDATE)
 TERMINAL_STATES = (State.COMPLETE, State.CANCELLED)
 # The states a workflow's callback_url is called for (a FAILED workflow may be retried).
 ENDING_STATES = (State.COMPLETE, State.FAILED, State.CANCELLED)
-# What a user can do to a workflow. Each action but `delete` fires the transition that
-# names it in its `custom["actions"]` (below): `next` is the transition that ends the
-# current step, fired by hand (see Workflow.next_refusal). A transition no action names
-# (`fail`) is the engine's own. `delete` is no transition: it removes a workflow that is
-# not running.
-ACTIONS = ("start", "next", "retry", "cancel", "delete")
+# What a user can do to a workflow. Each action but `pause`, `resume` and `delete` fires
+# the transition that names it in its `custom["actions"]` (below): `next` is the
+# transition that ends the current step, fired by hand (see Workflow.next_refusal). A
+# transition no action names (`fail`) is the engine's own. `pause` and `resume` are no
+# transitions: they hold and release what of the workflow may start, in whatever state it
+# is (see Workflow.pause_refusal); `delete` removes a workflow that is not running.
+ACTIONS = ("start", "next", "retry", "cancel", "pause", "resume", "delete")
+# The states a workflow may be paused in: before it starts, and while its work runs.
+PAUSABLE_STATES = (State.INIT, *PHASES)
 
 
 class WorkflowQuerySet(models.QuerySet):
@@ -112,6 +115,11 @@ class Workflow(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was paused: its running tasks finish, nothing new of it starts until it is resumed.",
+    )
     # Kept by the engine so that a job decides the fan-in and writes the next audit row
     # without reading the workflow's tasks or its log (see workflow_orchestrator.statements).
     unfinished = models.PositiveIntegerField(
@@ -180,14 +188,41 @@ class Workflow(FSMModelMixin, models.Model):
             return f"the {self.state} phase's work has not finished"
         return ""
 
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    def pause_refusal(self) -> str:
+        """Why `pause` is refused now, "" when it is not: a workflow is paused before it
+        starts or while its work runs, once."""
+        if self.state not in PAUSABLE_STATES:
+            return f"a workflow in state {self.state} cannot be paused"
+        if self.is_paused:
+            return "the workflow is paused already"
+        return ""
+
+    def resume_refusal(self) -> str:
+        """Why `resume` is refused now, "" when it is not: only a paused workflow is
+        resumed, and not once it has ended for good (a FAILED one may be retried)."""
+        if not self.is_paused:
+            return "the workflow is not paused"
+        if self.state in TERMINAL_STATES:
+            return f"a workflow in state {self.state} cannot be resumed"
+        return ""
+
     def offered_actions(self) -> list[str]:
         """The ACTIONS but `delete` that would be accepted now: those of the transitions
         django-fsm allows from this state, `next` only when next_refusal has nothing
-        against it. (Who may act, and an audit head that does not verify, are the
-        services' to add: services.available_actions.)"""
+        against it, `pause` and `resume` when pause_refusal and resume_refusal have
+        nothing against them. (Who may act, and an audit head that does not verify, are
+        the services' to add: services.available_actions.)"""
         offered = {action for change in self.get_available_state_transitions() for action in transition_actions(change)}
         if self.next_refusal():
             offered.discard("next")
+        if not self.pause_refusal():
+            offered.add("pause")
+        if not self.resume_refusal():
+            offered.add("resume")
         return [action for action in ACTIONS if action in offered]
 
     # Transitions: each changes this instance's own fields only, and does no I/O. Each names

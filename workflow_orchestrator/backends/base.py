@@ -45,15 +45,18 @@ from ..models import Task, Transition, Workflow
 # The columns the statements return of a task, and of its workflow (enough to compute a
 # transition in memory: its results are extended in the statement, never written back
 # from a copy; the head's MAC comes too, so that a worker checks the head before it moves
-# the workflow on, without a statement of its own: audit.head_problem).
+# the workflow on, without a statement of its own: audit.head_problem; and paused_at, so
+# that a worker asks no inline claim for a paused workflow).
 TASK_COLUMNS = (
     "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "worker", "started_at", "lease_expires_at", "after", "dependents",
 )  # fmt: skip
 WORKFLOW_COLUMNS_READ = (
     "state", "mode", "unfinished", "last_seq", "last_digest", "head_mac", "error", "retries", "failed_phase",
-    "started_at", "finished_at",
+    "started_at", "finished_at", "paused_at",
 )  # fmt: skip
+# The times among them.
+WORKFLOW_TIMES_READ = ("started_at", "finished_at", "paused_at")
 # The columns `create` inserts.
 WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
@@ -101,7 +104,7 @@ class WorkflowRow:
     @classmethod
     def read(cls, row, alias: str = DEFAULT_DB_ALIAS) -> WorkflowRow:
         values = dict(zip(WORKFLOW_COLUMNS_READ, row, strict=True))
-        values["started_at"], values["finished_at"] = from_time(values["started_at"]), from_time(values["finished_at"])
+        values.update({name: from_time(values[name]) for name in WORKFLOW_TIMES_READ})
         return cls(values, alias)
 
     @classmethod

@@ -2,7 +2,8 @@
 
 - `validation`: what a request asks for, checked before anything is stored.
 - `create`: creating a workflow (and starting it), changing one not yet started.
-- `transitions`: state changes, a user's actions (start, next, retry, cancel, delete).
+- `transitions`: state changes, a user's actions (start, next, retry, cancel, pause,
+  resume, delete).
 - `outcomes`: a task's attempts, claimed, kept alive, handed back, their outcomes recorded.
 - `recovery`: what a crash or a lost job left behind, put right.
 - `exceptions`: what the engine refuses.
@@ -38,7 +39,15 @@ from .outcomes import (
     task_record,
 )
 from .recovery import recover
-from .transitions import workflow_cancel, workflow_delete, workflow_next, workflow_retry, workflow_start
+from .transitions import (
+    workflow_cancel,
+    workflow_delete,
+    workflow_next,
+    workflow_pause,
+    workflow_resume,
+    workflow_retry,
+    workflow_start,
+)
 from .validation import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS, normalize_tasks, validate_request
 
 __all__ = [
@@ -70,7 +79,9 @@ __all__ = [
     "workflow_delete",
     "workflow_is_cancelled",
     "workflow_next",
+    "workflow_pause",
     "workflow_progress",
+    "workflow_resume",
     "workflow_retry",
     "workflow_start",
     "workflow_update",

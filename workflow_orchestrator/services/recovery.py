@@ -23,7 +23,8 @@ Status = Task.Status
 
 def recover(*, now=None) -> dict:
     """Take back attempts whose worker stopped heartbeating (killed, machine lost), re-send
-    jobs of attempts queued long ago whose job was lost by the broker, and move on
+    jobs of attempts queued long ago whose job was lost by the broker (not while their
+    workflow is paused: its resume sends them), and move on
     workflows whose phase's work is done but whose worker died before it moved them on.
 
     Each workflow's whole audit chain is verified before anything of it is touched: one
@@ -38,7 +39,9 @@ def recover(*, now=None) -> dict:
     for task_id, workflow_id, attempt in expired:
         run.unless_broken(workflow_id, _take_back, task_id, attempt, now)
     stale_before = now - timedelta(seconds=app_settings.ORCH_REQUEUE_SECONDS)
-    stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before).order_by("workflow_id", "pk")
+    # A paused workflow's jobs claim nothing: its queued tasks wait for its resume, which sends them again.
+    stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before, workflow__paused_at__isnull=True)
+    stale = stale.order_by("workflow_id", "pk")
     by_workflow = groupby(stale.only("pk", "workflow_id", "attempt", "timeout"), key=attrgetter("workflow_id"))
     requeued = sum(run.unless_broken(workflow_id, _requeue, list(tasks), now) for workflow_id, tasks in by_workflow)
     done = Workflow.objects.filter(state__in=PHASES, mode=Workflow.Mode.AUTO, unfinished=0).values_list("pk", flat=True)
@@ -108,7 +111,9 @@ def _requeue(workflow_id, tasks: list[Task], now) -> int:
     under one lock and one check of its chain. Returns how many; an attempt claimed
     meanwhile is not one (a duplicate of a job that was not lost after all loses its
     claim and does nothing)."""
-    with changing(workflow_id, "recover"):
+    with changing(workflow_id, "recover") as workflow:
+        if workflow.is_paused:  # paused meanwhile
+            return 0
         lost = [
             task
             for task in tasks

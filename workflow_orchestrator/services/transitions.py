@@ -8,7 +8,9 @@ chain head, its audit row and the entered phase's tasks, with their jobs
 (queue.send_with_change). A user's action, recovery and a failed attempt hold the
 workflow's lock while they do (`changing`); a worker that ends a phase holds none, and
 its compare-and-set loses to any change made meanwhile. `delete` is no transition: it
-removes the workflow under the same lock.
+removes the workflow under the same lock. Nor are `pause` and `resume`: under the same
+lock they set or clear the workflow's paused_at, with an audit row in its chain that
+leaves its state as it was.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def _commit_change(
     PostgreSQL, with `succeeded` the success of the task that ended the phase too), and
     their jobs (queue.send_with_change). Returns the task claimed for `inline`."""
     now = timezone.now()
+    if workflow.is_paused:  # nothing new of a paused workflow starts, not even on this worker
+        inline = None
     previous_seq, previous_mac = workflow.last_seq, workflow.head_mac
     row = Transition.objects.build(
         workflow=workflow, source=source, event=event, actor=actor, reason=reason, data=data, now=now
@@ -283,16 +287,81 @@ def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
     return workflow
 
 
-def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
-    """Cancel: tasks not yet running are cancelled at once; running ones see
-    `ctx.cancelled()` and their late results change nothing."""
+def _check_reason(reason: str) -> None:
     if problem := values.text_problem(reason):
         raise ValidationError({"reason": [f"reason {problem}"]})
+
+
+def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
+    """Cancel: tasks not yet running are cancelled at once; running ones see
+    `ctx.cancelled()` and their late results change nothing. A paused workflow is
+    cancelled too, and is no longer paused."""
+    _check_reason(reason)
     with changing(workflow_id, "cancel") as workflow:
         fire(workflow, "cancel", actor, reason=reason)
         cancel = TASK_TRANSITIONS["cancel"]
         workflow.tasks.filter(status__in=cancel.sources).update(status=cancel.target, finished_at=timezone.now())
+        if workflow.is_paused:
+            workflow.paused_at = None
+            Workflow.objects.filter(pk=workflow.pk).update(paused_at=None)
     return workflow
+
+
+def workflow_pause(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
+    """Hold a workflow (not started yet, or in a phase): its running tasks finish and their
+    outcomes are recorded (it may still move on to its next phase, whose tasks are
+    queued), but nothing new of it starts until it is resumed: no claim of its tasks, no
+    inline claim for it, no job of it re-sent by recovery."""
+    _check_reason(reason)
+    with changing(workflow_id, "pause") as workflow:
+        if refusal := workflow.pause_refusal():
+            raise InvalidTransition(workflow, "pause", refusal)
+        now = timezone.now()
+        workflow.paused_at = now
+        _record_in_place(workflow, "pause", actor, reason, now)
+    return workflow
+
+
+def workflow_resume(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
+    """Let a paused workflow's work start again: the jobs of its queued tasks are sent
+    again (the jobs sent while it was paused claimed nothing)."""
+    _check_reason(reason)
+    with changing(workflow_id, "resume") as workflow:
+        if refusal := workflow.resume_refusal():
+            raise InvalidTransition(workflow, "resume", refusal)
+        now = timezone.now()
+        workflow.paused_at = None
+        _record_in_place(workflow, "resume", actor, reason, now)
+        _send_queued(workflow, now)
+    return workflow
+
+
+def _record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, now) -> None:
+    """Write a change of the workflow that leaves its state as it is (pause, resume): its
+    paused_at, and an audit row from its state to the same, chained to its head. Call it
+    under the workflow's lock (`changing`)."""
+    row = Transition.objects.build(
+        workflow=workflow, source=workflow.state, event=event, actor=actor, reason=reason, now=now
+    )
+    workflow.updated_at = now
+    workflow.save(update_fields=["paused_at", "last_seq", "last_digest", "head_mac", "updated_at"])
+    row.save()
+    logger.info(
+        "workflow %s: %s in %s",
+        workflow.pk,
+        event,
+        workflow.state,
+        extra=logs.fields(workflow_id=workflow.pk, event=event),
+    )
+
+
+def _send_queued(workflow: Workflow, now) -> None:
+    """Send again the jobs of the workflow's queued tasks: due now (queued_at = now), or
+    at their due time when a retry's backoff has not run out yet."""
+    queued = list(workflow.tasks.filter(status=Status.QUEUED).only("pk", "attempt", "timeout", "queued_at"))
+    later = {task.pk: task.queued_at for task in queued if task.queued_at and task.queued_at > now}
+    Task.objects.filter(pk__in=[task.pk for task in queued if task.pk not in later]).update(queued_at=now)
+    queue.send_with_change([queue.task_job(task.pk, task.attempt, task.timeout, later.get(task.pk)) for task in queued])
 
 
 def workflow_delete(workflow_id, *, actor: Actor) -> None:

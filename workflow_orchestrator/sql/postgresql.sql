@@ -67,7 +67,7 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
 SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON TRUE
 
 -- name: claim
--- A queued attempt becomes RUNNING for one worker, and comes back with what a transition of its workflow needs; no row when another delivery got there first.
+-- A queued attempt becomes RUNNING for one worker, and comes back with what a transition of its workflow needs; no row when another delivery got there first, or while its workflow is paused (the task stays QUEUED).
 -- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task AS task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
@@ -75,6 +75,7 @@ SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_
         'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
 FROM workflow_orchestrator_workflow AS workflow
 WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
+    AND workflow.paused_at IS NULL
     -- A claim need not be durable: one lost with a crash of the database only means that
     -- the job runs again, and the outcome that follows is committed synchronously, which
     -- flushes the claim too. set_config(..., true) is SET LOCAL, within this statement.
@@ -83,7 +84,8 @@ RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.
     task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
     task.lease_expires_at, task.after, task.dependents,
     workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest, workflow.head_mac,
-    workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at
+    workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at,
+    workflow.paused_at
 
 -- name: workflow_input
 -- What a handler reads of its workflow, only when it asks: its input and the results of the phases so far.
@@ -121,13 +123,13 @@ UPDATE workflow_orchestrator_workflow
 SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 FROM done WHERE id = %(workflow)s
 RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at
+    started_at, finished_at, paused_at
 
 -- name: succeed_and_release
--- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
+-- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
 -- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING
 /* succeed_and_release */ WITH locked AS (
-    SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+    SELECT id, state, paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
     UPDATE workflow_orchestrator_task
     SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
@@ -139,11 +141,11 @@ RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, he
     WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
     RETURNING phase
 ), next_up AS (
-    -- A NULL inline_timeout picks nothing: every released task is queued.
+    -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
         AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND (SELECT state FROM locked) = 'EXECUTE'
-        AND timeout <= %(inline_timeout)s
+        AND (SELECT paused_at FROM locked) IS NULL AND timeout <= %(inline_timeout)s
     ORDER BY position LIMIT 1
 ), released AS (
     -- Counting on the waiting task's own row keeps two successes released at once from
@@ -169,7 +171,7 @@ RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, he
     SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
     FROM done WHERE id = %(workflow)s
     RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries,
-        failed_phase, started_at, finished_at
+        failed_phase, started_at, finished_at, paused_at
 )
 SELECT fan_in.*, released.* FROM fan_in LEFT JOIN released ON TRUE
 
@@ -180,10 +182,10 @@ SELECT fan_in.*, released.* FROM fan_in LEFT JOIN released ON TRUE
 SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 WHERE id = %(workflow)s
 RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at
+    started_at, finished_at, paused_at
 
 -- name: transition
--- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker.
+-- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker unless the workflow is paused.
 -- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* transition */ WITH change AS (
     -- Only while the workflow is still in the state, and at the head of its audit chain
@@ -205,7 +207,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         unfinished = (SELECT COUNT(*) FROM workflow_orchestrator_task
                       WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
     WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
-    RETURNING unfinished, callback_url
+    RETURNING unfinished, callback_url, paused_at
 ), audit AS (
     INSERT INTO workflow_orchestrator_transition
         (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
@@ -215,10 +217,10 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     RETURNING id
 ), pick AS (
     -- Tasks have a phase for a state (PREPARE, EXECUTE, VALIDATE): a change to any other
-    -- state queues nothing. A NULL inline_timeout picks nothing.
+    -- state queues nothing. A NULL inline_timeout, or a paused workflow, picks nothing.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
-        AND timeout <= %(inline_timeout)s
+        AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task
@@ -242,7 +244,7 @@ SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (S
 FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
 
 -- name: succeed_and_transition
--- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition`, in one statement.
+-- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition` (no inline pick for a paused workflow), in one statement.
 -- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* succeed_and_transition */ WITH locked AS (
     SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
@@ -276,7 +278,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
                       WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
     WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
         AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unfinished, callback_url
+    RETURNING unfinished, callback_url, paused_at
 ), audit AS (
     INSERT INTO workflow_orchestrator_transition
         (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
@@ -287,7 +289,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
 ), pick AS (
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
-        AND timeout <= %(inline_timeout)s
+        AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task

@@ -53,13 +53,15 @@ VALUES (%(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(a
 RETURNING id
 
 -- name: claim
--- A queued attempt becomes RUNNING for one worker; no row when another delivery got there first.
+-- A queued attempt becomes RUNNING for one worker; no row when another delivery got there first, or while its workflow is paused (the task stays QUEUED).
 -- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
     attempts = json_insert(attempts, '$[#]', json_object(
         'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
 WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
+    AND (SELECT paused_at FROM workflow_orchestrator_workflow
+         WHERE workflow_orchestrator_workflow.id = workflow_orchestrator_task.workflow_id) IS NULL
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
     worker, started_at, lease_expires_at, after, dependents
 
@@ -67,7 +69,7 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
 -- What a transition of a claimed task's workflow needs of its row.
 -- transitions: none
 /* workflow_row */ SELECT state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at
+    started_at, finished_at, paused_at
 FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
 
 -- name: workflow_input
@@ -102,17 +104,18 @@ RETURNING phase
 SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 WHERE id = %(workflow)s
 RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at
+    started_at, finished_at, paused_at
 
 -- name: release_waiting
--- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker.
+-- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker.
 -- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING
 /* release_waiting */ WITH next_up AS (
-    -- A NULL inline_timeout picks nothing: every released task is queued.
+    -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
         AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
         AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'EXECUTE'
+        AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
         AND timeout <= %(inline_timeout)s
     ORDER BY position LIMIT 1
 )
@@ -162,12 +165,13 @@ WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s A
 RETURNING unfinished, callback_url
 
 -- name: queue_phase
--- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker.
+-- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker, unless the workflow is paused.
 -- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
 /* queue_phase */ WITH pick AS (
-    -- A NULL inline_timeout picks nothing.
+    -- A NULL inline_timeout, or a paused workflow, picks nothing.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
         AND timeout <= %(inline_timeout)s
     ORDER BY position LIMIT 1
 )
