@@ -177,3 +177,18 @@ def test_recovery_does_not_resend_a_paused_workflows_jobs_but_takes_back_its_exp
     engine.call(services.workflow_resume, workflow.pk, actor=Actor.SYSTEM)
     engine.drain()
     assert reload(workflow).state == State.COMPLETE
+
+
+def test_a_resume_keeps_a_retry_waiting_for_its_backoff(engine, settings):
+    settings.ORCH_RETRY_BACKOFF, settings.ORCH_RETRY_BACKOFF_MAX = 600, 600
+    workflow = engine.start(tasks=[{"name": "flaky", "type": "fail", "params": {"times": 1}}])
+    run_prepare(engine, workflow)
+    (job,) = engine.pending()
+    running = services.task_claim(*job["args"], worker="w1")
+    engine.call(services.workflow_pause, workflow.pk, actor=Actor.SYSTEM)
+    assert engine.call(services.task_record, running, error="boom").recorded  # attempt 2 is due in 5 minutes or more
+    due = task(workflow, "flaky").queued_at
+    assert due > timezone.now() + timedelta(minutes=4)
+    engine.call(services.workflow_resume, workflow.pk, actor=Actor.SYSTEM)
+    assert task(workflow, "flaky").queued_at == due
+    assert engine.pending() == []  # its job is sent again for when it is due, not now
