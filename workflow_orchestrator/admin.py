@@ -635,7 +635,8 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         except ValidationError as exc:  # a reason the database cannot store
             self.message_user(request, f"Nothing changed: {'; '.join(exc.messages)}.", messages.ERROR)
         else:
-            self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
+            outcome = {"pause": "is paused", "resume": "is resumed"}.get(event, f"is now {workflow.state}")
+            self.message_user(request, f"{label}: {workflow.name} {outcome}.", messages.SUCCESS)
         return HttpResponseRedirect(change_url)
 
     def add_view(self, request, form_url="", extra_context=None):
