@@ -467,3 +467,33 @@ def test_detail_queries_do_not_grow_with_tasks_or_transitions(api, owner, django
     with django_assert_max_num_queries(len(measured.captured_queries)):
         response = api.get(f"/workflow/{big.pk}")
     assert len(response.json()["tasks"]) == 52
+
+
+def test_pause_and_resume_with_reasons_and_409_when_not_allowed(engine, api, owner):
+    workflow = create(owner, engine, start=True)
+    paused = api.post(f"/execution/workflows/{workflow.pk}/pause", {"reason": "deploy"}, format="json")
+    assert paused.status_code == 202, paused.json()
+    body = paused.json()
+    assert body["state"] == "PREPARE" and body["paused_at"] is not None
+    assert "resume" in body["available_transitions"] and "pause" not in body["available_transitions"]
+    assert (body["transitions"][-1]["event"], body["transitions"][-1]["reason"]) == ("pause", "deploy")
+    assert api.get(f"/execution/workflows/{workflow.pk}/status").json()["paused_at"] == body["paused_at"]
+
+    again = api.post(f"/execution/workflows/{workflow.pk}/pause")
+    assert again.status_code == 409 and again.json()["state"] == "PREPARE"
+    assert "resume" in again.json()["available_transitions"]
+
+    resumed = api.post(f"/workflows/{workflow.pk}/resume/")
+    assert resumed.status_code == 202 and resumed.json()["paused_at"] is None
+    assert [row["event"] for row in resumed.json()["transitions"]][-2:] == ["pause", "resume"]
+    engine.drain()
+    assert reload(workflow).state == "COMPLETE"
+    ended = api.post(f"/execution/workflows/{workflow.pk}/resume")
+    assert ended.status_code == 409 and ended.json()["state"] == "COMPLETE"
+
+
+def test_a_pause_reason_must_be_text_the_database_can_store(api, owner):
+    workflow = create(owner)
+    response = api.post(f"/execution/workflows/{workflow.pk}/pause", {"reason": "a\x00b"}, format="json")
+    assert response.status_code == 400 and "reason" in response.json()
+    assert reload(workflow).paused_at is None

@@ -145,3 +145,14 @@ def test_createadmin_creates_one_superuser_with_a_printed_password(db):
     call_command("createadmin", stdout=out)
     assert "exists already" in out.getvalue()
     assert get_user_model().objects.count() == 1
+
+
+def test_pause_and_resume_several_workflows(engine):
+    first = json.loads(run(engine, "start", "--name", "a", "--tasks", "[]", "--json"))
+    second = json.loads(run(engine, "start", "--name", "b", "--tasks", "[]", "--json"))
+    assert "paused" in run(engine, "pause", first["id"], second["id"], "--reason", "deploy")
+    assert all(reload(Workflow(pk=row["id"])).paused_at for row in (first, second))
+    assert Workflow.objects.get(pk=first["id"]).transitions.get(event="pause").reason == "deploy"
+    assert "resumed" in run(engine, "resume", first["id"], second["id"])
+    engine.drain()
+    assert {reload(Workflow(pk=row["id"])).state for row in (first, second)} == {State.COMPLETE}

@@ -101,6 +101,8 @@ BULK = {
     "retry": (services.workflow_retry, "retried"),
     "cancel": (services.workflow_cancel, "cancelled"),
     "next": (services.workflow_next, "advanced"),
+    "pause": (services.workflow_pause, "paused"),
+    "resume": (services.workflow_resume, "resumed"),
 }
 
 
@@ -152,6 +154,17 @@ def cancel_selected(modeladmin, request, queryset):
 @admin.action(description="Advance selected workflows (next)", permissions=["change"])
 def advance_selected(modeladmin, request, queryset):
     run_bulk(modeladmin, request, queryset, "next")
+
+
+@admin.action(description="Pause selected workflows", permissions=["change"])
+def pause_selected(modeladmin, request, queryset):
+    """Their running tasks finish; nothing new of them starts until they are resumed."""
+    run_bulk(modeladmin, request, queryset, "pause")
+
+
+@admin.action(description="Resume selected workflows", permissions=["change"])
+def resume_selected(modeladmin, request, queryset):
+    run_bulk(modeladmin, request, queryset, "resume")
 
 
 @admin.action(description="Delete selected workflows", permissions=["delete"])
@@ -361,9 +374,11 @@ BUTTONS = {
     "next": ("Next step", services.workflow_next, False),
     "retry": ("Retry", services.workflow_retry, False),
     "cancel": ("Cancel", services.workflow_cancel, True),
-    "pause": ("Pause", services.workflow_pause, False),
+    "pause": ("Pause", services.workflow_pause, True),
     "resume": ("Resume", services.workflow_resume, False),
 }
+# The actions whose confirmation asks for a reason, kept in the audit row.
+REASONED = ("cancel", "pause")
 
 
 class CheckedQueryParameters:
@@ -406,7 +421,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     list_per_page = 50
-    actions = [retry_selected, cancel_selected, advance_selected, delete_selected]
+    actions = [retry_selected, cancel_selected, advance_selected, pause_selected, resume_selected, delete_selected]
     inlines = [TaskInline, TransitionInline, WebhookDeliveryInline]
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
@@ -612,7 +627,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 "title": f"{label} {workflow.name}?",
             }
             return TemplateResponse(request, "admin/workflow_orchestrator/workflow/confirm_transition.html", context)
-        kwargs = {"reason": request.POST.get("reason", "")[:1000]} if event == "cancel" else {}
+        kwargs = {"reason": request.POST.get("reason", "")[:1000]} if event in REASONED else {}
         try:
             workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
         except services.InvalidTransition as exc:
@@ -620,7 +635,8 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         except ValidationError as exc:  # a reason the database cannot store
             self.message_user(request, f"Nothing changed: {'; '.join(exc.messages)}.", messages.ERROR)
         else:
-            self.message_user(request, f"{label}: {workflow.name} is now {workflow.state}.", messages.SUCCESS)
+            outcome = {"pause": "is paused", "resume": "is resumed"}.get(event, f"is now {workflow.state}")
+            self.message_user(request, f"{label}: {workflow.name} {outcome}.", messages.SUCCESS)
         return HttpResponseRedirect(change_url)
 
     def add_view(self, request, form_url="", extra_context=None):

@@ -203,7 +203,7 @@ class ProgressMixin(serializers.Serializer):
 WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-    "schedule",
+    "schedule", "paused_at",
 ]  # fmt: skip
 
 
@@ -259,7 +259,7 @@ class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Workflow
-        fields = ["id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "error"]
+        fields = ["id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "paused_at", "error"]
         read_only_fields = fields
 
     def get_phase(self, workflow) -> str | None:
@@ -272,6 +272,10 @@ class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
 
 class CancelSerializer(StrictSerializer):
     reason = StrictCharField(required=False, allow_blank=True, max_length=1000, help_text="Kept in the audit log.")
+
+
+class PauseSerializer(CancelSerializer):
+    """The optional body of a pause or a resume: why, kept in the audit log."""
 
 
 class ConflictSerializer(serializers.Serializer):

@@ -27,6 +27,8 @@ urlpatterns = [
     route(f"execution/workflows/{ID}/start", {"post": "start"}, "execution-start", "Start"),
     route(f"execution/workflows/{ID}/status", {"get": "status"}, "execution-status", "Status"),
     route(f"execution/workflows/{ID}/cancel", {"post": "cancel"}, "execution-cancel", "Cancel"),
+    route(f"execution/workflows/{ID}/pause", {"post": "pause"}, "execution-pause", "Pause"),
+    route(f"execution/workflows/{ID}/resume", {"post": "resume"}, "execution-resume", "Resume"),
     route("execution/stats", {"get": "stats"}, "execution-stats", "Stats", detail=False),
     *router.urls,
 ]

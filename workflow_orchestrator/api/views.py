@@ -27,6 +27,7 @@ from .serializers import (
     CancelSerializer,
     ConflictSerializer,
     ErrorSerializer,
+    PauseSerializer,
     StatsSerializer,
     TaskSerializer,
     TransitionSerializer,
@@ -283,6 +284,31 @@ class WorkflowViewSet(
         body = CancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
+
+    @extend_schema(
+        summary="Pause a workflow",
+        description="Its running tasks finish and are recorded; nothing new of it starts until it is resumed. "
+        "Refused (409) unless it is INIT or running, and not paused already.",
+        request=PauseSerializer,
+        responses={202: WorkflowDetailSerializer, 400: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        body = PauseSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._transition(services.workflow_pause, reason=body.validated_data.get("reason", ""))
+
+    @extend_schema(
+        summary="Resume a paused workflow",
+        description="Its tasks that wait start again. Refused (409) unless it is paused.",
+        request=PauseSerializer,
+        responses={202: WorkflowDetailSerializer, 400: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        body = PauseSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._transition(services.workflow_resume, reason=body.validated_data.get("reason", ""))
 
     # --- Reading -----------------------------------------------------------------------------
 

@@ -96,6 +96,14 @@ class Command(BaseCommand):
         cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
         cancel.add_argument("ids", nargs="+", metavar="ID")
         cancel.add_argument("--reason", default="", help="Kept in the audit log.")
+        pause = commands.add_parser(
+            "pause", help="Pause one or more workflows: running tasks finish, nothing new starts until resumed."
+        )
+        pause.add_argument("ids", nargs="+", metavar="ID")
+        pause.add_argument("--reason", default="", help="Kept in the audit log.")
+        resume = commands.add_parser("resume", help="Resume one or more paused workflows.")
+        resume.add_argument("ids", nargs="+", metavar="ID")
+        resume.add_argument("--reason", default="", help="Kept in the audit log.")
         commands.add_parser(
             "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
         )
@@ -267,6 +275,12 @@ class Command(BaseCommand):
 
     def do_cancel(self, *, ids, reason, **_):
         self._bulk(services.workflow_cancel, ids, "cancelled", "Cancelling", reason=reason)
+
+    def do_pause(self, *, ids, reason, **_):
+        self._bulk(services.workflow_pause, ids, "paused", "Pausing", reason=reason)
+
+    def do_resume(self, *, ids, reason, **_):
+        self._bulk(services.workflow_resume, ids, "resumed", "Resuming", reason=reason)
 
     def _bulk(self, operation, ids: list[str], verb: str, doing: str, **kwargs) -> None:
         """Act on one workflow, or on many with a progress bar and a summary; exit 1 if any was refused."""
