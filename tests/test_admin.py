@@ -1043,26 +1043,22 @@ def test_a_workflow_s_page_stays_live_until_the_workflow_has_ended(admin_client,
 
 
 def test_pause_asks_for_a_reason_and_resume_is_one_press(admin_client, admin_user, make):
-    workflow = make(State.EXECUTE, name="long job")
+    workflow = make(State.PREPARE, name="long job")
     page = dom.parse(admin_client.get(change_url(workflow)))
     assert page.one("a#action-pause")["href"] == transition_url(workflow, "pause")
     confirm = dom.parse(admin_client.get(transition_url(workflow, "pause")))
     assert confirm.one("#content form").one("input[name=reason]")
-    assert confirm.one("[type=submit]#confirm")["value"] == "Yes, pause"
+    assert confirm.one("[type=submit]#confirm")["value"] == "Yes, pause workflow"
     assert reload(workflow).paused_at is None  # asking changed nothing
 
     response = admin_client.post(transition_url(workflow, "pause"), {"reason": "deploy"})
-    assert messages_of(response) == [("success", "Pause: long job is paused.")]
+    assert messages_of(response) == [("success", "Pause workflow: long job is paused.")]
     pause = workflow.transitions.get(event="pause")
-    assert (pause.actor_label, pause.reason, pause.source, pause.target) == (
-        "admin:admin",
-        "deploy",
-        "EXECUTE",
-        "EXECUTE",
-    )
+    state = reload(workflow).state  # a pause changes no state
+    assert (pause.actor_label, pause.reason, pause.source, pause.target) == ("admin:admin", "deploy", state, state)
     page = dom.parse(admin_client.get(change_url(workflow)))
     assert not page.select("#action-pause") and page.select("#action-resume")
 
     response = admin_client.post(transition_url(workflow, "resume"))
-    assert messages_of(response) == [("success", "Resume: long job is resumed.")]
+    assert messages_of(response) == [("success", "Resume workflow: long job is resumed.")]
     assert reload(workflow).paused_at is None

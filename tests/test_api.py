@@ -170,6 +170,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "progress": {"done": 2, "total": 4},
         "available_transitions": ["cancel", "pause"],
         "waiting_for_next": False,
+        "paused_at": None,
         "error": "",
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()

@@ -132,8 +132,8 @@ def make(owner, *, mode: str = "auto", state: str = State.INIT, engine=None) -> 
 @pytest.mark.parametrize(
     "state, mode, offered",
     [
-        (State.INIT, "auto", {"Start", "Cancel"}),
-        (State.INIT, "manual", {"Start", "Next step", "Cancel"}),
+        (State.INIT, "auto", {"Start", "Cancel", "Pause"}),
+        (State.INIT, "manual", {"Start", "Next step", "Cancel", "Pause"}),
         (State.FAILED, "auto", {"Retry", "Cancel"}),
     ],
 )

@@ -178,7 +178,7 @@ def test_cancel_a_running_workflow_from_its_page(cluster, page):
 
     page.goto(f"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/")
     expect(page.locator(".field-state_badge .readonly")).to_have_text("EXECUTE")
-    expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # running: no delete
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel", "Pause workflow"])  # running: no delete
     expect(page.locator("svg.task-timeline g.bar-running")).to_have_count(1)
     page.click("#action-cancel")
     expect(page.locator("#content")).to_contain_text("now in state EXECUTE?")
@@ -288,7 +288,7 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     page.goto(f"/workflow/{created.pk}")
     page.click("#extra-actions-menu")
     expect(page.locator("[aria-labelledby=extra-actions-menu] a")).to_have_text(
-        ["Cancel", "Status", "Tasks", "Transitions"]
+        ["Cancel", "Pause", "Status", "Tasks", "Transitions"]
     )
 
     # Bulk cancel: the action asks first, with a reason for the audit log.
@@ -352,10 +352,12 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     # On its page: the badge, and Next, which moves it on.
     page.get_by_role("link", name="schema migration").click()
     expect(page.locator(".field-state_badge .badge-waiting")).to_have_text("WAITING")
-    expect(page.locator("#workflow-actions .button")).to_have_text(["Next step", "Cancel"])
+    expect(page.locator("#workflow-actions .button")).to_have_text(["Next step", "Cancel", "Pause workflow"])
     page.goto(f"/admin/workflow_orchestrator/workflow/{busy.pk}/change/")
     expect(page.locator(".field-state_badge .badge-waiting")).to_have_count(0)
-    expect(page.locator("#workflow-actions .button")).to_have_text(["Cancel"])  # its work runs: no Next
+    expect(page.locator("#workflow-actions .button")).to_have_text(
+        ["Cancel", "Pause workflow"]
+    )  # its work runs: no Next
 
     page.goto(f"/admin/workflow_orchestrator/workflow/{waiting.pk}/change/")
     page.click("#action-next")
@@ -406,9 +408,9 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     ):
         page.goto(path)
         assert_badges_readable(page)
-    # One row of buttons, one size: Next step (a form's button) and Cancel (a link).
+    # One row of buttons, one size: Next step (a form's button), Cancel and Pause (links).
     buttons = page.locator("#workflow-actions .button")
-    expect(buttons).to_have_text(["Next step", "Cancel"])
+    expect(buttons).to_have_text(["Next step", "Cancel", "Pause workflow"])
     sizes = {(round(box["height"]), round(box["y"])) for box in (b.bounding_box() for b in buttons.all())}
     assert len(sizes) == 1, sizes
     page.goto(f"/admin/workflow_orchestrator/task/{failed.tasks.get(name='load').pk}/change/")  # the attempts' outcomes

@@ -239,7 +239,9 @@ def fuzz_user(engine, wsgi_in_test_transaction, django_user_model):
     workflows += [
         create("created", tasks=[{"type": "noop"}]),
         create("running", start=True),  # its jobs are never run
+        create("paused", start=True),
     ]
+    engine.call(services.workflow_pause, workflows[-1].pk, actor=Actor.api(user), reason="held")
     states = {w.name: w.state for w in Workflow.objects.filter(pk__in=[w.pk for w in workflows])}
     assert states == {
         "complete": State.COMPLETE,
@@ -248,6 +250,7 @@ def fuzz_user(engine, wsgi_in_test_transaction, django_user_model):
         "not yours": State.INIT,
         "created": State.INIT,
         "running": State.PREPARE,
+        "paused": State.PREPARE,
     }
     return {
         "headers": {"Authorization": f"Token {token.key}"},

@@ -374,8 +374,8 @@ BUTTONS = {
     "next": ("Next step", services.workflow_next, False),
     "retry": ("Retry", services.workflow_retry, False),
     "cancel": ("Cancel", services.workflow_cancel, True),
-    "pause": ("Pause", services.workflow_pause, True),
-    "resume": ("Resume", services.workflow_resume, False),
+    "pause": ("Pause workflow", services.workflow_pause, True),
+    "resume": ("Resume workflow", services.workflow_resume, False),
 }
 # The actions whose confirmation asks for a reason, kept in the audit row.
 REASONED = ("cancel", "pause")
