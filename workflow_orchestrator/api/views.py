@@ -242,6 +242,13 @@ class WorkflowViewSet(
         workflow = operation(self.get_object().pk, actor=self.actor, **kwargs)
         return self.detail_response(workflow.pk, status.HTTP_202_ACCEPTED)
 
+    def _transition_with_reason(self, operation, body_serializer) -> Response:
+        # DRF reads an empty body as {}; any other body must be an object: false or [] is a
+        # client's mistake, not "no reason".
+        body = body_serializer(data=self.request.data)
+        body.is_valid(raise_exception=True)
+        return self._transition(operation, reason=body.validated_data.get("reason", ""))
+
     @extend_schema(
         summary="Start a created (INIT) workflow",
         request=None,
@@ -279,11 +286,7 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        # DRF reads an empty body as {}; any other body must be an object: false or [] is a
-        # client's mistake, not "no reason".
-        body = CancelSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._transition(services.workflow_cancel, reason=body.validated_data.get("reason", ""))
+        return self._transition_with_reason(services.workflow_cancel, CancelSerializer)
 
     @extend_schema(
         summary="Pause a workflow",
@@ -294,9 +297,7 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
-        body = PauseSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._transition(services.workflow_pause, reason=body.validated_data.get("reason", ""))
+        return self._transition_with_reason(services.workflow_pause, PauseSerializer)
 
     @extend_schema(
         summary="Resume a paused workflow",
@@ -306,9 +307,7 @@ class WorkflowViewSet(
     )
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
-        body = PauseSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._transition(services.workflow_resume, reason=body.validated_data.get("reason", ""))
+        return self._transition_with_reason(services.workflow_resume, PauseSerializer)
 
     # --- Reading -----------------------------------------------------------------------------
 

@@ -364,6 +364,30 @@ class Backend:
             **self.inline_params(inline),
         }
 
+    def claim_params(self, task_id: int, attempt: int, worker: str, now: datetime, lease: datetime) -> dict:
+        """The parameters of `claim`."""
+        return {
+            "task": task_id,
+            "attempt": attempt,
+            "worker": worker,
+            "now": self.db_time(now),
+            "lease": self.db_time(lease),
+        }
+
+    def succeed_params(
+        self, task_id: int, attempt: int, workflow_id, result: str | None, now: datetime, name: str, inline
+    ) -> dict:
+        """The parameters of a success's statements (and of the release of what waited for it)."""
+        return {
+            "task": task_id,
+            "attempt": attempt,
+            "workflow": self.db_uuid(workflow_id),
+            "result": result,
+            "now": self.db_time(now),
+            "name": name,
+            **self.inline_params(inline),
+        }
+
     def inline_params(self, inline: Inline | None) -> dict:
         """A NULL inline_timeout makes a statement claim nothing for the worker."""
         return {

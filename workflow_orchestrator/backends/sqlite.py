@@ -32,14 +32,7 @@ class SQLiteBackend(Backend):
         return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
 
     def claim(self, task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
-        params = {
-            "task": task_id,
-            "attempt": attempt,
-            "worker": worker,
-            "now": self.db_time(now),
-            "lease": self.db_time(lease),
-        }
-        row = self._one("claim", params)
+        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease))
         if row is None:
             return None
         claimed = self._task(row)
@@ -59,15 +52,7 @@ class SQLiteBackend(Backend):
         dependents: int = 0,
         inline: Inline | None = None,
     ) -> FanIn | None:
-        params = {
-            "task": task_id,
-            "attempt": attempt,
-            "workflow": self.db_uuid(workflow_id),
-            "result": result,
-            "now": self.db_time(now),
-            "name": name,
-            **self.inline_params(inline),
-        }
+        params = self.succeed_params(task_id, attempt, workflow_id, result, now, name, inline)
         with self.atomic():
             done = self._one("succeed", params)
             if done is None:

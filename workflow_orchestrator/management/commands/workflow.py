@@ -93,17 +93,14 @@ class Command(BaseCommand):
         )
         retry.add_argument("ids", nargs="*", metavar="ID")
         retry.add_argument("--all-failed", action="store_true", help="Retry every FAILED workflow.")
-        cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
-        cancel.add_argument("ids", nargs="+", metavar="ID")
-        cancel.add_argument("--reason", default="", help="Kept in the audit log.")
-        pause = commands.add_parser(
-            "pause", help="Pause one or more workflows: running tasks finish, nothing new starts until resumed."
-        )
-        pause.add_argument("ids", nargs="+", metavar="ID")
-        pause.add_argument("--reason", default="", help="Kept in the audit log.")
-        resume = commands.add_parser("resume", help="Resume one or more paused workflows.")
-        resume.add_argument("ids", nargs="+", metavar="ID")
-        resume.add_argument("--reason", default="", help="Kept in the audit log.")
+        for action, text in [
+            ("cancel", "Cancel one or more workflows."),
+            ("pause", "Pause one or more workflows: running tasks finish, nothing new starts until resumed."),
+            ("resume", "Resume one or more paused workflows."),
+        ]:
+            reasoned = commands.add_parser(action, help=text)
+            reasoned.add_argument("ids", nargs="+", metavar="ID")
+            reasoned.add_argument("--reason", default="", help="Kept in the audit log.")
         commands.add_parser(
             "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
         )
