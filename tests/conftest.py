@@ -44,6 +44,7 @@ ENGINE_MODULES = {
     "test_contract",
     "test_dependencies",
     "test_edges",
+    "test_flow_control",
     "test_edges_forms",
     "test_graceful_stop",
     "test_heartbeat",

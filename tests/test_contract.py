@@ -110,7 +110,8 @@ class Made:
     def claim(self, name: str, worker: str = "w1"):
         task = self.task(name)
         now = timezone.now()
-        return self.backend.claim(task.pk, task.attempt, worker=worker, now=now, lease=now + timedelta(seconds=60))
+        lease = now + timedelta(seconds=60)
+        return self.backend.claim(task.pk, task.attempt, worker=worker, now=now, lease=lease, budget=300)
 
     def succeed(self, claimed, result='{"ok": 1}', **kwargs):
         values = claimed.values
@@ -265,7 +266,7 @@ def test_claim_of_an_attempt_no_longer_wanted_changes_nothing(backend):
     made = make(backend)
     task = made.task("a")
     now = timezone.now()
-    assert backend.claim(task.pk, task.attempt + 1, worker="w", now=now, lease=now) is None
+    assert backend.claim(task.pk, task.attempt + 1, worker="w", now=now, lease=now, budget=300) is None
     assert made.task("a").status == Status.QUEUED
 
 
@@ -571,14 +572,23 @@ def in_threads(alias: str, *calls) -> tuple[list[threading.Thread], list]:
 
 
 @on_postgresql
-def test_two_claims_of_the_same_attempt_at_once_one_wins(backend):
+def test_a_claim_passes_over_a_task_another_claim_holds_and_of_two_at_once_one_wins(backend):
     made = make(backend)
     task = made.task("a")
     holder = Holder(backend.alias)
     holder.execute("SELECT id FROM workflow_orchestrator_task WHERE id = %s FOR UPDATE", task.pk)
-    threads, results = in_threads(backend.alias, lambda: made.claim("a", "w1"), lambda: made.claim("a", "w2"))
-    holder.wait_for(2)  # both claims wait on the task's row
+    # SKIP LOCKED: no claim waits behind another's pick; this one finds nothing else.
+    threads, results = in_threads(backend.alias, lambda: made.claim("a", "w1"))
+    threads[0].join(30)
+    assert results == [None]
     holder.close()
+    barrier = threading.Barrier(2)
+
+    def claim(worker):
+        barrier.wait()
+        return made.claim("a", worker)
+
+    threads, results = in_threads(backend.alias, lambda: claim("w1"), lambda: claim("w2"))
     for thread in threads:
         thread.join(30)
     assert not [result for result in results if isinstance(result, Exception)], results

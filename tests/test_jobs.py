@@ -8,7 +8,14 @@ from workflow_orchestrator import jobs, services, statements
 from workflow_orchestrator.models import State, Task
 
 # What recovery reports when it finds nothing to do.
-NOTHING_TO_RECOVER = {"expired": 0, "requeued": 0, "moved_on": 0, "audit_broken": {}, "webhooks_taken_back": 0}
+NOTHING_TO_RECOVER = {
+    "expired": 0,
+    "requeued": 0,
+    "moved_on": 0,
+    "adopted": 0,
+    "audit_broken": {},
+    "webhooks_taken_back": 0,
+}
 
 Status = Task.Status
 

@@ -32,37 +32,60 @@ RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 2.0
 
 
 class Chain:
-    """The tasks one job runs in a row. A worker that ends a phase runs the next phase's
-    first task itself, claimed in the same statement that queued it: no trip through the
-    broker, no separate claim. Each such task still runs under its own timeout, lease and
-    cancellation; it is taken only while it fits in what is left of django-q2's timeout
-    for the job, and at most INLINE_LIMIT in a row, so that other workflows' jobs are
-    not kept waiting long."""
+    """The tasks one delivery runs in a row. A worker that ends a phase runs the next
+    phase's first task itself, claimed in the same statement that queued it: no trip
+    through the broker, no separate claim; one that gives back a slot of a key's limit
+    claims the next ready task, which may be that key's. Each such task still runs under
+    its own timeout, lease and cancellation; it is taken only while it fits in what is
+    left of django-q2's timeout for the job, and at most INLINE_LIMIT in a row, so that
+    other workflows' jobs are not kept waiting long."""
 
-    def __init__(self, worker: str):
+    def __init__(self, worker: str, budget: float | None = None):
         self.worker = worker
         self.began = time.monotonic()
         self.ran = 0
-        self.backstop: float | None = None
+        # django-q2 gave the job this long: its budget, or its own task's timeout (a job
+        # sent before deliveries carried a budget), and the grace.
+        self.backstop: float | None = None if budget is None else int(budget) + queue.JOB_TIMEOUT_GRACE
 
     def ran_one(self, task) -> None:
-        if self.backstop is None:  # the job's own task: django-q2 gave the job this long
+        if self.backstop is None:
             self.backstop = int(task.timeout) + queue.JOB_TIMEOUT_GRACE
         self.ran += 1
 
-    def next_claim(self):
+    def _left(self) -> float | None:
         left = self.backstop - (time.monotonic() - self.began) - RECORD_MARGIN
-        if self.ran >= INLINE_LIMIT or left < 1:
+        return None if self.ran >= INLINE_LIMIT or left < 1 else left
+
+    def next_claim(self):
+        left = self._left()
+        return None if left is None else services.inline_claim(self.worker, left)
+
+    def hand_on(self):
+        """The next ready task, claimed for this worker, if one fits what is left."""
+        left = self._left()
+        if left is None:
             return None
-        return services.inline_claim(self.worker, left)
+        return _on_fresh_connection(services.task_claim, None, None, worker=self.worker, budget=left)
 
 
-def run_task(task_id: int, attempt: int) -> None:
-    """Run one attempt of a task, and the tasks its outcome hands to this worker. Delivered
-    at least once: only the delivery that claims the attempt runs it, and each outcome is
-    recorded once."""
-    chain = Chain(worker_name())
-    task = _on_fresh_connection(services.task_claim, task_id, attempt, worker=chain.worker)
+def run_task(task_id: int | None, attempt: int | None, budget: float | None = None) -> None:
+    """A delivery: run the first ready task in the claim's order that fits the job's
+    `budget` (its own attempt when that comes first; another's, whose own delivery then
+    runs the next), and the tasks its outcomes hand to this worker. Delivered at least
+    once: only the delivery that claims an attempt runs it, and each outcome is recorded
+    once. A job sent before deliveries (no budget) runs its own attempt or nothing; a
+    delivery of a task longer than the project's task timeout tries its own first, which
+    no other delivery can run."""
+    chain = Chain(worker_name(), budget)
+    claim = services.task_claim
+    if budget is None:
+        task = _on_fresh_connection(claim, task_id, attempt, worker=chain.worker)
+    else:
+        task = None
+        if task_id is not None and budget > queue.budget(0):
+            task = _on_fresh_connection(claim, task_id, attempt, worker=chain.worker, budget=budget)
+        task = task or _on_fresh_connection(claim, None, None, worker=chain.worker, budget=budget)
     while task is not None:
         chain.ran_one(task)
         outcome = run_handler(task)
@@ -79,7 +102,11 @@ def run_task(task_id: int, attempt: int) -> None:
             record, task, stored=outcome.stored, error=outcome.error, inline=inline, patience=patience
         )
         _log_outcome(task, outcome.error, recorded.recorded)
+        held_slot = bool(task.slot)
         task = recorded.next_task
+        if task is None and held_slot:
+            # Its slot is free again: a task of its key may be the next ready one.
+            task = chain.hand_on()
 
 
 def _on_fresh_connection(step, *args, patience: float = 0.0, **kwargs):

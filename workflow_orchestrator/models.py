@@ -2,6 +2,7 @@ import uuid
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
@@ -11,6 +12,9 @@ from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 from .attempts import OUTCOMES
 from .audit import deletion_digest, digest, sign_deletion_head, sign_head, verify_deletions
 from .cron import validate_cron, validate_timezone
+
+# A workflow's priority: higher first.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 
 class State(models.TextChoices):
@@ -119,6 +123,17 @@ class Workflow(FSMModelMixin, models.Model):
         null=True,
         blank=True,
         help_text="When it was paused: its running tasks finish, nothing new of it starts until it is resumed.",
+    )
+    # Flow control (see ConcurrencyLimit and the claim in sql/*.sql).
+    priority = models.SmallIntegerField(
+        default=0,
+        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        help_text=f"From {MIN_PRIORITY} to {MAX_PRIORITY}: among ready tasks, a higher priority's are claimed first.",
+    )
+    concurrency_key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Workflows with the same key share its limits (ConcurrencyLimit) and take turns with other keys.",
     )
     # Kept by the engine so that a job decides the fan-in and writes the next audit row
     # without reading the workflow's tasks or its log (see workflow_orchestrator.statements).
@@ -339,6 +354,20 @@ class Task(models.Model):
         blank=True,
         help_text="Every attempt: its number, worker, start and end, outcome and error (see ATTEMPT_OUTCOMES).",
     )
+    # Flow control. The workflow's priority and key, copied when the task is created so that
+    # the claim reads one table in one index's order (see sql/*.sql).
+    priority = models.SmallIntegerField(default=0, help_text="The workflow's priority.")
+    concurrency_key = models.CharField(max_length=200, blank=True, help_text="The workflow's concurrency key.")
+    turn = models.BigIntegerField(
+        default=0,
+        help_text="Its place among ready tasks of equal priority, set by the database when it is queued: "
+        "keys (a workflow without one is its own) take turns.",
+    )
+    slot = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="While RUNNING: the concurrency key whose limit this attempt counts against.",
+    )
 
     # Not a column: the workflow's row as this task's claim saw it (workflow_orchestrator.statements).
     snapshot = None
@@ -354,6 +383,12 @@ class Task(models.Model):
             models.Index(fields=["status", "queued_at"], name="task_status_queued"),
             # The overview's tasks per minute. Partial: a claim (finished_at NULL) adds no entry.
             models.Index(fields=["finished_at"], name="task_finished", condition=Q(finished_at__isnull=False)),
+            # The claim's order, and the turns (fairness) given when a task is queued: each
+            # a walk of a few entries of an index of the ready tasks alone.
+            models.Index(fields=["-priority", "turn", "id"], name="task_claim_order", condition=Q(status="QUEUED")),
+            models.Index(fields=["concurrency_key", "turn"], name="task_key_turn", condition=Q(status="QUEUED")),
+            models.Index(fields=["workflow", "turn"], name="task_workflow_turn", condition=Q(status="QUEUED")),
+            models.Index(fields=["turn"], name="task_turn", condition=Q(status="QUEUED")),
         ]
 
     def __str__(self) -> str:
@@ -671,6 +706,57 @@ class BrokenChain(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_id}: {self.problem}"
+
+
+class ConcurrencyLimit(models.Model):
+    """The limits of the workflows that share a concurrency key: at most `max_running` of
+    their tasks RUNNING at once, and at most `rate` starts per `per_seconds`, across every
+    worker and machine.
+
+    The claim checks and takes a slot in the same statement that makes a task RUNNING
+    (`running` up by one, only while below the limit: a compare-and-set on this row); the
+    database gives it back whenever a task that holds one leaves RUNNING, whichever way
+    (a trigger: outcome, failure, hand-back, recovery of an expired lease, deletion)."""
+
+    key = models.CharField(max_length=200, unique=True)
+    max_running = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many tasks of the key's workflows RUNNING at once."
+    )
+    rate = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many task starts per `per_seconds` (a fixed window)."
+    )
+    per_seconds = models.FloatField(null=True, blank=True, help_text="The rate's window, in seconds.")
+    running = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Tasks RUNNING under this limit now (kept by the database)."
+    )
+    window_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    window_starts = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Task starts in the rate's current window."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_running__isnull=False) | Q(rate__isnull=False), name="limit_has_a_limit"
+            ),
+            models.CheckConstraint(
+                condition=Q(rate__isnull=True) | Q(per_seconds__gt=0), name="limit_rate_has_a_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.describe()}"
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_running is not None:
+            parts.append(f"at most {self.max_running} running")
+        if self.rate is not None:
+            parts.append(f"at most {self.rate} starts per {self.per_seconds:g} s")
+        return ", ".join(parts)
 
 
 class WorkflowSchedule(models.Model):

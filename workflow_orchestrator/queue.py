@@ -18,6 +18,8 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.signing import SignedPackage
 
+from .conf import app_settings
+
 logger = logging.getLogger("workflow_orchestrator.services")
 
 RUN_TASK = "workflow_orchestrator.jobs.run_task"
@@ -38,8 +40,25 @@ class Job:
     eta: datetime | None = None
 
 
+def budget(timeout: float) -> float:
+    """How long a delivery for a task with this timeout may run a task: the longest of the
+    task's and the project's task timeout. Any delivery with the project's budget runs any
+    task that keeps to it; a longer task's own delivery runs it."""
+    return max(float(timeout), float(app_settings.ORCH_TASK_TIMEOUT))
+
+
 def task_job(task_id: int, attempt: int, timeout: float, eta: datetime | None = None) -> Job:
-    return Job(RUN_TASK, (task_id, attempt), f"task-{task_id}-{attempt}", timeout, eta)
+    """A delivery for a queued attempt: it runs the first ready task in the claim's order
+    (its own when that comes first), within its budget (see jobs.run_task)."""
+    allowed = budget(timeout)
+    return Job(RUN_TASK, (task_id, attempt, allowed), f"task-{task_id}-{attempt}", allowed, eta)
+
+
+def deliveries(count: int, eta: datetime | None = None) -> list[Job]:
+    """Deliveries for no task in particular: a worker each, to claim the first ready tasks
+    (a rate window that opens again, a limit raised)."""
+    allowed = budget(app_settings.ORCH_TASK_TIMEOUT)
+    return [Job(RUN_TASK, (None, None, allowed), f"delivery-{uuid4().hex[:12]}", allowed, eta) for _ in range(count)]
 
 
 def webhook_job(workflow_id, seq: int, attempt: int, eta: datetime | None = None) -> Job:
@@ -99,10 +118,11 @@ def send_with_change(jobs: list[Job]) -> None:
     if in_database():
         enqueue(jobs)
     else:
-        transaction.on_commit(lambda: _send(jobs))
+        transaction.on_commit(lambda: send(jobs))
 
 
-def _send(jobs: list[Job]) -> None:
+def send(jobs: list[Job]) -> None:
+    """Send `jobs` now; an unreachable broker is logged, not raised (recovery re-sends)."""
     try:
         enqueue(jobs)
     except Exception as exc:

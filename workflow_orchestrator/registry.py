@@ -50,6 +50,16 @@ class WorkflowDefinition:
     validate: str | None = None
     tasks: tuple[dict, ...] = field(default_factory=tuple)
     description: str = ""
+    # Flow control defaults for its workflows, when a request gives none: a priority from
+    # -100 to 100, and a concurrency key, or a callable that makes one from the input
+    # (e.g. `lambda input: input["tenant"]`).
+    priority: int = 0
+    concurrency_key: str | Callable[[dict], str] = ""
+
+    def key_for(self, input: dict) -> str:
+        """The concurrency key of a workflow with this `input` that names none."""
+        key = self.concurrency_key
+        return key(input) if callable(key) else key
 
 
 _task_types: dict[str, TaskType] = {}

@@ -49,7 +49,7 @@ from ..models import Task, Transition, Workflow
 # that a worker asks no inline claim for a paused workflow).
 TASK_COLUMNS = (
     "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
-    "max_attempts", "timeout", "worker", "started_at", "lease_expires_at", "after", "dependents",
+    "max_attempts", "timeout", "worker", "started_at", "lease_expires_at", "after", "dependents", "slot",
 )  # fmt: skip
 WORKFLOW_COLUMNS_READ = (
     "state", "mode", "unfinished", "last_seq", "last_digest", "head_mac", "error", "retries", "failed_phase",
@@ -62,12 +62,12 @@ WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "idempotency_scope", "fingerprint", "callback_url", "created_by_id", "created_at", "updated_at",
     "started_at", "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
-    "schedule_id",
+    "schedule_id", "priority", "concurrency_key",
 )  # fmt: skip
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "result", "error", "queued_at", "started_at", "finished_at", "lease_expires_at",
-    "worker", "after", "waiting", "dependents", "attempts",
+    "worker", "after", "waiting", "dependents", "attempts", "priority", "concurrency_key", "turn", "slot",
 )  # fmt: skip
 TRANSITION_COLUMNS = (
     "workflow_id", "seq", "source", "target", "event", "actor_id", "actor_label", "reason", "data", "created_at",
@@ -134,6 +134,10 @@ class ClaimedTask:
     values: dict
     workflow_row: WorkflowRow | None = None
     alias: str = DEFAULT_DB_ALIAS
+    # When this claim's start filled its key's rate window: when the window ends, and how
+    # many starts the next one allows.
+    window_end: datetime | None = None
+    window_rate: int | None = None
 
     def instance(self) -> Task:
         """The Task, with `snapshot`: its workflow's row as the claim saw it."""
@@ -222,9 +226,13 @@ class Backend:
         started in memory), as they are; returns the tasks inserted as QUEUED."""
         raise NotImplementedError
 
-    def claim(self, task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
-        """QUEUED → RUNNING for this attempt and worker; None when another delivery of the
-        job got there first or the attempt is no longer wanted."""
+    def claim(
+        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+    ) -> ClaimedTask | None:
+        """QUEUED → RUNNING for this worker: attempt `attempt` of `task_id`, or with None the
+        first ready task in the claim's order whose timeout is at most `budget`; None when
+        nothing is claimable (another delivery got there first, the attempt is no longer
+        wanted, the workflow is paused, its key is at its limits)."""
         raise NotImplementedError
 
     def succeed(
@@ -364,7 +372,7 @@ class Backend:
             **self.inline_params(inline),
         }
 
-    def claim_params(self, task_id: int, attempt: int, worker: str, now: datetime, lease: datetime) -> dict:
+    def claim_params(self, task_id, attempt, worker: str, now: datetime, lease: datetime, budget: float) -> dict:
         """The parameters of `claim`."""
         return {
             "task": task_id,
@@ -372,6 +380,7 @@ class Backend:
             "worker": worker,
             "now": self.db_time(now),
             "lease": self.db_time(lease),
+            "budget": budget,
         }
 
     def succeed_params(

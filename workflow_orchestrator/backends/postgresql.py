@@ -15,6 +15,7 @@ from .base import (
     Inline,
     Succeeded,
     Written,
+    from_time,
     is_json,
 )
 
@@ -41,11 +42,16 @@ class PostgreSQLBackend(Backend):
         self._inserted(workflow)
         return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
 
-    def claim(self, task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
-        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease))
+    def claim(
+        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+    ) -> ClaimedTask | None:
+        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease, budget))
         if row is None:
             return None
-        return self._task(row[: len(TASK_COLUMNS)], self._workflow_row(row[len(TASK_COLUMNS) :]))
+        task_end = len(TASK_COLUMNS)
+        claimed = self._task(row[:task_end], self._workflow_row(row[task_end:-2]))
+        claimed.window_end, claimed.window_rate = from_time(row[-2]), row[-1]
+        return claimed
 
     def succeed(
         self,

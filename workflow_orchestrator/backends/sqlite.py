@@ -4,7 +4,7 @@ return another table's columns)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..models import Task, Transition, Workflow
 from .base import (
@@ -15,6 +15,7 @@ from .base import (
     Inline,
     Succeeded,
     Written,
+    from_time,
 )
 
 
@@ -31,11 +32,19 @@ class SQLiteBackend(Backend):
         self._inserted(workflow)
         return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
 
-    def claim(self, task_id: int, attempt: int, *, worker: str, now: datetime, lease: datetime) -> ClaimedTask | None:
-        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease))
-        if row is None:
-            return None
-        claimed = self._task(row)
+    def claim(
+        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+    ) -> ClaimedTask | None:
+        params = self.claim_params(task_id, attempt, worker, now, lease, budget)
+        with self.atomic():
+            row = self._one("claim", params)
+            if row is None:
+                return None
+            claimed = self._task(row)
+            if claimed.values["slot"]:
+                started, period, rate, full = self._one("take_slot", {**params, "slot": claimed.values["slot"]})
+                if full:
+                    claimed.window_end, claimed.window_rate = from_time(started) + timedelta(seconds=period), rate
         workflow = self._one("workflow_row", {"workflow": claimed.values["workflow_id"]})
         claimed.workflow_row = self._workflow_row(workflow)
         return claimed

@@ -6,6 +6,7 @@
   resume, delete).
 - `outcomes`: a task's attempts, claimed, kept alive, handed back, their outcomes recorded.
 - `recovery`: what a crash or a lost job left behind, put right.
+- `limits`: concurrency keys' limits, set and removed.
 - `exceptions`: what the engine refuses.
 
 Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
@@ -28,6 +29,7 @@ from ..models import ACTIONS
 from ..selectors import available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
 from .create import UPDATABLE_FIELDS, workflow_create, workflow_update
 from .exceptions import AuditBroken, ConcurrentChange, IdempotencyConflict, InvalidTransition, WorkflowError
+from .limits import check_limit, limit_remove, limit_set
 from .outcomes import (
     Recorded,
     backoff_delay,
@@ -63,9 +65,12 @@ __all__ = [
     "Recorded",
     "WorkflowError",
     "available_actions",
+    "check_limit",
     "backoff_delay",
     "inline_claim",
     "is_waiting_for_next",
+    "limit_remove",
+    "limit_set",
     "normalize_tasks",
     "recover",
     "task_claim",

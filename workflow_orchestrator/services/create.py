@@ -18,7 +18,7 @@ from ..models import Actor, State, Task, Transition, Workflow, task_status_after
 from ..signals import send_transitioned_on_commit
 from .exceptions import IdempotencyConflict, InvalidTransition
 from .transitions import changing, fire
-from .validation import check_idempotency_key, validate_request
+from .validation import check_idempotency_key, flow_control, validate_request
 
 Status = Task.Status
 
@@ -32,6 +32,8 @@ def _phase_task(workflow: Workflow, phase: State, task_type: str, position: int)
         type=task_type,
         max_attempts=app_settings.ORCH_MAX_ATTEMPTS,
         timeout=app_settings.ORCH_TASK_TIMEOUT,
+        priority=workflow.priority,
+        concurrency_key=workflow.concurrency_key,
     )
 
 
@@ -46,6 +48,8 @@ def _tasks(workflow: Workflow, definition, specs: list[dict]) -> list[Task]:
             position=i + 1,
             waiting=len(spec["after"]),
             dependents=dependents[spec["name"]],
+            priority=workflow.priority,
+            concurrency_key=workflow.concurrency_key,
             **spec,
         )
         for i, spec in enumerate(specs)
@@ -93,9 +97,12 @@ def workflow_create(
     callback_url: str | None = None,
     start: bool = False,
     schedule=None,
+    priority: int | None = None,
+    concurrency_key: str | None = None,
 ) -> tuple[Workflow, bool]:
     """Create a workflow with its tasks (and start it when asked); `schedule`, the
-    WorkflowSchedule that starts it, if one does.
+    WorkflowSchedule that starts it, if one does. `priority` and `concurrency_key`
+    default to the definition's.
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
@@ -103,6 +110,7 @@ def workflow_create(
     """
     input = {} if input is None else input
     definition_obj, specs = validate_request(name, definition, mode, input, tasks)
+    priority, concurrency_key = flow_control(definition_obj, input, priority, concurrency_key)
     if idempotency_key is not None:
         check_idempotency_key(str(idempotency_key))
     callback_url = validate_callback_url(callback_url)
@@ -117,6 +125,9 @@ def workflow_create(
         tasks=specs,
         start=start,
         **({"callback_url": callback_url} if callback_url else {}),  # keys given before webhooks still match
+        # ... and before flow control.
+        **({"priority": priority} if priority else {}),
+        **({"concurrency_key": concurrency_key} if concurrency_key else {}),
     )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, actor, fingerprint)
@@ -133,6 +144,8 @@ def workflow_create(
         callback_url=callback_url,
         created_by=actor.user,
         schedule=schedule,
+        priority=priority,
+        concurrency_key=concurrency_key,
     )
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet

@@ -19,6 +19,7 @@ from ..conf import app_settings
 from ..models import TASK_TRANSITIONS, Actor, State, Task, Workflow, task_status_after
 from .exceptions import AuditBroken, ConcurrentChange
 from .transitions import changing, finish_phase, fire, locked, queue_tasks, report_broken
+from .validation import MAX_TASK_TIMEOUT
 
 logger = logging.getLogger("workflow_orchestrator.services")
 Status = Task.Status
@@ -28,12 +29,29 @@ def _lease(now):
     return now + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
 
 
-def task_claim(task_id: int, attempt: int, *, worker: str) -> Task | None:
-    """Take a queued attempt for this worker. None when another delivery of the same job
-    got there first, or the attempt is no longer wanted."""
+def task_claim(task_id: int | None, attempt: int | None, budget: float | None = None, *, worker: str) -> Task | None:
+    """Take a task for this worker: attempt `attempt` of `task_id`, or, given None, the
+    first ready task in the claim's order (see sql/*.sql: not paused, within its key's
+    limits, priority, turns, age) whose timeout is at most `budget`. None when nothing is
+    claimable: another delivery got there first, the attempt is no longer wanted, its
+    workflow is paused or its key is at its limits.
+
+    A claim that fills its key's rate window sends the deliveries that will start the
+    next window's tasks, due when it opens: waiting for a window costs nothing meanwhile."""
     now = timezone.now()
-    claimed = statements.claim(task_id, attempt, worker=worker, now=now, lease=_lease(now))
-    return claimed.instance() if claimed else None
+    claimed = statements.claim(
+        task_id,
+        attempt,
+        worker=worker,
+        now=now,
+        lease=_lease(now),
+        budget=MAX_TASK_TIMEOUT if budget is None else budget,
+    )
+    if claimed is None:
+        return None
+    if claimed.window_end is not None:
+        queue.send(queue.deliveries(claimed.window_rate, eta=claimed.window_end))
+    return claimed.instance()
 
 
 def inline_claim(worker: str, max_timeout: float) -> statements.Inline:

@@ -7,13 +7,14 @@ from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
 
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import audit, logs, queue
 from ..conf import app_settings
-from ..models import PHASES, Actor, BrokenChain, Task, Workflow
+from ..models import PHASES, Actor, BrokenChain, ConcurrencyLimit, Task, Workflow
 from .exceptions import AuditBroken
+from .limits import adopt_running
 from .outcomes import attempt_failed
 from .transitions import changing, finish_phase, gathered
 
@@ -38,9 +39,13 @@ def recover(*, now=None) -> dict:
     )
     for task_id, workflow_id, attempt in expired:
         run.unless_broken(workflow_id, _take_back, task_id, attempt, now)
+    adopted = adopt_running()
     stale_before = now - timedelta(seconds=app_settings.ORCH_REQUEUE_SECONDS)
-    # A paused workflow's jobs claim nothing: its queued tasks wait for its resume, which sends them again.
+    # A paused workflow's jobs claim nothing: its queued tasks wait for its resume, which
+    # sends them again. Nor do a full key's: its next slot given back hands them on.
+    full = ConcurrencyLimit.objects.filter(running__gte=F("max_running")).values("key")
     stale = Task.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before, workflow__paused_at__isnull=True)
+    stale = stale.exclude(concurrency_key__in=full)
     stale = stale.order_by("workflow_id", "pk")
     by_workflow = groupby(stale.only("pk", "workflow_id", "attempt", "timeout"), key=attrgetter("workflow_id"))
     requeued = sum(run.unless_broken(workflow_id, _requeue, list(tasks), now) for workflow_id, tasks in by_workflow)
@@ -50,6 +55,7 @@ def recover(*, now=None) -> dict:
         "expired": len(expired),
         "requeued": requeued,
         "moved_on": moved_on,
+        "adopted": adopted,
         "audit_broken": {str(workflow_id): str(broken.link) for workflow_id, broken in run.broken.items()},
     }
 

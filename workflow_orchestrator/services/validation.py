@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from .. import values
 from ..conf import app_settings
-from ..models import Workflow
+from ..models import MAX_PRIORITY, MIN_PRIORITY, Workflow
 from ..registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
 RESERVED_TASK_NAMES = {"prepare", "validate"}
@@ -136,6 +136,31 @@ def validate_request(name, definition, mode, input, tasks) -> tuple:
     if errors:
         raise ValidationError(errors)
     return definition_obj, normalized
+
+
+def flow_control(definition, input: dict, priority=None, concurrency_key=None) -> tuple[int, str]:
+    """A workflow's priority and concurrency key: those given, else its definition's
+    defaults; ValidationError naming each bad field."""
+    errors = {}
+    if priority is None:
+        priority = definition.priority if definition else 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        errors["priority"] = [f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"]
+    if concurrency_key is None and definition:
+        try:
+            concurrency_key = definition.key_for(input)
+        except Exception as exc:  # the project's callable: its failure is the request's problem
+            errors["concurrency_key"] = [f"the definition's concurrency key could not be made from the input: {exc!r}"]
+    concurrency_key = "" if concurrency_key is None else concurrency_key
+    if "concurrency_key" not in errors:
+        longest = Workflow._meta.get_field("concurrency_key").max_length
+        if not isinstance(concurrency_key, str) or len(concurrency_key) > longest:
+            errors["concurrency_key"] = [f"concurrency_key must be a string of at most {longest} characters"]
+        elif problem := values.text_problem(concurrency_key):
+            errors["concurrency_key"] = [f"concurrency_key {problem}"]
+    if errors:
+        raise ValidationError(errors)
+    return priority, concurrency_key
 
 
 def check_idempotency_key(key: str) -> None:

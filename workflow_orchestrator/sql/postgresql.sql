@@ -19,20 +19,22 @@
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 )
 INSERT INTO workflow_orchestrator_task
     (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
-     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts)
+     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts, priority,
+     concurrency_key, turn, slot)
 SELECT workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
-    error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts
+    error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts, priority,
+    concurrency_key, turn, slot
 FROM jsonb_populate_recordset(NULL::workflow_orchestrator_task, CAST(%(tasks)s AS jsonb))
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
-    worker, started_at, lease_expires_at, after, dependents
+    worker, started_at, lease_expires_at, after, dependents, slot
 
 -- name: create_started
 -- A workflow already started: in PREPARE, with its first audit row and its PREPARE task QUEUED, as `start` leaves them; returns its tasks and the audit row's id.
@@ -41,22 +43,22 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 ), tasks AS (
     INSERT INTO workflow_orchestrator_task
         (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
          result, error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents,
-         attempts)
+         attempts, priority, concurrency_key, turn, slot)
     SELECT workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
         result, error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents,
-        attempts
+        attempts, priority, concurrency_key, turn, slot
     FROM jsonb_populate_recordset(NULL::workflow_orchestrator_task, CAST(%(tasks)s AS jsonb))
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
-        timeout, worker, started_at, lease_expires_at, after, dependents
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 ), audit AS (
     INSERT INTO workflow_orchestrator_transition
         (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
@@ -67,25 +69,62 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
 SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON TRUE
 
 -- name: claim
--- A queued attempt becomes RUNNING for one worker, and comes back with what a transition of its workflow needs; no row when another delivery got there first, or while its workflow is paused (the task stays QUEUED).
+-- A task becomes RUNNING for one worker: with `task`, that attempt (a delivery of its own job); else the first ready task in the claim's order whose timeout fits `budget`. Ready: QUEUED and due, its workflow not paused, its key within its limits (a slot is taken). The order: priority, highest first; then turns, so that keys take their turns; then the oldest. Comes back with what a transition of its workflow needs; no row when nothing is claimable.
 -- transitions: claim QUEUED->RUNNING
-/* claim */ UPDATE workflow_orchestrator_task AS task
+/* claim */ WITH blocked AS (
+    -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
+    SELECT key FROM workflow_orchestrator_concurrencylimit
+    WHERE running >= max_running
+        OR (window_starts >= rate AND window_started_at > %(now)s - per_seconds * interval '1 second')
+), pick AS (
+    SELECT task.id, task.concurrency_key FROM workflow_orchestrator_task AS task
+    WHERE task.status = 'QUEUED' AND task.queued_at <= %(now)s AND task.timeout <= %(budget)s
+        AND (CAST(%(task)s AS bigint) IS NULL OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+        AND task.concurrency_key NOT IN (SELECT key FROM blocked)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    ORDER BY task.priority DESC, task.turn, task.id
+    LIMIT 1
+    -- Another worker's claim holds its pick: this one takes the next.
+    FOR UPDATE OF task SKIP LOCKED
+), slot AS (
+    -- The limit, checked again on the row as it is now (a compare-and-set): another claim
+    -- may have taken the last slot since the `blocked` snapshot.
+    UPDATE workflow_orchestrator_concurrencylimit
+    SET running = running + 1,
+        window_starts = CASE WHEN rate IS NULL THEN 0
+            WHEN window_started_at > %(now)s - per_seconds * interval '1 second' THEN window_starts + 1 ELSE 1 END,
+        window_started_at = CASE WHEN rate IS NULL THEN NULL
+            WHEN window_started_at > %(now)s - per_seconds * interval '1 second' THEN window_started_at
+            ELSE %(now)s END
+    WHERE key = (SELECT concurrency_key FROM pick) AND key <> ''
+        AND (max_running IS NULL OR running < max_running)
+        AND (rate IS NULL OR window_starts < rate OR window_started_at <= %(now)s - per_seconds * interval '1 second')
+    RETURNING key, rate,
+        CASE WHEN window_starts >= rate THEN window_started_at + per_seconds * interval '1 second' END AS window_end
+)
+UPDATE workflow_orchestrator_task AS task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
+    slot = COALESCE((SELECT key FROM slot), ''),
     attempts = attempts || jsonb_build_array(jsonb_build_object(
         'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
 FROM workflow_orchestrator_workflow AS workflow
-WHERE task.id = %(task)s AND task.status = 'QUEUED' AND task.attempt = %(attempt)s AND workflow.id = task.workflow_id
-    AND workflow.paused_at IS NULL
+WHERE task.id = (SELECT id FROM pick) AND workflow.id = task.workflow_id
+    -- A key with limits claims only with a slot.
+    AND (EXISTS (SELECT 1 FROM slot) OR NOT EXISTS (
+        SELECT 1 FROM workflow_orchestrator_concurrencylimit WHERE key = task.concurrency_key))
     -- A claim need not be durable: one lost with a crash of the database only means that
     -- the job runs again, and the outcome that follows is committed synchronously, which
     -- flushes the claim too. set_config(..., true) is SET LOCAL, within this statement.
     AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.type, task.params, task.status,
     task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
-    task.lease_expires_at, task.after, task.dependents,
+    task.lease_expires_at, task.after, task.dependents, task.slot,
     workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest, workflow.head_mac,
     workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at,
-    workflow.paused_at
+    workflow.paused_at,
+    -- When this start filled its key's rate window: when the window ends, and the rate.
+    (SELECT window_end FROM slot), (SELECT rate FROM slot)
 
 -- name: workflow_input
 -- What a handler reads of its workflow, only when it asks: its input and the results of the phases so far.
@@ -146,6 +185,12 @@ RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, he
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
         AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND (SELECT state FROM locked) = 'EXECUTE'
         AND (SELECT paused_at FROM locked) IS NULL AND timeout <= %(inline_timeout)s
+        -- Flow control: a task under a limit waits for a claim that takes a slot; none is
+        -- taken ahead of a ready task of a higher priority.
+        AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_task AS higher
+                        WHERE higher.status = 'QUEUED' AND higher.priority > workflow_orchestrator_task.priority
+                            AND higher.queued_at <= %(now)s)
     ORDER BY position LIMIT 1
 ), released AS (
     -- Counting on the waiting task's own row keeps two successes released at once from
@@ -165,7 +210,7 @@ RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, he
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
         AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND EXISTS (SELECT 1 FROM done)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
-        timeout, worker, started_at, lease_expires_at, after, dependents
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 ), fan_in AS (
     UPDATE workflow_orchestrator_workflow
     SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
@@ -221,6 +266,12 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
+        -- Flow control: a task under a limit waits for a claim that takes a slot; none is
+        -- taken ahead of a ready task of a higher priority.
+        AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_task AS higher
+                        WHERE higher.status = 'QUEUED' AND higher.priority > workflow_orchestrator_task.priority
+                            AND higher.queued_at <= %(now)s)
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task
@@ -238,7 +289,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
-        timeout, worker, started_at, lease_expires_at, after, dependents
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 )
 SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (SELECT id FROM audit), queued.*
 FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
@@ -290,6 +341,12 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
+        -- Flow control: a task under a limit waits for a claim that takes a slot; none is
+        -- taken ahead of a ready task of a higher priority.
+        AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_task AS higher
+                        WHERE higher.status = 'QUEUED' AND higher.priority > workflow_orchestrator_task.priority
+                            AND higher.queued_at <= %(now)s)
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task
@@ -306,7 +363,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
-        timeout, worker, started_at, lease_expires_at, after, dependents
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 )
 SELECT (SELECT COUNT(*) FROM done), (SELECT unfinished FROM change), (SELECT callback_url FROM change),
     (SELECT id FROM audit), queued.*

@@ -13,7 +13,7 @@
 /* create_workflow */ INSERT INTO workflow_orchestrator_workflow
     (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
      idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-     unfinished, last_seq, last_digest, head_mac, schedule_id)
+     unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.definition'),
     json_extract(value, '$.state'), json_extract(value, '$.mode'), json_extract(value, '$.input'),
     json_extract(value, '$.results'), json_extract(value, '$.error'), json_extract(value, '$.retries'),
@@ -22,7 +22,8 @@ SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(
     json_extract(value, '$.callback_url'), json_extract(value, '$.created_by_id'), json_extract(value, '$.created_at'),
     json_extract(value, '$.updated_at'), json_extract(value, '$.started_at'), json_extract(value, '$.finished_at'),
     json_extract(value, '$.unfinished'), json_extract(value, '$.last_seq'), json_extract(value, '$.last_digest'),
-    json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id')
+    json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id'), json_extract(value, '$.priority'),
+    json_extract(value, '$.concurrency_key')
 FROM (SELECT json(%(workflow)s) AS value)
 
 -- name: create_tasks
@@ -30,7 +31,8 @@ FROM (SELECT json(%(workflow)s) AS value)
 -- transitions: create ->PENDING, create_queued ->QUEUED
 /* create_tasks */ INSERT INTO workflow_orchestrator_task
     (workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout, result,
-     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts)
+     error, queued_at, started_at, finished_at, lease_expires_at, worker, after, waiting, dependents, attempts, priority,
+     concurrency_key, turn, slot)
 SELECT json_extract(value, '$.workflow_id'), json_extract(value, '$.phase'), json_extract(value, '$.position'),
     json_extract(value, '$.name'), json_extract(value, '$.type'), json_extract(value, '$.params'),
     json_extract(value, '$.status'), json_extract(value, '$.attempt'), json_extract(value, '$.attempt_offset'),
@@ -38,10 +40,11 @@ SELECT json_extract(value, '$.workflow_id'), json_extract(value, '$.phase'), jso
     json_extract(value, '$.error'), json_extract(value, '$.queued_at'), json_extract(value, '$.started_at'),
     json_extract(value, '$.finished_at'), json_extract(value, '$.lease_expires_at'), json_extract(value, '$.worker'),
     json_extract(value, '$.after'), json_extract(value, '$.waiting'), json_extract(value, '$.dependents'),
-    json_extract(value, '$.attempts')
+    json_extract(value, '$.attempts'), json_extract(value, '$.priority'), json_extract(value, '$.concurrency_key'),
+    json_extract(value, '$.turn'), json_extract(value, '$.slot')
 FROM json_each(%(tasks)s)
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
-    worker, started_at, lease_expires_at, after, dependents
+    worker, started_at, lease_expires_at, after, dependents, slot
 
 -- name: insert_audit_row
 -- A workflow's audit row, built and signed in memory (Transition.objects.build); returns its id.
@@ -53,17 +56,44 @@ VALUES (%(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(a
 RETURNING id
 
 -- name: claim
--- A queued attempt becomes RUNNING for one worker; no row when another delivery got there first, or while its workflow is paused (the task stays QUEUED).
+-- A task becomes RUNNING for one worker: with `task`, that attempt (a delivery of its own job); else the first ready task in the claim's order whose timeout fits `budget`. Ready: QUEUED and due, its workflow not paused, its key within its limits. The order: priority, highest first; then turns, so that keys take their turns; then the oldest. No row when nothing is claimable. A task of a key with limits comes back with `slot` set: `take_slot` follows in the same transaction (one writer at a time: the limits read here still hold).
 -- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
+    slot = COALESCE((SELECT key FROM workflow_orchestrator_concurrencylimit AS limits
+                     WHERE limits.key = workflow_orchestrator_task.concurrency_key), ''),
     attempts = json_insert(attempts, '$[#]', json_object(
         'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
-WHERE id = %(task)s AND status = 'QUEUED' AND attempt = %(attempt)s
-    AND (SELECT paused_at FROM workflow_orchestrator_workflow
-         WHERE workflow_orchestrator_workflow.id = workflow_orchestrator_task.workflow_id) IS NULL
+WHERE id = (
+    SELECT task.id FROM workflow_orchestrator_task AS task
+    WHERE task.status = 'QUEUED' AND task.queued_at <= %(now)s AND task.timeout <= %(budget)s
+        AND (%(task)s IS NULL OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+        AND task.concurrency_key NOT IN (
+            -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
+            SELECT key FROM workflow_orchestrator_concurrencylimit
+            WHERE running >= max_running
+                OR (window_starts >= rate
+                    AND julianday(window_started_at) > julianday(%(now)s) - per_seconds / 86400.0))
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    ORDER BY task.priority DESC, task.turn, task.id
+    LIMIT 1)
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
-    worker, started_at, lease_expires_at, after, dependents
+    worker, started_at, lease_expires_at, after, dependents, slot
+
+-- name: take_slot
+-- A claimed task's slot under its key's limits: running up by one, and a start counted in the rate's window (a new window when the last has ended). Returns the window's start, its length, the rate and whether this start filled it.
+-- transitions: none
+/* take_slot */ UPDATE workflow_orchestrator_concurrencylimit
+SET running = running + 1,
+    window_starts = CASE WHEN rate IS NULL THEN 0
+        WHEN julianday(window_started_at) > julianday(%(now)s) - per_seconds / 86400.0 THEN window_starts + 1
+        ELSE 1 END,
+    window_started_at = CASE WHEN rate IS NULL THEN NULL
+        WHEN julianday(window_started_at) > julianday(%(now)s) - per_seconds / 86400.0 THEN window_started_at
+        ELSE %(now)s END
+WHERE key = %(slot)s
+RETURNING window_started_at, per_seconds, rate, window_starts >= rate
 
 -- name: workflow_row
 -- What a transition of a claimed task's workflow needs of its row.
@@ -117,6 +147,12 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'EXECUTE'
         AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
         AND timeout <= %(inline_timeout)s
+        -- Flow control: a task under a limit waits for a claim that takes a slot; none is
+        -- taken ahead of a ready task of a higher priority.
+        AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_task AS higher
+                        WHERE higher.status = 'QUEUED' AND higher.priority > workflow_orchestrator_task.priority
+                            AND higher.queued_at <= %(now)s)
     ORDER BY position LIMIT 1
 )
 UPDATE workflow_orchestrator_task
@@ -138,7 +174,7 @@ SET waiting = waiting - 1,
 WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
     AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
-    worker, started_at, lease_expires_at, after, dependents
+    worker, started_at, lease_expires_at, after, dependents, slot
 
 -- name: change_workflow
 -- A state change computed in memory, written as a compare-and-set on the workflow's chain head (with `last_of_phase`, only while the task that ends the phase is its last); returns the entered phase's unfinished count.
@@ -173,6 +209,12 @@ RETURNING unfinished, callback_url
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
         AND timeout <= %(inline_timeout)s
+        -- Flow control: a task under a limit waits for a claim that takes a slot; none is
+        -- taken ahead of a ready task of a higher priority.
+        AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_task AS higher
+                        WHERE higher.status = 'QUEUED' AND higher.priority > workflow_orchestrator_task.priority
+                            AND higher.queued_at <= %(now)s)
     ORDER BY position LIMIT 1
 )
 UPDATE workflow_orchestrator_task
@@ -188,4 +230,4 @@ SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' E
     queued_at = %(now)s, finished_at = NULL
 WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
-    worker, started_at, lease_expires_at, after, dependents
+    worker, started_at, lease_expires_at, after, dependents, slot

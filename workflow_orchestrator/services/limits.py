@@ -1,0 +1,110 @@
+"""Concurrency keys' limits: set, changed and removed by people (the admin, `manage.py
+workflow limit`); checked and taken by the claim, given back by the database (see
+models.ConcurrencyLimit and the claim in sql/*.sql)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+
+from .. import queue, values
+from ..models import ConcurrencyLimit, Task
+
+logger = logging.getLogger("workflow_orchestrator.services")
+Status = Task.Status
+
+# Deliveries sent at most at once when a limit is raised or removed: each runs tasks in a
+# row (the claim hands on), and the tasks' own deliveries follow.
+WAKE_AT_MOST = 100
+
+
+def check_limit(key, max_running=None, rate=None, per_seconds=None) -> None:
+    """ValidationError naming each bad field."""
+    errors = {}
+    longest = ConcurrencyLimit._meta.get_field("key").max_length
+    if not isinstance(key, str) or not key or len(key) > longest:
+        errors["key"] = [f"key is required: a string of at most {longest} characters"]
+    elif problem := values.text_problem(key):
+        errors["key"] = [f"key {problem}"]
+    if max_running is not None and (
+        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+    ):
+        errors["max_running"] = ["max_running must be a whole number of at least 1"]
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 1):
+        errors["rate"] = ["rate must be a whole number of at least 1"]
+    if rate is not None and (
+        isinstance(per_seconds, bool) or not isinstance(per_seconds, int | float) or not 0 < per_seconds <= 86400
+    ):
+        errors["per_seconds"] = ["a rate needs per_seconds: a number of seconds above 0, at most 86400"]
+    if rate is None and per_seconds is not None:
+        errors["rate"] = ["per_seconds needs a rate"]
+    if max_running is None and rate is None and not errors:
+        errors["max_running"] = ["give max_running, a rate, or both"]
+    if errors:
+        raise ValidationError(errors)
+
+
+def limit_set(key: str, *, max_running: int | None = None, rate: int | None = None, per_seconds=None):
+    """Set the limits of `key` (replacing any it had); returns (the limit, created).
+
+    Tasks of the key already RUNNING count against a new limit at once. Raising a limit
+    wakes deliveries for the tasks it now lets start."""
+    check_limit(key, max_running, rate, per_seconds)
+    fields = {"max_running": max_running, "rate": rate, "per_seconds": float(per_seconds) if rate else None}
+    with transaction.atomic():
+        limit, created = ConcurrencyLimit.objects.select_for_update().get_or_create(key=key, defaults=fields)
+        if not created:
+            for name, value in fields.items():
+                setattr(limit, name, value)
+            limit.save(update_fields=[*fields, "updated_at"])
+        _adopt(limit)
+    transaction.on_commit(lambda: wake(key))
+    return limit, created
+
+
+def limit_remove(key: str) -> bool:
+    """Remove the limits of `key`; False when it had none. Its waiting tasks may start."""
+    deleted, _ = ConcurrencyLimit.objects.filter(key=key).delete()
+    if deleted:
+        wake(key)
+    return bool(deleted)
+
+
+def _adopt(limit: ConcurrencyLimit) -> int:
+    """Count the key's RUNNING tasks that hold no slot of it (started before its limit was
+    set) against the limit, under the limit row's lock."""
+    adopted = Task.objects.filter(status=Status.RUNNING, concurrency_key=limit.key).exclude(slot=limit.key)
+    count = adopted.update(slot=limit.key)
+    if count:
+        ConcurrencyLimit.objects.filter(pk=limit.pk).update(running=F("running") + count)
+        limit.refresh_from_db(fields=["running"])
+    return count
+
+
+def adopt_running() -> int:
+    """Recovery's part: RUNNING tasks of a limited key that hold no slot (claimed while
+    its limit was being set) count against it from now on."""
+    adopted = 0
+    keys = Task.objects.filter(
+        status=Status.RUNNING, slot="", concurrency_key__in=ConcurrencyLimit.objects.values("key")
+    )
+    for key in set(keys.values_list("concurrency_key", flat=True)):
+        with transaction.atomic():
+            limit = ConcurrencyLimit.objects.select_for_update().filter(key=key).first()
+            if limit is not None:
+                adopted += _adopt(limit)
+    return adopted
+
+
+def wake(key: str) -> int:
+    """Send deliveries for tasks of `key` that may start now; returns how many."""
+    limit = ConcurrencyLimit.objects.filter(key=key).first()
+    ready = Task.objects.filter(status=Status.QUEUED, concurrency_key=key).count()
+    free = ready if limit is None or limit.max_running is None else max(limit.max_running - limit.running, 0)
+    count = min(ready, free, WAKE_AT_MOST)
+    if count:
+        queue.send(queue.deliveries(count))
+    return count
