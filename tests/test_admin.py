@@ -61,7 +61,8 @@ def action_labels(page: dom.Element) -> list[str]:
 def make(engine, admin_user):
     """make(state, name=..., mode=..., tasks=...): a workflow brought to `state` in this process.
 
-    INIT and the running states get no jobs (nothing runs them); FAILED and COMPLETE run
+    INIT and the running states get no jobs, and their ready tasks are put off for an hour
+    (a delivery for another workflow would run them otherwise); FAILED and COMPLETE run
     their jobs through `engine`. `"PREPARE done"` is a manual workflow whose PREPARE work
     has finished, so that `next` is allowed.
     """
@@ -86,6 +87,8 @@ def make(engine, admin_user):
                 name=name, mode=mode, tasks=tasks or [{"type": "noop"}], actor=actor, start=state != State.INIT
             )
             engine.pending()  # the ORM broker queued its job with it: take it off, unrun
+            later = timezone.now() + timedelta(hours=1)
+            workflow.tasks.filter(status=Task.Status.QUEUED).update(queued_at=later)
             if state == State.CANCELLED:
                 services.workflow_cancel(workflow.pk, actor=actor)
         workflow = reload(workflow)

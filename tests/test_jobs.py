@@ -49,7 +49,7 @@ def test_a_next_task_is_run_inline_only_if_its_timeout_fits_the_job(engine):
     engine.run(engine.pending()[0])  # PREPARE, whose job django-q2 gives 300 + 30 s
     assert task(workflow, "long").status == Status.QUEUED
     [job] = engine.pending()
-    assert tuple(job["args"]) == (task(workflow, "long").pk, 1)
+    assert tuple(job["args"]) == (task(workflow, "long").pk, 1, 3600)  # a delivery with the task's budget
     engine.run(job)  # django-q2 gives this job 3,600 + 30 s: VALIDATE fits, and runs in it
     assert reload(workflow).state == State.COMPLETE
 

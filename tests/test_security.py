@@ -20,7 +20,8 @@ def test_jobs_carry_only_ids_never_client_data(engine):
     engine.start(tasks=[{"type": "echo", "params": {"payload": "cos\nsystem\n(S'echo pwned'\ntR."}}])
     jobs = engine.pending()
     assert [job["func"] for job in jobs] == [queue.RUN_TASK]
-    assert all(isinstance(arg, int) for job in jobs for arg in job["args"]) and jobs[0]["kwargs"] == {}
+    # The task's id and attempt, and the delivery's budget: a number of seconds.
+    assert all(isinstance(arg, int | float) for job in jobs for arg in job["args"]) and jobs[0]["kwargs"] == {}
     engine.run(jobs[0])
     for job in engine.pending():
         engine.run(job)

@@ -66,7 +66,7 @@ class Chain:
         left = self._left()
         if left is None:
             return None
-        return _on_fresh_connection(services.task_claim, None, None, worker=self.worker, budget=left)
+        return _on_fresh_connection(services.task_claim, None, None, left, worker=self.worker)
 
 
 def run_task(task_id: int | None, attempt: int | None, budget: float | None = None) -> None:
@@ -84,8 +84,8 @@ def run_task(task_id: int | None, attempt: int | None, budget: float | None = No
     else:
         task = None
         if task_id is not None and budget > queue.budget(0):
-            task = _on_fresh_connection(claim, task_id, attempt, worker=chain.worker, budget=budget)
-        task = task or _on_fresh_connection(claim, None, None, worker=chain.worker, budget=budget)
+            task = _on_fresh_connection(claim, task_id, attempt, budget, worker=chain.worker)
+        task = task or _on_fresh_connection(claim, task_id, attempt, budget, worker=chain.worker, exact=False)
     while task is not None:
         chain.ran_one(task)
         outcome = run_handler(task)

@@ -227,12 +227,21 @@ class Backend:
         raise NotImplementedError
 
     def claim(
-        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+        self,
+        task_id: int | None,
+        attempt: int | None,
+        *,
+        worker: str,
+        now: datetime,
+        lease: datetime,
+        budget: float,
+        exact: bool = True,
     ) -> ClaimedTask | None:
-        """QUEUED → RUNNING for this worker: attempt `attempt` of `task_id`, or with None the
-        first ready task in the claim's order whose timeout is at most `budget`; None when
-        nothing is claimable (another delivery got there first, the attempt is no longer
-        wanted, the workflow is paused, its key is at its limits)."""
+        """QUEUED → RUNNING for this worker: attempt `attempt` of `task_id`, or, not `exact`,
+        the first ready task in the claim's order whose timeout is at most `budget` (the
+        delivery's own `task_id`, if given, counts as due); None when nothing is claimable
+        (another delivery got there first, the attempt is no longer wanted, the workflow
+        is paused, its key is at its limits)."""
         raise NotImplementedError
 
     def succeed(
@@ -372,11 +381,14 @@ class Backend:
             **self.inline_params(inline),
         }
 
-    def claim_params(self, task_id, attempt, worker: str, now: datetime, lease: datetime, budget: float) -> dict:
+    def claim_params(
+        self, task_id, attempt, worker: str, now: datetime, lease: datetime, budget: float, exact: bool
+    ) -> dict:
         """The parameters of `claim`."""
         return {
             "task": task_id,
             "attempt": attempt,
+            "exact": exact,
             "worker": worker,
             "now": self.db_time(now),
             "lease": self.db_time(lease),

@@ -43,9 +43,17 @@ class PostgreSQLBackend(Backend):
         return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
 
     def claim(
-        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+        self,
+        task_id: int | None,
+        attempt: int | None,
+        *,
+        worker: str,
+        now: datetime,
+        lease: datetime,
+        budget: float,
+        exact: bool = True,
     ) -> ClaimedTask | None:
-        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease, budget))
+        row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease, budget, exact))
         if row is None:
             return None
         task_end = len(TASK_COLUMNS)

@@ -33,9 +33,17 @@ class SQLiteBackend(Backend):
         return [task for task in map(self._task, rows) if task.values["status"] == "QUEUED"]
 
     def claim(
-        self, task_id: int | None, attempt: int | None, *, worker: str, now: datetime, lease: datetime, budget: float
+        self,
+        task_id: int | None,
+        attempt: int | None,
+        *,
+        worker: str,
+        now: datetime,
+        lease: datetime,
+        budget: float,
+        exact: bool = True,
     ) -> ClaimedTask | None:
-        params = self.claim_params(task_id, attempt, worker, now, lease, budget)
+        params = self.claim_params(task_id, attempt, worker, now, lease, budget, exact)
         with self.atomic():
             row = self._one("claim", params)
             if row is None:

@@ -29,24 +29,21 @@ def _lease(now):
     return now + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
 
 
-def task_claim(task_id: int | None, attempt: int | None, budget: float | None = None, *, worker: str) -> Task | None:
-    """Take a task for this worker: attempt `attempt` of `task_id`, or, given None, the
-    first ready task in the claim's order (see sql/*.sql: not paused, within its key's
-    limits, priority, turns, age) whose timeout is at most `budget`. None when nothing is
-    claimable: another delivery got there first, the attempt is no longer wanted, its
-    workflow is paused or its key is at its limits.
+def task_claim(
+    task_id: int | None, attempt: int | None, budget: float | None = None, *, worker: str, exact: bool | None = None
+) -> Task | None:
+    """Take a task for this worker: attempt `attempt` of `task_id`; or, not `exact` (the
+    default without a `task_id`), the first ready task in the claim's order (see
+    sql/*.sql: not paused, within its key's limits, priority, turns, age) whose timeout is
+    at most `budget`, where `task_id`'s attempt, if given, counts as due (a delivery of
+    its job). None when nothing is claimable: another delivery got there first, the
+    attempt is no longer wanted, its workflow is paused or its key is at its limits.
 
     A claim that fills its key's rate window sends the deliveries that will start the
     next window's tasks, due when it opens: waiting for a window costs nothing meanwhile."""
-    now = timezone.now()
-    claimed = statements.claim(
-        task_id,
-        attempt,
-        worker=worker,
-        now=now,
-        lease=_lease(now),
-        budget=MAX_TASK_TIMEOUT if budget is None else budget,
-    )
+    now, budget = timezone.now(), MAX_TASK_TIMEOUT if budget is None else budget
+    exact = task_id is not None if exact is None else exact
+    claimed = statements.claim(task_id, attempt, worker=worker, now=now, lease=_lease(now), budget=budget, exact=exact)
     if claimed is None:
         return None
     if claimed.window_end is not None:

@@ -69,7 +69,7 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
 SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON TRUE
 
 -- name: claim
--- A task becomes RUNNING for one worker: with `task`, that attempt (a delivery of its own job); else the first ready task in the claim's order whose timeout fits `budget`. Ready: QUEUED and due, its workflow not paused, its key within its limits (a slot is taken). The order: priority, highest first; then turns, so that keys take their turns; then the oldest. Comes back with what a transition of its workflow needs; no row when nothing is claimable.
+-- A task becomes RUNNING for one worker: with `exact`, attempt `attempt` of `task`; else the first ready task in the claim's order whose timeout fits `budget` (a delivery: its own `task`, if any, counts as due, as its job came when it was). Ready: QUEUED and due, its workflow not paused, its key within its limits (a slot is taken). The order: priority, highest first; then turns, so that keys take their turns; then the oldest. Comes back with what a transition of its workflow needs; no row when nothing is claimable.
 -- transitions: claim QUEUED->RUNNING
 /* claim */ WITH blocked AS (
     -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
@@ -78,8 +78,9 @@ SELECT (SELECT id FROM audit), tasks.* FROM (SELECT 1) AS one LEFT JOIN tasks ON
         OR (window_starts >= rate AND window_started_at > %(now)s - per_seconds * interval '1 second')
 ), pick AS (
     SELECT task.id, task.concurrency_key FROM workflow_orchestrator_task AS task
-    WHERE task.status = 'QUEUED' AND task.queued_at <= %(now)s AND task.timeout <= %(budget)s
-        AND (CAST(%(task)s AS bigint) IS NULL OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+    WHERE task.status = 'QUEUED' AND task.timeout <= %(budget)s
+        AND (task.queued_at <= %(now)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+        AND (NOT %(exact)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
         AND task.concurrency_key NOT IN (SELECT key FROM blocked)
         AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
                         WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)

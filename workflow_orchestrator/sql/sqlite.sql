@@ -56,7 +56,7 @@ VALUES (%(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(a
 RETURNING id
 
 -- name: claim
--- A task becomes RUNNING for one worker: with `task`, that attempt (a delivery of its own job); else the first ready task in the claim's order whose timeout fits `budget`. Ready: QUEUED and due, its workflow not paused, its key within its limits. The order: priority, highest first; then turns, so that keys take their turns; then the oldest. No row when nothing is claimable. A task of a key with limits comes back with `slot` set: `take_slot` follows in the same transaction (one writer at a time: the limits read here still hold).
+-- A task becomes RUNNING for one worker: with `exact`, attempt `attempt` of `task`; else the first ready task in the claim's order whose timeout fits `budget` (a delivery: its own `task`, if any, counts as due, as its job came when it was). Ready: QUEUED and due, its workflow not paused, its key within its limits. The order: priority, highest first; then turns, so that keys take their turns; then the oldest. No row when nothing is claimable. A task of a key with limits comes back with `slot` set: `take_slot` follows in the same transaction (one writer at a time: the limits read here still hold).
 -- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
@@ -66,8 +66,9 @@ SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_
         'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
 WHERE id = (
     SELECT task.id FROM workflow_orchestrator_task AS task
-    WHERE task.status = 'QUEUED' AND task.queued_at <= %(now)s AND task.timeout <= %(budget)s
-        AND (%(task)s IS NULL OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+    WHERE task.status = 'QUEUED' AND task.timeout <= %(budget)s
+        AND (task.queued_at <= %(now)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
+        AND (NOT %(exact)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
         AND task.concurrency_key NOT IN (
             -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
             SELECT key FROM workflow_orchestrator_concurrencylimit
