@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -27,7 +28,16 @@ from hypothesis.stateful import (
 )
 
 from workflow_orchestrator import audit, services
-from workflow_orchestrator.models import ATTEMPT_OUTCOMES, PHASES, TERMINAL_STATES, Actor, State, Task, Workflow
+from workflow_orchestrator.models import (
+    ATTEMPT_OUTCOMES,
+    PHASES,
+    TERMINAL_STATES,
+    Actor,
+    ConcurrencyLimit,
+    State,
+    Task,
+    Workflow,
+)
 from workflow_orchestrator.statements import from_time
 
 Status = Task.Status
@@ -444,3 +454,157 @@ def test_engine_invariants_hold_under_random_operations(db):
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+# --- Flow control: several workflows, keys with limits, priorities, pauses ------------------
+
+KEYS = ["", "a", "b"]  # "a" starts with a limit
+BUDGET = 300.0
+
+
+class Flow(RuleBasedStateMachine):
+    """Workflows under concurrency keys with limits, of three priorities, paused and
+    resumed, whose ready tasks workers claim in the claim's order; every claim is checked
+    against the order computed here from the rows, and a claim of nothing against there
+    being nothing claimable. Every example rolls back when it ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.atomic = transaction.atomic()
+        self.atomic.__enter__()
+        self.workflows: list = []
+        self.held: list[Task] = []
+        self.claims: set[tuple[int, int]] = set()
+        self.workers = 0
+
+    def teardown(self):
+        transaction.set_rollback(True)
+        self.atomic.__exit__(None, None, None)
+
+    @initialize(max_running=st.integers(1, 2))
+    def a_key_has_a_limit(self, max_running):
+        services.limit_set("a", max_running=max_running)
+
+    def worker(self) -> str:
+        self.workers += 1
+        return f"flow:{self.workers}"
+
+    def limits(self) -> dict:
+        return {limit.key: limit for limit in ConcurrencyLimit.objects.all()}
+
+    def claimable(self) -> list[Task]:
+        """The ready tasks in the claim's order, computed from the rows."""
+        now, limits = timezone.now(), self.limits()
+        ready = []
+        for task in Task.objects.filter(status=Status.QUEUED).select_related("workflow"):
+            limit = limits.get(task.concurrency_key)
+            full = limit is not None and limit.max_running is not None and limit.running >= limit.max_running
+            if task.queued_at <= now and not task.workflow.is_paused and not full and task.timeout <= BUDGET:
+                ready.append(task)
+        return sorted(ready, key=lambda t: (-t.priority, t.turn, t.pk))
+
+    def given(self, task: Task) -> Task:
+        assert task.status == Status.RUNNING
+        assert (task.pk, task.attempt) not in self.claims, "an attempt was given to two workers"
+        self.claims.add((task.pk, task.attempt))
+        assert not Workflow.objects.get(pk=task.workflow_id).is_paused, "a paused workflow started a task"
+        self.held.append(task)
+        return task
+
+    @precondition(lambda self: len(self.workflows) < 6)
+    @rule(key=st.sampled_from(["a", "a", *KEYS]), priority=st.sampled_from([-1, 0, 1]), tasks=st.integers(0, 3))
+    def start(self, key, priority, tasks):
+        specs = [{"name": f"t{i}", "type": "noop"} for i in range(tasks)]
+        workflow, _ = services.workflow_create(
+            name="f", tasks=specs, actor=Actor.SYSTEM, start=True, priority=priority, concurrency_key=key
+        )
+        self.workflows.append(workflow.pk)
+
+    @rule(key=st.sampled_from(KEYS[1:]), max_running=st.integers(1, 2))
+    def set_limit(self, key, max_running):
+        """A limit is only lowered to what runs now: the claim never exceeds it (a limit
+        set below what already runs is exceeded until those end, by design)."""
+        running = Task.objects.filter(status=Status.RUNNING, concurrency_key=key).count()
+        if running <= max_running:
+            services.limit_set(key, max_running=max_running)
+
+    @rule(key=st.sampled_from(KEYS[1:]))
+    def remove_limit(self, key):
+        services.limit_remove(key)
+
+    @precondition(lambda self: self.workflows)
+    @rule(pick=st.integers(0, 5), pause=st.booleans())
+    def pause_or_resume(self, pick, pause):
+        workflow_id = self.workflows[pick % len(self.workflows)]
+        with contextlib.suppress(services.InvalidTransition):
+            (services.workflow_pause if pause else services.workflow_resume)(workflow_id, actor=Actor.CLI)
+
+    @rule()
+    def a_worker_claims(self):
+        """The claim takes exactly the first ready task in the claim's order, and finds
+        nothing only when nothing is ready: no ready task is passed over by an idle worker."""
+        expected = self.claimable()
+        claimed = services.task_claim(None, None, BUDGET, worker=self.worker())
+        if not expected:
+            assert claimed is None
+            return
+        assert claimed is not None and claimed.pk == expected[0].pk, (claimed, expected[:3])
+        self.given(claimed)
+
+    @precondition(lambda self: self.held)
+    @rule(pick=st.integers(0, 5), succeed=st.booleans(), hand_on=st.booleans())
+    def a_busy_worker_records(self, pick, succeed, hand_on):
+        task = self.held.pop(pick % len(self.held))
+        inline = services.inline_claim(task.worker, BUDGET) if hand_on else None
+        outcome = {"stored": "1"} if succeed else {"error": "RuntimeError: boom"}
+        recorded = services.task_record(task, inline=inline, **outcome)
+        if recorded.next_task is not None:
+            handed = recorded.next_task
+            # Handed on within its workflow: never a limited key's, never ahead of a higher priority.
+            assert handed.workflow_id == task.workflow_id and handed.concurrency_key not in self.limits()
+            higher = Task.objects.filter(
+                status=Status.QUEUED, priority__gt=handed.priority, queued_at__lte=timezone.now()
+            )
+            assert not higher.exists()
+            self.given(handed)
+
+    @rule()
+    def recovery_takes_back_every_lease(self):
+        services.recover(now=timezone.now() + timedelta(days=1))
+        self.held = [t for t in self.held if Task.objects.filter(pk=t.pk, status=Status.RUNNING).exists()]
+
+    @invariant()
+    def a_limits_counter_is_the_number_of_tasks_holding_its_slots(self):
+        for key, limit in self.limits().items():
+            holding = Task.objects.filter(status=Status.RUNNING, slot=key).count()
+            assert limit.running == holding, (key, limit.running, holding)
+
+    @invariant()
+    def no_key_runs_more_than_its_limit(self):
+        for key, limit in self.limits().items():
+            running = Task.objects.filter(status=Status.RUNNING, concurrency_key=key).count()
+            assert running <= limit.max_running, (key, running, limit.max_running)
+
+    @invariant()
+    def a_paused_workflow_starts_nothing(self):
+        for workflow in Workflow.objects.filter(paused_at__isnull=False):
+            for task in workflow.tasks.all():
+                starts = [from_time(a["started_at"]) for a in task.attempts]
+                assert all(start < workflow.paused_at for start in starts), (task.name, starts, workflow.paused_at)
+
+
+@pytest.mark.timeout(300)
+def test_flow_control_invariants_hold_under_random_operations(db):
+    # A failed attempt's next one is due an hour later: no task falls due between the
+    # order computed here and the claim, which would make a run depend on the clock.
+    with override_settings(ORCH_RETRY_BACKOFF=3600, ORCH_RETRY_BACKOFF_MAX=3600):
+        run_state_machine_as_test(
+            Flow,
+            settings=settings(
+                max_examples=100,
+                stateful_step_count=30,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )

@@ -67,7 +67,10 @@ def limit_set(key: str, *, max_running: int | None = None, rate: int | None = No
 
 def limit_remove(key: str) -> bool:
     """Remove the limits of `key`; False when it had none. Its waiting tasks may start."""
-    deleted, _ = ConcurrencyLimit.objects.filter(key=key).delete()
+    with transaction.atomic():
+        deleted, _ = ConcurrencyLimit.objects.filter(key=key).delete()
+        # The key's running tasks hold no slot any more: a limit set again counts them.
+        Task.objects.filter(status=Status.RUNNING, slot=key).update(slot="")
     if deleted:
         wake(key)
     return bool(deleted)
