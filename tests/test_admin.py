@@ -62,8 +62,9 @@ def make(engine, admin_user):
     """make(state, name=..., mode=..., tasks=...): a workflow brought to `state` in this process.
 
     INIT and the running states get no jobs (nothing runs them); FAILED and COMPLETE run
-    their jobs through `engine`. `"PREPARE done"` is a manual workflow whose PREPARE work
-    has finished, so that `next` is allowed.
+    their jobs through `engine`, and a job is a delivery that runs the first ready task,
+    whichever workflow's: make those before the ones left running. `"PREPARE done"` is a
+    manual workflow whose PREPARE work has finished, so that `next` is allowed.
     """
 
     def make(state: str, *, name: str = "", mode: str = "auto", tasks=None) -> Workflow:
@@ -255,7 +256,7 @@ def bulk_cancel(client, *workflows, reason: str = ""):
 
 
 def test_bulk_cancel_asks_first_and_changes_nothing_until_confirmed(admin_client, make):
-    running, complete = make(State.PREPARE, name="running"), make(State.COMPLETE, name="done")
+    complete, running = make(State.COMPLETE, name="done"), make(State.PREPARE, name="running")
     response = bulk(admin_client, "cancel_selected", running, complete)
     assert response.status_code == 200
     page = dom.parse(response)
@@ -271,7 +272,7 @@ def test_bulk_cancel_asks_first_and_changes_nothing_until_confirmed(admin_client
 
 
 def test_bulk_cancel_keeps_the_reason_in_each_audit_row(admin_client, admin_user, make):
-    running, created, complete = make(State.PREPARE), make(State.INIT), make(State.COMPLETE)
+    complete, running, created = make(State.COMPLETE), make(State.PREPARE), make(State.INIT)
     response = bulk_cancel(admin_client, running, created, complete, reason="deploy rolled back")
     assert messages_of(response) == [("warning", "2 cancelled; 1 skipped: COMPLETE cannot be cancelled")]
     for workflow in (running, created):
