@@ -45,6 +45,7 @@ ENGINE_MODULES = {
     "test_dependencies",
     "test_edges",
     "test_flow_control",
+    "test_flow_surface",
     "test_edges_forms",
     "test_graceful_stop",
     "test_heartbeat",

@@ -258,7 +258,7 @@ def bulk_cancel(client, *workflows, reason: str = ""):
 
 
 def test_bulk_cancel_asks_first_and_changes_nothing_until_confirmed(admin_client, make):
-    running, complete = make(State.PREPARE, name="running"), make(State.COMPLETE, name="done")
+    complete, running = make(State.COMPLETE, name="done"), make(State.PREPARE, name="running")
     response = bulk(admin_client, "cancel_selected", running, complete)
     assert response.status_code == 200
     page = dom.parse(response)
@@ -274,7 +274,7 @@ def test_bulk_cancel_asks_first_and_changes_nothing_until_confirmed(admin_client
 
 
 def test_bulk_cancel_keeps_the_reason_in_each_audit_row(admin_client, admin_user, make):
-    running, created, complete = make(State.PREPARE), make(State.INIT), make(State.COMPLETE)
+    complete, running, created = make(State.COMPLETE), make(State.PREPARE), make(State.INIT)
     response = bulk_cancel(admin_client, running, created, complete, reason="deploy rolled back")
     assert messages_of(response) == [("warning", "2 cancelled; 1 skipped: COMPLETE cannot be cancelled")]
     for workflow in (running, created):

@@ -266,12 +266,16 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     page.select_option("#start-mode", "auto")
     page.fill("#start-input", "{oops")
     page.fill("#start-tasks", '[{"name": "long", "type": "sleep", "params": {"seconds": 60}}]')
+    page.fill("#start-priority", "5")
+    page.fill("#start-concurrency-key", "reports")
     form.get_by_role("button", name="POST").click()
 
     # Refused: the page comes back with what was typed and the field's message.
     expect(page.locator(".response-info")).to_contain_text("400 Bad Request")
     expect(page.locator("#start-name")).to_have_value("report from the form")
     expect(page.locator("#start-input")).to_have_value("{oops")
+    expect(page.locator("#start-priority")).to_have_value("5")
+    expect(page.locator("#start-concurrency-key")).to_have_value("reports")
     expect(page.locator("#post-object-form")).to_contain_text("Must be a JSON object.")
     assert not Workflow.objects.exists()
 
@@ -280,6 +284,7 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     expect(page.locator(".response-info")).to_contain_text("201 Created")
     created = Workflow.objects.get(name="report from the form")
     assert (created.input, created.created_by.username) == ({"day": "2025-01-01"}, "admin")
+    assert (created.priority, created.concurrency_key) == (5, "reports")
     other = start("second sleeper", [{"name": "long", "type": "sleep", "params": {"seconds": 60}}])
     for workflow in (created, other):
         wait_for(lambda w=workflow: states(w) == {State.EXECUTE}, 30, f"{workflow.name} to run")
@@ -394,7 +399,7 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     page.goto("/admin/workflow_orchestrator/workflow/")
     expect(page.locator("#nav-sidebar")).to_be_visible()
     expect(page.locator("#result_list tbody tr")).to_have_count(5)
-    expect(page.locator("#result_list thead th:visible")).to_have_count(9)  # all but definition and mode
+    expect(page.locator("#result_list thead th:visible")).to_have_count(9)  # all but definition, mode, priority and key
     # The list's box scrolls sideways when its table is wider: a column past its right edge is hidden.
     box = page.locator("#changelist .results").bounding_box()
     visible_right = min(page.evaluate("window.innerWidth"), box["x"] + box["width"])

@@ -356,6 +356,8 @@ BROWSER_BODIES = [
     '{"name": "x", "mode": "\\ud800"}',
     '{"name": "x", "definition": "\\ud800"}',
     '{"name": "x", "callback_url": "http://\\ud800/"}',
+    '{"name": "x", "concurrency_key": "\\ud800"}',
+    '{"name": "x", "priority": "\\ud800"}',
     '{"name": "x", "input": {"\\ud800": "\\ud800"}}',
     '{"name": "x", "tasks": [{"type": "\\ud800", "params": {"k": "\\udc00"}}]}',
     '{"name": "x", "\\ud800": 1}',

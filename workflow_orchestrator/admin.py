@@ -34,8 +34,11 @@ from .diagrams import (
     task_timeline_svg,
 )
 from .models import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     PHASES,
     Actor,
+    ConcurrencyLimit,
     Phase,
     State,
     Task,
@@ -226,6 +229,21 @@ class WorkflowAddForm(forms.Form):
         help_text='A JSON list of {"name", "type", "params", "max_attempts", "timeout", "after"}; only type is '
         'required, and "after" names the tasks that must succeed first. Empty: the definition\'s default tasks.',
     )
+    priority = forms.IntegerField(
+        required=False,
+        min_value=MIN_PRIORITY,
+        max_value=MAX_PRIORITY,
+        help_text=f"From {MIN_PRIORITY} to {MAX_PRIORITY}: among ready tasks, a higher priority's are claimed first. "
+        "Empty: the definition's default (0 unless it sets one).",
+    )
+    concurrency_key = forms.CharField(
+        required=False,
+        strip=False,  # matched exactly against its limit's key
+        max_length=Workflow._meta.get_field("concurrency_key").max_length,
+        label="Concurrency key",
+        help_text="Workflows with the same key share its concurrency limit and rate, and take turns with other keys. "
+        "Empty: the definition's default (none unless it sets one).",
+    )
     callback_url = forms.CharField(
         required=False,
         max_length=2000,
@@ -251,6 +269,8 @@ class WorkflowAddForm(forms.Form):
                 input=data["input"],
                 tasks=data["tasks"] or None,
                 callback_url=data["callback_url"],
+                priority=data["priority"],
+                concurrency_key=data["concurrency_key"] or None,
                 actor=Actor.admin(user),
                 start=data["start_now"],
             )
@@ -272,6 +292,21 @@ class DefinitionFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         return queryset.filter(definition=self.value()) if self.value() else queryset
+
+
+class PriorityFilter(admin.SimpleListFilter):
+    """Above, at or below the default priority: the default filter would scan the table for
+    the values in use."""
+
+    title = "priority"
+    parameter_name = "priority"
+    BANDS = {"high": Q(priority__gt=0), "default": Q(priority=0), "low": Q(priority__lt=0)}
+
+    def lookups(self, request, model_admin):
+        return [("high", "above 0 (first)"), ("default", "0 (the default)"), ("low", "below 0 (last)")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(self.BANDS[self.value()]) if self.value() in self.BANDS else queryset
 
 
 class AuditFilter(admin.SimpleListFilter):
@@ -414,10 +449,10 @@ class IdPrefixSearch:
 class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     list_display = [
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
-        "error_line",
+        "error_line", "priority", "concurrency_key",
     ]  # fmt: skip
-    list_filter = ["state", DefinitionFilter, "mode", AuditFilter, "created_at"]
-    search_fields = ["name"]
+    list_filter = ["state", DefinitionFilter, "mode", PriorityFilter, AuditFilter, "created_at"]
+    search_fields = ["name", "concurrency_key"]
     date_hierarchy = "created_at"
     show_full_result_count = False
     list_per_page = 50
@@ -426,7 +461,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
         "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-        "schedule", "audit_chain",
+        "schedule", "audit_chain", "priority", "concurrency_key", "key_limit",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
@@ -434,6 +469,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             "Data",
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
         ),
+        ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit"]}),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
         ("Audit", {"fields": ["audit_chain"]}),
     ]
@@ -473,6 +509,17 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         if broken is None:
             return f"intact: {workflow.last_seq} row(s), the head signed"
         return cell("audit_broken", link=str(broken).split(": ", 1)[1])
+
+    @admin.display(description="limit of its key")
+    def key_limit(self, workflow):
+        """The limits its concurrency key's tasks run under, a link to change them."""
+        if not workflow.concurrency_key:
+            return "—"
+        limit = ConcurrencyLimit.objects.filter(key=workflow.concurrency_key).first()
+        if limit is None:
+            return "none: its tasks run without a limit"
+        url = reverse("admin:workflow_orchestrator_concurrencylimit_change", args=[limit.pk])
+        return cell("link", url=url, text=f"{limit.describe()} ({limit.running} running now)")
 
     @admin.display(description="id")
     def short_id(self, workflow):
@@ -870,3 +917,77 @@ class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         schedules.schedule_save(obj)
+
+
+# --- Concurrency limits ------------------------------------------------------------------
+
+
+class ConcurrencyLimitForm(forms.ModelForm):
+    class Meta:
+        model = ConcurrencyLimit
+        fields = ["key", "max_running", "rate", "per_seconds"]
+
+    def _post_clean(self):
+        """The engine's checks first (services.check_limit), each error on its field; the
+        model's own constraints would only repeat them, less clearly, for the whole form."""
+        data = self.cleaned_data
+        key = data.get("key", self.instance.key) if "key" in self.fields else self.instance.key
+        try:
+            services.check_limit(key, data.get("max_running"), data.get("rate"), data.get("per_seconds"))
+        except ValidationError as exc:
+            # A field that already has an error (not a number, say) keeps that one alone.
+            fresh = {field: errors for field, errors in exc.error_dict.items() if field not in self.errors}
+            self._update_errors(ValidationError({field: fresh[field] for field in fresh if field in self.fields}))
+            return
+        super()._post_clean()
+
+
+@admin.register(ConcurrencyLimit)
+class ConcurrencyLimitAdmin(CheckedQueryParameters, admin.ModelAdmin):
+    """Limits are set and removed through the engine's services: a new limit counts the
+    key's running tasks at once, and a raised or removed one wakes the tasks it held back."""
+
+    form = ConcurrencyLimitForm
+    list_display = ["key", "max_running", "running", "rate", "per_seconds", "waiting", "updated_at"]
+    search_fields = ["key"]
+    readonly_fields = ["running", "waiting", "window_started_at", "window_starts", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["key", "max_running", "rate", "per_seconds"]}),
+        ("Now", {"fields": ["running", "waiting", "window_started_at", "window_starts"]}),
+        ("Times", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request):
+        waiting = (
+            Task.objects.filter(status=Task.Status.QUEUED, concurrency_key=OuterRef("key"))
+            .order_by()
+            .values("concurrency_key")
+            .annotate(count=Count("pk"))
+            .values("count")
+        )
+        return super().get_queryset(request).annotate(queued=Coalesce(Subquery(waiting), 0))
+
+    def get_readonly_fields(self, request, obj=None):
+        # A key names the limit: another key is another limit, added on its own.
+        return ["key", *self.readonly_fields] if obj else self.readonly_fields
+
+    @admin.display(description="waiting", ordering="queued")
+    def waiting(self, limit):
+        """Its key's tasks ready to run and not yet started (held back by the limit, or about to start)."""
+        return getattr(limit, "queued", 0)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        limit, _ = services.limit_set(
+            obj.key, max_running=data["max_running"], rate=data["rate"], per_seconds=data["per_seconds"]
+        )
+        obj.pk = limit.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        services.limit_remove(obj.key)
+
+    def delete_queryset(self, request, queryset):
+        # Django's "Delete selected" action asks first, then deletes through this.
+        for key in queryset.values_list("key", flat=True):
+            services.limit_remove(key)

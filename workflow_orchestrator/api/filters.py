@@ -1,12 +1,13 @@
 from datetime import UTC
 
 import django_filters
+from django import forms
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError as BadRequest
 from rest_framework.filters import OrderingFilter, SearchFilter
 
-from ..models import State, Workflow
+from ..models import MAX_PRIORITY, MIN_PRIORITY, State, Workflow
 
 
 class UTCDateTimeField(IsoDateTimeField):
@@ -28,6 +29,13 @@ class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCDateTimeField
 
 
+class IntegerFilter(django_filters.NumberFilter):
+    """A whole number: django-filter's NumberFilter reads a decimal, which an integer
+    column would compare after dropping its fraction (1.5 would find 1)."""
+
+    field_class = forms.IntegerField
+
+
 class WorkflowFilter(django_filters.FilterSet):
     # distinct=False: the filter is on the workflow's own column, so no row can repeat, and
     # DISTINCT would make the database compare and sort every matching row before LIMIT.
@@ -36,10 +44,12 @@ class WorkflowFilter(django_filters.FilterSet):
     mode = django_filters.ChoiceFilter(choices=Workflow.Mode.choices)
     created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    priority = IntegerFilter(min_value=MIN_PRIORITY, max_value=MAX_PRIORITY)
+    concurrency_key = django_filters.CharFilter(help_text="Exactly this key.")
 
     class Meta:
         model = Workflow
-        fields = ["state", "definition", "mode", "created_after", "created_before"]
+        fields = ["state", "definition", "mode", "created_after", "created_before", "priority", "concurrency_key"]
 
 
 class StrictOrderingFilter(OrderingFilter):

@@ -13,7 +13,7 @@ from django.template.loader import render_to_string
 from rest_framework import status
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 
-from ..models import Workflow
+from ..models import MAX_PRIORITY, MIN_PRIORITY, Workflow
 from ..registry import definition_keys
 
 START_EXAMPLE = {
@@ -94,6 +94,8 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
             "input": as_text(given.get("input", {})),
             "tasks": as_text(given["tasks"]) if "tasks" in given else "",
             "idempotency_key": given.get("idempotency_key") or "",
+            "priority": as_text(given["priority"]) if given.get("priority") is not None else "",
+            "concurrency_key": given.get("concurrency_key") or "",
         }
         context = {
             "values": values,
@@ -103,6 +105,7 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
             },
             "definitions": definition_keys(),
             "modes": Workflow.Mode.choices,
+            "priorities": {"lowest": MIN_PRIORITY, "highest": MAX_PRIORITY},
             "example": json.dumps(START_EXAMPLE["tasks"], indent=2),
         }
         return render_to_string("rest_framework/start_workflow_form.html", context, request=request)

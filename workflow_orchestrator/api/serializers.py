@@ -7,6 +7,8 @@ from rest_framework import serializers
 from .. import services, statements, values
 from ..models import (
     ATTEMPT_OUTCOMES,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     PHASES,
     Phase,
     State,
@@ -118,12 +120,33 @@ class WorkflowInputSerializer(StrictSerializer):
         help_text="http(s) URL called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED);"
         " its host must be allowed by the server's ORCH_WEBHOOK_ALLOWED_HOSTS.",
     )
+    priority = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=MIN_PRIORITY,
+        max_value=MAX_PRIORITY,
+        help_text="Among ready tasks, a higher priority's are claimed first. Left out or null: the definition's"
+        " default (0 unless it sets one).",
+    )
+    # Not trimmed: a key is matched exactly against its limit's (ConcurrencyLimit.key).
+    concurrency_key = StrictCharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=Workflow._meta.get_field("concurrency_key").max_length,
+        help_text="Workflows with the same key share its concurrency limit and rate, and take turns with other"
+        ' keys. Left out or null: the definition\'s default; "" for none.',
+    )
 
 
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
-    """PUT replaces the fields below; PATCH changes those it is given."""
+    """PUT replaces the fields below; PATCH changes those it is given. A workflow's
+    priority and concurrency key are set when it is created."""
 
     idempotency_key = None
+    priority = None
+    concurrency_key = None
 
 
 class StoredTimeField(serializers.DateTimeField):
@@ -200,14 +223,27 @@ class ProgressMixin(serializers.Serializer):
         return services.is_waiting_for_next(workflow)
 
 
+class FlowControlMixin(serializers.Serializer):
+    """A workflow's place in the claim's order (see services.validation.flow_control)."""
+
+    priority = serializers.IntegerField(
+        read_only=True, help_text=f"From {MIN_PRIORITY} to {MAX_PRIORITY}: a higher priority's tasks are claimed first."
+    )
+    # Declared: a read-only model field loses allow_blank, and the schema would then forbid "".
+    concurrency_key = serializers.CharField(
+        read_only=True, help_text="The key whose limits its tasks count against; blank for none."
+    )
+
+
 WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
     "schedule", "paused_at",
+    "priority", "concurrency_key",
 ]  # fmt: skip
 
 
-class WorkflowListSerializer(ProgressMixin, serializers.ModelSerializer):
+class WorkflowListSerializer(FlowControlMixin, ProgressMixin, serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     # Declared: a read-only model field loses allow_blank, and the schema would then forbid "".
     failed_phase = serializers.ChoiceField(
@@ -254,12 +290,13 @@ class WorkflowDetailSerializer(WorkflowListSerializer):
         read_only_fields = fields
 
 
-class WorkflowStatusSerializer(ProgressMixin, serializers.ModelSerializer):
+class WorkflowStatusSerializer(FlowControlMixin, ProgressMixin, serializers.ModelSerializer):
     phase = serializers.SerializerMethodField(help_text="The phase running now, or the one that failed.")
 
     class Meta:
         model = Workflow
         fields = ["id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "paused_at", "error"]
+        fields += ["priority", "concurrency_key"]
         read_only_fields = fields
 
     def get_phase(self, workflow) -> str | None:

@@ -119,7 +119,7 @@ class WorkflowViewSet(
     filter_backends = [DjangoFilterBackend, BoundedSearchFilter, StrictOrderingFilter]
     filterset_class = WorkflowFilter
     search_fields = ["name"]
-    ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state"]
+    ordering_fields = ["created_at", "updated_at", "started_at", "finished_at", "name", "state", "priority"]
     ordering = ["-created_at"]
     serializer_class = WorkflowDetailSerializer
     renderer_classes = [EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer]

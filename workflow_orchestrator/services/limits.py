@@ -19,6 +19,9 @@ Status = Task.Status
 # Deliveries sent at most at once when a limit is raised or removed: each runs tasks in a
 # row (the claim hands on), and the tasks' own deliveries follow.
 WAKE_AT_MOST = 100
+# The largest count a limit holds: PostgreSQL's integer (SQLite would take more, and
+# Python's ints are unbounded; the database must not be the one to refuse it).
+MAX_COUNT = 2_147_483_647
 
 
 def check_limit(key, max_running=None, rate=None, per_seconds=None) -> None:
@@ -29,12 +32,10 @@ def check_limit(key, max_running=None, rate=None, per_seconds=None) -> None:
         errors["key"] = [f"key is required: a string of at most {longest} characters"]
     elif problem := values.text_problem(key):
         errors["key"] = [f"key {problem}"]
-    if max_running is not None and (
-        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
-    ):
-        errors["max_running"] = ["max_running must be a whole number of at least 1"]
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 1):
-        errors["rate"] = ["rate must be a whole number of at least 1"]
+    if max_running is not None and not _is_count(max_running):
+        errors["max_running"] = [f"max_running must be a whole number from 1 to {MAX_COUNT}"]
+    if rate is not None and not _is_count(rate):
+        errors["rate"] = [f"rate must be a whole number from 1 to {MAX_COUNT}"]
     if rate is not None and (
         isinstance(per_seconds, bool) or not isinstance(per_seconds, int | float) or not 0 < per_seconds <= 86400
     ):
@@ -45,6 +46,10 @@ def check_limit(key, max_running=None, rate=None, per_seconds=None) -> None:
         errors["max_running"] = ["give max_running, a rate, or both"]
     if errors:
         raise ValidationError(errors)
+
+
+def _is_count(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= MAX_COUNT
 
 
 def limit_set(key: str, *, max_running: int | None = None, rate: int | None = None, per_seconds=None):
@@ -72,7 +77,9 @@ def limit_remove(key: str) -> bool:
         # The key's running tasks hold no slot any more: a limit set again counts them.
         Task.objects.filter(status=Status.RUNNING, slot=key).update(slot="")
     if deleted:
-        wake(key)
+        # After the commit (at once outside a transaction): a delivery sent inside the
+        # admin's transaction could run before it and still find the limit.
+        transaction.on_commit(lambda: wake(key))
     return bool(deleted)
 
 

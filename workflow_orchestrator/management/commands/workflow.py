@@ -8,13 +8,24 @@ from collections import Counter
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Count
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from workflow_orchestrator import audit, checkpoints, jobs, schedules, services, statements, values
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
-from workflow_orchestrator.models import Actor, State, Workflow, WorkflowDeletion, WorkflowSchedule
+from workflow_orchestrator.models import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Actor,
+    ConcurrencyLimit,
+    State,
+    Task,
+    Workflow,
+    WorkflowDeletion,
+    WorkflowSchedule,
+)
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
@@ -63,6 +74,18 @@ class Command(BaseCommand):
             default="",
             metavar="URL",
             help="Called with a signed POST when the workflow ends (its host must be in ORCH_WEBHOOK_ALLOWED_HOSTS).",
+        )
+        start.add_argument(
+            "--priority",
+            type=int,
+            metavar="N",
+            help=f"From {MIN_PRIORITY} to {MAX_PRIORITY}, higher first (default: the definition's, else 0).",
+        )
+        start.add_argument(
+            "--concurrency-key",
+            metavar="KEY",
+            help="Workflows with the same key share its limits (`workflow limit`) and take turns with other keys "
+            "(default: the definition's; '' for none).",
         )
         start.add_argument(
             "--wait",
@@ -127,6 +150,25 @@ class Command(BaseCommand):
         checkpoint.add_argument("--out", metavar="FILE", help="Write it to FILE (replaced whole) instead of stdout.")
 
         self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
+        self._add_limit_arguments(
+            commands.add_parser("limit", help="Manage the concurrency limits and rates of concurrency keys.")
+        )
+
+    @staticmethod
+    def _add_limit_arguments(parser):
+        actions = parser.add_subparsers(dest="limit_action", required=True, metavar="ACTION")
+        limit_set = actions.add_parser(
+            "set", help="Set a key's limits, replacing any it had; its tasks already running count at once."
+        )
+        limit_set.add_argument("key", metavar="KEY")
+        limit_set.add_argument("--max-running", type=int, metavar="N", help="At most N of its tasks running at once.")
+        limit_set.add_argument("--rate", type=int, metavar="N", help="At most N task starts per --per SECONDS.")
+        limit_set.add_argument("--per", type=float, metavar="SECONDS", dest="per_seconds", help="The rate's period.")
+        listing = actions.add_parser("list", help="List the limits, with the tasks running and waiting for each key.")
+        listing.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
+        actions.add_parser("remove", help="Remove a key's limits: its waiting tasks may start.").add_argument(
+            "key", metavar="KEY"
+        )
 
     @staticmethod
     def _add_schedule_arguments(parser):
@@ -179,6 +221,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{workflow.pk}  {workflow.name}  {workflow.state}  ({progress['done']}/{progress['total']} tasks)"
         )
+        self.stdout.write(f"  priority {workflow.priority}  concurrency key {workflow.concurrency_key or '—'}")
         if workflow.error:
             self.stdout.write(f"  error: {workflow.error}")
         for task in workflow.tasks.all():
@@ -202,7 +245,22 @@ class Command(BaseCommand):
                 answer = attempt.status_code or "no answer"
                 self.stdout.write(f"    attempt {attempt.number}  {answer}  {attempt.error}".rstrip())
 
-    def do_start(self, *, name, definition, mode, input, tasks, idempotency_key, callback_url, wait, as_json, **_):
+    def do_start(
+        self,
+        *,
+        name,
+        definition,
+        mode,
+        input,
+        tasks,
+        idempotency_key,
+        callback_url,
+        priority,
+        concurrency_key,
+        wait,
+        as_json,
+        **_,
+    ):
         if wait is not None and not (math.isfinite(wait) and wait >= 0):
             raise CommandError(f"--wait must be a number of seconds, 0 or more, not {wait:g}")
         workflow, created = services.workflow_create(
@@ -213,6 +271,8 @@ class Command(BaseCommand):
             tasks=_tasks_arg(tasks),
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            priority=priority,
+            concurrency_key=concurrency_key,
             actor=Actor.CLI,
             start=True,
         )
@@ -251,7 +311,10 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(rows, cls=DjangoJSONEncoder, indent=2))
             return
         for w in workflows:
-            self.stdout.write(f"{w.pk}  {w.state:<9}  {w.mode:<6}  {w.created_at:%Y-%m-%d %H:%M:%S}  {w.name}")
+            self.stdout.write(
+                f"{w.pk}  {w.state:<9}  {w.mode:<6}  {w.priority:>4}  {w.created_at:%Y-%m-%d %H:%M:%S}  "
+                f"{w.concurrency_key or '—':<16}  {w.name}"
+            )
 
     def _act(self, operation, workflow_id: str, verb: str, **kwargs) -> None:
         workflow = operation(self._get(workflow_id).pk, actor=Actor.CLI, **kwargs)
@@ -462,3 +525,54 @@ class Command(BaseCommand):
     def schedule_remove(self, *, name, **_):
         schedules.schedule_remove(self._schedule(name))
         self.stdout.write(f"removed schedule {name!r}")
+
+    # --- concurrency limits -----------------------------------------------------------------
+
+    def do_limit(self, *, limit_action, **options):
+        getattr(self, f"limit_{limit_action}")(**options)
+
+    def limit_set(self, *, key, max_running, rate, per_seconds, **_):
+        limit, created = services.limit_set(key, max_running=max_running, rate=rate, per_seconds=per_seconds)
+        verb = "set" if created else "changed"
+        self.stdout.write(f"{verb} the limit of {key!r}: {limit.describe()}; {limit.running} running now")
+
+    def limit_list(self, *, as_json, **_):
+        limits = list(ConcurrencyLimit.objects.all())
+        # The tasks ready to run but held back (or not yet claimed), per key: one query, on
+        # the index of ready tasks by key.
+        waiting = dict(
+            Task.objects.filter(status=Task.Status.QUEUED, concurrency_key__in=[limit.key for limit in limits])
+            .values_list("concurrency_key")
+            .annotate(count=Count("pk"))
+            .order_by()
+        )
+        rows = [self._limit_json(limit, waiting.get(limit.key, 0)) for limit in limits]
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        table = Table("key", "max running", "running", "rate", "waiting")
+        for row in rows:
+            rate = f"{row['rate']} per {row['per_seconds']:g} s" if row["rate"] is not None else "—"
+            maximum = "—" if row["max_running"] is None else str(row["max_running"])
+            table.add_row(row["key"], maximum, str(row["running"]), rate, str(row["waiting"]))
+        Console(file=self.stdout, width=120).print(table)
+
+    @staticmethod
+    def _limit_json(limit: ConcurrencyLimit, waiting: int) -> dict:
+        return {
+            "key": limit.key,
+            "max_running": limit.max_running,
+            "running": limit.running,
+            "rate": limit.rate,
+            "per_seconds": limit.per_seconds,
+            "waiting": waiting,
+            "created_at": limit.created_at.isoformat(),
+            "updated_at": limit.updated_at.isoformat(),
+        }
+
+    def limit_remove(self, *, key, **_):
+        # A key the database cannot hold (a lone surrogate from a badly encoded argument)
+        # has no limit, and the database need not be asked.
+        if values.text_problem(key) or not services.limit_remove(key):
+            raise CommandError(f"no limit for the key {key!r}")
+        self.stdout.write(f"removed the limit of {key!r}")
