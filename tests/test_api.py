@@ -172,6 +172,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "waiting_for_next": False,
         "paused_at": None,
         "error": "",
+        "waiting_reason": None,
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()
     assert [(t["name"], t["status"]) for t in tasks] == [
