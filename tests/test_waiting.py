@@ -1,7 +1,11 @@
 """Why is it waiting? A running workflow none of whose tasks runs or may start says why
-(`waiting_reason`: in the API, `workflow show` and the admin)."""
+(`waiting_reason`: in the API, `workflow show` and the admin); the overview counts the
+waiting tasks by reason and key, and /metrics the running and waiting tasks per key, in a
+bounded number of rows and series however many keys there are."""
 
 import json
+import shutil
+import subprocess
 from datetime import UTC, timedelta
 from io import StringIO
 
@@ -10,16 +14,18 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests import dom
 from tests.conftest import reload, task
-from workflow_orchestrator import selectors, services
+from workflow_orchestrator import metrics, selectors, services, stats
 from workflow_orchestrator.models import Actor, ConcurrencyLimit, State, Task, Workflow
 
 Status = Task.Status
 ONE_TASK = [{"name": "a", "type": "noop"}]
+TOKEN = "metrics-token-for-waiting"
 
 
 def claim() -> Task | None:
@@ -266,3 +272,110 @@ def test_the_admin_page_of_a_workflow_says_why_it_waits(engine, admin_client):
     assert page.one("#workflow_form #waiting-reason")  # inside what the live page refreshes
     ready_page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[ready.pk])))
     assert ready_page.select("#waiting-reason") == []
+
+
+# --- The overview ---------------------------------------------------------------------------
+
+
+def a_bit_of_everything(engine, settings) -> None:
+    """Running: 1 of acme, 1 of api. Waiting: 2 of acme at its limit, 1 of api rate limited;
+    without a key: 1 paused, 1 due later (a retry), 1 ready."""
+    services.limit_set("acme", max_running=1)
+    acme = [engine.start(tasks=ONE_TASK, concurrency_key="acme") for _ in range(3)]
+    claim_of(acme[0])
+    rate_filled(engine)
+    pause(engine, engine.start(tasks=ONE_TASK))
+    later = engine.start(tasks=ONE_TASK)
+    Task.objects.filter(workflow=later).update(queued_at=timezone.now() + timedelta(hours=1))
+    engine.start(tasks=ONE_TASK)
+
+
+def test_the_overview_counts_waiting_tasks_by_reason_and_by_key(engine, settings, admin_client):
+    a_bit_of_everything(engine, settings)
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_dashboard")))
+    figures = {
+        name: int(page.one(f"#waiting-{name}").text)
+        for name in ("running", "ready", "paused", "at-limit", "rate-limited", "due-later")
+    }
+    assert figures == {"running": 2, "ready": 1, "paused": 1, "at-limit": 2, "rate-limited": 1, "due-later": 1}
+    rows = [[cell.text for cell in row.select("td")] for row in page.select("#overview-keys tr.key")]
+    until = timezone.localtime(ConcurrencyLimit.objects.get(key="api").window_started_at + timedelta(seconds=30))
+    # key, running, limits, ready, at limit, rate limited, paused, due later: the most loaded first
+    assert rows == [
+        ["no key", "0", "—", "1", "0", "0", "1", "1"],
+        ["acme", "1", "at most 1 running", "0", "2", "0", "0", "0"],
+        ["api", "1", "at most 1 starts per 30 s", "0", "0", f"1 until {until:%H:%M:%S}", "0", "0"],
+    ]
+    assert page.select("#overview-keys tr.key-other") == []
+
+
+def test_the_overview_lists_ten_keys_and_sums_the_rest(engine, admin_client, django_assert_max_num_queries):
+    for i in range(12):
+        for _ in range(12 - i):  # key k00 has the most tasks, k11 the fewest
+            engine.start(tasks=ONE_TASK, concurrency_key=f"k{i:02d}")
+    work = stats.waiting_work()
+    assert [load.key for load in work["keys"]] == [f"k{i:02d}" for i in range(10)]
+    assert (work["other"].keys, work["other"].ready) == (2, 2 + 1)
+    assert work["total"].ready == sum(range(1, 13))
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_dashboard")))
+    assert len(page.select("#overview-keys tr.key")) == 10
+    other = page.one("#overview-keys tr.key-other")
+    assert [cell.text for cell in other.select("td")][:4] == ["2 other keys", "0", "—", "3"]
+
+
+# --- /metrics --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scrape(client, settings):
+    settings.ORCH_METRICS_TOKEN = TOKEN
+    metrics._reported.clear()
+
+    def scrape() -> tuple[str, dict]:
+        response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+        assert response.status_code == 200
+        text = response.content.decode()
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        return text, families
+
+    return scrape
+
+
+def by_key(families: dict, name: str) -> dict:
+    return {sample.labels["key"]: sample.value for sample in families[name].samples}
+
+
+def test_metrics_give_running_and_waiting_tasks_and_the_limit_per_key(engine, settings, scrape):
+    a_bit_of_everything(engine, settings)
+    _, families = scrape()
+    assert by_key(families, "orchestrator_key_tasks_running") == {"acme": 1, "api": 1, "__none__": 0}
+    assert by_key(families, "orchestrator_key_tasks_waiting") == {"acme": 2, "api": 1, "__none__": 3}
+    assert by_key(families, "orchestrator_key_max_running") == {"acme": 1}  # api has a rate only
+    assert families["orchestrator_concurrency_keys"].samples[0].value == 3
+
+
+def test_metrics_keep_a_bounded_number_of_key_series_and_sum_the_rest(engine, scrape):
+    services.limit_set("k24", max_running=5)  # beyond the top 20: its limit has no series
+    for i in range(25):
+        for _ in range(2 if i < 20 else 1):
+            engine.start(tasks=ONE_TASK, concurrency_key=f"k{i:02d}")
+    claim_of(Workflow.objects.filter(concurrency_key="k24").get())
+    text, families = scrape()
+    waiting = by_key(families, "orchestrator_key_tasks_waiting")
+    assert len(waiting) == metrics.KEY_SERIES + 1
+    assert {key: waiting[key] for key in ("k00", "k19", "__other__")} == {"k00": 2, "k19": 2, "__other__": 4}
+    assert by_key(families, "orchestrator_key_tasks_running")["__other__"] == 1
+    assert by_key(families, "orchestrator_key_max_running") == {}
+    assert families["orchestrator_concurrency_keys"].samples[0].value == 25
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package provides it)")
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_key_spelt_like_a_reserved_label_is_summed_with_the_others(engine, scrape):
+    for key in ("__other__", "__none__", "", "plain"):
+        engine.start(tasks=ONE_TASK, concurrency_key=key)
+    _, families = scrape()
+    assert by_key(families, "orchestrator_key_tasks_waiting") == {"plain": 1, "__none__": 1, "__other__": 2}
