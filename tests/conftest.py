@@ -63,6 +63,7 @@ ENGINE_MODULES = {
     "test_services",
     "test_signals",
     "test_timeouts",
+    "test_waiting",
     "test_webhooks",
 }
 

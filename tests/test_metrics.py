@@ -175,9 +175,10 @@ def test_a_scrape_costs_the_same_queries_whatever_the_history(engine, scrape):
     # A transaction (here a savepoint) with the head's lock, the stored counters, the
     # transitions' watermark and counts, the tasks with attempts ended since (their ids,
     # then their attempts: one batch for up to metrics.BATCH tasks) and the head's update;
-    # workflows by state; the broken chains found; the running tasks (which workers are
-    # busy), and with the ORM broker its two queue counts (Redis holds both otherwise).
-    assert few == (14 if queue.in_database() else 12)
+    # workflows by state; the broken chains found; the tasks running and waiting by key and
+    # those keys' limits; the running tasks (which workers are busy), and with the ORM broker
+    # its two queue counts (Redis holds both otherwise).
+    assert few == (16 if queue.in_database() else 14)
 
 
 def test_the_exposition_passes_promtool(engine, scrape, client):

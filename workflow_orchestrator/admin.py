@@ -20,7 +20,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from . import audit, schedules, services, stats, values
+from . import audit, schedules, selectors, services, stats, values
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -641,6 +641,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 ],
                 can_delete="delete" in offered,
                 live_ended=workflow.state in ENDED,
+                waiting_reason=selectors.waiting_reason(workflow),
             )
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -2,6 +2,10 @@
 
 Gauges are read at each scrape: workflows by state from the database, the queue's depth
 and the live clusters and workers from the broker and the shared cache (workflow_orchestrator.stats).
+The tasks running and waiting per concurrency key are bounded in number of series, however
+many keys there are: the KEY_SERIES keys with the most tasks running or waiting have their
+own, the others are summed under the key OTHER_KEY (tasks of workflows without a key count
+under NO_KEY), and the limit of each key shown.
 
 Counters (transitions by event and target state, task attempts by type and outcome, and
 the histogram of attempt durations) count the engine's history, which the database keeps:
@@ -51,6 +55,12 @@ SETTLE = timedelta(seconds=60)
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, math.inf)
 BOUNDS = [floatToGoString(bound) for bound in BUCKETS]
 MICROSECOND = timedelta(microseconds=1)
+
+# The concurrency keys with series of their own; the rest are summed under OTHER_KEY, and the
+# tasks of workflows without a key are counted under NO_KEY.
+KEY_SERIES = 20
+OTHER_KEY = "__other__"
+NO_KEY = "__none__"
 
 TRANSITIONS = "orchestrator_transitions"
 ATTEMPTS = "orchestrator_task_attempts"
@@ -256,6 +266,43 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
+def _key_gauges() -> list[GaugeMetricFamily]:
+    """Tasks running and waiting by concurrency key, and the keys' limits: KEY_SERIES keys at
+    most, the rest summed (see the module's docstring)."""
+    loads = stats.key_loads()
+    # A key spelt like one of the reserved labels is counted with the others: its own series
+    # would be a second one with the same labels, which Prometheus refuses.
+    shown = [load for load in loads if load.key not in (OTHER_KEY, NO_KEY)][:KEY_SERIES]
+    others = [load for load in loads if not any(load is listed for listed in shown)]
+    rest = stats.summed(others, OTHER_KEY) if others else None
+    explained = f"the {KEY_SERIES} keys with the most tasks running or waiting; {OTHER_KEY}: the others summed"
+    running = GaugeMetricFamily(
+        "orchestrator_key_tasks_running", f"Tasks RUNNING, by concurrency key ({explained}).", labels=["key"]
+    )
+    waiting = GaugeMetricFamily(
+        "orchestrator_key_tasks_waiting",
+        f"Tasks QUEUED, whatever they wait for, by concurrency key ({explained}).",
+        labels=["key"],
+    )
+    limits = GaugeMetricFamily(
+        "orchestrator_key_max_running",
+        "The limit of tasks RUNNING at once, of each concurrency key shown that has one.",
+        labels=["key"],
+    )
+    for load in [*shown, *([rest] if rest else [])]:
+        key = load.key or NO_KEY
+        running.add_metric([key], load.running)
+        waiting.add_metric([key], load.waiting)
+        if load.limit is not None and load.limit.max_running is not None:
+            limits.add_metric([key], load.limit.max_running)
+    keys = _gauge(
+        "orchestrator_concurrency_keys",
+        "Concurrency keys with tasks running or waiting (no key counts as one).",
+        len(loads),
+    )
+    return [running, waiting, limits, keys]
+
+
 def _gauges() -> list[GaugeMetricFamily]:
     by_state = GaugeMetricFamily("orchestrator_workflows", "Workflows by state.", labels=["state"])
     for state, count in stats.counts(Workflow.objects.all(), "state", State.values).items():
@@ -269,6 +316,7 @@ def _gauges() -> list[GaugeMetricFamily]:
     gauges = [
         by_state,
         broken,
+        *_key_gauges(),
         _gauge("orchestrator_broker_up", "1 if the broker answered.", cluster["broker_available"]),
     ]
     if cluster["broker_available"]:

@@ -6,10 +6,15 @@ changes, and refuse what these say is not on offer.
 
 from __future__ import annotations
 
-from django.db.models import Count, Q
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
 
 from . import audit, statements
-from .models import State, Task, Workflow
+from .models import PHASES, ConcurrencyLimit, State, Task, Workflow
 
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
@@ -45,3 +50,116 @@ def workflow_progress(workflow: Workflow) -> dict:
     """Tasks done (succeeded) out of all the workflow's tasks."""
     counts = workflow.tasks.aggregate(total=Count("pk"), done=Count("pk", filter=Q(status=Task.Status.SUCCEEDED)))
     return {"done": counts["done"], "total": counts["total"]}
+
+
+# --- Why is it waiting? ----------------------------------------------------------------------
+#
+# A running workflow (PREPARE, EXECUTE or VALIDATE) none of whose tasks runs or may be
+# claimed now says why, in the first of these that holds (docs/API.md lists them):
+#
+#   paused                                              it was paused
+#   waiting for next (manual mode)                      its phase's work is done: someone fires `next`
+#   concurrency key KEY: R of M running                 its ready tasks' key has no slot free
+#   rate limit of key KEY until 2026-12-05 12:00:03 UTC its ready tasks' key started `rate` tasks this window
+#   retry due at 2026-12-05 12:00:03 UTC                its queued tasks wait out a retry's backoff
+#
+# A task that may be claimed but that no worker has taken yet is not waiting for a reason of
+# its own (there is no free worker, or a delivery is on its way): no reason. The tests are the
+# claim's (sql/*.sql): QUEUED and due, its workflow not paused, its key within its limits.
+
+PAUSED = "paused"
+WAITING_FOR_NEXT = "waiting for next (manual mode)"
+
+
+def moment_text(moment: datetime) -> str:
+    """A moment as the reasons write it: in UTC, to the second, rounded up (by the second
+    it names, it has passed)."""
+    moment = moment.astimezone(UTC)
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def key_at_limit(limit: ConcurrencyLimit | None) -> bool:
+    """The key runs as many tasks as its limit allows: the claim starts none of its tasks."""
+    return limit is not None and limit.max_running is not None and limit.running >= limit.max_running
+
+
+def rate_window_end(limit: ConcurrencyLimit | None, now: datetime) -> datetime | None:
+    """When the key's rate window ends, if the window has had all the starts its rate allows
+    (the claim starts none of its tasks until then); None when a start is allowed now."""
+    if limit is None or limit.rate is None or limit.window_started_at is None or limit.window_starts < limit.rate:
+        return None
+    end = limit.window_started_at + timedelta(seconds=limit.per_seconds)
+    return end if end > now else None
+
+
+def key_hold(limit: ConcurrencyLimit | None, now: datetime) -> str | None:
+    """Why the claim starts no task of the key now (its running limit first: a window that
+    ends frees nothing while every slot is taken); None when it may start one."""
+    if key_at_limit(limit):
+        return f"concurrency key {limit.key}: {limit.running} of {limit.max_running} running"
+    if (end := rate_window_end(limit, now)) is not None:
+        return f"rate limit of key {limit.key} until {moment_text(end)}"
+    return None
+
+
+class _Tasks(NamedTuple):
+    """A workflow's RUNNING and QUEUED tasks of one concurrency key, counted."""
+
+    key: str
+    running: int
+    due: int  # QUEUED and due now
+    due_next: datetime | None  # the earliest due time of those QUEUED for later
+
+
+def waiting_reason(workflow: Workflow, now: datetime | None = None) -> str | None:
+    """Why nothing of `workflow` runs or may start now (see above); None when something does,
+    or when it has not started or has ended. At most two queries."""
+    return waiting_reasons([workflow], now)[workflow.pk]
+
+
+def waiting_reasons(workflows, now: datetime | None = None) -> dict:
+    """waiting_reason of each of `workflows` (a page of them), by id: at most two queries
+    whatever their number (their tasks counted by key, then the limits of the keys that
+    have tasks due)."""
+    now = now or timezone.now()
+    workflows = list(workflows)
+    running = [workflow.pk for workflow in workflows if workflow.state in PHASES]
+    tasks = defaultdict(list)
+    if running:
+        rows = (
+            Task.objects.filter(workflow__in=running, status__in=(Task.Status.RUNNING, Task.Status.QUEUED))
+            .order_by()
+            .values_list("workflow_id", "concurrency_key")
+            .annotate(
+                running=Count("pk", filter=Q(status=Task.Status.RUNNING)),
+                due=Count("pk", filter=Q(status=Task.Status.QUEUED, queued_at__lte=now)),
+                due_next=Min("queued_at", filter=Q(status=Task.Status.QUEUED, queued_at__gt=now)),
+            )
+        )
+        for workflow_id, *counts in sorted(rows, key=lambda row: row[1]):
+            tasks[workflow_id].append(_Tasks(*counts))
+    keys = {group.key for groups in tasks.values() for group in groups if group.due and group.key}
+    limits = {limit.key: limit for limit in ConcurrencyLimit.objects.filter(key__in=keys)} if keys else {}
+    return {workflow.pk: _reason(workflow, tasks.get(workflow.pk, []), limits, now) for workflow in workflows}
+
+
+def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime) -> str | None:
+    if workflow.state not in PHASES or any(group.running for group in tasks):
+        return None
+    if workflow.is_paused:
+        return PAUSED
+    holds = [key_hold(limits.get(group.key), now) for group in tasks if group.due]
+    if None in holds:  # a task due now whose key lets it start: claimable
+        return None
+    if workflow.waiting_for_next:
+        return WAITING_FOR_NEXT
+    if holds:
+        return holds[0]
+    due_next = [group.due_next for group in tasks if group.due_next is not None]
+    if due_next:
+        return f"retry due at {moment_text(min(due_next))}"
+    # Nothing queued, nothing running: the engine is between two steps (a phase's last
+    # success moving the workflow on), which takes no wait of its own.
+    return None

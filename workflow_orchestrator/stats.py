@@ -1,16 +1,18 @@
 """Figures for the stats endpoint: what the workflows did, and what the cluster is doing."""
 
 import logging
-from datetime import UTC, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from django.core.cache import cache
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django_q.status import Stat
 
 from . import queue
-from .models import PHASES, BrokenChain, State, Task, Workflow
+from .models import PHASES, BrokenChain, ConcurrencyLimit, State, Task, Workflow
+from .selectors import key_at_limit, rate_window_end
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,97 @@ def cluster_stats() -> dict:
     }
 
 
+# --- Work by concurrency key ----------------------------------------------------------------
+
+RUNNING, QUEUED = Task.Status.RUNNING, Task.Status.QUEUED
+# Keys the overview lists one by one, the most loaded first; the rest are summed in one row.
+OVERVIEW_KEYS = 10
+
+
+@dataclass
+class KeyLoad:
+    """The tasks of a concurrency key ("": workflows without one) that run or wait now: RUNNING,
+    and QUEUED by why the claim (sql/*.sql) does or does not start them, in its order of
+    tests: their workflow is paused; they are due later (a retry's backoff); the key has
+    no slot free; its rate window is full; none of these (ready: claimable now)."""
+
+    key: str
+    running: int = 0
+    paused: int = 0
+    due_later: int = 0
+    at_limit: int = 0
+    rate_limited: int = 0
+    ready: int = 0
+    limit: ConcurrencyLimit | None = None
+    rate_until: datetime | None = None  # while rate_limited: when the window ends
+    keys: int = 1  # how many keys it counts (more when it sums the rest)
+
+    @property
+    def waiting(self) -> int:
+        """Its QUEUED tasks, whatever they wait for."""
+        return self.paused + self.due_later + self.at_limit + self.rate_limited + self.ready
+
+    @property
+    def load(self) -> int:
+        return self.running + self.waiting
+
+
+# Its counts, which add up across keys.
+COUNTED = ("running", "paused", "due_later", "at_limit", "rate_limited", "ready")
+
+
+def key_loads(now: datetime | None = None) -> list[KeyLoad]:
+    """Every key with tasks RUNNING or QUEUED, the most loaded first (then by key): two
+    queries, the tasks counted by key in one, the limits of those keys in the other."""
+    now = now or timezone.now()
+    live = Task.objects.filter(status__in=(RUNNING, QUEUED)).order_by()
+    rows = live.values_list("concurrency_key").annotate(
+        running=Count("pk", filter=Q(status=RUNNING)),
+        queued=Count("pk", filter=Q(status=QUEUED)),
+        paused=Count("pk", filter=Q(status=QUEUED, workflow__paused_at__isnull=False)),
+        due=Count("pk", filter=Q(status=QUEUED, workflow__paused_at__isnull=True, queued_at__lte=now)),
+    )
+    limits = {limit.key: limit for limit in ConcurrencyLimit.objects.filter(key__in=live.values("concurrency_key"))}
+    loads = [
+        _key_load(key, limits.get(key), now, running, queued, paused, due) for key, running, queued, paused, due in rows
+    ]
+    return sorted(loads, key=lambda load: (-load.load, load.key))
+
+
+def _key_load(key, limit, now, running: int, queued: int, paused: int, due: int) -> KeyLoad:
+    load = KeyLoad(key, running=running, paused=paused, due_later=queued - paused - due, limit=limit)
+    if key_at_limit(limit):
+        load.at_limit = due
+    elif (end := rate_window_end(limit, now)) is not None:
+        load.rate_limited, load.rate_until = due, end
+    else:
+        load.ready = due
+    return load
+
+
+def summed(loads: list[KeyLoad], key: str = "") -> KeyLoad:
+    """One KeyLoad that counts all of `loads` (no limit of its own)."""
+    total = KeyLoad(key, keys=len(loads))
+    for load in loads:
+        for name in COUNTED:
+            setattr(total, name, getattr(total, name) + getattr(load, name))
+    return total
+
+
+def top_keys(loads: list[KeyLoad], count: int, rest: str = "") -> tuple[list[KeyLoad], KeyLoad | None]:
+    """The first `count` of `loads` (key_loads' order), and the others summed under the key
+    `rest` (None when there are none): a bounded number of rows or series, however many keys."""
+    return loads[:count], (summed(loads[count:], rest) if loads[count:] else None)
+
+
+def waiting_work(now: datetime | None = None) -> dict:
+    """The overview's waiting work: QUEUED tasks by why they wait and RUNNING tasks, in all
+    (`total`) and by key (the OVERVIEW_KEYS most loaded; `other` sums the rest)."""
+    loads = key_loads(now)
+    keys, other = top_keys(loads, OVERVIEW_KEYS)
+    return {"total": summed(loads), "keys": keys, "other": other}
+
+
 # The overview's charts: one bar per minute of the last hour, the current minute last.
 CHART_MINUTES = 60
 LATEST_FAILURES = 10
@@ -151,6 +244,7 @@ def overview(now=None) -> dict:
         "workflows_by_state": by_state,
         "running": sum(by_state[state] for state in PHASES),
         "audit_broken": BrokenChain.objects.count(),
+        "waiting": waiting_work(now),
         "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
         "workflows_per_minute": per_minute(ended, since, now, "workflows-finished"),
         "duration": _durations(completed),

@@ -4,7 +4,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .. import services, statements, values
+from .. import selectors, services, statements, values
 from ..models import (
     ATTEMPT_OUTCOMES,
     MAX_PRIORITY,
@@ -195,6 +195,7 @@ class ProgressMixin(serializers.Serializer):
     progress = serializers.SerializerMethodField()
     available_transitions = serializers.SerializerMethodField()
     waiting_for_next = serializers.SerializerMethodField()
+    waiting_reason = serializers.SerializerMethodField()
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, workflow) -> dict:
@@ -221,6 +222,29 @@ class ProgressMixin(serializers.Serializer):
     )
     def get_waiting_for_next(self, workflow) -> bool:
         return services.is_waiting_for_next(workflow)
+
+    @extend_schema_field(
+        serializers.CharField(
+            allow_null=True,
+            help_text="Why nothing of the workflow runs or may start now, e.g. `paused`, `concurrency key acme: 5 of "
+            "5 running`, `rate limit of key acme until 2026-12-05 12:00:03 UTC`, `retry due at …`, `waiting for "
+            "next (manual mode)`; null while a task runs or may start, and before it starts or once it has ended.",
+        )
+    )
+    def get_waiting_reason(self, workflow) -> str | None:
+        # A page's reasons are read together by its list serializer (WorkflowPageSerializer).
+        reasons = getattr(self.parent, "waiting_reasons", None)
+        return reasons[workflow.pk] if reasons is not None else selectors.waiting_reason(workflow)
+
+
+class WorkflowPageSerializer(serializers.ListSerializer):
+    """A list of workflows, whose waiting reasons are read in a fixed number of queries
+    whatever its length (selectors.waiting_reasons), not two per workflow."""
+
+    def to_representation(self, data):
+        workflows = list(data.all() if hasattr(data, "all") else data)
+        self.waiting_reasons = selectors.waiting_reasons(workflows)
+        return super().to_representation(workflows)
 
 
 class FlowControlMixin(serializers.Serializer):
@@ -258,8 +282,9 @@ class WorkflowListSerializer(FlowControlMixin, ProgressMixin, serializers.ModelS
 
     class Meta:
         model = Workflow
-        fields = [*WORKFLOW_FIELDS, "progress", "available_transitions", "waiting_for_next"]
+        fields = [*WORKFLOW_FIELDS, "progress", "available_transitions", "waiting_for_next", "waiting_reason"]
         read_only_fields = fields
+        list_serializer_class = WorkflowPageSerializer
 
 
 class WebhookAttemptSerializer(serializers.ModelSerializer):
@@ -295,7 +320,10 @@ class WorkflowStatusSerializer(FlowControlMixin, ProgressMixin, serializers.Mode
 
     class Meta:
         model = Workflow
-        fields = ["id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "paused_at", "error"]
+        fields = [
+            "id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "paused_at", "error",
+            "waiting_reason",
+        ]  # fmt: skip
         fields += ["priority", "concurrency_key"]
         read_only_fields = fields
 

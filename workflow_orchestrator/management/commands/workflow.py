@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflow_orchestrator import audit, checkpoints, jobs, schedules, services, statements, values
+from workflow_orchestrator import audit, checkpoints, jobs, schedules, selectors, services, statements, values
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflow_orchestrator.models import (
     MAX_PRIORITY,
@@ -224,6 +224,8 @@ class Command(BaseCommand):
         self.stdout.write(f"  priority {workflow.priority}  concurrency key {workflow.concurrency_key or '—'}")
         if workflow.error:
             self.stdout.write(f"  error: {workflow.error}")
+        if reason := selectors.waiting_reason(workflow):
+            self.stdout.write(f"  waiting: {reason}")
         for task in workflow.tasks.all():
             after = f"  after {', '.join(task.after)}" if task.after else ""
             self.stdout.write(f"  task {task.name:<24} {task.type:<18} {task.status:<10} attempt {task.attempt}{after}")
