@@ -4,12 +4,15 @@ ends a phase and firing its transition. A third of the workflows run their tasks
 side; the others are chains and diamonds joined by a `gather`, so kills also land on
 tasks that a success released and handed to its worker. Nothing may be lost, no
 transition may happen twice, and no task may start before the tasks in its `after`
-succeeded.
+succeeded. A third of the workflows share a concurrency key limited to LIMIT running
+tasks, which must never be exceeded (sampled all along), and a few are paused and resumed
+mid-run.
 
 `make chaos` runs it with CHAOS_WORKFLOWS=200 (`make chaos N=1000` by hand); the plain
 suite runs a small size. The figures go to CHAOS_REPORT (JSON) when it is set.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -37,6 +40,8 @@ WINDOW_EVERY = 1 if WORKFLOWS < 100 else 5
 # Small runs get longer tasks, so that they are still running when the last kill comes.
 PROBE_SECONDS = (0.2, 0.6) if WORKFLOWS < 100 else (0.05, 0.3)
 LEASE = 2
+KEY, LIMIT = "chaos-key", 2
+PAUSES = 3
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
 
@@ -97,6 +102,15 @@ def succeeded_once(task: Task) -> bool:
     )
 
 
+def pause_or_resume(workflows: list, elapsed: float) -> None:
+    """The chosen workflows are paused from the start until 3 s in, and resumed then
+    (those already complete cannot be: nothing to do)."""
+    action = services.workflow_pause if elapsed < 3 else services.workflow_resume
+    for workflow_id in workflows:
+        with contextlib.suppress(services.InvalidTransition):
+            action(workflow_id, actor=Actor.SYSTEM, reason="chaos")
+
+
 def running_workers() -> list[tuple[int, int, int]]:
     """(pid, task id, attempt) of the tasks running now."""
     rows = Task.objects.filter(status=Task.Status.RUNNING).values_list("worker", "pk", "attempt")
@@ -118,13 +132,17 @@ def test_chaos(cluster, tmp_path):
         "ORCH_RETRY_BACKOFF_MAX": 1,
     }
     started = time.monotonic()
+    services.limit_set(KEY, max_running=LIMIT)
     workflows = []
     for i in range(WORKFLOWS):
         sleeps = [round(rng.uniform(*PROBE_SECONDS), 3) for _ in range(4)]
+        key = KEY if i % 3 == 1 else ""  # of each shape, some
         workflow, _ = services.workflow_create(
-            name=f"chaos-{i}", tasks=shape(i, sleeps), actor=Actor.SYSTEM, start=True
+            name=f"chaos-{i}", tasks=shape(i, sleeps), actor=Actor.SYSTEM, start=True, concurrency_key=key
         )
         workflows.append(workflow.pk)
+    paused = rng.sample(workflows, PAUSES)
+    keyed_running_seen = 0
 
     clusters = [cluster(**env), cluster(**env)]
     kills, cluster_kills, taken_back = [], 0, {}
@@ -132,6 +150,10 @@ def test_chaos(cluster, tmp_path):
     while Workflow.objects.filter(pk__in=workflows, state=State.COMPLETE).count() < WORKFLOWS:
         assert time.monotonic() < deadline, "workflows did not all complete in time"
         time.sleep(rng.uniform(0.3, 0.8))
+        keyed_running = Task.objects.filter(status=Task.Status.RUNNING, concurrency_key=KEY).count()
+        keyed_running_seen = max(keyed_running_seen, keyed_running)
+        assert keyed_running <= LIMIT, f"{keyed_running} tasks of {KEY} running, limit {LIMIT}"
+        pause_or_resume(paused, time.monotonic() - started)
         busy = running_workers()
         if len(kills) < WORKER_KILLS and busy:
             pid, task_id, attempt = rng.choice(busy)
@@ -157,16 +179,19 @@ def test_chaos(cluster, tmp_path):
     window_kills = len(window_log.read_text().splitlines()) if window_log.exists() else 0
     assert window_kills >= 1, "no worker died between a phase's last success and its transition"
 
-    # Nothing lost, nothing twice: every workflow COMPLETE with exactly its four transitions.
+    # Nothing lost, nothing twice: every workflow COMPLETE with exactly its four state
+    # changes, in order (a paused one's pause and resume besides).
     complete = Workflow.objects.filter(pk__in=workflows, state=State.COMPLETE)
     assert complete.count() == WORKFLOWS
-    sequences = Counter()
-    for workflow_id, seq, event in Transition.objects.filter(workflow__in=workflows).values_list(
-        "workflow", "seq", "event"
-    ):
+    sequences, changes = Counter(), {}
+    rows = Transition.objects.filter(workflow__in=workflows).order_by("seq")
+    for workflow_id, event in rows.values_list("workflow", "event"):
         sequences[workflow_id] += 1
-        assert (seq, event) in {(1, "start"), (2, "execute"), (3, "validate"), (4, "complete")}
-    assert set(sequences.values()) == {4}
+        if event not in ("pause", "resume"):
+            changes.setdefault(workflow_id, []).append(event)
+    assert all(events == ["start", "execute", "validate", "complete"] for events in changes.values())
+    pauses = Transition.objects.filter(workflow__in=paused, event__in=["pause", "resume"]).count()
+    assert set(sequences.values()) <= {4, 6} and sum(sequences.values()) == 4 * WORKFLOWS + pauses
     assert all(audit.verify(w) is None for w in complete)
     tasks = Task.objects.filter(workflow__in=workflows, phase=State.EXECUTE)
     assert set(tasks.values_list("status", flat=True)) == {Task.Status.SUCCEEDED}
@@ -212,7 +237,11 @@ def test_chaos(cluster, tmp_path):
         "cluster_kills": cluster_kills,
         "kills_between_success_and_transition": window_kills,
         "lost": WORKFLOWS - complete.count(),
-        "duplicated_transitions": sum(sequences.values()) - 4 * WORKFLOWS,
+        "duplicated_transitions": sum(sequences.values()) - 4 * WORKFLOWS - pauses,
+        "limited_key_workflows": Workflow.objects.filter(pk__in=workflows, concurrency_key=KEY).count(),
+        "limit": LIMIT,
+        "limited_key_max_running_seen": keyed_running_seen,
+        "paused_and_resumed": pauses // 2,
         "out_of_order": len(out_of_order),
         "work_run_again": rerun,
         "slowest_take_back_seconds": round(max((at - kill[0] for kill, at in taken_back.items()), default=0), 2),

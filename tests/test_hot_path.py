@@ -212,3 +212,25 @@ def test_a_callback_url_costs_nothing_until_the_task_that_ends_the_workflow(sett
 
 def flat(steps: list) -> list[str]:
     return [name for step in steps for name in (step if isinstance(step, tuple) else (step,))]
+
+
+def test_a_worker_that_gives_a_slot_back_claims_the_next_task_and_a_late_delivery_costs_one_statement():
+    """A limited key's tasks: each claim takes the slot in its own statement (SQLite: in
+    its transaction, `take_slot`), each success gives it back (a trigger, no statement of
+    its own), and the worker then claims the next ready task itself: one job runs both
+    workflows of the key, PREPARE and VALIDATE each, and ends with a claim that finds
+    nothing. The other workflow's own delivery then costs that one statement."""
+    services.limit_set("acme", max_running=1)
+    queue.broker().purge_queue()
+    workflows = [
+        services.workflow_create(name="slot", actor=Actor.CLI, tasks=[], start=True, concurrency_key="acme")[0]
+        for _ in range(2)
+    ]
+    first, second = jobs_on_the_broker()
+    steps = run(first).steps
+    claims = [step for step in steps if "claim" in (step if isinstance(step, tuple) else (step,))]
+    slotted = ["claim"] * 4 if POSTGRES else [("claim", "take_slot")] * 4
+    assert claims == [*slotted, "claim" if POSTGRES else ("claim",)]
+    assert {reload(workflow).state for workflow in workflows} == {State.COMPLETE}
+    jobs_on_the_broker()  # the VALIDATE tasks' deliveries: as late as the second one
+    assert run(second).steps == (["claim"] if POSTGRES else [("claim",)])
