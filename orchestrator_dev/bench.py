@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import statistics
 import struct
@@ -160,6 +161,17 @@ class Cluster:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.log.close()
+
+    @contextlib.contextmanager
+    def held(self):
+        """The whole cluster stopped (SIGSTOP to its process group: workers, pusher,
+        monitor) and continued afterwards: work sent meanwhile waits for it all at once,
+        as a burst that arrives faster than any cluster could take it would."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -597,6 +609,14 @@ class Waiting:
                 lines = [detail for *_, detail in cursor.fetchall()]
             transaction.set_rollback(True)
         return lines
+
+    @staticmethod
+    def full_reads(plan: list[str]) -> list[str]:
+        """The steps of a plan that read a whole table (PostgreSQL's `Seq Scan`, SQLite's
+        `SCAN` without an index) or sort what it found (SQLite's `USE TEMP B-TREE`),
+        without their costs: what a claim should do only with a table of a few rows."""
+        whole = re.compile(r"Seq Scan on |^SCAN (?!.* USING (COVERING )?INDEX )|^USE TEMP B-TREE")
+        return [line.strip().removeprefix("->  ").split("  (")[0] for line in plan if whole.search(line.strip())]
 
     def delete(self) -> None:
         """Delete the waiting tasks and their workflows (children first, each in one statement)."""

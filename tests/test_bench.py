@@ -105,6 +105,18 @@ def test_waiting_tasks_are_claimed_in_the_claim_s_order_and_deleted_afterwards(d
     assert not Workflow.objects.exists() and not Task.objects.exists() and not ConcurrencyLimit.objects.exists()
 
 
+def test_a_plan_s_full_reads_are_its_whole_table_scans_and_sorts():
+    postgresql = [
+        "  ->  Index Scan using task_claim_order on workflow_orchestrator_task task_1  (cost=14.18..14655.12)",
+        "        ->  Seq Scan on workflow_orchestrator_workflow workflow_1  (cost=0.00..3610.21 rows=1 width=22)",
+        "              Rows Removed by Filter: 106121",
+    ]
+    sqlite = ["SCAN task USING INDEX task_claim_order", "SCAN limits USING COVERING INDEX key", "SCAN workflow",
+              "SEARCH task USING INDEX task_status_queued (status=?)", "USE TEMP B-TREE FOR ORDER BY"]  # fmt: skip
+    assert Waiting.full_reads(postgresql) == ["Seq Scan on workflow_orchestrator_workflow workflow_1"]
+    assert Waiting.full_reads(sqlite) == ["SCAN workflow", "USE TEMP B-TREE FOR ORDER BY"]
+
+
 def test_bench_refuses_claim_sizes_out_of_order():
     with pytest.raises(CommandError, match="--claim-small"):
         call_command("bench", claims=10, claim_small=5)
@@ -146,6 +158,7 @@ def assert_claim_cost_adds_up(report: dict, claims: int, claim_small: int, claim
     assert report["claim_plan"] and report["claim_plan_uses_index"] == any(
         "task_claim_order" in line for line in report["claim_plan"]
     )
+    assert report["claim_plan_full_reads"] == Waiting.full_reads(report["claim_plan"])
 
 
 @pytest.mark.integration

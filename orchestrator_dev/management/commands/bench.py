@@ -533,8 +533,11 @@ class Command(BaseCommand):
         }
 
     def neighbour_round(self, variant: str, keyed: bool) -> dict:
-        """One noisy-neighbour round. A separate connection counts A's RUNNING tasks every
-        20 ms throughout (without keys: those of no key, A's and B's)."""
+        """One noisy-neighbour round: A's flood is created while the cluster is held, so
+        that all of it waits when B starts, as soon as the cluster goes on (created one
+        by one, the flood would otherwise be no faster than the workers take it). A
+        separate connection counts A's RUNNING tasks every 20 ms throughout (without
+        keys: those of no key, A's and B's)."""
         self.settle()
         flood, count, limit = self.sizes["flood"], self.sizes["neighbours"], self.sizes["neighbour_limit"]
         name_a, name_b = f"{self.tag}-{variant}-a", f"{self.tag}-{variant}-b"
@@ -545,12 +548,14 @@ class Command(BaseCommand):
         sampler.start()
         try:
             started = time.time()
-            task = self.bar.add_task(f"{variant}: A floods", total=flood, note="")
-            for _ in range(flood):
-                services.workflow_create(name=name_a, actor=Actor.CLI, tasks=ONE_NOOP, start=True,
-                                         concurrency_key=key_a or None)  # fmt: skip
-                self.bar.advance(task)
+            task = self.bar.add_task(f"{variant}: A floods", total=flood, note="cluster held")
+            with self.cluster.held():
+                for _ in range(flood):
+                    services.workflow_create(name=name_a, actor=Actor.CLI, tasks=ONE_NOOP, start=True,
+                                             concurrency_key=key_a or None)  # fmt: skip
+                    self.bar.advance(task)
             created = time.time() - started
+            self.bar.update(task, note="")
             backlog = flood - self.ended(name_a)
             b_started = {}
             for _ in range(count):
@@ -604,6 +609,7 @@ class Command(BaseCommand):
             "claim_blocked_small_p50_ms": small["blocked_p50_ms"],
             "claim_blocked_large_p50_ms": large["blocked_p50_ms"],
             "claim_plan_uses_index": any("task_claim_order" in line for line in plan),
+            "claim_plan_full_reads": Waiting.full_reads(plan),
             "claim_plan": plan,
             "claim_fill_seconds": round(waiting.seconds, 1),
             "claim_rounds": rounds,
@@ -772,7 +778,8 @@ class Command(BaseCommand):
             (f"claim, p50 / p95 at {small['waiting']} waiting tasks ({r['claims']} claims)",
              f"{small['p50_ms']:.2f} / {small['p95_ms']:.2f} ms", ""),
             (f"  at {large['waiting']} waiting tasks", f"{large['p50_ms']:.2f} / {large['p95_ms']:.2f} ms",
-             f"task_claim_order {'used' if r['claim_plan_uses_index'] else 'NOT used'}"),
+             f"task_claim_order {'used' if r['claim_plan_uses_index'] else 'NOT used'}; "
+             f"{len(r['claim_plan_full_reads'])} whole reads"),
             ("  finding nothing (every key at its limit), p50 at each size",
              f"{small['blocked_p50_ms']:.2f} / {large['blocked_p50_ms']:.2f} ms", ""),
         ]  # fmt: skip
