@@ -1,12 +1,14 @@
 """Helpers of `manage.py bench` (see docs/BENCHMARKS.md): the bare django-q2 jobs it
-compares the engine with, the cluster they run on, worker memory, percentiles, and the
-synthetic workflows of `bench --api`, written into the engine's own columns."""
+compares the engine with, the cluster they run on, worker memory, the running tasks of a
+limited key, percentiles, the waiting tasks the claim is timed against, and the synthetic
+workflows of `bench --api`, written into the engine's own columns."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import statistics
 import struct
@@ -27,7 +29,17 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from workflow_orchestrator import attempts, audit, queue
-from workflow_orchestrator.models import MetricCounter, MetricsHead, State, Task, Transition, Workflow
+from workflow_orchestrator.backends import get_backend
+from workflow_orchestrator.conf import app_settings
+from workflow_orchestrator.models import (
+    ConcurrencyLimit,
+    MetricCounter,
+    MetricsHead,
+    State,
+    Task,
+    Transition,
+    Workflow,
+)
 from workflow_orchestrator.statements import INSERTED_TASK_COLUMNS, TRANSITION_COLUMNS, WORKFLOW_COLUMNS
 
 ROOT = Path(settings.BASE_DIR)
@@ -150,6 +162,17 @@ class Cluster:
         self.process.wait()
         self.log.close()
 
+    @contextlib.contextmanager
+    def held(self):
+        """The whole cluster stopped (SIGSTOP to its process group: workers, pusher,
+        monitor) and continued afterwards: work sent meanwhile waits for it all at once,
+        as a burst that arrives faster than any cluster could take it would."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-chars:]
@@ -245,6 +268,40 @@ class RssSampler(threading.Thread):
             "worker_recycles": max(len(first_seen) - workers, 0),
             "rss_samples": len(samples),
         }
+
+
+class RunningSampler(threading.Thread):
+    """Counts, every `interval` seconds on a connection of its own, the RUNNING tasks of
+    concurrency key `key` (each count one statement, so one snapshot), and reads its
+    limit's own counter of them: the largest of each is what a limit must bound."""
+
+    def __init__(self, key: str, interval: float = 0.02):
+        super().__init__(name="running-sampler", daemon=True)
+        self.key = key
+        self.interval = interval
+        self.samples = 0
+        self.peak = 0  # RUNNING tasks of the key, counted
+        self.counter_peak: int | None = None  # the limit's `running`, while it has one
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        running = Task.objects.filter(status=Task.Status.RUNNING, concurrency_key=self.key).count()
+        counter = ConcurrencyLimit.objects.filter(key=self.key).values_list("running", flat=True).first()
+        self.samples += 1
+        self.peak = max(self.peak, running)
+        if counter is not None:
+            self.counter_peak = max(self.counter_peak or 0, counter)
+
+    def run(self) -> None:
+        try:
+            while not self._halt.wait(self.interval):
+                self.sample()
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
 
 
 # --- bench --api: synthetic workflows ---------------------------------------------------------
@@ -458,3 +515,112 @@ def metrics_kept():
             for model, rows in ((MetricCounter, counters), (MetricsHead, heads)):
                 model.objects.all().delete()
                 model.objects.bulk_create(rows)
+
+
+# --- The claim's cost: the claim statement against many waiting tasks ---------------------
+
+CLAIM_KEYS = 10  # the waiting tasks' concurrency keys (without limits), which take turns
+
+
+class Waiting:
+    """QUEUED `noop` tasks, bulk-inserted (as Generator inserts its rows) for timing the
+    claim against: each in a workflow of its own in EXECUTE, as a flood of one-task
+    workflows leaves them, the workflows' concurrency keys cycling through CLAIM_KEYS keys,
+    so that the database's trigger gives them interleaved turns as it would to keys
+    sending work side by side. Nothing may run them: the bench times the claim while no
+    cluster runs."""
+
+    def __init__(self, tag: str, batch: int = 5000):
+        self.name = f"{tag}-claim"
+        self.keys = [f"{tag}-claim-{number}" for number in range(CLAIM_KEYS)]
+        self.batch = batch
+        self.waiting = 0  # QUEUED now: inserted, less those the timed claims took
+        self.made = 0
+        self.seconds = 0.0
+        self.workflows = Rows(Workflow, WORKFLOW_COLUMNS)
+        self.tasks = Rows(Task, INSERTED_TASK_COLUMNS)
+
+    def fill(self, to: int) -> None:
+        """Insert tasks until `to` of them wait, `batch` workflows per transaction."""
+        started = time.perf_counter()
+        while self.waiting < to:
+            count, now = min(self.batch, to - self.waiting), timezone.now()
+            for _ in range(count):
+                self._add(now)
+            with transaction.atomic():
+                self.workflows.insert()
+                self.tasks.insert()
+            self.waiting += count
+        self.seconds += time.perf_counter() - started
+        vacuum(full=False)  # as autovacuum would after a bulk load (PostgreSQL)
+
+    def _add(self, now) -> None:
+        pk, key = uuid4(), self.keys[self.made % CLAIM_KEYS]
+        self.workflows.add(id=pk, name=self.name, state=State.EXECUTE, created_at=now, updated_at=now,
+                           started_at=now, unfinished=1, concurrency_key=key)  # fmt: skip
+        self.tasks.add(workflow_id=pk, phase=State.EXECUTE, position=1, name="noop-1", type="noop", status="QUEUED",
+                       attempt=1, timeout=app_settings.ORCH_TASK_TIMEOUT, queued_at=now - timedelta(seconds=1),
+                       concurrency_key=key)  # fmt: skip
+        self.made += 1
+
+    def claim_params(self) -> dict:
+        """The parameters a delivery's claim has (no task of its own, the project's budget)."""
+        now = timezone.now()
+        lease = now + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
+        budget = queue.budget(app_settings.ORCH_TASK_TIMEOUT)
+        return get_backend().claim_params(None, None, "bench-claim", now, lease, budget)
+
+    def time_claims(self, count: int) -> tuple[list[float], int]:
+        """`count` claims, one after the other, each its own transaction as a worker's is:
+        the ms each statement took (sent, run, its rows read back), and how many claimed a
+        task (each then RUNNING, no longer waiting)."""
+        sql, times, claimed = get_backend().sql["claim"], [], 0
+        for _ in range(count):
+            params = self.claim_params()
+            with connection.cursor() as cursor:
+                started = time.perf_counter()
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+                times.append((time.perf_counter() - started) * 1000)
+            claimed += len(rows)
+        self.waiting -= claimed
+        return times, claimed
+
+    @contextlib.contextmanager
+    def blocked(self):
+        """Every waiting task's key at its limit (a limit of 1 with 1 running), so that a
+        claim finds nothing: it must look past all of them to say so."""
+        ConcurrencyLimit.objects.bulk_create(ConcurrencyLimit(key=key, max_running=1, running=1) for key in self.keys)
+        try:
+            yield
+        finally:
+            ConcurrencyLimit.objects.filter(key__in=self.keys).delete()
+
+    def plan(self) -> list[str]:
+        """The claim's plan: PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)`, run in a
+        transaction that is rolled back (so it claims nothing); SQLite's `EXPLAIN QUERY PLAN`."""
+        sql = get_backend().sql["claim"]
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", self.claim_params())
+                lines = [line for (line,) in cursor.fetchall()]
+            else:
+                cursor.execute(f"EXPLAIN QUERY PLAN {sql}", self.claim_params())
+                lines = [detail for *_, detail in cursor.fetchall()]
+            transaction.set_rollback(True)
+        return lines
+
+    @staticmethod
+    def full_reads(plan: list[str]) -> list[str]:
+        """The steps of a plan that read a whole table (PostgreSQL's `Seq Scan`, SQLite's
+        `SCAN` without an index) or sort what it found (SQLite's `USE TEMP B-TREE`),
+        without their costs: what a claim should do only with a table of a few rows."""
+        whole = re.compile(r"Seq Scan on |^SCAN (?!.* USING (COVERING )?INDEX )|^USE TEMP B-TREE")
+        return [line.strip().removeprefix("->  ").split("  (")[0] for line in plan if whole.search(line.strip())]
+
+    def delete(self) -> None:
+        """Delete the waiting tasks and their workflows (children first, each in one statement)."""
+        Task.objects.filter(workflow__name=self.name)._raw_delete(connection.alias)
+        Workflow.objects.filter(name=self.name)._raw_delete(connection.alias)
+        ConcurrencyLimit.objects.filter(key__in=self.keys).delete()
+        vacuum(full=True)

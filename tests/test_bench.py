@@ -9,13 +9,23 @@ import sys
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 
-from orchestrator_dev.bench import CHAIN_LENGTH, HOP_LINKS, Generator, chain_tasks, hops_ms, percentile
+from orchestrator_dev.bench import (
+    CHAIN_LENGTH,
+    CLAIM_KEYS,
+    HOP_LINKS,
+    Generator,
+    Waiting,
+    chain_tasks,
+    hops_ms,
+    percentile,
+)
 from orchestrator_dev.management.commands.bench import API_REQUESTS, TASKS_PER_WORKFLOW
 from tests.conftest import ROOT, child_env
 from tests.test_attempts import problems
 from workflow_orchestrator import audit
-from workflow_orchestrator.models import MetricCounter, State, Task, Transition, Workflow
+from workflow_orchestrator.models import ConcurrencyLimit, MetricCounter, State, Task, Transition, Workflow
 
 
 def bench(*args: str, timeout: float = 150) -> dict:
@@ -75,10 +85,87 @@ def test_generated_workflows_are_the_engine_s_own_with_valid_audit_chains(db):
     assert set(Workflow.objects.values_list("callback_url", flat=True)) == {""}, "a default the engine's insert gives"
 
 
+def test_waiting_tasks_are_claimed_in_the_claim_s_order_and_deleted_afterwards(db):
+    waiting = Waiting("wait", batch=5)
+    waiting.fill(12)
+    queued = Task.objects.filter(status=Task.Status.QUEUED)
+    assert (queued.count(), Workflow.objects.filter(state=State.EXECUTE).count(), waiting.waiting) == (12, 12, 12)
+    assert queued.values("concurrency_key").distinct().count() == CLAIM_KEYS, "keys side by side"
+    first = list(queued.order_by("-priority", "turn", "id").values_list("id", flat=True)[:3])
+
+    times, claimed = waiting.time_claims(3)
+    assert claimed == 3 and len(times) == 3 and min(times) > 0 and waiting.waiting == 9
+    assert sorted(Task.objects.filter(status=Task.Status.RUNNING).values_list("id", flat=True)) == sorted(first)
+    with waiting.blocked():
+        assert waiting.time_claims(2)[1] == 0, "every key at its limit: nothing to claim"
+    assert waiting.time_claims(1)[1] == 1, "the limits are gone again"
+    assert waiting.plan() and Task.objects.filter(status=Task.Status.QUEUED).count() == 8, "the plan claimed nothing"
+
+    waiting.delete()
+    assert not Workflow.objects.exists() and not Task.objects.exists() and not ConcurrencyLimit.objects.exists()
+
+
+def test_a_plan_s_full_reads_are_its_whole_table_scans_and_sorts():
+    postgresql = [
+        "  ->  Index Scan using task_claim_order on workflow_orchestrator_task task_1  (cost=14.18..14655.12)",
+        "        ->  Seq Scan on workflow_orchestrator_workflow workflow_1  (cost=0.00..3610.21 rows=1 width=22)",
+        "              Rows Removed by Filter: 106121",
+    ]
+    sqlite = ["SCAN task USING INDEX task_claim_order", "SCAN limits USING COVERING INDEX key", "SCAN workflow",
+              "SEARCH task USING INDEX task_status_queued (status=?)", "USE TEMP B-TREE FOR ORDER BY"]  # fmt: skip
+    assert Waiting.full_reads(postgresql) == ["Seq Scan on workflow_orchestrator_workflow workflow_1"]
+    assert Waiting.full_reads(sqlite) == ["SCAN workflow", "USE TEMP B-TREE FOR ORDER BY"]
+
+
+def test_bench_refuses_claim_sizes_out_of_order():
+    with pytest.raises(CommandError, match="--claim-small"):
+        call_command("bench", claims=10, claim_small=5)
+    with pytest.raises(CommandError, match="--claim-large"):
+        call_command("bench", claim_small=50, claim_large=20)
+
+
+def assert_noisy_neighbour_adds_up(report: dict, flood: int, neighbours: int) -> None:
+    rounds = report["neighbour_rounds"]
+    assert set(rounds) == {"fifo", "fair"}
+    fifo, fair = rounds["fifo"], rounds["fair"]
+    for variant in (fifo, fair):
+        assert (variant["flood"], variant["neighbours"]) == (flood, neighbours)
+        assert variant["b_p50_ms"] <= variant["b_p95_ms"] <= variant["b_max_ms"]
+        assert 0 <= variant["backlog_at_b_start"] <= flood and variant["a_running_samples"] > 0
+        assert variant["flood_create_seconds"] <= variant["flood_seconds"]
+    assert (fifo["limit"], fifo["key_a"], fifo["key_b"], fifo["a_limit_counter_max"]) == (None, "", "", None)
+    assert fair["limit"] == report["neighbour_limit"] == report["workers"], "by default, as many as the workers"
+    assert fair["key_a"] != fair["key_b"]
+    assert fair["a_running_max"] <= fair["limit"] and fair["a_limit_counter_max"] <= fair["limit"], "the limit holds"
+    assert (report["neighbour_b_p50_ms"], report["neighbour_b_p95_ms"]) == (fair["b_p50_ms"], fair["b_p95_ms"])
+    assert (report["neighbour_fifo_b_p50_ms"], report["neighbour_fifo_b_p95_ms"]) == (
+        fifo["b_p50_ms"], fifo["b_p95_ms"],
+    )  # fmt: skip
+    assert report["neighbour_a_running_max"] == fair["a_running_max"]
+
+
+def assert_claim_cost_adds_up(report: dict, claims: int, claim_small: int, claim_large: int) -> None:
+    small, large = report["claim_rounds"]
+    assert (small["waiting"], large["waiting"]) == (claim_small, claim_large)
+    for size in (small, large):
+        assert (size["claims"], size["claimed"], size["blocked_claimed"]) == (claims, claims, 0)
+        assert 0 < size["p50_ms"] <= size["p95_ms"] and 0 < size["blocked_p50_ms"] <= size["blocked_p95_ms"]
+    assert (report["claim_small_p50_ms"], report["claim_large_p50_ms"]) == (small["p50_ms"], large["p50_ms"])
+    assert report["claim_ratio"] == pytest.approx(large["p50_ms"] / small["p50_ms"], abs=0.01)
+    assert (report["claim_blocked_small_p50_ms"], report["claim_blocked_large_p50_ms"]) == (
+        small["blocked_p50_ms"], large["blocked_p50_ms"],
+    )  # fmt: skip
+    assert report["claim_plan"] and report["claim_plan_uses_index"] == any(
+        "task_claim_order" in line for line in report["claim_plan"]
+    )
+    assert report["claim_plan_full_reads"] == Waiting.full_reads(report["claim_plan"])
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_bench_reports_counts_that_add_up_and_figures_from_its_measurements(transactional_db):
-    sizes = {"rounds": 1, "jobs": 3, "workflows": 2, "chains": 2, "latency_samples": 2, "hop_chains": 1}
+    sizes = {"rounds": 1, "jobs": 3, "workflows": 2, "chains": 2, "latency_samples": 2, "hop_chains": 1,
+             "flood": 6, "neighbours": 2, "claims": 3, "claim_small": 5, "claim_large": 20}  # fmt: skip
     report = bench(*[f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()])
 
     assert {key: report[key] for key in sizes} == sizes
@@ -102,6 +189,10 @@ def test_bench_reports_counts_that_add_up_and_figures_from_its_measurements(tran
     assert len(report["rss_per_round_mb"]) == 1 and report["rss_start_mb"] == report["rss_end_mb"]
     assert report["rss_peak_mb"] >= report["rss_start_mb"] and report["worker_processes_seen"] >= 1
     assert not Workflow.objects.exists(), "the run deletes the workflows it created"
+    assert_noisy_neighbour_adds_up(report, flood=6, neighbours=2)
+    assert_claim_cost_adds_up(report, claims=3, claim_small=5, claim_large=20)
+    assert not Task.objects.exists(), "and the waiting tasks it timed the claim against"
+    assert not ConcurrencyLimit.objects.exists(), "and the limits it set"
 
 
 @pytest.mark.integration

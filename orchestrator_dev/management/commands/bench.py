@@ -1,6 +1,7 @@
 """`manage.py bench`: the orchestrator against bare django-q2 (single jobs, and chains of
 jobs that each enqueue the next, also timed hop by hop against chains of dependent tasks)
-on one cluster, and the API and admin at scale (`--api`).
+on one cluster, a noisy neighbour against a limited key, the claim's cost against many
+waiting tasks, and the API and admin at scale (`--api`).
 What it measures and how: docs/BENCHMARKS.md.
 
 django-q2 names its queue (and signs its jobs) after the cluster name, which the
@@ -51,6 +52,8 @@ from orchestrator_dev.bench import (
     Cluster,
     Generator,
     RssSampler,
+    RunningSampler,
+    Waiting,
     chain_tasks,
     counted,
     delete_generated,
@@ -67,11 +70,15 @@ RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
 NOOP_JOB = "orchestrator_dev.bench.noop"
 FOUR_NOOPS = [{"name": f"noop-{i}", "type": "noop"} for i in range(1, 5)]
 TASKS_PER_WORKFLOW = len(FOUR_NOOPS) + 2  # PREPARE and VALIDATE run a task each too
+ONE_NOOP = [{"type": "noop"}]
+# neighbour_limit None: as many as the cluster has workers.
 SIZES = {
     "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "chains": 250, "latency_samples": 30, "hop_chains": 20,
-                "api_size": 100_000},
+                "flood": 2000, "neighbours": 20, "neighbour_limit": None, "claims": 50, "claim_small": 1000,
+                "claim_large": 100_000, "api_size": 100_000},
     "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "chains": 30, "latency_samples": 8, "hop_chains": 3,
-              "api_size": 2_000},
+              "flood": 200, "neighbours": 5, "neighbour_limit": None, "claims": 20, "claim_small": 1000,
+              "claim_large": 10_000, "api_size": 2_000},
 }  # fmt: skip
 API_SMALL = 1000
 API_LONG_HISTORY = 50
@@ -129,8 +136,10 @@ def rate(count: int, seconds: float) -> float:
 
 
 def spread(prefix: str, values: list[float], digits: int) -> dict:
-    """The p50 and p95 of `values` (ms) as `<prefix>_p50_ms` and `<prefix>_p95_ms`."""
-    return {f"{prefix}_p{p}_ms": round(percentile(values, p / 100), digits) for p in (50, 95)}
+    """The p50 and p95 of `values` (ms) as `<prefix>_p50_ms` and `<prefix>_p95_ms` (with
+    no prefix, `p50_ms` and `p95_ms`)."""
+    start = f"{prefix}_" if prefix else ""
+    return {f"{start}p{p}_ms": round(percentile(values, p / 100), digits) for p in (50, 95)}
 
 
 def overdue(started: float, limit: float = 60) -> bool:
@@ -157,6 +166,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--hop-chains", type=positive, help=f"Chains of {HOP_LINKS} noop tasks, and of {HOP_LINKS} "
                             "bare django-q2 jobs, timed hop by hop (default 20; --quick 3).")  # fmt: skip
+        neighbour = parser.add_argument_group("noisy neighbour")
+        neighbour.add_argument("--flood", type=positive, help="1-task workflows key A floods (default 2000).")
+        neighbour.add_argument("--neighbours", type=positive, help="1-task workflows key B starts then (default 20).")
+        neighbour.add_argument("--neighbour-limit", type=positive, help="Key A's limit of running tasks (default: "
+                               "as many as the cluster has workers).")  # fmt: skip
+        claim = parser.add_argument_group("the claim's cost")
+        claim.add_argument("--claims", type=positive, help="Claims timed at each size (default 50).")
+        claim.add_argument("--claim-small", type=positive, help="Waiting tasks, the smaller size (default 1000).")
+        claim.add_argument("--claim-large", type=positive, help="Waiting tasks, the larger size (default 100000).")
         parser.add_argument("--keep", action="store_true", help="Keep the workflows the run created.")
         api = parser.add_argument_group("API and admin at scale")
         api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
@@ -167,6 +185,8 @@ class Command(BaseCommand):
         self.options = options
         defaults = SIZES["quick" if options["quick"] else "default"]
         self.sizes = {key: options.get(key) or default for key, default in defaults.items()}
+        if not self.sizes["claims"] <= self.sizes["claim_small"] <= self.sizes["claim_large"]:
+            raise CommandError("--claims must be at most --claim-small, and --claim-small at most --claim-large")
         self.console = Console(stderr=True)
         if options["api"]:
             return self.emit(self.api_bench())
@@ -232,12 +252,15 @@ class Command(BaseCommand):
         self.ensure_migrated()
         self.tag = settings.ORCH_CLUSTER_NAME
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
-        self.cluster = Cluster(self.workdir / "qcluster.log")
+        self.cluster = None
+        self.sizes["neighbour_limit"] = self.sizes["neighbour_limit"] or settings.ORCH_WORKERS
         sizes = {key: value for key, value in self.sizes.items() if key != "api_size"}
         report = {"kind": "throughput", "cluster": self.tag, **setup(), **sizes}
         started, sampler, failed = time.monotonic(), None, True
         try:
             with self.progress() as self.bar:
+                claim = self.claim_cost()  # before the cluster starts: no worker may take the waiting tasks
+                self.cluster = Cluster(self.workdir / "qcluster.log")
                 self.warm_up()
                 sampler = RssSampler(self.cluster.process.pid)
                 sampler.start()
@@ -250,11 +273,13 @@ class Command(BaseCommand):
                     periods.append((began, time.monotonic()))
                 latency, hops = self.latency(), self.hops()
                 memory = sampler.summary(periods, settings.ORCH_WORKERS)
+                neighbour = self.noisy_neighbour()
             failed = False
         finally:
             if sampler is not None:
                 sampler.stop()
-            self.cluster.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
             self.clean_up(keep_log=failed)
         a, b, c = (median(r[key] for r in rounds) for rounds, key in
                    ((a_rounds, "jobs_per_s"), (b_rounds, "tasks_per_s"), (c_rounds, "steps_per_s")))  # fmt: skip
@@ -277,6 +302,8 @@ class Command(BaseCommand):
                 **latency,
                 **hops,
                 **memory,
+                **neighbour,
+                **claim,
                 # Latency: PREPARE, the task, VALIDATE; hops: a workflow of HOP_LINKS tasks and
                 # its PREPARE and VALIDATE, and a django-q2 chain of HOP_LINKS jobs.
                 "jobs_run_total": sum(r["jobs"] for r in a_rounds)
@@ -490,13 +517,111 @@ class Command(BaseCommand):
             time.sleep(0.005)
         return hops_ms(stamps(path))
 
+    def noisy_neighbour(self) -> dict:
+        """Key A floods `flood` 1-task workflows, then key B starts `neighbours`: B's
+        start→COMPLETE with A under a limit of `neighbour_limit` running tasks (keys take
+        turns), against the same load without keys, claimed oldest first (FIFO)."""
+        fifo = self.neighbour_round("fifo", keyed=False)
+        fair = self.neighbour_round("fair", keyed=True)
+        return {
+            "neighbour_b_p50_ms": fair["b_p50_ms"],
+            "neighbour_b_p95_ms": fair["b_p95_ms"],
+            "neighbour_fifo_b_p50_ms": fifo["b_p50_ms"],
+            "neighbour_fifo_b_p95_ms": fifo["b_p95_ms"],
+            "neighbour_a_running_max": fair["a_running_max"],
+            "neighbour_rounds": {"fifo": fifo, "fair": fair},
+        }
+
+    def neighbour_round(self, variant: str, keyed: bool) -> dict:
+        """One noisy-neighbour round: A's flood is created while the cluster is held, so
+        that all of it waits when B starts, as soon as the cluster goes on (created one
+        by one, the flood would otherwise be no faster than the workers take it). A
+        separate connection counts A's RUNNING tasks every 20 ms throughout (without
+        keys: those of no key, A's and B's)."""
+        self.settle()
+        flood, count, limit = self.sizes["flood"], self.sizes["neighbours"], self.sizes["neighbour_limit"]
+        name_a, name_b = f"{self.tag}-{variant}-a", f"{self.tag}-{variant}-b"
+        key_a, key_b = (f"{self.tag}-A", f"{self.tag}-B") if keyed else ("", "")
+        if keyed:
+            services.limit_set(key_a, max_running=limit)
+        sampler = RunningSampler(key_a)
+        sampler.start()
+        try:
+            started = time.time()
+            task = self.bar.add_task(f"{variant}: A floods", total=flood, note="cluster held")
+            with self.cluster.held():
+                for _ in range(flood):
+                    services.workflow_create(name=name_a, actor=Actor.CLI, tasks=ONE_NOOP, start=True,
+                                             concurrency_key=key_a or None)  # fmt: skip
+                    self.bar.advance(task)
+            created = time.time() - started
+            self.bar.update(task, note="")
+            backlog = flood - self.ended(name_a)
+            b_started = {}
+            for _ in range(count):
+                began = time.time()
+                workflow, _ = services.workflow_create(name=name_b, actor=Actor.CLI, tasks=ONE_NOOP, start=True,
+                                                       concurrency_key=key_b or None)  # fmt: skip
+                b_started[workflow.pk] = began
+            task = self.wait(f"{variant}: B's workflows", count, lambda: self.ended(name_b), 0.01)
+            finished = dict(Workflow.objects.filter(name=name_b).values_list("pk", "finished_at"))
+            b_ms = [(finished[pk].timestamp() - began) * 1000 for pk, began in b_started.items()]
+            self.bar.update(task, note=f"p50 {median(b_ms):.0f} ms")
+            self.wait(f"{variant}: A's flood", flood, lambda: self.ended(name_a), 0.05)
+        finally:
+            sampler.stop()
+            if keyed:
+                services.limit_remove(key_a)
+        last = Workflow.objects.filter(name=name_a).aggregate(last=Max("finished_at"))["last"]
+        return {"flood": flood, "neighbours": count, "limit": limit if keyed else None, "key_a": key_a,
+                "key_b": key_b, **spread("b", b_ms, 1), "b_max_ms": round(max(b_ms), 1),
+                "backlog_at_b_start": backlog, "flood_create_seconds": round(created, 3),
+                "flood_seconds": round(last.timestamp() - started, 3), "a_running_max": sampler.peak,
+                "a_limit_counter_max": sampler.counter_peak, "a_running_samples": sampler.samples}  # fmt: skip
+
+    def claim_cost(self) -> dict:
+        """The claim statement a delivery runs, timed `claims` times against `claim_small`
+        and then `claim_large` waiting tasks (bulk-inserted; deleted afterwards): each
+        claim takes the first in the claim's order. Then as many claims that find nothing,
+        every waiting task's key being at its limit. At the larger size, the claim's plan."""
+        waiting, rounds = Waiting(self.tag), []
+        claims = self.sizes["claims"]
+        task = self.bar.add_task("claim cost", total=self.sizes["claim_large"], note="")
+        try:
+            for size in (self.sizes["claim_small"], self.sizes["claim_large"]):
+                self.bar.update(task, note=f"inserting {size} waiting tasks")
+                waiting.fill(size)
+                self.bar.update(task, completed=size, note=f"{claims} claims at {size}")
+                times, claimed = waiting.time_claims(claims)
+                with waiting.blocked():
+                    blocked, found = waiting.time_claims(claims)
+                rounds.append({"waiting": size, "claims": claims, "claimed": claimed, **spread("", times, 3),
+                               "blocked_claimed": found, **spread("blocked", blocked, 3)})  # fmt: skip
+            plan = waiting.plan()
+            self.bar.update(task, note=f"p50 {rounds[0]['p50_ms']:.2f} ms, then {rounds[1]['p50_ms']:.2f} ms")
+        finally:
+            waiting.delete()
+        small, large = rounds
+        return {
+            "claim_small_p50_ms": small["p50_ms"],
+            "claim_large_p50_ms": large["p50_ms"],
+            "claim_ratio": round(large["p50_ms"] / small["p50_ms"], 2),
+            "claim_blocked_small_p50_ms": small["blocked_p50_ms"],
+            "claim_blocked_large_p50_ms": large["blocked_p50_ms"],
+            "claim_plan_uses_index": any("task_claim_order" in line for line in plan),
+            "claim_plan_full_reads": Waiting.full_reads(plan),
+            "claim_plan": plan,
+            "claim_fill_seconds": round(waiting.seconds, 1),
+            "claim_rounds": rounds,
+        }
+
     def clean_up(self, keep_log: bool) -> None:
         try:
             queue.broker().purge_queue()
             if not self.options["keep"]:
                 Workflow.objects.filter(name__startswith=f"{self.tag}-").delete()
         finally:
-            if keep_log:
+            if keep_log and self.cluster is not None:
                 self.console.print(f"[bench] the cluster's log is kept in {self.cluster.log_path}", markup=False)
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -639,6 +764,24 @@ class Command(BaseCommand):
              f"{r['hops_inline']} of {r['hops']} taken straight on"),
             (f"django-q2 chain of {r['hop_links']} noop jobs: hop p50 / p95 ({r['q2_hops']} hops)",
              f"{r['q2_hop_p50_ms']:.1f} / {r['q2_hop_p95_ms']:.1f} ms", ""),
+        ]  # fmt: skip
+        fair, fifo = r["neighbour_rounds"]["fair"], r["neighbour_rounds"]["fifo"]
+        small, large = r["claim_rounds"]
+        rows += [
+            (f"noisy neighbour: B's {r['neighbours']} start→COMPLETE p50 / p95, A ({r['flood']} workflows) "
+             f"limited to {r['neighbour_limit']}", f"{fair['b_p50_ms']:.0f} / {fair['b_p95_ms']:.0f} ms",
+             f"A's backlog {fair['backlog_at_b_start']}"),
+            ("  the same load without keys (FIFO)", f"{fifo['b_p50_ms']:.0f} / {fifo['b_p95_ms']:.0f} ms",
+             f"backlog {fifo['backlog_at_b_start']}"),
+            (f"  most RUNNING tasks of A seen (limit {r['neighbour_limit']})", str(fair["a_running_max"]),
+             f"{fair['a_running_samples']} samples"),
+            (f"claim, p50 / p95 at {small['waiting']} waiting tasks ({r['claims']} claims)",
+             f"{small['p50_ms']:.2f} / {small['p95_ms']:.2f} ms", ""),
+            (f"  at {large['waiting']} waiting tasks", f"{large['p50_ms']:.2f} / {large['p95_ms']:.2f} ms",
+             f"task_claim_order {'used' if r['claim_plan_uses_index'] else 'NOT used'}; "
+             f"{len(r['claim_plan_full_reads'])} whole reads"),
+            ("  finding nothing (every key at its limit), p50 at each size",
+             f"{small['blocked_p50_ms']:.2f} / {large['blocked_p50_ms']:.2f} ms", ""),
         ]  # fmt: skip
         if "rss_peak_mb" in r:
             rows += [
