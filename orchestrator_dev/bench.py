@@ -568,7 +568,7 @@ class Waiting:
         now = timezone.now()
         lease = now + timedelta(seconds=app_settings.ORCH_LEASE_SECONDS)
         budget = queue.budget(app_settings.ORCH_TASK_TIMEOUT)
-        return get_backend().claim_params(None, None, "bench-claim", now, lease, budget)
+        return get_backend().claim_params(None, None, "bench-claim", now, lease, budget, False)
 
     def time_claims(self, count: int) -> tuple[list[float], int]:
         """`count` claims, one after the other, each its own transaction as a worker's is:

@@ -175,6 +175,9 @@ class Workflow(FSMModelMixin, models.Model):
             models.Index(fields=["mode", "-created_at"], name="workflow_mode_created"),
             models.Index(fields=["created_by", "-created_at"], name="workflow_owner_created"),
             models.Index(fields=["name"], name="workflow_name"),
+            # The claim passes over paused workflows' tasks: a look-up in the few paused, not a
+            # read of every workflow.
+            models.Index(fields=["id"], name="workflow_paused", condition=Q(paused_at__isnull=False)),
             # The overview: the latest completions (durations), failures, and ends per minute.
             models.Index(fields=["state", "-finished_at"], name="workflow_state_finished"),
         ]

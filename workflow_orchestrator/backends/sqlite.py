@@ -45,7 +45,7 @@ class SQLiteBackend(Backend):
     ) -> ClaimedTask | None:
         params = self.claim_params(task_id, attempt, worker, now, lease, budget, exact)
         with self.atomic():
-            row = self._one("claim", params)
+            row = self._one("claim_attempt" if exact else "claim", params)
             if row is None:
                 return None
             claimed = self._task(row)

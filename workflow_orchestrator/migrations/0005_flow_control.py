@@ -200,5 +200,9 @@ class Migration(migrations.Migration):
             model_name='concurrencylimit',
             constraint=models.CheckConstraint(condition=models.Q(('rate__isnull', True), ('per_seconds__gt', 0), _connector='OR'), name='limit_rate_has_a_period'),
         ),
+        migrations.AddIndex(
+            model_name='workflow',
+            index=models.Index(condition=models.Q(('paused_at__isnull', False)), fields=['id'], name='workflow_paused'),
+        ),
         migrations.RunPython(create_triggers, drop_triggers),
     ]

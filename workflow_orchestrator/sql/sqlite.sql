@@ -56,7 +56,7 @@ VALUES (%(workflow)s, %(seq)s, %(source)s, %(target)s, %(event)s, %(actor)s, %(a
 RETURNING id
 
 -- name: claim
--- A task becomes RUNNING for one worker: with `exact`, attempt `attempt` of `task`; else the first ready task in the claim's order whose timeout fits `budget` (a delivery: its own `task`, if any, counts as due, as its job came when it was). Ready: QUEUED and due, its workflow not paused, its key within its limits. The order: priority, highest first; then turns, so that keys take their turns; then the oldest. No row when nothing is claimable. A task of a key with limits comes back with `slot` set: `take_slot` follows in the same transaction (one writer at a time: the limits read here still hold).
+-- A task becomes RUNNING for one worker: the first ready task in the claim's order whose timeout fits `budget` (a delivery: its own `task`, if any, counts as due, as its job came when it was; `claim_attempt` takes one attempt). Ready: QUEUED and due, its workflow not paused, its key within its limits. The order: priority, highest first; then turns, so that keys take their turns; then the oldest. No row when nothing is claimable. A task of a key with limits comes back with `slot` set: `take_slot` follows in the same transaction (one writer at a time: the limits read here still hold).
 -- transitions: claim QUEUED->RUNNING
 /* claim */ UPDATE workflow_orchestrator_task
 SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
@@ -65,10 +65,10 @@ SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_
     attempts = json_insert(attempts, '$[#]', json_object(
         'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
 WHERE id = (
-    SELECT task.id FROM workflow_orchestrator_task AS task
+    -- The claim's order is the index's: SQLite, without statistics, would rather sort.
+    SELECT task.id FROM workflow_orchestrator_task AS task INDEXED BY task_claim_order
     WHERE task.status = 'QUEUED' AND task.timeout <= %(budget)s
         AND (task.queued_at <= %(now)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
-        AND (NOT %(exact)s OR (task.id = %(task)s AND task.attempt = %(attempt)s))
         AND task.concurrency_key NOT IN (
             -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
             SELECT key FROM workflow_orchestrator_concurrencylimit
@@ -79,6 +79,30 @@ WHERE id = (
                         WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
     ORDER BY task.priority DESC, task.turn, task.id
     LIMIT 1)
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents, slot
+
+-- name: claim_attempt
+-- `claim` for one attempt: attempt `attempt` of `task`, if it is QUEUED, fits `budget`, its workflow is not paused and its key within its limits; due or not (its job came when it was).
+-- transitions: claim QUEUED->RUNNING
+/* claim_attempt */ UPDATE workflow_orchestrator_task
+SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s, worker = %(worker)s,
+    slot = COALESCE((SELECT key FROM workflow_orchestrator_concurrencylimit AS limits
+                     WHERE limits.key = workflow_orchestrator_task.concurrency_key), ''),
+    attempts = json_insert(attempts, '$[#]', json_object(
+        'attempt', attempt, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
+WHERE id = (
+    SELECT task.id FROM workflow_orchestrator_task AS task
+    WHERE task.id = %(task)s AND task.attempt = %(attempt)s AND task.status = 'QUEUED' AND task.timeout <= %(budget)s
+        AND task.concurrency_key NOT IN (
+            -- Keys that can start nothing now: at their limit of running tasks, or of starts in the rate's window.
+            SELECT key FROM workflow_orchestrator_concurrencylimit
+            WHERE running >= max_running
+                OR (window_starts >= rate
+                    AND julianday(window_started_at) > julianday(%(now)s) - per_seconds / 86400.0))
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    )
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
     worker, started_at, lease_expires_at, after, dependents, slot
 
