@@ -16,7 +16,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext  # noqa: F401  (re-exported for test modules)
 from django_q.signing import SignedPackage
 
-from workflow_orchestrator import queue, services
+from workflow_orchestrator import jobs, queue, services
 from workflow_orchestrator.models import Actor, Task, Workflow
 from workflow_orchestrator.registry import task_type
 
@@ -162,9 +162,16 @@ class Engine:
             jobs += self._take()
         return jobs
 
-    def run(self, job: dict):
-        with self.capture(execute=True):
-            return pydoc.locate(job["func"])(*job["args"], **job["kwargs"])
+    def run(self, job: dict, *, tasks: int | None = None):
+        """Run `job` as a worker does; with `tasks`, its chain stops after that many tasks
+        (jobs.INLINE_LIMIT), where a worker would go on claiming whatever is ready."""
+        limit = jobs.INLINE_LIMIT
+        jobs.INLINE_LIMIT = tasks or limit
+        try:
+            with self.capture(execute=True):
+                return pydoc.locate(job["func"])(*job["args"], **job["kwargs"])
+        finally:
+            jobs.INLINE_LIMIT = limit
 
     def drain(self, *, wait: float = 5.0, limit: int = 500) -> int:
         ran = 0

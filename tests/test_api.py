@@ -161,7 +161,7 @@ def test_detail_answers_on_every_path(api, owner, template):
 
 def test_status_tasks_and_transitions(engine, api, owner):
     workflow = create(owner, engine, start=True)
-    engine.run(engine.pending()[0])  # PREPARE done, and the first EXECUTE task, run by the same worker
+    engine.run(engine.pending()[0], tasks=2)  # PREPARE done, and the first EXECUTE task, run by the same worker
     status = api.get(f"/execution/workflows/{workflow.pk}/status").json()
     assert status == {
         "id": str(workflow.pk),

@@ -79,7 +79,7 @@ def start_two_tasks(engine) -> tuple[Workflow, dict]:
     """A workflow in EXECUTE with `a` done and `b`'s job waiting on the broker."""
     workflow = engine.start(tasks=[{"name": "a", "type": "noop"}, {"name": "b", "type": "noop"}])
     [prepare] = engine.pending()
-    engine.run(prepare)  # PREPARE, then `a`, which its transition hands to the same worker
+    engine.run(prepare, tasks=2)  # PREPARE, then `a`, which its transition hands to the same worker
     [b_job] = engine.pending()
     assert reload(workflow).state == State.EXECUTE and task(workflow, "a").status == Task.Status.SUCCEEDED
     return workflow, b_job
@@ -118,7 +118,7 @@ def test_a_head_broken_after_the_claim_still_stops_the_worker(engine):
 def test_a_failure_is_not_recorded_on_a_workflow_whose_head_is_broken(engine):
     workflow = engine.start(tasks=[{"name": "a", "type": "noop"}, {"name": "f", "type": "fail", "max_attempts": 1}])
     [prepare] = engine.pending()
-    engine.run(prepare)
+    engine.run(prepare, tasks=2)
     [f_job] = engine.pending()
     break_the_head(workflow)
     rows = history(workflow)

@@ -79,7 +79,7 @@ def test_a_task_waits_for_all_it_names_and_runs_once(engine):
     jobs = {job["args"][0]: job for job in engine.pending()}
     a, b, c = (task(workflow, name) for name in "abc")
     assert set(jobs) == {a.pk, b.pk}
-    engine.run(jobs[a.pk])
+    engine.run(jobs[a.pk], tasks=1)
     assert task(workflow, "c").status == Status.PENDING and not engine.pending()
     # b's success releases c: with no worker to hand it to, c is queued with its job.
     engine.call(services.task_record, services.task_claim(b.pk, 1, worker="test"))
@@ -96,11 +96,11 @@ def test_the_worker_that_releases_a_task_runs_it_itself(engine):
     workflow = engine.start(tasks=[{"name": f"t{i}", "type": "noop", "after": [f"t{i - 1}"] if i else []}
                                    for i in range(20)])  # fmt: skip
     (prepare,) = engine.pending()
-    engine.run(prepare)  # PREPARE, then the chain, each link handed to the same worker
+    engine.run(prepare, tasks=8)  # PREPARE, then the chain, each link handed to the same worker
     tasks = list(workflow.tasks.filter(phase=State.EXECUTE).order_by("position"))
     assert all(t.status == Status.SUCCEEDED and t.attempt == 1 for t in tasks[:7])
     assert len({t.attempts[0]["worker"] for t in tasks[:7]}) == 1
-    # A job runs at most INLINE_LIMIT tasks in a row: the next link goes through the broker.
+    # A job that has run its INLINE_LIMIT of tasks in a row hands the next link to the broker.
     (next_link,) = engine.pending()
     assert tuple(next_link["args"][:2]) == (tasks[7].pk, 1)
     engine.run(next_link)

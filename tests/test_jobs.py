@@ -113,7 +113,7 @@ def test_recovery_requeues_a_task_whose_lease_expired(engine):
 
 def test_recovery_fails_the_workflow_when_attempts_are_used_up(engine):
     workflow = engine.start(tasks=[{"type": "noop"}, {"name": "t", "type": "noop", "max_attempts": 1}])
-    engine.run(engine.pending()[0])  # PREPARE, and noop-1 by the same worker
+    engine.run(engine.pending()[0], tasks=2)  # PREPARE, and noop-1 by the same worker
     [job] = engine.pending()
     services.task_claim(*job["args"], worker="doomed:1")
     engine.call(jobs.recover, now=timezone.now() + timedelta(minutes=5))
@@ -158,7 +158,7 @@ def test_recovery_resends_a_workflow_s_lost_jobs_reading_its_chain_once(engine, 
     """After a broker outage, a fan-out's lost jobs come back together: one lock and one
     read of the workflow's audit chain, however many tasks it has."""
     workflow = engine.start(tasks=[{"type": "noop"}] * 6)
-    engine.run(engine.pending()[0])  # PREPARE: EXECUTE's six jobs are queued (one run here)
+    engine.run(engine.pending()[0], tasks=2)  # PREPARE: EXECUTE's six jobs are queued (one run here)
     lost = engine.pending()
     assert len(lost) == 5
     with CaptureQueriesContext(connection) as queries:

@@ -29,7 +29,7 @@ def test_auto_workflow_runs_every_phase_to_complete(engine):
 def test_the_worker_ending_prepare_runs_one_execute_task_and_fans_out_the_rest_in_one_batch(engine):
     workflow = engine.start(tasks=THREE_TASKS)
     [prepare_job] = engine.pending()
-    engine.run(prepare_job)
+    engine.run(prepare_job, tasks=2)
     first, *others = workflow.tasks.filter(phase=State.EXECUTE).order_by("position")
     assert first.status == Status.SUCCEEDED and first.worker == task(workflow, "prepare").worker
     assert sorted(job["args"][0] for job in engine.pending()) == [t.pk for t in others]
@@ -279,7 +279,7 @@ def test_cancel_during_execute_cancels_waiting_tasks_and_ignores_late_results(en
             {"name": "b", "type": "noop"},
         ]
     )
-    engine.run(engine.pending()[0])  # PREPARE, and `first` by the same worker
+    engine.run(engine.pending()[0], tasks=2)  # PREPARE, and `first` by the same worker
     running = services.task_claim(task(workflow, "a").pk, 1, worker="test")
     assert running is not None
     engine.call(services.workflow_cancel, workflow.pk, actor=Actor.CLI, reason="no longer needed")

@@ -47,7 +47,8 @@ class TaskContext:
         if self._workflow is not None:
             return self._workflow.input, self._workflow.results
         if self._read is None:
-            self._read = workflow_input(self.workflow_id)
+            # A PREPARE or VALIDATE task's claim brought them (Task.read); else they are read now.
+            self._read = getattr(self.task, "read", None) or workflow_input(self.workflow_id)
         return self._read
 
     @property

@@ -17,9 +17,9 @@ RECOVER_SCHEDULE = "workflow_orchestrator.recover"
 logger = logging.getLogger(__name__)
 
 
-# A job runs at most this many tasks in a row: its own, then each next phase's first task
-# that its outcome releases, before the worker goes back to the queue.
-INLINE_LIMIT = 8
+# A job runs at most this many tasks in a row (each claimed by the outcome of the one
+# before) before the worker goes back to the broker, passing a delivery on.
+INLINE_LIMIT = 100
 # Time kept back from django-q2's timeout for the job (JOB_TIMEOUT_GRACE beyond its first
 # task's timeout) to record the last outcome.
 RECORD_MARGIN = 10
@@ -32,18 +32,22 @@ RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 2.0
 
 
 class Chain:
-    """The tasks one delivery runs in a row. A worker that ends a phase runs the next
-    phase's first task itself, claimed in the same statement that queued it: no trip
-    through the broker, no separate claim; one that gives back a slot of a key's limit
-    claims the next ready task, which may be that key's. Each such task still runs under
-    its own timeout, lease and cancellation; it is taken only while it fits in what is
-    left of django-q2's timeout for the job, and at most INLINE_LIMIT in a row, so that
-    other workflows' jobs are not kept waiting long."""
+    """The tasks one delivery runs in a row. Recording an outcome claims the worker's next
+    task in the same statement: the next phase's first task when the outcome ends a
+    phase, a task it released, or else the first ready task of any workflow in the
+    claim's order. So a busy worker goes back to the broker only when nothing is
+    claimable, and a task costs one statement. Where the outcome's statement did not look
+    (a failure, a task of a limited key, a slot given back) the worker claims with a
+    statement of its own. Each task still runs under its own timeout, lease and
+    cancellation; it is taken only while it fits in what is left of django-q2's timeout
+    for the job, and at most INLINE_LIMIT in a row; a chain that stops there passes a
+    delivery on, so that the tasks it would have claimed are not left without one."""
 
     def __init__(self, worker: str, budget: float | None = None):
         self.worker = worker
         self.began = time.monotonic()
         self.ran = 0
+        self.held_back = queue.held_back.count
         # django-q2 gave the job this long: its budget, or its own task's timeout (a job
         # sent before deliveries carried a budget), and the grace.
         self.backstop: float | None = None if budget is None else int(budget) + queue.JOB_TIMEOUT_GRACE
@@ -62,9 +66,13 @@ class Chain:
         return None if left is None else services.inline_claim(self.worker, left)
 
     def hand_on(self):
-        """The next ready task, claimed for this worker, if one fits what is left."""
+        """The next ready task, claimed for this worker, if one fits what is left; with no
+        time or turns left, a delivery for the next worker instead when this chain left
+        tasks it queued without their own (queue.needed)."""
         left = self._left()
         if left is None:
+            if queue.held_back.count != self.held_back:
+                queue.send(queue.deliveries(1))
             return None
         return _on_fresh_connection(services.task_claim, None, None, left, worker=self.worker)
 
@@ -104,8 +112,9 @@ def run_task(task_id: int | None, attempt: int | None, budget: float | None = No
         _log_outcome(task, outcome.error, recorded.recorded)
         held_slot = bool(task.slot)
         task = recorded.next_task
-        if task is None and held_slot:
-            # Its slot is free again: a task of its key may be the next ready one.
+        # A slot given back may let a task of its key start, which the outcome's statement
+        # could not see.
+        if task is None and (held_slot or inline is None or not inline.found_nothing):
             task = chain.hand_on()
 
 

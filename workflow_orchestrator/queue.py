@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
+from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
 from .conf import app_settings
@@ -134,9 +135,40 @@ def send(jobs: list[Job]) -> None:
         logger.debug("the broker's error", exc_info=True)
 
 
-def task_jobs(queued) -> list[Job]:
-    """The jobs of tasks a statement queued (statements.ClaimedTask)."""
-    return [task_job(task.values["id"], task.values["attempt"], task.values["timeout"]) for task in queued]
+def task_jobs(queued, *, busy: bool = False) -> list[Job]:
+    """The jobs of tasks a statement queued (statements.ClaimedTask). `busy`: the worker
+    that queued them claimed its next task in the same statement (see `needed`)."""
+    jobs = [task_job(task.values["id"], task.values["attempt"], task.values["timeout"]) for task in queued]
+    return needed(jobs) if busy else jobs
+
+
+def needed(jobs: list[Job]) -> list[Job]:
+    """Of the deliveries of tasks a busy worker queued, those worth sending.
+
+    The worker claimed its next task with them: after each outcome its chain looks for
+    the next ready task again (jobs.Chain), and passes a delivery on when it stops with
+    work maybe left, so no ready task is left behind without its own delivery. A delivery
+    only wakes another worker. While the broker holds at least as many due jobs as a
+    cluster has workers, every worker has one waiting already: the deliveries are not
+    sent, and the database is spared the claims that would find their tasks taken. A
+    task longer than the project's task timeout keeps its own: no other delivery's budget
+    fits it."""
+    standard = budget(0)
+    own = [job for job in jobs if job.timeout != standard or job.eta is not None]
+    if len(own) == len(jobs) or broker().queue_size() < Conf.WORKERS:
+        return jobs
+    held_back.count += len(jobs) - len(own)
+    return own
+
+
+@dataclass
+class Tally:
+    count: int = 0
+
+
+# The deliveries `needed` did not send in this process (a worker runs one job at a time):
+# a worker's chain that stops early passes one on if it left any (jobs.Chain.hand_on).
+held_back = Tally()
 
 
 def change_transaction():

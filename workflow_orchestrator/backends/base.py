@@ -138,9 +138,12 @@ class ClaimedTask:
     # many starts the next one allows.
     window_end: datetime | None = None
     window_rate: int | None = None
+    # A PREPARE or VALIDATE task's workflow's input and results (JSON), read with the claim.
+    read: tuple | None = None
 
     def instance(self) -> Task:
-        """The Task, with `snapshot`: its workflow's row as the claim saw it."""
+        """The Task, with `snapshot`: its workflow's row as the claim saw it, and `read`:
+        its workflow's input and results, when the claim brought them."""
         values = dict(self.values)
         values["workflow_id"] = uuid.UUID(str(values["workflow_id"]))
         values["params"], values["after"] = from_json(values["params"]), from_json(values["after"])
@@ -151,6 +154,9 @@ class ClaimedTask:
         task = Task(**values)
         task._state.adding, task._state.db = False, self.alias
         task.snapshot = self.workflow_row
+        task.read = None
+        if self.read is not None and values["phase"] != Task.Phase.EXECUTE:
+            task.read = (from_json(self.read[0]), from_json(self.read[1]))
         return task
 
 
@@ -162,6 +168,7 @@ class FanIn:
     workflow_row: WorkflowRow  # its unfinished count has this task counted out
     released: list[ClaimedTask] = field(default_factory=list)  # tasks it queued: they waited for it
     inline: ClaimedTask | None = None  # a released task, claimed for the worker that released it
+    claimed: ClaimedTask | None = None  # or the first ready task of any workflow, claimed for that worker
 
     @property
     def phase_done(self) -> bool:
@@ -180,11 +187,17 @@ class GATHER:
 @dataclass
 class Inline:
     """Claim one task of the phase being entered (or released) for this worker, if its
-    timeout is at most `max_timeout`."""
+    timeout is at most `max_timeout`; failing that, where the statement can, the first
+    ready task of any workflow in the claim's order (see sql/*.sql).
+
+    The statement that looked tells, in `found_nothing`, that nothing was claimable: the
+    worker need not look again with a claim of its own. It stays False when the statement
+    did not look, or left the task it found (a limited key's) to a claim of its own."""
 
     worker: str
     lease: datetime
     max_timeout: float
+    found_nothing: bool = False
 
 
 @dataclass
@@ -203,6 +216,7 @@ class Written:
     unfinished: int | None = None  # None: the workflow was not where the change started from
     queued: list[ClaimedTask] = field(default_factory=list)  # to send through the broker
     inline: ClaimedTask | None = None  # claimed for the worker that made the change
+    claimed: ClaimedTask | None = None  # or another workflow's first ready task, claimed for it
     callback_url: str = ""  # the workflow's, as the change returned it
 
 
@@ -427,6 +441,24 @@ class Backend:
 
     def _fan_in(self, row: tuple) -> FanIn:
         return FanIn(bool(row[0]), self._workflow_row(row[1:]))
+
+    def _looked(self, inline: Inline | None, looking, limited, row: tuple) -> ClaimedTask | None:
+        """The task an outcome's statement claimed for the worker's `inline` (its columns,
+        then its workflow's; all NULL when none), and whether it found nothing."""
+        if row[0] is None:
+            if inline is not None:
+                inline.found_nothing = bool(looking) and not limited
+            return None
+        if inline is not None:
+            inline.found_nothing = False
+        return self._claimed(row)
+
+    def _claimed(self, row: tuple) -> ClaimedTask:
+        """A claimed task from its columns, its workflow's, and what its handler reads."""
+        task_end, workflow_end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(WORKFLOW_COLUMNS_READ)
+        claimed = self._task(row[:task_end], self._workflow_row(row[task_end:workflow_end]))
+        claimed.read = row[workflow_end : workflow_end + 2]
+        return claimed
 
     def _released(self, fan_in: FanIn, rows: list) -> FanIn:
         for task in map(self._task, rows):

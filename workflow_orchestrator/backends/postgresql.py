@@ -56,8 +56,7 @@ class PostgreSQLBackend(Backend):
         row = self._one("claim", self.claim_params(task_id, attempt, worker, now, lease, budget, exact))
         if row is None:
             return None
-        task_end = len(TASK_COLUMNS)
-        claimed = self._task(row[:task_end], self._workflow_row(row[task_end:-2]))
+        claimed = self._claimed(row[:-2])
         claimed.window_end, claimed.window_rate = from_time(row[-2]), row[-1]
         return claimed
 
@@ -76,7 +75,15 @@ class PostgreSQLBackend(Backend):
         params = self.succeed_params(task_id, attempt, workflow_id, result, now, name, inline)
         if not dependents:
             row = self._one("succeed", params)
-            return self._fan_in(row) if row else None
+            if row is None:
+                return None
+            width = 1 + len(WORKFLOW_COLUMNS_READ)
+            fan_in = self._fan_in(row[:width])
+            fan_in.claimed = self._looked(inline, row[width], row[width + 1], row[width + 2 :])
+            if fan_in.claimed is not None and str(fan_in.claimed.values["workflow_id"]) == str(workflow_id):
+                # Its own workflow's row as the success left it, not as the statement began.
+                fan_in.claimed.workflow_row = fan_in.workflow_row
+            return fan_in
         rows = self._fetch("succeed_and_release", params)
         if not rows:
             return None
@@ -102,8 +109,11 @@ class PostgreSQLBackend(Backend):
             workflow, row, previous_seq, previous_mac, now, fresh_budget, inline, succeeded, phase_results
         )
         rows = self._fetch("succeed_and_transition" if succeeded else "transition", params)
-        recorded, unfinished, callback_url, row_id = rows[0][:4]
+        recorded, unfinished, callback_url, row_id, looking, limited = rows[0][:6]
         if row_id is not None:
             self._written_row(row, row_id)
-        queued = [r[4:] for r in rows if r[4] is not None]
-        return self._written(bool(recorded), unfinished, queued, callback_url)
+        task_end = 6 + len(TASK_COLUMNS)
+        queued = [r[6:task_end] for r in rows if r[6] is not None]
+        written = self._written(bool(recorded), unfinished, queued, callback_url)
+        written.claimed = self._looked(inline, looking, limited, rows[0][task_end:])
+        return written

@@ -45,16 +45,37 @@ class SQLiteBackend(Backend):
     ) -> ClaimedTask | None:
         params = self.claim_params(task_id, attempt, worker, now, lease, budget, exact)
         with self.atomic():
-            row = self._one("claim_attempt" if exact else "claim", params)
-            if row is None:
-                return None
-            claimed = self._task(row)
-            if claimed.values["slot"]:
-                started, period, rate, full = self._one("take_slot", {**params, "slot": claimed.values["slot"]})
-                if full:
-                    claimed.window_end, claimed.window_rate = from_time(started) + timedelta(seconds=period), rate
-        workflow = self._one("workflow_row", {"workflow": claimed.values["workflow_id"]})
-        claimed.workflow_row = self._workflow_row(workflow)
+            claimed = self._claim(params, exact)
+        if claimed is not None:
+            self._read_workflow(claimed)
+        return claimed
+
+    def _read_workflow(self, claimed: ClaimedTask) -> None:
+        row = self._one("workflow_row", {"workflow": claimed.values["workflow_id"]})
+        claimed.workflow_row, claimed.read = self._workflow_row(row[:-2]), row[-2:]
+
+    def _claim(self, params: dict, exact: bool) -> ClaimedTask | None:
+        """`claim` (or `claim_attempt`) and the slot it takes, in the caller's transaction."""
+        row = self._one("claim_attempt" if exact else "claim", params)
+        if row is None:
+            return None
+        claimed = self._task(row)
+        if claimed.values["slot"]:
+            started, period, rate, full = self._one("take_slot", {**params, "slot": claimed.values["slot"]})
+            if full:
+                claimed.window_end, claimed.window_rate = from_time(started) + timedelta(seconds=period), rate
+        return claimed
+
+    def _look(self, inline: Inline | None, now: datetime) -> ClaimedTask | None:
+        """An outcome's search for the worker's next task (`claim`, in the outcome's
+        transaction), with its workflow's row as it is now."""
+        if inline is None:
+            return None
+        params = self.claim_params(None, None, inline.worker, now, inline.lease, inline.max_timeout, False)
+        claimed = self._claim(params, exact=False)
+        inline.found_nothing = claimed is None
+        if claimed is not None:
+            self._read_workflow(claimed)
         return claimed
 
     def succeed(
@@ -75,9 +96,12 @@ class SQLiteBackend(Backend):
             if done is None:
                 return None
             fan_in = self.count_out(workflow_id, done[0])
-            if not dependents:
-                return fan_in
-            return self._released(fan_in, self._fetch("release_waiting", params))
+            if dependents:
+                self._released(fan_in, self._fetch("release_waiting", params))
+            if fan_in.inline is None and not fan_in.phase_done:
+                # The transition that ends a phase claims the worker's next task instead.
+                fan_in.claimed = self._look(inline, now)
+            return fan_in
 
     def transition(
         self,
@@ -105,4 +129,8 @@ class SQLiteBackend(Backend):
                 return Written(recorded=True)
             self._written_row(row, self._one("insert_audit_row", params)[0])
             tasks = self._fetch("queue_phase", params) if queue_phase else []
-        return self._written(True, changed[0], tasks, changed[1])
+            written = self._written(True, changed[0], tasks, changed[1])
+            # Not when it entered a phase with nothing to run: the change that ends it at once looks.
+            if written.inline is None and not (queue_phase and written.unfinished == 0):
+                written.claimed = self._look(inline, now)
+        return written

@@ -18,7 +18,7 @@ from ..backoff import backoff
 from ..conf import app_settings
 from ..models import TASK_TRANSITIONS, Actor, State, Task, Workflow, task_status_after
 from .exceptions import AuditBroken, ConcurrentChange
-from .transitions import changing, finish_phase, fire, locked, queue_tasks, report_broken
+from .transitions import changing, finish_phase, fire, locked, queue_tasks, report_broken, started
 from .validation import MAX_TASK_TIMEOUT
 
 logger = logging.getLogger("workflow_orchestrator.services")
@@ -44,11 +44,7 @@ def task_claim(
     now, budget = timezone.now(), MAX_TASK_TIMEOUT if budget is None else budget
     exact = task_id is not None if exact is None else exact
     claimed = statements.claim(task_id, attempt, worker=worker, now=now, lease=_lease(now), budget=budget, exact=exact)
-    if claimed is None:
-        return None
-    if claimed.window_end is not None:
-        queue.send(queue.deliveries(claimed.window_rate, eta=claimed.window_end))
-    return claimed.instance()
+    return None if claimed is None else started(claimed)
 
 
 def inline_claim(worker: str, max_timeout: float) -> statements.Inline:
@@ -148,9 +144,11 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
             )
             if fan_in is None:
                 return Recorded(False)
-            queue.send_with_change(queue.task_jobs(fan_in.released))
+            queue.send_with_change(queue.task_jobs(fan_in.released, busy=fan_in.inline is not None))
         if fan_in.inline is not None:
             return Recorded(True, fan_in.inline.instance())
+        if fan_in.claimed is not None:
+            return Recorded(True, started(fan_in.claimed))
     if not fan_in.phase_done:
         return Recorded(True)
     workflow = fan_in.workflow_row.workflow(task.workflow_id)

@@ -136,7 +136,8 @@ def _commit_change(
         if written.unfinished is not None:
             workflow.unfinished, workflow.updated_at = written.unfinished, now
             _after_change(workflow, row, written)
-        queue.send_with_change(queue.task_jobs(written.queued) + _webhook_jobs(workflow, row, written))
+        busy = written.inline is not None or written.claimed is not None
+        queue.send_with_change(queue.task_jobs(written.queued, busy=busy) + _webhook_jobs(workflow, row, written))
     if written.unfinished is None:  # outside the transaction: a success recorded with it stays
         raise ConcurrentChange(
             f"workflow {workflow.pk} changed while {event} was being written", recorded=written.recorded
@@ -151,9 +152,19 @@ def _commit_change(
         extra=logs.fields(workflow_id=workflow.pk, event=event, task_id=task, attempt=(data or {}).get("attempt")),
     )
     if written.inline is None:
-        return None
+        # Another workflow's task, or none.
+        return None if written.claimed is None else started(written.claimed)
     written.inline.workflow_row = statements.WorkflowRow.of(workflow)
     return written.inline.instance()
+
+
+def started(claimed: statements.ClaimedTask) -> Task:
+    """The Task a claim (a delivery's, or an outcome's for the worker's next task) took;
+    when its start filled its key's rate window, the deliveries that will start the next
+    window's tasks are sent, due when it opens."""
+    if claimed.window_end is not None:
+        queue.send(queue.deliveries(claimed.window_rate, eta=claimed.window_end))
+    return claimed.instance()
 
 
 def _after_change(workflow: Workflow, row: Transition, written: statements.Written) -> None:
@@ -206,7 +217,8 @@ def fire(
     )
     if workflow.state in PHASES and workflow.unfinished == 0:
         nothing = statements.GATHER if workflow.state == State.EXECUTE else json.dumps(None)
-        return finish_phase(workflow, actor, nothing, inline=inline)
+        # The worker has its next task already when this change claimed one.
+        return finish_phase(workflow, actor, nothing, inline=None if claimed else inline) or claimed
     return claimed
 
 

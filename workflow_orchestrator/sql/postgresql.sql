@@ -124,6 +124,8 @@ RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.
     workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest, workflow.head_mac,
     workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at,
     workflow.paused_at,
+    -- What a PREPARE or VALIDATE handler reads (ctx.input, ctx.results): a row it is on already.
+    CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END, CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END,
     -- When this start filled its key's rate window: when the window ends, and the rate.
     (SELECT window_end FROM slot), (SELECT rate FROM slot)
 
@@ -139,8 +141,8 @@ RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.
 WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
 
 -- name: succeed
--- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED.
--- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED
+-- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED. Unless the success ends its phase (the transition that follows claims then), the first ready task in the claim's order whose timeout is at most `inline_timeout` goes to RUNNING for this worker, from any workflow: as a delivery's `claim` would, but a task of a key with limits is left to a claim of its own (`limited`).
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, claim QUEUED->RUNNING
 /* succeed */ WITH locked AS (
     -- The lock returns the workflow's state as it is once locked (a cancel that committed
     -- while this waited included), where a subquery would see the statement's snapshot.
@@ -155,15 +157,55 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
                 'finished_at', %(now)s)) END
     WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
     RETURNING phase
+), fan_in AS (
+    -- Only a success in the workflow's current phase lowers the counter. The row is updated
+    -- anyway, so that the success waits for (or holds back) a transaction that counts the
+    -- phase's tasks, such as a retry.
+    UPDATE workflow_orchestrator_workflow
+    SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
+    FROM done WHERE id = %(workflow)s
+    RETURNING state = done.phase AS in_phase, state, mode, unfinished, last_seq, last_digest, head_mac, error,
+        retries, failed_phase, started_at, finished_at, paused_at
+), search AS (
+    -- The worker looks for its next task: it has time left for one, and this success did
+    -- not end its phase.
+    SELECT %(inline_timeout)s IS NOT NULL AND NOT (in_phase AND unfinished = 0) AS looking FROM fan_in
+), blocked AS (
+    SELECT key FROM workflow_orchestrator_concurrencylimit
+    WHERE running >= max_running
+        OR (window_starts >= rate AND window_started_at > %(now)s - per_seconds * interval '1 second')
+), best AS (
+    -- `claim`'s pick, ready as of this statement's start.
+    SELECT task.id, task.concurrency_key IN (SELECT key FROM workflow_orchestrator_concurrencylimit) AS limited
+    FROM workflow_orchestrator_task AS task
+    WHERE (SELECT looking FROM search) AND task.status = 'QUEUED' AND task.timeout <= %(inline_timeout)s
+        AND task.queued_at <= %(now)s AND task.concurrency_key NOT IN (SELECT key FROM blocked)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    ORDER BY task.priority DESC, task.turn, task.id
+    LIMIT 1
+    FOR UPDATE OF task SKIP LOCKED
+), claimed AS (
+    -- A limited key's slot is taken by a claim of its own: the limit's row may be the one
+    -- this success gives a slot back to, which one statement cannot update twice.
+    UPDATE workflow_orchestrator_task AS task
+    SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
+        worker = %(worker)s, slot = '',
+        attempts = attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+    FROM workflow_orchestrator_workflow AS workflow
+    WHERE task.id = (SELECT id FROM best WHERE NOT limited) AND workflow.id = task.workflow_id
+    RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.type, task.params, task.status,
+        task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
+        task.lease_expires_at, task.after, task.dependents, task.slot,
+        workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
+        workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
+        workflow.finished_at, workflow.paused_at,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )
--- Only a success in the workflow's current phase lowers the counter. The row is updated
--- anyway, so that the success waits for (or holds back) a transaction that counts the
--- phase's tasks, such as a retry.
-UPDATE workflow_orchestrator_workflow
-SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
-FROM done WHERE id = %(workflow)s
-RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at, paused_at
+SELECT fan_in.*, (SELECT looking FROM search), (SELECT limited FROM best), claimed.*
+FROM fan_in LEFT JOIN claimed ON TRUE
 
 -- name: succeed_and_release
 -- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
@@ -231,8 +273,8 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     started_at, finished_at, paused_at
 
 -- name: transition
--- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker unless the workflow is paused.
--- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
+-- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker unless the workflow is paused; with none of them claimed, another workflow's first ready task in the claim's order that fits is (as in `succeed`).
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING
 /* transition */ WITH change AS (
     -- Only while the workflow is still in the state, and at the head of its audit chain
     -- (its seq and the MAC the caller checked), that the change was computed from: a
@@ -291,13 +333,52 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
         timeout, worker, started_at, lease_expires_at, after, dependents, slot
+), search AS (
+    -- The worker looks for its next task elsewhere when the change claimed it none of the entered
+    -- phase's; not when it entered a phase with nothing to run (the change that ends it at once looks).
+    SELECT %(inline_timeout)s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pick) AND EXISTS (
+        SELECT 1 FROM change WHERE unfinished > 0 OR %(target)s NOT IN ('PREPARE', 'EXECUTE', 'VALIDATE')) AS looking
+), blocked AS (
+    SELECT key FROM workflow_orchestrator_concurrencylimit
+    WHERE running >= max_running
+        OR (window_starts >= rate AND window_started_at > %(now)s - per_seconds * interval '1 second')
+), best AS (
+    -- `claim`'s pick among other workflows' tasks, ready as of this statement's start.
+    SELECT task.id, task.concurrency_key IN (SELECT key FROM workflow_orchestrator_concurrencylimit) AS limited
+    FROM workflow_orchestrator_task AS task
+    WHERE (SELECT looking FROM search) AND task.status = 'QUEUED' AND task.timeout <= %(inline_timeout)s
+        AND task.queued_at <= %(now)s AND task.workflow_id <> %(workflow)s
+        AND task.concurrency_key NOT IN (SELECT key FROM blocked)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    ORDER BY task.priority DESC, task.turn, task.id
+    LIMIT 1
+    FOR UPDATE OF task SKIP LOCKED
+), claimed AS (
+    -- As `succeed`'s: a limited key's task is left to a claim of its own.
+    UPDATE workflow_orchestrator_task AS task
+    SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
+        worker = %(worker)s, slot = '',
+        attempts = attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+    FROM workflow_orchestrator_workflow AS workflow
+    WHERE task.id = (SELECT id FROM best WHERE NOT limited) AND workflow.id = task.workflow_id
+    RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.type, task.params, task.status,
+        task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
+        task.lease_expires_at, task.after, task.dependents, task.slot,
+        workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
+        workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
+        workflow.finished_at, workflow.paused_at,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )
-SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (SELECT id FROM audit), queued.*
-FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
+SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (SELECT id FROM audit),
+    (SELECT looking FROM search), (SELECT limited FROM best), queued.*, claimed.*
+FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
 
 -- name: succeed_and_transition
--- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition` (no inline pick for a paused workflow), in one statement.
--- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
+-- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition` (no inline pick for a paused workflow; another workflow's task when the entered phase gives none), in one statement.
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING
 /* succeed_and_transition */ WITH locked AS (
     SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
@@ -365,7 +446,45 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
         timeout, worker, started_at, lease_expires_at, after, dependents, slot
+), search AS (
+    -- The worker looks for its next task elsewhere when the change claimed it none of the entered
+    -- phase's; not when it entered a phase with nothing to run (the change that ends it at once looks).
+    SELECT %(inline_timeout)s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pick) AND EXISTS (
+        SELECT 1 FROM change WHERE unfinished > 0 OR %(target)s NOT IN ('PREPARE', 'EXECUTE', 'VALIDATE')) AS looking
+), blocked AS (
+    SELECT key FROM workflow_orchestrator_concurrencylimit
+    WHERE running >= max_running
+        OR (window_starts >= rate AND window_started_at > %(now)s - per_seconds * interval '1 second')
+), best AS (
+    -- `claim`'s pick among other workflows' tasks, ready as of this statement's start.
+    SELECT task.id, task.concurrency_key IN (SELECT key FROM workflow_orchestrator_concurrencylimit) AS limited
+    FROM workflow_orchestrator_task AS task
+    WHERE (SELECT looking FROM search) AND task.status = 'QUEUED' AND task.timeout <= %(inline_timeout)s
+        AND task.queued_at <= %(now)s AND task.workflow_id <> %(workflow)s
+        AND task.concurrency_key NOT IN (SELECT key FROM blocked)
+        AND NOT EXISTS (SELECT 1 FROM workflow_orchestrator_workflow AS workflow
+                        WHERE workflow.id = task.workflow_id AND workflow.paused_at IS NOT NULL)
+    ORDER BY task.priority DESC, task.turn, task.id
+    LIMIT 1
+    FOR UPDATE OF task SKIP LOCKED
+), claimed AS (
+    -- As `succeed`'s: a limited key's task is left to a claim of its own.
+    UPDATE workflow_orchestrator_task AS task
+    SET status = 'RUNNING', started_at = %(now)s, finished_at = NULL, lease_expires_at = %(lease)s,
+        worker = %(worker)s, slot = '',
+        attempts = attempts || jsonb_build_array(jsonb_build_object(
+            'attempt', task.attempt, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+    FROM workflow_orchestrator_workflow AS workflow
+    WHERE task.id = (SELECT id FROM best WHERE NOT limited) AND workflow.id = task.workflow_id
+    RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.type, task.params, task.status,
+        task.attempt, task.attempt_offset, task.max_attempts, task.timeout, task.worker, task.started_at,
+        task.lease_expires_at, task.after, task.dependents, task.slot,
+        workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
+        workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
+        workflow.finished_at, workflow.paused_at,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
+        CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )
 SELECT (SELECT COUNT(*) FROM done), (SELECT unfinished FROM change), (SELECT callback_url FROM change),
-    (SELECT id FROM audit), queued.*
-FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE
+    (SELECT id FROM audit), (SELECT looking FROM search), (SELECT limited FROM best), queued.*, claimed.*
+FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE

@@ -121,10 +121,10 @@ WHERE key = %(slot)s
 RETURNING window_started_at, per_seconds, rate, window_starts >= rate
 
 -- name: workflow_row
--- What a transition of a claimed task's workflow needs of its row.
+-- What a transition of a claimed task's workflow needs of its row, and what a PREPARE or VALIDATE handler reads (its input and results).
 -- transitions: none
 /* workflow_row */ SELECT state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at, paused_at
+    started_at, finished_at, paused_at, input, results
 FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
 
 -- name: workflow_input
