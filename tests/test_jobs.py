@@ -13,6 +13,8 @@ NOTHING_TO_RECOVER = {
     "requeued": 0,
     "moved_on": 0,
     "adopted": 0,
+    "held": 0,
+    "released": 0,
     "audit_broken": {},
     "webhooks_taken_back": 0,
 }

@@ -4,6 +4,7 @@ engine's services, so that every action lands in the audit log as `admin:<userna
 import json
 import re
 import uuid
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,6 +12,7 @@ from django.contrib.admin import actions as admin_actions
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
 from django.db.models.functions import Coalesce, Now
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -39,6 +41,7 @@ from .models import (
     PHASES,
     Actor,
     ConcurrencyLimit,
+    Hold,
     Phase,
     State,
     Task,
@@ -309,6 +312,19 @@ class PriorityFilter(admin.SimpleListFilter):
         return queryset.filter(self.BANDS[self.value()]) if self.value() in self.BANDS else queryset
 
 
+class HoldFilter(admin.SimpleListFilter):
+    """Workflows paused by a hold, by hold (the holds set now)."""
+
+    title = "held by"
+    parameter_name = "held_by"
+
+    def lookups(self, request, model_admin):
+        return [(hold.label, str(hold)) for hold in Hold.objects.all()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(held_by=self.value()) if self.value() else queryset
+
+
 class AuditFilter(admin.SimpleListFilter):
     """Workflows the engine found with a broken audit chain and left as they are."""
 
@@ -451,7 +467,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
         "error_line", "priority", "concurrency_key",
     ]  # fmt: skip
-    list_filter = ["state", DefinitionFilter, "mode", PriorityFilter, AuditFilter, "created_at"]
+    list_filter = ["state", DefinitionFilter, "mode", PriorityFilter, HoldFilter, AuditFilter, "created_at"]
     search_fields = ["name", "concurrency_key"]
     date_hierarchy = "created_at"
     show_full_result_count = False
@@ -461,7 +477,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
         "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-        "schedule", "audit_chain", "priority", "concurrency_key", "key_limit",
+        "schedule", "audit_chain", "priority", "concurrency_key", "key_limit", "held_by",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
@@ -469,7 +485,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             "Data",
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
         ),
-        ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit"]}),
+        ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit", "held_by"]}),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
         ("Audit", {"fields": ["audit_chain"]}),
     ]
@@ -992,3 +1008,82 @@ class ConcurrencyLimitAdmin(CheckedQueryParameters, admin.ModelAdmin):
         # Django's "Delete selected" action asks first, then deletes through this.
         for key in queryset.values_list("key", flat=True):
             services.limit_remove(key)
+
+
+# --- Holds -------------------------------------------------------------------------------------
+
+
+class HoldForm(forms.ModelForm):
+    class Meta:
+        model = Hold
+        fields = ["kind", "value", "reason"]
+
+    def _post_clean(self):
+        """The engine's checks first (services.check_hold), each error on its field."""
+        data = self.cleaned_data
+        try:
+            services.check_hold(data.get("kind"), data.get("value"))
+        except ValidationError as exc:
+            fresh = {field: errors for field, errors in exc.error_dict.items() if field not in self.errors}
+            self._update_errors(ValidationError(fresh))
+            return
+        super()._post_clean()
+
+
+@admin.register(Hold)
+class HoldAdmin(CheckedQueryParameters, admin.ModelAdmin):
+    """Holds are set and released through the engine's services: adding one pauses the
+    workflows of its definition or key, deleting one resumes those it paused. A hold is
+    not changed: another definition or key is another hold."""
+
+    form = HoldForm
+    list_display = ["kind", "value", "reason", "actor_label", "created_at", "workflows_held"]
+    list_filter = ["kind"]
+    search_fields = ["value"]
+    readonly_fields = ["actor_label", "created_at", "workflows_held"]
+    fieldsets = [
+        (None, {"fields": ["kind", "value", "reason"]}),
+        ("Set", {"fields": ["actor_label", "created_at", "workflows_held"]}),
+    ]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="workflows held")
+    def workflows_held(self, hold):
+        """The workflows it keeps paused now, a link to their list."""
+        if hold.pk is None:
+            return "—"
+        count = services.held_counts([hold])[hold.label]
+        url = reverse("admin:workflow_orchestrator_workflow_changelist") + "?" + urlencode({"held_by": hold.label})
+        return cell("link", url=url, text=str(count))
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        held = services.hold_set(data["kind"], data["value"], actor=Actor.admin(request.user), reason=data["reason"])
+        obj.pk = held.hold.pk
+        obj.refresh_from_db()
+        # The workflows are paused once the admin's transaction commits, each in its own.
+        transaction.on_commit(
+            lambda: self.message_user(request, f"{held.hold}: {held.paused} workflow(s) paused.", messages.SUCCESS)
+        )
+
+    def delete_model(self, request, obj):
+        self._release(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # Django's "Delete selected" action asks first, then deletes through this.
+        for hold in queryset:
+            self._release(request, hold)
+
+    def _release(self, request, hold: Hold) -> None:
+        try:
+            released = services.hold_release(hold.kind, hold.value, actor=Actor.admin(request.user))
+        except services.HoldNotFound:  # released meanwhile by someone else
+            return
+        transaction.on_commit(lambda: self.message_user(request, self._released(released), messages.SUCCESS))
+
+    @staticmethod
+    def _released(released) -> str:
+        kept = f"; {released.still_held} still held by another hold" if released.still_held else ""
+        return f"{released.hold} released: {released.resumed} workflow(s) resumed{kept}."

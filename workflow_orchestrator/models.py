@@ -124,6 +124,17 @@ class Workflow(FSMModelMixin, models.Model):
         blank=True,
         help_text="When it was paused: its running tasks finish, nothing new of it starts until it is resumed.",
     )
+    # The database's default as well: the create statements (sql/*.sql) do not name the
+    # column, and insert a workflow's row unheld.
+    held_by = models.CharField(
+        max_length=220,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+        help_text="The hold that paused it (e.g. definition:billing): releasing that hold resumes it; blank when "
+        "no hold did.",
+    )
     # Flow control (see ConcurrencyLimit and the claim in sql/*.sql).
     priority = models.SmallIntegerField(
         default=0,
@@ -178,6 +189,8 @@ class Workflow(FSMModelMixin, models.Model):
             # The claim passes over paused workflows' tasks: a look-up in the few paused, not a
             # read of every workflow.
             models.Index(fields=["id"], name="workflow_paused", condition=Q(paused_at__isnull=False)),
+            # Releasing a hold finds the workflows it paused among the few held.
+            models.Index(fields=["held_by"], name="workflow_held_by", condition=Q(held_by__gt="")),
             # The overview: the latest completions (durations), failures, and ends per minute.
             models.Index(fields=["state", "-finished_at"], name="workflow_state_finished"),
         ]
@@ -760,6 +773,73 @@ class ConcurrencyLimit(models.Model):
         if self.rate is not None:
             parts.append(f"at most {self.rate} starts per {self.per_seconds:g} s")
         return ", ".join(parts)
+
+
+class HoldQuerySet(models.QuerySet):
+    def covering(self, definition: str, concurrency_key: str):
+        """The holds on `definition` or on `concurrency_key` (a workflow without a key is
+        under no key's hold), the definition's first."""
+        covers = Q(kind=Hold.Kind.DEFINITION, value=definition)
+        if concurrency_key:
+            covers |= Q(kind=Hold.Kind.KEY, value=concurrency_key)
+        return self.filter(covers).order_by("kind")
+
+
+class Hold(models.Model):
+    """A whole definition or concurrency key paused (a deploy, an outage downstream): each
+    of its workflows that may be paused is, new ones start paused, and releasing it
+    resumes exactly the workflows it paused (`Workflow.held_by` names it). Set and
+    released through services.hold_set and services.hold_release."""
+
+    class Kind(models.TextChoices):
+        DEFINITION = "definition", "definition"
+        KEY = "key", "concurrency key"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    value = models.CharField(max_length=200, help_text="The definition's key, or the concurrency key.")
+    reason = models.TextField(blank=True, help_text="Kept in the audit row of each workflow it pauses.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(
+        max_length=200, help_text="Who set it, as the audit log names them (cli, admin:<user>, …)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = HoldQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["kind", "value"]
+        constraints = [models.UniqueConstraint(fields=["kind", "value"], name="hold_unique_kind_value")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
+
+    @property
+    def label(self) -> str:
+        """What `Workflow.held_by` says of a workflow it paused, e.g. definition:billing."""
+        return hold_label(self.kind, self.value)
+
+    @property
+    def field(self) -> str:
+        """The workflow's field it holds by."""
+        return "definition" if self.kind == self.Kind.DEFINITION else "concurrency_key"
+
+    def workflows(self):
+        """Every workflow it covers, whatever its state."""
+        return Workflow.objects.filter(**{self.field: self.value})
+
+    def covers(self, workflow: Workflow) -> bool:
+        return getattr(workflow, self.field) == self.value
+
+
+def hold_label(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def hold_text(label: str) -> str:
+    """A hold's label as a sentence says it: definition:billing -> definition billing."""
+    return " ".join(label.split(":", 1))
 
 
 class WorkflowSchedule(models.Model):

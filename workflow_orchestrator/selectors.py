@@ -14,7 +14,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from . import audit, statements
-from .models import PHASES, ConcurrencyLimit, State, Task, Workflow
+from .models import PHASES, ConcurrencyLimit, State, Task, Workflow, hold_text
 
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
@@ -58,6 +58,7 @@ def workflow_progress(workflow: Workflow) -> dict:
 # claimed now says why, in the first of these that holds (docs/API.md lists them):
 #
 #   paused                                              it was paused
+#   paused (definition billing held)                    a hold of its definition (or key) paused it
 #   waiting for next (manual mode)                      its phase's work is done: someone fires `next`
 #   concurrency key KEY: R of M running                 its ready tasks' key has no slot free
 #   rate limit of key KEY until 2026-12-05 12:00:03 UTC its ready tasks' key started `rate` tasks this window
@@ -69,6 +70,11 @@ def workflow_progress(workflow: Workflow) -> dict:
 
 PAUSED = "paused"
 WAITING_FOR_NEXT = "waiting for next (manual mode)"
+
+
+def paused_reason(workflow: Workflow) -> str:
+    """`paused`, naming the hold that paused it, if one did: `paused (key acme held)`."""
+    return f"{PAUSED} ({hold_text(workflow.held_by)} held)" if workflow.held_by else PAUSED
 
 
 def moment_text(moment: datetime) -> str:
@@ -149,7 +155,7 @@ def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime
     if workflow.state not in PHASES or any(group.running for group in tasks):
         return None
     if workflow.is_paused:
-        return PAUSED
+        return paused_reason(workflow)
     holds = [key_hold(limits.get(group.key), now) for group in tasks if group.due]
     if None in holds:  # a task due now whose key lets it start: claimable
         return None

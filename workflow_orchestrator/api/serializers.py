@@ -226,8 +226,9 @@ class ProgressMixin(serializers.Serializer):
     @extend_schema_field(
         serializers.CharField(
             allow_null=True,
-            help_text="Why nothing of the workflow runs or may start now, e.g. `paused`, `concurrency key acme: 5 of "
-            "5 running`, `rate limit of key acme until 2026-12-05 12:00:03 UTC`, `retry due at …`, `waiting for "
+            help_text="Why nothing of the workflow runs or may start now, e.g. `paused`, `paused (definition "
+            "billing held)` (a hold of its definition or key paused it), `concurrency key acme: 5 of 5 running`, "
+            "`rate limit of key acme until 2026-12-05 12:00:03 UTC`, `retry due at …`, `waiting for "
             "next (manual mode)`; null while a task runs or may start, and before it starts or once it has ended.",
         )
     )
@@ -304,6 +305,12 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
 
 
 class WorkflowDetailSerializer(WorkflowListSerializer):
+    # Declared: a read-only model field loses allow_blank, and the schema would then forbid "".
+    held_by = serializers.CharField(
+        read_only=True,
+        help_text="The hold that paused it, e.g. `definition:billing` or `key:acme`: releasing that hold resumes "
+        "it (`manage.py workflow resume --definition billing`); blank when no hold did.",
+    )
     tasks = TaskSerializer(many=True, read_only=True)
     transitions = TransitionSerializer(many=True, read_only=True)
     webhook_deliveries = WebhookDeliverySerializer(
@@ -311,7 +318,7 @@ class WorkflowDetailSerializer(WorkflowListSerializer):
     )
 
     class Meta(WorkflowListSerializer.Meta):
-        fields = [*WorkflowListSerializer.Meta.fields, "tasks", "transitions", "webhook_deliveries"]
+        fields = [*WorkflowListSerializer.Meta.fields, "held_by", "tasks", "transitions", "webhook_deliveries"]
         read_only_fields = fields
 
 

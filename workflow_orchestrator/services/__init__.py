@@ -7,6 +7,7 @@
 - `outcomes`: a task's attempts, claimed, kept alive, handed back, their outcomes recorded.
 - `recovery`: what a crash or a lost job left behind, put right.
 - `limits`: concurrency keys' limits, set and removed.
+- `holds`: a whole definition or concurrency key paused (held) and resumed (released).
 - `exceptions`: what the engine refuses.
 
 Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
@@ -28,7 +29,15 @@ schedules) import them from here.
 from ..models import ACTIONS
 from ..selectors import available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
 from .create import UPDATABLE_FIELDS, workflow_create, workflow_update
-from .exceptions import AuditBroken, ConcurrentChange, IdempotencyConflict, InvalidTransition, WorkflowError
+from .exceptions import (
+    AuditBroken,
+    ConcurrentChange,
+    HoldNotFound,
+    IdempotencyConflict,
+    InvalidTransition,
+    WorkflowError,
+)
+from .holds import Held, Released, check_hold, held_counts, hold_release, hold_set
 from .limits import check_limit, limit_remove, limit_set
 from .outcomes import (
     Recorded,
@@ -60,13 +69,20 @@ __all__ = [
     "UPDATABLE_FIELDS",
     "AuditBroken",
     "ConcurrentChange",
+    "Held",
+    "HoldNotFound",
     "IdempotencyConflict",
     "InvalidTransition",
     "Recorded",
+    "Released",
     "WorkflowError",
     "available_actions",
+    "check_hold",
     "check_limit",
     "backoff_delay",
+    "held_counts",
+    "hold_release",
+    "hold_set",
     "inline_claim",
     "is_waiting_for_next",
     "limit_remove",

@@ -14,9 +14,10 @@ from django.utils import timezone
 from .. import audit, queue, statements
 from ..callbacks import validate_callback_url
 from ..conf import app_settings
-from ..models import Actor, State, Task, Transition, Workflow, task_status_after
+from ..models import Actor, Hold, State, Task, Transition, Workflow, task_status_after
 from ..signals import send_transitioned_on_commit
 from .exceptions import IdempotencyConflict, InvalidTransition
+from .holds import hold_new
 from .transitions import changing, fire
 from .validation import check_idempotency_key, flow_control, validate_request
 
@@ -106,7 +107,8 @@ def workflow_create(
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
-    IdempotencyConflict. Bad input raises ValidationError and stores nothing.
+    IdempotencyConflict. Bad input raises ValidationError and stores nothing. A workflow
+    whose definition or key is held starts paused by that hold (services.holds).
     """
     input = {} if input is None else input
     definition_obj, specs = validate_request(name, definition, mode, input, tasks)
@@ -150,10 +152,14 @@ def workflow_create(
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet
     tasks = _tasks(workflow, definition_obj, specs)
+    # One look-up (the holds' unique index): a held workflow is paused in the transaction
+    # that inserts it, so that no worker sees it unpaused. One created while its hold is
+    # being set may miss it: recovery pauses it (services.holds.sweep_targets).
+    hold = Hold.objects.covering(definition, concurrency_key).first()
     # Only a repeated idempotency key can break a constraint: then a savepoint keeps an
     # enclosing transaction usable for looking up the workflow that has the key.
     try:
-        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
+        with transaction.atomic() if idempotency_key or hold else contextlib.nullcontext():
             if start and any(task.phase == State.PREPARE for task in tasks):
                 _insert_started(workflow, tasks, actor)
             else:
@@ -161,6 +167,8 @@ def workflow_create(
                     statements.create(workflow, tasks)
                     if start:  # a definition without PREPARE work: `start` moves on at once
                         fire(workflow, "start", actor)
+            if hold is not None and not workflow.pause_refusal():  # (it may have ended at once)
+                hold_new(workflow, hold)
     except IntegrityError:
         # Another request with the same idempotency key committed first.
         existing = idempotency_key and _existing_for_key(idempotency_key, actor, fingerprint)

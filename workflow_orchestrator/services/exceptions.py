@@ -54,3 +54,11 @@ class ConcurrentChange(WorkflowError):
     def __init__(self, message: str, *, recorded: bool = True):
         super().__init__(message)
         self.recorded = recorded  # a success given with the transition was recorded all the same
+
+
+class HoldNotFound(WorkflowError):
+    """A hold to release that is not there (never set, or released already)."""
+
+    def __init__(self, kind: str, value: str):
+        self.kind, self.value = kind, value
+        super().__init__(f"no hold on {kind} {value!r}")

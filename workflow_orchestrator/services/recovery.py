@@ -14,6 +14,7 @@ from .. import audit, logs, queue
 from ..conf import app_settings
 from ..models import PHASES, Actor, BrokenChain, ConcurrencyLimit, Task, Workflow
 from .exceptions import AuditBroken
+from .holds import batches, hold_workflow, orphans, release_workflow, released_reason, sweep_targets
 from .limits import adopt_running
 from .outcomes import attempt_failed
 from .transitions import changing, finish_phase, gathered
@@ -25,8 +26,10 @@ Status = Task.Status
 def recover(*, now=None) -> dict:
     """Take back attempts whose worker stopped heartbeating (killed, machine lost), re-send
     jobs of attempts queued long ago whose job was lost by the broker (not while their
-    workflow is paused: its resume sends them), and move on
-    workflows whose phase's work is done but whose worker died before it moved them on.
+    workflow is paused: its resume sends them), move on workflows whose phase's work is
+    done but whose worker died before it moved them on, and put right what slipped past a
+    hold being set or released (`held`: workflows a hold covers but did not pause, paused
+    now; `released`: workflows paused by a hold that is gone, resumed now).
 
     Each workflow's whole audit chain is verified before anything of it is touched: one
     that does not verify is left as it is, reported (BrokenChain) and listed under
@@ -51,11 +54,19 @@ def recover(*, now=None) -> dict:
     requeued = sum(run.unless_broken(workflow_id, _requeue, list(tasks), now) for workflow_id, tasks in by_workflow)
     done = Workflow.objects.filter(state__in=PHASES, mode=Workflow.Mode.AUTO, unfinished=0).values_list("pk", flat=True)
     moved_on = sum(run.unless_broken(workflow_id, _move_on) for workflow_id in list(done))
+    held = sum(
+        run.unless_broken(workflow_id, hold_workflow, hold, Actor.SYSTEM)
+        for hold, ids in sweep_targets()
+        for workflow_id in ids
+    )
+    released = sum(_release_orphans(run, ids) for ids in batches(orphans()))
     return {
         "expired": len(expired),
         "requeued": requeued,
         "moved_on": moved_on,
         "adopted": adopted,
+        "held": held,
+        "released": released,
         "audit_broken": {str(workflow_id): str(broken.link) for workflow_id, broken in run.broken.items()},
     }
 
@@ -146,3 +157,14 @@ def _move_on(workflow_id) -> int:
             finish_phase(workflow, Actor.SYSTEM, gathered(workflow))
             return 1
     return 0
+
+
+def _release_orphans(run: _Recovery, ids: list) -> int:
+    """Resume the workflows of `ids`, each paused by a hold that is gone (or keep it paused
+    by another hold that covers it): how many were resumed."""
+    labels = dict(Workflow.objects.filter(pk__in=ids).values_list("pk", "held_by"))
+    return sum(run.unless_broken(workflow_id, _release_orphan, label) for workflow_id, label in labels.items())
+
+
+def _release_orphan(workflow_id, label: str) -> int:
+    return int(release_workflow(workflow_id, label, Actor.SYSTEM, released_reason(label)) == "resumed")

@@ -9,8 +9,8 @@ chain head, its audit row and the entered phase's tasks, with their jobs
 workflow's lock while they do (`changing`); a worker that ends a phase holds none, and
 its compare-and-set loses to any change made meanwhile. `delete` is no transition: it
 removes the workflow under the same lock. Nor are `pause` and `resume`: under the same
-lock they set or clear the workflow's paused_at, with an audit row in its chain that
-leaves its state as it was.
+lock they set or clear the workflow's paused_at (and held_by, the hold that paused it:
+services.holds), with an audit row in its chain that leaves its state as it was.
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
     return workflow
 
 
-def _check_reason(reason: str) -> None:
+def check_reason(reason: str) -> None:
     if problem := values.text_problem(reason):
         raise ValidationError({"reason": [f"reason {problem}"]})
 
@@ -307,15 +307,15 @@ def _check_reason(reason: str) -> None:
 def workflow_cancel(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     """Cancel: tasks not yet running are cancelled at once; running ones see
     `ctx.cancelled()` and their late results change nothing. A paused workflow is
-    cancelled too, and is no longer paused."""
-    _check_reason(reason)
+    cancelled too, and is no longer paused (nor held)."""
+    check_reason(reason)
     with changing(workflow_id, "cancel") as workflow:
         fire(workflow, "cancel", actor, reason=reason)
         cancel = TASK_TRANSITIONS["cancel"]
         workflow.tasks.filter(status__in=cancel.sources).update(status=cancel.target, finished_at=timezone.now())
         if workflow.is_paused:
-            workflow.paused_at = None
-            Workflow.objects.filter(pk=workflow.pk).update(paused_at=None)
+            workflow.paused_at, workflow.held_by = None, ""
+            Workflow.objects.filter(pk=workflow.pk).update(paused_at=None, held_by="")
     return workflow
 
 
@@ -324,39 +324,52 @@ def workflow_pause(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     outcomes are recorded (it may still move on to its next phase, whose tasks are
     queued), but nothing new of it starts until it is resumed: no claim of its tasks, no
     inline claim for it, no job of it re-sent by recovery."""
-    _check_reason(reason)
+    check_reason(reason)
     with changing(workflow_id, "pause") as workflow:
         if refusal := workflow.pause_refusal():
             raise InvalidTransition(workflow, "pause", refusal)
-        now = timezone.now()
-        workflow.paused_at = now
-        _record_in_place(workflow, "pause", actor, reason, now)
+        pause_in_place(workflow, actor, reason)
     return workflow
 
 
 def workflow_resume(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     """Let a paused workflow's work start again: the jobs of its queued tasks are sent
-    again (the jobs sent while it was paused claimed nothing)."""
-    _check_reason(reason)
+    again (the jobs sent while it was paused claimed nothing). A workflow a hold paused is
+    resumed too, if someone asks for it: it is no longer held (services.holds)."""
+    check_reason(reason)
     with changing(workflow_id, "resume") as workflow:
         if refusal := workflow.resume_refusal():
             raise InvalidTransition(workflow, "resume", refusal)
-        now = timezone.now()
-        workflow.paused_at = None
-        _record_in_place(workflow, "resume", actor, reason, now)
-        _send_queued(workflow, now)
+        resume_in_place(workflow, actor, reason)
     return workflow
 
 
-def _record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, now) -> None:
+def pause_in_place(workflow: Workflow, actor: Actor, reason: str, *, held_by: str = "") -> None:
+    """Pause `workflow` (by the hold labelled `held_by`, if one): call it under its lock
+    (`changing`) once pause_refusal has nothing against it, or in the transaction that
+    inserts it."""
+    now = timezone.now()
+    workflow.paused_at, workflow.held_by = now, held_by
+    _record_in_place(workflow, "pause", actor, reason, now, {"hold": held_by} if held_by else None)
+
+
+def resume_in_place(workflow: Workflow, actor: Actor, reason: str, *, held_by: str = "") -> None:
+    """Resume `workflow` (as the hold labelled `held_by` is released, if one): call it under
+    its lock once resume_refusal has nothing against it."""
+    now = timezone.now()
+    workflow.paused_at, workflow.held_by = None, ""
+    _record_in_place(workflow, "resume", actor, reason, now, {"hold": held_by} if held_by else None)
+    _send_queued(workflow, now)
+
+
+def _record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, now, data=None) -> None:
     """Write a change of the workflow that leaves its state as it is (pause, resume): its
-    paused_at, and an audit row from its state to the same, chained to its head. Call it
-    under the workflow's lock (`changing`)."""
+    paused_at and held_by, and an audit row from its state to the same, chained to its head."""
     row = Transition.objects.build(
-        workflow=workflow, source=workflow.state, event=event, actor=actor, reason=reason, now=now
+        workflow=workflow, source=workflow.state, event=event, actor=actor, reason=reason, data=data, now=now
     )
     workflow.updated_at = now
-    workflow.save(update_fields=["paused_at", "last_seq", "last_digest", "head_mac", "updated_at"])
+    workflow.save(update_fields=["paused_at", "held_by", "last_seq", "last_digest", "head_mac", "updated_at"])
     row.save()
     logger.info(
         "workflow %s: %s in %s",

@@ -20,6 +20,7 @@ from workflow_orchestrator.models import (
     MIN_PRIORITY,
     Actor,
     ConcurrencyLimit,
+    Hold,
     State,
     Task,
     Workflow,
@@ -116,14 +117,32 @@ class Command(BaseCommand):
         )
         retry.add_argument("ids", nargs="*", metavar="ID")
         retry.add_argument("--all-failed", action="store_true", help="Retry every FAILED workflow.")
-        for action, text in [
-            ("cancel", "Cancel one or more workflows."),
-            ("pause", "Pause one or more workflows: running tasks finish, nothing new starts until resumed."),
-            ("resume", "Resume one or more paused workflows."),
+        cancel = commands.add_parser("cancel", help="Cancel one or more workflows.")
+        cancel.add_argument("ids", nargs="+", metavar="ID")
+        cancel.add_argument("--reason", default="", help="Kept in the audit log.")
+        for action, text, hold in [
+            (
+                "pause",
+                "Pause one or more workflows, or hold a whole definition or concurrency key: running tasks "
+                "finish, nothing new starts until resumed.",
+                "Hold every workflow of %s, and start its new ones paused, until `resume %s`.",
+            ),
+            (
+                "resume",
+                "Resume one or more paused workflows, or release a hold of a definition or concurrency key.",
+                "Release the hold of %s: resume the workflows it paused (%s).",
+            ),
         ]:
             reasoned = commands.add_parser(action, help=text)
-            reasoned.add_argument("ids", nargs="+", metavar="ID")
+            reasoned.add_argument("ids", nargs="*", metavar="ID")
+            held = reasoned.add_mutually_exclusive_group()
+            held.add_argument("--definition", metavar="KEY", help=hold % ("the definition KEY", "--definition KEY"))
+            held.add_argument("--key", metavar="KEY", help=hold % ("the concurrency key KEY", "--key KEY"))
             reasoned.add_argument("--reason", default="", help="Kept in the audit log.")
+        holds = commands.add_parser(
+            "holds", help="List the holds of definitions and concurrency keys, with the workflows each holds."
+        )
+        holds.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
         commands.add_parser(
             "recover", help="Take back expired leases, re-send lost jobs and move on finished phases, now."
         )
@@ -338,11 +357,62 @@ class Command(BaseCommand):
     def do_cancel(self, *, ids, reason, **_):
         self._bulk(services.workflow_cancel, ids, "cancelled", "Cancelling", reason=reason)
 
-    def do_pause(self, *, ids, reason, **_):
+    def do_pause(self, *, ids, definition, key, reason, **_):
+        if hold := self._hold(ids, definition, key, "pause"):
+            held = services.hold_set(*hold, actor=Actor.CLI, reason=reason)
+            if not held.created:
+                since = f"{held.hold.created_at:%Y-%m-%d %H:%M:%S} UTC by {held.hold.actor_label}"
+                self.stdout.write(f"{self._hold_name(*hold)} is held already (since {since}): nothing changed")
+                return
+            self.stdout.write(f"held {self._hold_name(*hold)}: {held.paused} workflow(s) paused")
+            return
         self._bulk(services.workflow_pause, ids, "paused", "Pausing", reason=reason)
 
-    def do_resume(self, *, ids, reason, **_):
+    def do_resume(self, *, ids, definition, key, reason, **_):
+        if hold := self._hold(ids, definition, key, "resume"):
+            released = services.hold_release(*hold, actor=Actor.CLI, reason=reason)
+            kept = f"; {released.still_held} still held by another hold" if released.still_held else ""
+            self.stdout.write(f"released {self._hold_name(*hold)}: {released.resumed} workflow(s) resumed{kept}")
+            return
         self._bulk(services.workflow_resume, ids, "resumed", "Resuming", reason=reason)
+
+    @staticmethod
+    def _hold(ids, definition, key, action: str) -> tuple[str, str] | None:
+        """The (kind, value) of the hold named by --definition or --key, None for workflow ids."""
+        named = [(kind, value) for kind, value in (("definition", definition), ("key", key)) if value is not None]
+        if named and ids:
+            raise CommandError(f"give workflow ids, or --definition KEY or --key KEY, not both, to {action}")
+        if not named and not ids:
+            raise CommandError(f"name the workflows to {action}, or give --definition KEY or --key KEY")
+        return named[0] if named else None
+
+    @staticmethod
+    def _hold_name(kind: str, value: str) -> str:
+        return f"{kind} {value!r}"
+
+    def do_holds(self, *, as_json, **_):
+        holds = list(Hold.objects.all())
+        counts = services.held_counts(holds)
+        rows = [self._hold_json(hold, counts[hold.label]) for hold in holds]
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        table = Table("kind", "value", "reason", "by", "since (UTC)", "workflows held")
+        for hold, row in zip(holds, rows, strict=True):
+            since = f"{hold.created_at:%Y-%m-%d %H:%M:%S}"
+            table.add_row(row["kind"], row["value"], row["reason"] or "—", row["actor"], since, str(row["workflows"]))
+        Console(file=self.stdout, width=120).print(table)
+
+    @staticmethod
+    def _hold_json(hold: Hold, workflows: int) -> dict:
+        return {
+            "kind": hold.kind,
+            "value": hold.value,
+            "reason": hold.reason,
+            "actor": hold.actor_label,
+            "created_at": hold.created_at.isoformat(),
+            "workflows": workflows,
+        }
 
     def _bulk(self, operation, ids: list[str], verb: str, doing: str, **kwargs) -> None:
         """Act on one workflow, or on many with a progress bar and a summary; exit 1 if any was refused."""
@@ -455,6 +525,7 @@ class Command(BaseCommand):
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
             f"finished phases moved on: {found['moved_on']}; "
             f"stalled webhooks taken back: {found['webhooks_taken_back']}; "
+            f"held workflows paused late: {found['held']}; released workflows resumed late: {found['released']}; "
             f"audit chains broken, left as they are: {len(broken)}"
         )
         for link in broken.values():
