@@ -84,10 +84,13 @@ class Engine(RuleBasedStateMachine):
         tasks=dags(),
         max_attempts=st.integers(min_value=1, max_value=3),
         start=st.booleans(),
+        max_parallel=st.sampled_from([None, None, 1, 2]),
     )
-    def create(self, mode, tasks, max_attempts, start):
+    def create(self, mode, tasks, max_attempts, start, max_parallel=None):
         specs = [{**spec, "max_attempts": max_attempts} for spec in tasks]
-        workflow, _ = services.workflow_create(name="h", mode=mode, tasks=specs, actor=Actor.SYSTEM, start=start)
+        workflow, _ = services.workflow_create(
+            name="h", mode=mode, tasks=specs, actor=Actor.SYSTEM, start=start, max_parallel=max_parallel
+        )
         self.workflow_id = workflow.pk
 
     @property
@@ -348,17 +351,32 @@ class Engine(RuleBasedStateMachine):
     @invariant()
     def a_running_phase_always_has_work_under_way(self):
         """Nothing is left behind: in a phase, a task with nothing to wait for is queued or
-        running, so the phase either is done or has some attempt queued or running."""
+        running, or waits for a slot of its workflow's max_parallel while as many others
+        are; so the phase either is done or has some attempt queued or running."""
         if not self.workflow_id:
             return
         workflow = self.workflow
         if workflow.state not in PHASES:
             return
         tasks = list(workflow.tasks.filter(phase=workflow.state))
-        forgotten = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
-        assert not forgotten, f"{forgotten} can run but nothing will run them"
-        under_way = any(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
-        assert under_way or workflow.unfinished == 0
+        ready = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
+        active = sum(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
+        held = workflow.state == State.EXECUTE and workflow.max_parallel is not None
+        if held and ready:
+            assert active == workflow.max_parallel, f"{ready} wait for a slot while {active} are active"
+        else:
+            assert not ready, f"{ready} can run but nothing will run them"
+        assert active or workflow.unfinished == 0
+
+    @invariant()
+    def no_more_execute_tasks_are_active_than_max_parallel(self):
+        if not self.workflow_id:
+            return
+        workflow = self.workflow
+        if workflow.max_parallel is None or workflow.state != State.EXECUTE:
+            return
+        active = workflow.tasks.filter(phase=State.EXECUTE, status__in=(Status.QUEUED, Status.RUNNING)).count()
+        assert active <= workflow.max_parallel, (active, workflow.max_parallel)
 
     @invariant()
     def every_attempt_given_to_a_worker_is_kept_once_in_order(self):
@@ -512,11 +530,22 @@ class Flow(RuleBasedStateMachine):
         return task
 
     @precondition(lambda self: len(self.workflows) < 6)
-    @rule(key=st.sampled_from(["a", "a", *KEYS]), priority=st.sampled_from([-1, 0, 1]), tasks=st.integers(0, 3))
-    def start(self, key, priority, tasks):
+    @rule(
+        key=st.sampled_from(["a", "a", *KEYS]),
+        priority=st.sampled_from([-1, 0, 1]),
+        tasks=st.integers(0, 3),
+        max_parallel=st.sampled_from([None, 1, 2]),
+    )
+    def start(self, key, priority, tasks, max_parallel):
         specs = [{"name": f"t{i}", "type": "noop"} for i in range(tasks)]
         workflow, _ = services.workflow_create(
-            name="f", tasks=specs, actor=Actor.SYSTEM, start=True, priority=priority, concurrency_key=key
+            name="f",
+            tasks=specs,
+            actor=Actor.SYSTEM,
+            start=True,
+            priority=priority,
+            concurrency_key=key,
+            max_parallel=max_parallel,
         )
         self.workflows.append(workflow.pk)
 
@@ -584,6 +613,16 @@ class Flow(RuleBasedStateMachine):
         for key, limit in self.limits().items():
             running = Task.objects.filter(status=Status.RUNNING, concurrency_key=key).count()
             assert running <= limit.max_running, (key, running, limit.max_running)
+
+    @invariant()
+    def a_workflows_active_execute_tasks_are_at_most_its_max_parallel(self):
+        """And while any wait for a slot, its slots are all taken."""
+        for workflow in Workflow.objects.filter(max_parallel__isnull=False, state=State.EXECUTE):
+            tasks = workflow.tasks.filter(phase=State.EXECUTE)
+            active = tasks.filter(status__in=(Status.QUEUED, Status.RUNNING)).count()
+            assert active <= workflow.max_parallel, (workflow.name, active, workflow.max_parallel)
+            if tasks.filter(status=Status.PENDING, waiting=0).exists():
+                assert active == workflow.max_parallel, (workflow.name, active, workflow.max_parallel)
 
     @invariant()
     def a_paused_workflow_starts_nothing(self):
