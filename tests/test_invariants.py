@@ -50,10 +50,10 @@ HAND_ON = 10**6
 
 
 @st.composite
-def dags(draw, max_tasks: int = 5) -> list[dict]:
+def dags(draw, max_tasks: int = 5, min_tasks: int = 0) -> list[dict]:
     """EXECUTE task specs, each `after` some of the tasks before it (none, one, a fan-in)."""
     specs = []
-    for i in range(draw(st.integers(min_value=0, max_value=max_tasks))):
+    for i in range(draw(st.integers(min_value=min_tasks, max_value=max_tasks))):
         upstream = draw(st.integers(min_value=0, max_value=2**i - 1))  # a bit for each earlier task
         kind = draw(st.sampled_from(["noop", "echo"]))
         specs.append({"name": f"t{i}", "type": kind, "after": [f"t{j}" for j in range(i) if upstream >> j & 1]})
@@ -458,6 +458,36 @@ def test_a_success_recorded_after_its_workflow_failed_releases_nothing_until_a_r
         ]
     finally:
         machine.teardown()
+
+
+class GatedEngine(Engine):
+    """The same, from EXECUTE on, with a max_parallel smaller than its number of tasks."""
+
+    @initialize(
+        mode=st.sampled_from(["auto", "manual"]),
+        tasks=dags(min_tasks=3),
+        max_attempts=st.integers(min_value=1, max_value=3),
+        max_parallel=st.integers(min_value=1, max_value=2),
+    )
+    def create(self, mode, tasks, max_attempts, max_parallel):
+        super().create(mode, tasks, max_attempts, True, max_parallel)
+        self.record(self.claim(0), True)  # PREPARE
+        if mode == "manual":
+            self.next_step()
+
+
+@pytest.mark.timeout(300)
+def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
+    run_state_machine_as_test(
+        GatedEngine,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=30,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
 
 
 @pytest.mark.timeout(300)
