@@ -3,6 +3,7 @@ The others wait, PENDING, for a slot; the statements that queue EXECUTE's tasks 
 the phase, a retry, a release of dependents) queue only as many as fit, the first by
 position, and each success queues the next to fill its slot."""
 
+import json
 import threading
 from io import StringIO
 
@@ -12,8 +13,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.db.models import Count, Q
+from django.test import Client
+from django.urls import reverse
 from rest_framework.test import APIClient
 
+from tests import dom
 from tests.conftest import reload, task
 from tests.test_hot_path import POSTGRES, Statements
 from workflow_orchestrator import selectors, services
@@ -325,6 +329,45 @@ def test_the_cli_starts_with_max_parallel_shows_it_and_refuses_a_bad_one(engine)
     with pytest.raises(CommandError, match="max_parallel: max_parallel must be a whole number from 1 to 1000"):
         call_command("workflow", "start", "--name", "bad", "--max-parallel", "0", stdout=StringIO())
     assert Workflow.objects.count() == 1
+
+
+def test_the_browsable_form_sends_max_parallel_and_shows_it_back_with_its_error(admin_user):
+    browser = Client(HTTP_ACCEPT="text/html")
+    browser.force_login(admin_user)
+    form = dom.parse(browser.get("/workflow/start")).one("#start-workflow-form")
+    assert form.one("input[name=max_parallel]").get("value") == ""
+    body = json.dumps({"name": "x", "max_parallel": 0})
+    response = browser.post("/workflow/start", body, content_type="application/json")
+    assert response.status_code == 400
+    form = dom.parse(response).one("#start-workflow-form")
+    [group] = form.select(".form-group.has-error")
+    assert group.one("input[name=max_parallel]")["value"] == "0" and "greater than or equal to 1" in group.text
+    assert not Workflow.objects.exists()
+
+
+ADD_WORKFLOW = reverse("admin:workflow_orchestrator_workflow_add")
+ADD_VALID = {"name": "from the admin", "definition": "default", "mode": "auto", "input": "{}", "tasks": ""}
+
+
+def test_the_admin_add_form_takes_max_parallel_and_the_page_shows_it(admin_client):
+    form = dom.parse(admin_client.get(ADD_WORKFLOW)).one("#content form[method=post]")
+    assert form.one("input[name=max_parallel]")["type"] == "number"
+    response = admin_client.post(ADD_WORKFLOW, {**ADD_VALID, "max_parallel": "3"})
+    assert response.status_code == 302, response.context and response.context["form"].errors
+    workflow = Workflow.objects.get()
+    assert workflow.max_parallel == 3
+    page = dom.parse(admin_client.get(reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])))
+    fieldset = page.one("fieldset", contains="Flow control")
+    assert fieldset.one(".form-row.field-max_parallel .readonly").text == "3"
+
+
+@pytest.mark.parametrize(("value", "says"), [("0", "greater than or equal to 1"), ("1001", "less than or equal")])
+def test_the_admin_add_form_shows_a_bad_max_parallel_on_its_field(admin_client, value, says):
+    response = admin_client.post(ADD_WORKFLOW, {**ADD_VALID, "max_parallel": value})
+    assert response.status_code == 200
+    [row] = dom.parse(response).select(".form-row.errors")
+    assert "field-max_parallel" in row.classes and says in row.one(".errorlist").text
+    assert not Workflow.objects.exists()
 
 
 def test_the_definition_gives_the_default_and_a_request_overrides_it(engine):
