@@ -133,7 +133,9 @@ def waiting_reasons(workflows, now: datetime | None = None) -> dict:
     running = [workflow.pk for workflow in workflows if workflow.state in PHASES]
     tasks = defaultdict(list)
     if running:
-        held = Q(status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0)
+        # Tasks waiting for a slot are counted only for the workflows that may have some.
+        gated = [w.pk for w in workflows if w.state == State.EXECUTE and w.max_parallel is not None]
+        held = Q(status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0, workflow__in=gated)
         rows = (
             Task.objects.filter(Q(status__in=(Task.Status.RUNNING, Task.Status.QUEUED)) | held, workflow__in=running)
             .order_by()
