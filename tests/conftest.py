@@ -43,6 +43,7 @@ ENGINE_MODULES = {
     "test_connections",
     "test_contract",
     "test_dependencies",
+    "test_max_parallel",
     "test_edges",
     "test_flow_control",
     "test_flow_surface",

@@ -174,6 +174,7 @@ def test_status_tasks_and_transitions(engine, api, owner):
         "error": "",
         "priority": 0,
         "concurrency_key": "",
+        "max_parallel": None,
         "waiting_reason": None,
     }
     tasks = api.get(f"/workflows/{workflow.pk}/tasks").json()

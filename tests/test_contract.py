@@ -147,11 +147,13 @@ class Made:
         return written
 
 
-def make(backend: Backend, *, state=State.EXECUTE, tasks=None, mode="auto", row=False) -> Made:
+def make(backend: Backend, *, state=State.EXECUTE, tasks=None, mode="auto", row=False, max_parallel=None) -> Made:
     """A workflow in `state` with `tasks` (Task fields by name; EXECUTE by default, QUEUED
     when in the workflow's phase), inserted by `create`."""
     now = timezone.now()
-    workflow = Workflow(name="contract", state=state, mode=mode, created_at=now, updated_at=now)
+    workflow = Workflow(
+        name="contract", state=state, mode=mode, created_at=now, updated_at=now, max_parallel=max_parallel
+    )
     specs = tasks if tasks is not None else [{"name": "a"}, {"name": "b"}]
     objects = []
     for position, spec in enumerate(specs, 1):
@@ -449,6 +451,69 @@ def test_a_retry_gives_the_failed_phase_a_fresh_budget_and_leaves_its_successes(
     assert (a.status, a.attempt, a.attempt_offset) == (Status.QUEUED, 4, 3)
     assert made.task("b").status == Status.SUCCEEDED
     assert [event for *_, event in made.transitions()] == ["fail", "retry"]
+
+
+# --- max_parallel -----------------------------------------------------------------------------
+
+
+def statuses(made: Made) -> dict[str, str]:
+    tasks = Task.objects.using(made.backend.alias).filter(workflow_id=made.workflow.pk, phase=State.EXECUTE)
+    return dict(tasks.order_by("position").values_list("name", "status"))
+
+
+@on_every_backend
+def test_entering_execute_queues_only_the_first_tasks_that_fit_max_parallel(backend):
+    tasks = [{"name": "p", "phase": State.PREPARE, "status": "SUCCEEDED"}, *({"name": n} for n in "abcd")]
+    made = make(backend, state=State.PREPARE, tasks=tasks, max_parallel=2)
+    lease = timezone.now() + timedelta(seconds=60)
+    written = made.change("execute", inline=Inline(worker="w7", lease=lease, max_timeout=100.0))
+    assert (written.inline.values["name"], [task.values["name"] for task in written.queued]) == ("a", ["b"])
+    assert written.unfinished == 4
+    assert statuses(made) == {"a": "RUNNING", "b": "QUEUED", "c": "PENDING", "d": "PENDING"}
+    assert (made.task("c").attempt, made.task("c").queued_at) == (0, None)
+
+
+@on_every_backend
+def test_a_success_queues_the_first_task_waiting_for_a_slot(backend):
+    tasks = [{"name": n, "status": "PENDING" if n in "cd" else "QUEUED"} for n in "abcd"]
+    made = make(backend, tasks=tasks, max_parallel=2)
+    fan_in = made.succeed(made.claim("a"), gated=True)
+    assert [task.values["name"] for task in fan_in.released] == ["c"]
+    assert (fan_in.workflow_row.values["max_parallel"], fan_in.workflow_row.values["unfinished"]) == (2, 3)
+    c = made.task("c")
+    assert (c.status, c.attempt, c.queued_at is not None) == (Status.QUEUED, 1, True)
+    assert statuses(made) == {"a": "SUCCEEDED", "b": "QUEUED", "c": "QUEUED", "d": "PENDING"}
+
+
+@on_every_backend
+def test_a_success_that_releases_tasks_queues_the_first_by_position_of_those_and_those_waiting(backend):
+    tasks = [{"name": "a"}, {"name": "b"}, {"name": "c", "after": ["a"]}, {"name": "d", "status": "PENDING"},
+             {"name": "e", "after": ["a"]}]  # fmt: skip
+    made = make(backend, tasks=tasks, max_parallel=2)
+    fan_in = made.succeed(made.claim("a"), gated=True)
+    assert [task.values["name"] for task in fan_in.released] == ["c"]
+    assert statuses(made) == {"a": "SUCCEEDED", "b": "QUEUED", "c": "QUEUED", "d": "PENDING", "e": "PENDING"}
+    assert made.task("e").waiting == 0  # released, and waiting for a slot
+    fan_in = made.succeed(made.claim("b"), gated=True)
+    assert [task.values["name"] for task in fan_in.released] == ["d"]
+
+
+@on_every_backend
+def test_a_retry_queues_up_to_max_parallel_beside_the_tasks_still_running(backend):
+    running = {"name": "b", "status": "RUNNING", "lease_expires_at": timezone.now()}
+    tasks = [
+        {"name": "a", "status": "FAILED"},
+        running,
+        {"name": "c", "status": "PENDING"},
+        {"name": "d", "status": "FAILED"},
+    ]
+    made = make(backend, tasks=tasks, max_parallel=2)
+    made.change("fail")
+    written = made.change("retry")
+    assert [task.values["name"] for task in written.queued] == ["a"] and written.unfinished == 4
+    assert statuses(made) == {"a": "QUEUED", "b": "RUNNING", "c": "PENDING", "d": "PENDING"}
+    d = made.task("d")
+    assert (d.attempt, d.attempt_offset, d.queued_at) == (1, 1, None)  # a fresh budget, from its next attempt
 
 
 @on_every_backend

@@ -50,10 +50,10 @@ HAND_ON = 10**6
 
 
 @st.composite
-def dags(draw, max_tasks: int = 5) -> list[dict]:
+def dags(draw, max_tasks: int = 5, min_tasks: int = 0) -> list[dict]:
     """EXECUTE task specs, each `after` some of the tasks before it (none, one, a fan-in)."""
     specs = []
-    for i in range(draw(st.integers(min_value=0, max_value=max_tasks))):
+    for i in range(draw(st.integers(min_value=min_tasks, max_value=max_tasks))):
         upstream = draw(st.integers(min_value=0, max_value=2**i - 1))  # a bit for each earlier task
         kind = draw(st.sampled_from(["noop", "echo"]))
         specs.append({"name": f"t{i}", "type": kind, "after": [f"t{j}" for j in range(i) if upstream >> j & 1]})
@@ -84,10 +84,13 @@ class Engine(RuleBasedStateMachine):
         tasks=dags(),
         max_attempts=st.integers(min_value=1, max_value=3),
         start=st.booleans(),
+        max_parallel=st.sampled_from([None, None, 1, 2]),
     )
-    def create(self, mode, tasks, max_attempts, start):
+    def create(self, mode, tasks, max_attempts, start, max_parallel=None):
         specs = [{**spec, "max_attempts": max_attempts} for spec in tasks]
-        workflow, _ = services.workflow_create(name="h", mode=mode, tasks=specs, actor=Actor.SYSTEM, start=start)
+        workflow, _ = services.workflow_create(
+            name="h", mode=mode, tasks=specs, actor=Actor.SYSTEM, start=start, max_parallel=max_parallel
+        )
         self.workflow_id = workflow.pk
 
     @property
@@ -348,17 +351,32 @@ class Engine(RuleBasedStateMachine):
     @invariant()
     def a_running_phase_always_has_work_under_way(self):
         """Nothing is left behind: in a phase, a task with nothing to wait for is queued or
-        running, so the phase either is done or has some attempt queued or running."""
+        running, or waits for a slot of its workflow's max_parallel while as many others
+        are; so the phase either is done or has some attempt queued or running."""
         if not self.workflow_id:
             return
         workflow = self.workflow
         if workflow.state not in PHASES:
             return
         tasks = list(workflow.tasks.filter(phase=workflow.state))
-        forgotten = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
-        assert not forgotten, f"{forgotten} can run but nothing will run them"
-        under_way = any(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
-        assert under_way or workflow.unfinished == 0
+        ready = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
+        active = sum(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
+        held = workflow.state == State.EXECUTE and workflow.max_parallel is not None
+        if held and ready:
+            assert active == workflow.max_parallel, f"{ready} wait for a slot while {active} are active"
+        else:
+            assert not ready, f"{ready} can run but nothing will run them"
+        assert active or workflow.unfinished == 0
+
+    @invariant()
+    def no_more_execute_tasks_are_active_than_max_parallel(self):
+        if not self.workflow_id:
+            return
+        workflow = self.workflow
+        if workflow.max_parallel is None or workflow.state != State.EXECUTE:
+            return
+        active = workflow.tasks.filter(phase=State.EXECUTE, status__in=(Status.QUEUED, Status.RUNNING)).count()
+        assert active <= workflow.max_parallel, (active, workflow.max_parallel)
 
     @invariant()
     def every_attempt_given_to_a_worker_is_kept_once_in_order(self):
@@ -442,6 +460,36 @@ def test_a_success_recorded_after_its_workflow_failed_releases_nothing_until_a_r
         machine.teardown()
 
 
+class GatedEngine(Engine):
+    """The same, from EXECUTE on, with a max_parallel smaller than its number of tasks."""
+
+    @initialize(
+        mode=st.sampled_from(["auto", "manual"]),
+        tasks=dags(min_tasks=3),
+        max_attempts=st.integers(min_value=1, max_value=3),
+        max_parallel=st.integers(min_value=1, max_value=2),
+    )
+    def create(self, mode, tasks, max_attempts, max_parallel):
+        super().create(mode, tasks, max_attempts, True, max_parallel)
+        self.record(self.claim(0), True)  # PREPARE
+        if mode == "manual":
+            self.next_step()
+
+
+@pytest.mark.timeout(300)
+def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
+    run_state_machine_as_test(
+        GatedEngine,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=30,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
 @pytest.mark.timeout(300)
 def test_engine_invariants_hold_under_random_operations(db):
     run_state_machine_as_test(
@@ -512,11 +560,22 @@ class Flow(RuleBasedStateMachine):
         return task
 
     @precondition(lambda self: len(self.workflows) < 6)
-    @rule(key=st.sampled_from(["a", "a", *KEYS]), priority=st.sampled_from([-1, 0, 1]), tasks=st.integers(0, 3))
-    def start(self, key, priority, tasks):
+    @rule(
+        key=st.sampled_from(["a", "a", *KEYS]),
+        priority=st.sampled_from([-1, 0, 1]),
+        tasks=st.integers(0, 3),
+        max_parallel=st.sampled_from([None, 1, 2]),
+    )
+    def start(self, key, priority, tasks, max_parallel):
         specs = [{"name": f"t{i}", "type": "noop"} for i in range(tasks)]
         workflow, _ = services.workflow_create(
-            name="f", tasks=specs, actor=Actor.SYSTEM, start=True, priority=priority, concurrency_key=key
+            name="f",
+            tasks=specs,
+            actor=Actor.SYSTEM,
+            start=True,
+            priority=priority,
+            concurrency_key=key,
+            max_parallel=max_parallel,
         )
         self.workflows.append(workflow.pk)
 
@@ -584,6 +643,16 @@ class Flow(RuleBasedStateMachine):
         for key, limit in self.limits().items():
             running = Task.objects.filter(status=Status.RUNNING, concurrency_key=key).count()
             assert running <= limit.max_running, (key, running, limit.max_running)
+
+    @invariant()
+    def a_workflows_active_execute_tasks_are_at_most_its_max_parallel(self):
+        """And while any wait for a slot, its slots are all taken."""
+        for workflow in Workflow.objects.filter(max_parallel__isnull=False, state=State.EXECUTE):
+            tasks = workflow.tasks.filter(phase=State.EXECUTE)
+            active = tasks.filter(status__in=(Status.QUEUED, Status.RUNNING)).count()
+            assert active <= workflow.max_parallel, (workflow.name, active, workflow.max_parallel)
+            if tasks.filter(status=Status.PENDING, waiting=0).exists():
+                assert active == workflow.max_parallel, (workflow.name, active, workflow.max_parallel)
 
     @invariant()
     def a_paused_workflow_starts_nothing(self):

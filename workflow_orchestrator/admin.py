@@ -36,7 +36,9 @@ from .diagrams import (
     task_timeline_svg,
 )
 from .models import (
+    MAX_MAX_PARALLEL,
     MAX_PRIORITY,
+    MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     PHASES,
     Actor,
@@ -247,6 +249,15 @@ class WorkflowAddForm(forms.Form):
         help_text="Workflows with the same key share its concurrency limit and rate, and take turns with other keys. "
         "Empty: the definition's default (none unless it sets one).",
     )
+    max_parallel = forms.IntegerField(
+        required=False,
+        min_value=MIN_MAX_PARALLEL,
+        max_value=MAX_MAX_PARALLEL,
+        label="Max parallel",
+        help_text=f"From {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}: at most this many of its EXECUTE tasks are queued "
+        "or running at once; the others wait for a slot. Empty: the definition's default (no limit unless it sets "
+        "one).",
+    )
     callback_url = forms.CharField(
         required=False,
         max_length=2000,
@@ -274,6 +285,7 @@ class WorkflowAddForm(forms.Form):
                 callback_url=data["callback_url"],
                 priority=data["priority"],
                 concurrency_key=data["concurrency_key"] or None,
+                max_parallel=data["max_parallel"],
                 actor=Actor.admin(user),
                 start=data["start_now"],
             )
@@ -477,7 +489,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
         "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
-        "schedule", "audit_chain", "priority", "concurrency_key", "key_limit", "held_by",
+        "schedule", "audit_chain", "priority", "concurrency_key", "key_limit", "max_parallel", "held_by",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
@@ -485,7 +497,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             "Data",
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
         ),
-        ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit", "held_by"]}),
+        ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit", "max_parallel", "held_by"]}),
         ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
         ("Audit", {"fields": ["audit_chain"]}),
     ]

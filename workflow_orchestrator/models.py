@@ -15,6 +15,8 @@ from .cron import validate_cron, validate_timezone
 
 # A workflow's priority: higher first.
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
+# A workflow's max_parallel: how many of its EXECUTE tasks may be QUEUED or RUNNING at once.
+MIN_MAX_PARALLEL, MAX_MAX_PARALLEL = 1, 1000
 
 
 class State(models.TextChoices):
@@ -145,6 +147,13 @@ class Workflow(FSMModelMixin, models.Model):
         max_length=200,
         blank=True,
         help_text="Workflows with the same key share its limits (ConcurrencyLimit) and take turns with other keys.",
+    )
+    max_parallel = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(MIN_MAX_PARALLEL), MaxValueValidator(MAX_MAX_PARALLEL)],
+        help_text=f"From {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}: at most this many of its EXECUTE tasks are queued "
+        "or running at once, the others wait (PENDING) for a slot; empty: no limit.",
     )
     # Kept by the engine so that a job decides the fan-in and writes the next audit row
     # without reading the workflow's tasks or its log (see workflow_orchestrator.statements).
@@ -443,7 +452,12 @@ TASK_TRANSITIONS = {
     for change in (
         TaskTransition("create", (None,), _S.PENDING, "inserted with its workflow"),
         TaskTransition("create_queued", (None,), _S.QUEUED, "inserted in the first phase, its workflow started"),
-        TaskTransition("queue", (_S.PENDING,), _S.QUEUED, "its phase begins, or the last task it waited for succeeds"),
+        TaskTransition(
+            "queue",
+            (_S.PENDING,),
+            _S.QUEUED,
+            "its phase begins, the last task it waited for succeeds, or a slot of its workflow's max_parallel frees",
+        ),
         TaskTransition(
             "claim_inline",
             (_S.PENDING, _S.QUEUED, _S.FAILED, _S.CANCELLED),
@@ -469,6 +483,12 @@ TASK_TRANSITIONS = {
             "after the workflow left its phase: the work no longer counts",
         ),
         TaskTransition("hold", (_S.QUEUED,), _S.PENDING, "its phase fails before it ran: it waits for a retry"),
+        TaskTransition(
+            "hold_back",
+            (_S.QUEUED, _S.FAILED, _S.CANCELLED),
+            _S.PENDING,
+            "its workflow is retried with more of the phase's tasks to run than its max_parallel: it waits for a slot",
+        ),
         TaskTransition("cancel", (_S.PENDING, _S.QUEUED), _S.CANCELLED, "its workflow is cancelled before it ran"),
         TaskTransition(
             "requeue",

@@ -52,9 +52,11 @@ class WorkflowDefinition:
     description: str = ""
     # Flow control defaults for its workflows, when a request gives none: a priority from
     # -100 to 100, and a concurrency key, or a callable that makes one from the input
-    # (e.g. `lambda input: input["tenant"]`).
+    # (e.g. `lambda input: input["tenant"]`), and max_parallel: at most that many of its
+    # EXECUTE tasks queued or running at once (1 to 1000; None: no limit).
     priority: int = 0
     concurrency_key: str | Callable[[dict], str] = ""
+    max_parallel: int | None = None
 
     def key_for(self, input: dict) -> str:
         """The concurrency key of a workflow with this `input` that names none."""

@@ -57,6 +57,8 @@ def workflow_progress(workflow: Workflow) -> dict:
 # A running workflow (PREPARE, EXECUTE or VALIDATE) none of whose tasks runs or may be
 # claimed now says why, in the first of these that holds (docs/API.md lists them):
 #
+#   max_parallel 4 reached                              EXECUTE's tasks wait for a slot: 4 of them are queued
+#                                                       or running (what runs is about its limit, not a reason)
 #   paused                                              it was paused
 #   paused (definition billing held)                    a hold of its definition (or key) paused it
 #   waiting for next (manual mode)                      its phase's work is done: someone fires `next`
@@ -111,12 +113,15 @@ def key_hold(limit: ConcurrencyLimit | None, now: datetime) -> str | None:
 
 
 class _Tasks(NamedTuple):
-    """A workflow's RUNNING and QUEUED tasks of one concurrency key, counted."""
+    """A workflow's RUNNING and QUEUED tasks of one concurrency key, counted, and its
+    EXECUTE tasks waiting for a slot of its max_parallel."""
 
     key: str
     running: int
     due: int  # QUEUED and due now
     due_next: datetime | None  # the earliest due time of those QUEUED for later
+    queued: int  # QUEUED, due or not
+    held: int  # EXECUTE's, PENDING with no task to wait for: waiting for a slot (in EXECUTE)
 
 
 def waiting_reason(workflow: Workflow, now: datetime | None = None) -> str | None:
@@ -134,14 +139,19 @@ def waiting_reasons(workflows, now: datetime | None = None) -> dict:
     running = [workflow.pk for workflow in workflows if workflow.state in PHASES]
     tasks = defaultdict(list)
     if running:
+        # Tasks waiting for a slot are counted only for the workflows that may have some.
+        gated = [w.pk for w in workflows if w.state == State.EXECUTE and w.max_parallel is not None]
+        held = Q(status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0, workflow__in=gated)
         rows = (
-            Task.objects.filter(workflow__in=running, status__in=(Task.Status.RUNNING, Task.Status.QUEUED))
+            Task.objects.filter(Q(status__in=(Task.Status.RUNNING, Task.Status.QUEUED)) | held, workflow__in=running)
             .order_by()
             .values_list("workflow_id", "concurrency_key")
             .annotate(
                 running=Count("pk", filter=Q(status=Task.Status.RUNNING)),
                 due=Count("pk", filter=Q(status=Task.Status.QUEUED, queued_at__lte=now)),
                 due_next=Min("queued_at", filter=Q(status=Task.Status.QUEUED, queued_at__gt=now)),
+                queued=Count("pk", filter=Q(status=Task.Status.QUEUED)),
+                held=Count("pk", filter=held),
             )
         )
         for workflow_id, *counts in sorted(rows, key=lambda row: row[1]):
@@ -152,7 +162,11 @@ def waiting_reasons(workflows, now: datetime | None = None) -> dict:
 
 
 def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime) -> str | None:
-    if workflow.state not in PHASES or any(group.running for group in tasks):
+    if workflow.state not in PHASES:
+        return None
+    if (limit := max_parallel_reached(workflow, tasks)) is not None:
+        return limit
+    if any(group.running for group in tasks):
         return None
     if workflow.is_paused:
         return paused_reason(workflow)
@@ -168,4 +182,15 @@ def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime
         return f"retry due at {moment_text(min(due_next))}"
     # Nothing queued, nothing running: the engine is between two steps (a phase's last
     # success moving the workflow on), which takes no wait of its own.
+    return None
+
+
+def max_parallel_reached(workflow: Workflow, tasks: list[_Tasks]) -> str | None:
+    """Why EXECUTE's tasks that wait for a slot of the workflow's max_parallel wait (its
+    slots are all taken), unless the workflow is paused (that says more); None otherwise."""
+    if workflow.state != State.EXECUTE or workflow.max_parallel is None or workflow.is_paused:
+        return None
+    active = sum(group.running + group.queued for group in tasks)
+    if any(group.held for group in tasks) and active >= workflow.max_parallel:
+        return f"max_parallel {workflow.max_parallel} reached"
     return None

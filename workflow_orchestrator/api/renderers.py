@@ -13,7 +13,7 @@ from django.template.loader import render_to_string
 from rest_framework import status
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 
-from ..models import MAX_PRIORITY, MIN_PRIORITY, Workflow
+from ..models import MAX_MAX_PARALLEL, MAX_PRIORITY, MIN_MAX_PARALLEL, MIN_PRIORITY, Workflow
 from ..registry import definition_keys
 
 START_EXAMPLE = {
@@ -96,6 +96,7 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
             "idempotency_key": given.get("idempotency_key") or "",
             "priority": as_text(given["priority"]) if given.get("priority") is not None else "",
             "concurrency_key": given.get("concurrency_key") or "",
+            "max_parallel": as_text(given["max_parallel"]) if given.get("max_parallel") is not None else "",
         }
         context = {
             "values": values,
@@ -106,6 +107,7 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
             "definitions": definition_keys(),
             "modes": Workflow.Mode.choices,
             "priorities": {"lowest": MIN_PRIORITY, "highest": MAX_PRIORITY},
+            "max_parallel": {"lowest": MIN_MAX_PARALLEL, "highest": MAX_MAX_PARALLEL},
             "example": json.dumps(START_EXAMPLE["tasks"], indent=2),
         }
         return render_to_string("rest_framework/start_workflow_form.html", context, request=request)

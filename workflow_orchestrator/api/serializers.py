@@ -7,7 +7,9 @@ from rest_framework import serializers
 from .. import selectors, services, statements, values
 from ..models import (
     ATTEMPT_OUTCOMES,
+    MAX_MAX_PARALLEL,
     MAX_PRIORITY,
+    MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     PHASES,
     Phase,
@@ -138,15 +140,24 @@ class WorkflowInputSerializer(StrictSerializer):
         help_text="Workflows with the same key share its concurrency limit and rate, and take turns with other"
         ' keys. Left out or null: the definition\'s default; "" for none.',
     )
+    max_parallel = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=MIN_MAX_PARALLEL,
+        max_value=MAX_MAX_PARALLEL,
+        help_text="At most this many of its EXECUTE tasks are queued or running at once; the others wait for a slot,"
+        " first by position. Left out or null: the definition's default (no limit unless it sets one).",
+    )
 
 
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
     """PUT replaces the fields below; PATCH changes those it is given. A workflow's
-    priority and concurrency key are set when it is created."""
+    priority, concurrency key and max_parallel are set when it is created."""
 
     idempotency_key = None
     priority = None
     concurrency_key = None
+    max_parallel = None
 
 
 class StoredTimeField(serializers.DateTimeField):
@@ -258,13 +269,18 @@ class FlowControlMixin(serializers.Serializer):
     concurrency_key = serializers.CharField(
         read_only=True, help_text="The key whose limits its tasks count against; blank for none."
     )
+    max_parallel = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="At most this many of its EXECUTE tasks are queued or running at once; null for no limit.",
+    )
 
 
 WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
     "schedule", "paused_at",
-    "priority", "concurrency_key",
+    "priority", "concurrency_key", "max_parallel",
 ]  # fmt: skip
 
 
@@ -331,7 +347,7 @@ class WorkflowStatusSerializer(FlowControlMixin, ProgressMixin, serializers.Mode
             "id", "state", "phase", "progress", "available_transitions", "waiting_for_next", "paused_at", "error",
             "waiting_reason",
         ]  # fmt: skip
-        fields += ["priority", "concurrency_key"]
+        fields += ["priority", "concurrency_key", "max_parallel"]
         read_only_fields = fields
 
     def get_phase(self, workflow) -> str | None:

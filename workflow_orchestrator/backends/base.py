@@ -46,14 +46,15 @@ from ..models import Task, Transition, Workflow
 # transition in memory: its results are extended in the statement, never written back
 # from a copy; the head's MAC comes too, so that a worker checks the head before it moves
 # the workflow on, without a statement of its own: audit.head_problem; and paused_at, so
-# that a worker asks no inline claim for a paused workflow).
+# that a worker asks no inline claim for a paused workflow; and max_parallel, so that a
+# success of its task locks the workflow's row before it counts the slots free).
 TASK_COLUMNS = (
     "id", "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
     "max_attempts", "timeout", "worker", "started_at", "lease_expires_at", "after", "dependents", "slot",
 )  # fmt: skip
 WORKFLOW_COLUMNS_READ = (
     "state", "mode", "unfinished", "last_seq", "last_digest", "head_mac", "error", "retries", "failed_phase",
-    "started_at", "finished_at", "paused_at",
+    "started_at", "finished_at", "paused_at", "max_parallel",
 )  # fmt: skip
 # The times among them.
 WORKFLOW_TIMES_READ = ("started_at", "finished_at", "paused_at")
@@ -62,7 +63,7 @@ WORKFLOW_COLUMNS = (
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "idempotency_scope", "fingerprint", "callback_url", "created_by_id", "created_at", "updated_at",
     "started_at", "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
-    "schedule_id", "priority", "concurrency_key",
+    "schedule_id", "priority", "concurrency_key", "max_parallel",
 )  # fmt: skip
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",
@@ -269,11 +270,14 @@ class Backend:
         name: str = "",
         dependents: int = 0,
         inline: Inline | None = None,
+        gated: bool = False,
     ) -> FanIn | None:
         """The attempt's success (`result` is JSON text, or None for SQL NULL) and the
         fan-in, atomically, and for a task with `dependents` (its `name` in their `after`)
         their release, one of them claimed for `inline`; None when this attempt no longer
-        holds the task (a second delivery, or taken back by recovery)."""
+        holds the task (a second delivery, or taken back by recovery). `gated`: the task's
+        workflow has max_parallel (or may have: it is not known), whose slots the success
+        fills with the tasks waiting for one (`FanIn.released`)."""
         raise NotImplementedError
 
     def transition(
@@ -474,7 +478,7 @@ class Backend:
         for task in map(self._task, rows):
             if task.values["status"] == "RUNNING":
                 written.inline = task
-            else:
+            elif task.values["status"] == "QUEUED":  # not one held back by max_parallel (PENDING)
                 written.queued.append(task)
         return written
 

@@ -19,6 +19,10 @@ from .base import (
     is_json,
 )
 
+# The columns of a task an outcome's statement claimed: the task's, its workflow's, and what
+# its handler reads (input, results).
+CLAIMED_WIDTH = len(TASK_COLUMNS) + len(WORKFLOW_COLUMNS_READ) + 2
+
 
 class PostgreSQLBackend(Backend):
     vendor = "postgresql"
@@ -71,23 +75,34 @@ class PostgreSQLBackend(Backend):
         name: str = "",
         dependents: int = 0,
         inline: Inline | None = None,
+        gated: bool = False,
     ) -> FanIn | None:
         params = self.succeed_params(task_id, attempt, workflow_id, result, now, name, inline)
+        if not gated:
+            return self._succeed(params, workflow_id, dependents, inline)
+        # max_parallel: the statement counts the slots free in its snapshot, which must show
+        # every success recorded before it holds the workflow's lock: so the lock comes first.
+        with self.atomic():
+            self._one("lock_workflow", params)
+            return self._succeed(params, workflow_id, dependents, inline)
+
+    def _succeed(self, params: dict, workflow_id, dependents: int, inline: Inline | None) -> FanIn | None:
+        width = 1 + len(WORKFLOW_COLUMNS_READ)
         if not dependents:
-            row = self._one("succeed", params)
-            if row is None:
+            rows = self._fetch("succeed", params)
+            if not rows:
                 return None
-            width = 1 + len(WORKFLOW_COLUMNS_READ)
+            row = rows[0]
             fan_in = self._fan_in(row[:width])
-            fan_in.claimed = self._looked(inline, row[width], row[width + 1], row[width + 2 :])
+            filled_at = width + 2 + CLAIMED_WIDTH
+            fan_in.claimed = self._looked(inline, row[width], row[width + 1], row[width + 2 : filled_at])
             if fan_in.claimed is not None and str(fan_in.claimed.values["workflow_id"]) == str(workflow_id):
                 # Its own workflow's row as the success left it, not as the statement began.
                 fan_in.claimed.workflow_row = fan_in.workflow_row
-            return fan_in
+            return self._released(fan_in, [row[filled_at:] for row in rows if row[filled_at] is not None])
         rows = self._fetch("succeed_and_release", params)
         if not rows:
             return None
-        width = 1 + len(WORKFLOW_COLUMNS_READ)
         return self._released(self._fan_in(rows[0][:width]), [row[width:] for row in rows if row[width] is not None])
 
     def transition(

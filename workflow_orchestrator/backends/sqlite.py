@@ -89,7 +89,9 @@ class SQLiteBackend(Backend):
         name: str = "",
         dependents: int = 0,
         inline: Inline | None = None,
+        gated: bool = False,
     ) -> FanIn | None:
+        # `gated` needs nothing here: one writer at a time, and count_out tells max_parallel.
         params = self.succeed_params(task_id, attempt, workflow_id, result, now, name, inline)
         with self.atomic():
             done = self._one("succeed", params)
@@ -98,6 +100,10 @@ class SQLiteBackend(Backend):
             fan_in = self.count_out(workflow_id, done[0])
             if dependents:
                 self._released(fan_in, self._fetch("release_waiting", params))
+            gated = fan_in.workflow_row.values["max_parallel"] is not None and done[0] == "EXECUTE"
+            if gated and fan_in.in_phase and not fan_in.phase_done:
+                # The slot this success frees goes to the next task waiting for one.
+                self._released(fan_in, self._fetch("queue_held", params))
             if fan_in.inline is None and not fan_in.phase_done:
                 # The transition that ends a phase claims the worker's next task instead.
                 fan_in.claimed = self._look(inline, now)

@@ -100,10 +100,11 @@ def workflow_create(
     schedule=None,
     priority: int | None = None,
     concurrency_key: str | None = None,
+    max_parallel: int | None = None,
 ) -> tuple[Workflow, bool]:
     """Create a workflow with its tasks (and start it when asked); `schedule`, the
-    WorkflowSchedule that starts it, if one does. `priority` and `concurrency_key`
-    default to the definition's.
+    WorkflowSchedule that starts it, if one does. `priority`, `concurrency_key` and
+    `max_parallel` default to the definition's.
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
@@ -112,7 +113,9 @@ def workflow_create(
     """
     input = {} if input is None else input
     definition_obj, specs = validate_request(name, definition, mode, input, tasks)
-    priority, concurrency_key = flow_control(definition_obj, input, priority, concurrency_key)
+    priority, concurrency_key, max_parallel = flow_control(
+        definition_obj, input, priority, concurrency_key, max_parallel
+    )
     if idempotency_key is not None:
         check_idempotency_key(str(idempotency_key))
     callback_url = validate_callback_url(callback_url)
@@ -130,6 +133,7 @@ def workflow_create(
         # ... and before flow control.
         **({"priority": priority} if priority else {}),
         **({"concurrency_key": concurrency_key} if concurrency_key else {}),
+        **({"max_parallel": max_parallel} if max_parallel is not None else {}),
     )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, actor, fingerprint)
@@ -148,6 +152,7 @@ def workflow_create(
         schedule=schedule,
         priority=priority,
         concurrency_key=concurrency_key,
+        max_parallel=max_parallel,
     )
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet

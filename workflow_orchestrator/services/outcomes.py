@@ -130,8 +130,10 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
             fan_in = statements.count_out(task.workflow_id, task.phase)  # recorded: count it out as usual
     else:
         # A task others wait for queues those it releases, with their jobs (sent with the
-        # change: queue.send_with_change), and hands one of them to this worker (`inline`).
-        with queue.change_transaction() if task.dependents else contextlib.nullcontext():
+        # change: queue.send_with_change), and hands one of them to this worker (`inline`);
+        # one of a workflow with max_parallel queues those waiting for the slot it frees.
+        gated = _gated(task)
+        with queue.change_transaction() if task.dependents or gated else contextlib.nullcontext():
             fan_in = statements.succeed(
                 task.pk,
                 task.attempt,
@@ -141,6 +143,7 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
                 name=task.name,
                 dependents=task.dependents,
                 inline=inline,
+                gated=gated,
             )
             if fan_in is None:
                 return Recorded(False)
@@ -159,6 +162,15 @@ def task_record(task: Task, *, stored: str | None = None, error: str | None = No
     except AuditBroken as broken:
         report_broken(broken)
         return Recorded(True)
+
+
+def _gated(task: Task) -> bool:
+    """Whether the success of `task` may fill slots of its workflow's max_parallel: an
+    EXECUTE task of a workflow with max_parallel, as its claim saw it (immutable once
+    created), or not known."""
+    if task.phase != State.EXECUTE:
+        return False
+    return task.snapshot is None or task.snapshot.values.get("max_parallel") is not None
 
 
 def _head_signed(row: statements.WorkflowRow, workflow_id) -> bool:

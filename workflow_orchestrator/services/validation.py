@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from .. import values
 from ..conf import app_settings
-from ..models import MAX_PRIORITY, MIN_PRIORITY, Workflow
+from ..models import MAX_MAX_PARALLEL, MAX_PRIORITY, MIN_MAX_PARALLEL, MIN_PRIORITY, Workflow
 from ..registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
 RESERVED_TASK_NAMES = {"prepare", "validate"}
@@ -138,14 +138,22 @@ def validate_request(name, definition, mode, input, tasks) -> tuple:
     return definition_obj, normalized
 
 
-def flow_control(definition, input: dict, priority=None, concurrency_key=None) -> tuple[int, str]:
-    """A workflow's priority and concurrency key: those given, else its definition's
-    defaults; ValidationError naming each bad field."""
+def flow_control(
+    definition, input: dict, priority=None, concurrency_key=None, max_parallel=None
+) -> tuple[int, str, int | None]:
+    """A workflow's priority, concurrency key and max_parallel: those given, else its
+    definition's defaults; ValidationError naming each bad field."""
     errors = {}
     if priority is None:
         priority = definition.priority if definition else 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+    if not _whole_number_within(priority, MIN_PRIORITY, MAX_PRIORITY):
         errors["priority"] = [f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"]
+    if max_parallel is None and definition:
+        max_parallel = definition.max_parallel
+    if max_parallel is not None and not _whole_number_within(max_parallel, MIN_MAX_PARALLEL, MAX_MAX_PARALLEL):
+        errors["max_parallel"] = [
+            f"max_parallel must be a whole number from {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}, or null for no limit"
+        ]
     if concurrency_key is None and definition:
         try:
             concurrency_key = definition.key_for(input)
@@ -160,7 +168,11 @@ def flow_control(definition, input: dict, priority=None, concurrency_key=None) -
             errors["concurrency_key"] = [f"concurrency_key {problem}"]
     if errors:
         raise ValidationError(errors)
-    return priority, concurrency_key
+    return priority, concurrency_key, max_parallel
+
+
+def _whole_number_within(value, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
 
 
 def check_idempotency_key(key: str) -> None:

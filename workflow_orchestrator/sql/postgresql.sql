@@ -19,10 +19,10 @@
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 )
 INSERT INTO workflow_orchestrator_task
@@ -43,10 +43,10 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 ), tasks AS (
     INSERT INTO workflow_orchestrator_task
@@ -123,7 +123,7 @@ RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.
     task.lease_expires_at, task.after, task.dependents, task.slot,
     workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest, workflow.head_mac,
     workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at, workflow.finished_at,
-    workflow.paused_at,
+    workflow.paused_at, workflow.max_parallel,
     -- What a PREPARE or VALIDATE handler reads (ctx.input, ctx.results): a row it is on already.
     CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END, CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END,
     -- When this start filled its key's rate window: when the window ends, and the rate.
@@ -141,12 +141,12 @@ RETURNING task.id, task.workflow_id, task.phase, task.position, task.name, task.
 WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
 
 -- name: succeed
--- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED. Unless the success ends its phase (the transition that follows claims then), the first ready task in the claim's order whose timeout is at most `inline_timeout` goes to RUNNING for this worker, from any workflow: as a delivery's `claim` would, but a task of a key with limits is left to a claim of its own (`limited`).
--- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, claim QUEUED->RUNNING
+-- A running attempt's success, and the workflow's fan-in counter down by one when it is still in the task's phase; a success after a cancel is kept and reads CANCELLED. Unless the success ends its phase (the transition that follows claims then), the first ready task in the claim's order whose timeout is at most `inline_timeout` goes to RUNNING for this worker, from any workflow: as a delivery's `claim` would, but a task of a key with limits is left to a claim of its own (`limited`). A workflow with max_parallel: the first tasks waiting for a slot, by position, are QUEUED to fill the slots free (its row locked first: `lock_workflow`).
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, claim QUEUED->RUNNING, queue PENDING->QUEUED
 /* succeed */ WITH locked AS (
     -- The lock returns the workflow's state as it is once locked (a cancel that committed
     -- while this waited included), where a subquery would see the statement's snapshot.
-    SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+    SELECT id, state, max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
     UPDATE workflow_orchestrator_task
     SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
@@ -157,6 +157,25 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
                 'finished_at', %(now)s)) END
     WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
     RETURNING phase
+), filled AS (
+    -- max_parallel: the slot this success frees goes to the first task waiting for one, by
+    -- position, with as many more as there are slots free. The count is exact because the
+    -- workflow's row was locked before this statement began (lock_workflow): a statement's
+    -- own lock comes after its snapshot. None for a workflow without max_parallel.
+    UPDATE workflow_orchestrator_task
+    SET status = 'QUEUED', attempt = attempt + 1, queued_at = %(now)s, finished_at = NULL
+    WHERE id IN (
+        SELECT id FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 0
+            AND EXISTS (SELECT 1 FROM done WHERE phase = 'EXECUTE')
+            AND EXISTS (SELECT 1 FROM locked WHERE state = 'EXECUTE' AND max_parallel IS NOT NULL)
+        ORDER BY position
+    LIMIT (SELECT GREATEST(0, max_parallel - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')
+            AND id <> %(task)s)) FROM locked WHERE max_parallel IS NOT NULL))
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 ), fan_in AS (
     -- Only a success in the workflow's current phase lowers the counter. The row is updated
     -- anyway, so that the success waits for (or holds back) a transaction that counts the
@@ -165,7 +184,7 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
     SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
     FROM done WHERE id = %(workflow)s
     RETURNING state = done.phase AS in_phase, state, mode, unfinished, last_seq, last_digest, head_mac, error,
-        retries, failed_phase, started_at, finished_at, paused_at
+        retries, failed_phase, started_at, finished_at, paused_at, max_parallel
 ), search AS (
     -- The worker looks for its next task: it has time left for one, and this success did
     -- not end its phase.
@@ -200,18 +219,18 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
         task.lease_expires_at, task.after, task.dependents, task.slot,
         workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
         workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
-        workflow.finished_at, workflow.paused_at,
+        workflow.finished_at, workflow.paused_at, workflow.max_parallel,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )
-SELECT fan_in.*, (SELECT looking FROM search), (SELECT limited FROM best), claimed.*
-FROM fan_in LEFT JOIN claimed ON TRUE
+SELECT fan_in.*, (SELECT looking FROM search), (SELECT limited FROM best), claimed.*, filled.*
+FROM fan_in LEFT JOIN claimed ON TRUE LEFT JOIN filled ON TRUE
 
 -- name: succeed_and_release
--- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker.
+-- `succeed` for a task others wait for: each counts it out of `waiting`; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` goes to RUNNING for this worker. A workflow with max_parallel queues only as many as there are slots free, the first by position of those released and those waiting for a slot (its row locked first: `lock_workflow`).
 -- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING
 /* succeed_and_release */ WITH locked AS (
-    SELECT id, state, paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
+    SELECT id, state, paused_at, max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
     UPDATE workflow_orchestrator_task
     SET status = CASE WHEN (SELECT state FROM locked) = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUCCEEDED' END,
@@ -222,12 +241,34 @@ FROM fan_in LEFT JOIN claimed ON TRUE
                 'finished_at', %(now)s)) END
     WHERE id = %(task)s AND status = 'RUNNING' AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM locked)
     RETURNING phase
+), ready AS (
+    -- max_parallel: the tasks that may be queued now, as many as there are slots free: the
+    -- first by position of those waiting for a slot and those this success releases (the
+    -- workflow's row was locked before this statement: `succeed`'s `filled`). None for a
+    -- workflow without max_parallel: each task it releases is queued.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING'
+        AND (waiting = 0 OR (waiting = 1 AND after @> jsonb_build_array(CAST(%(name)s AS text))))
+        AND EXISTS (SELECT 1 FROM done WHERE phase = 'EXECUTE')
+        AND EXISTS (SELECT 1 FROM locked WHERE state = 'EXECUTE' AND max_parallel IS NOT NULL)
+    ORDER BY position
+    LIMIT (SELECT GREATEST(0, max_parallel - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')
+            AND id <> %(task)s)) FROM locked WHERE max_parallel IS NOT NULL)
+), filled AS (
+    UPDATE workflow_orchestrator_task
+    SET status = 'QUEUED', attempt = attempt + 1, queued_at = %(now)s, finished_at = NULL
+    WHERE id IN (SELECT id FROM ready) AND status = 'PENDING' AND waiting = 0
+    RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
+        timeout, worker, started_at, lease_expires_at, after, dependents, slot
 ), next_up AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
         AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND (SELECT state FROM locked) = 'EXECUTE'
         AND (SELECT paused_at FROM locked) IS NULL AND timeout <= %(inline_timeout)s
+        AND ((SELECT max_parallel FROM locked) IS NULL OR id IN (SELECT id FROM ready))
         -- Flow control: a task under a limit waits for a claim that takes a slot; none is
         -- taken ahead of a ready task of a higher priority.
         AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
@@ -241,9 +282,15 @@ FROM fan_in LEFT JOIN claimed ON TRUE
     UPDATE workflow_orchestrator_task
     SET waiting = waiting - 1,
         status = CASE WHEN id = (SELECT id FROM next_up) THEN 'RUNNING'
-                      WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN 'QUEUED' ELSE status END,
-        attempt = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN attempt + 1 ELSE attempt END,
-        queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' THEN %(now)s ELSE queued_at END,
+                      WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' AND (
+                          (SELECT max_parallel FROM locked) IS NULL OR id IN (SELECT id FROM ready))
+                      THEN 'QUEUED' ELSE status END,
+        attempt = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' AND (
+                           (SELECT max_parallel FROM locked) IS NULL OR id IN (SELECT id FROM ready))
+                       THEN attempt + 1 ELSE attempt END,
+        queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' AND (
+                             (SELECT max_parallel FROM locked) IS NULL OR id IN (SELECT id FROM ready))
+                         THEN %(now)s ELSE queued_at END,
         started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
         lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
         worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
@@ -259,9 +306,15 @@ FROM fan_in LEFT JOIN claimed ON TRUE
     SET unfinished = CASE WHEN state = done.phase AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
     FROM done WHERE id = %(workflow)s
     RETURNING state = done.phase, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries,
-        failed_phase, started_at, finished_at, paused_at
+        failed_phase, started_at, finished_at, paused_at, max_parallel
 )
-SELECT fan_in.*, released.* FROM fan_in LEFT JOIN released ON TRUE
+SELECT fan_in.*, queued.*
+FROM fan_in LEFT JOIN (SELECT * FROM released UNION ALL SELECT * FROM filled) AS queued ON TRUE
+
+-- name: lock_workflow
+-- The workflow's row locked, in a transaction that records the success of a task of a workflow with max_parallel next: that statement's snapshot, taken once the lock is held, shows the workflow's tasks as every earlier success left them, so that it counts the slots free exactly (a statement's own lock comes after its snapshot).
+-- transitions: none
+/* lock_workflow */ SELECT 1 FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 
 -- name: count_out
 -- The fan-in alone, for a success already recorded: the workflow's counter down by one while it is in `phase`.
@@ -270,11 +323,11 @@ SELECT fan_in.*, released.* FROM fan_in LEFT JOIN released ON TRUE
 SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 WHERE id = %(workflow)s
 RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at, paused_at
+    started_at, finished_at, paused_at, max_parallel
 
 -- name: transition
--- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker unless the workflow is paused; with none of them claimed, another workflow's first ready task in the claim's order that fits is (as in `succeed`).
--- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING
+-- A state change computed in memory, written as a compare-and-set on the workflow's chain head, with its audit row; entering a phase, that phase's tasks with work left get their next attempt, the first that fits `inline_timeout` RUNNING for this worker unless the workflow is paused; with none of them claimed, another workflow's first ready task in the claim's order that fits is (as in `succeed`). Entering EXECUTE, a workflow with max_parallel queues only the first by position that fit beside its running tasks; the others wait, PENDING, for a slot.
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING, hold_back QUEUED->PENDING, hold_back FAILED->PENDING, hold_back CANCELLED->PENDING
 /* transition */ WITH change AS (
     -- Only while the workflow is still in the state, and at the head of its audit chain
     -- (its seq and the MAC the caller checked), that the change was computed from: a
@@ -295,7 +348,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         unfinished = (SELECT COUNT(*) FROM workflow_orchestrator_task
                       WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
     WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
-    RETURNING unfinished, callback_url, paused_at
+    RETURNING unfinished, callback_url, paused_at, max_parallel
 ), audit AS (
     INSERT INTO workflow_orchestrator_transition
         (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
@@ -303,12 +356,26 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         CAST(%(data)s AS jsonb), %(created_at)s, %(digest)s
     FROM change
     RETURNING id
+), held AS (
+    -- max_parallel: entering EXECUTE, the tasks to run beyond the first that fit beside those
+    -- still running (a retry's), by position, are not queued: they wait, PENDING, for a slot,
+    -- which a success fills (`succeed`). None for a workflow without max_parallel. A retry
+    -- holds the lock on the workflow's row: the count is exact.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND %(target)s = 'EXECUTE' AND EXISTS (SELECT 1 FROM change WHERE max_parallel IS NOT NULL)
+    ORDER BY position
+    OFFSET (SELECT GREATEST(0, max_parallel - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'RUNNING')) FROM change
+        WHERE max_parallel IS NOT NULL)
 ), pick AS (
     -- Tasks have a phase for a state (PREPARE, EXECUTE, VALIDATE): a change to any other
     -- state queues nothing. A NULL inline_timeout, or a paused workflow, picks nothing.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
+        AND id NOT IN (SELECT id FROM held)
         -- Flow control: a task under a limit waits for a claim that takes a slot; none is
         -- taken ahead of a ready task of a higher priority.
         AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
@@ -318,17 +385,18 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task
-    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING'
+                      WHEN id IN (SELECT id FROM held) THEN 'PENDING' ELSE 'QUEUED' END,
         started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
         lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN CAST(%(lease)s AS timestamptz) END,
         worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
         attempts = CASE WHEN id = (SELECT id FROM pick) THEN attempts || jsonb_build_array(jsonb_build_object(
             'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
             ELSE attempts END,
-        attempt = attempt + 1,
+        attempt = CASE WHEN id IN (SELECT id FROM held) THEN attempt ELSE attempt + 1 END,
         -- A workflow retry gives the tasks a fresh budget of attempts.
         attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
-        queued_at = %(now)s, finished_at = NULL
+        queued_at = CASE WHEN id IN (SELECT id FROM held) THEN NULL ELSE %(now)s END, finished_at = NULL
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
@@ -368,7 +436,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         task.lease_expires_at, task.after, task.dependents, task.slot,
         workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
         workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
-        workflow.finished_at, workflow.paused_at,
+        workflow.finished_at, workflow.paused_at, workflow.max_parallel,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )
@@ -377,8 +445,8 @@ SELECT 1, (SELECT unfinished FROM change), (SELECT callback_url FROM change), (S
 FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
 
 -- name: succeed_and_transition
--- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition` (no inline pick for a paused workflow; another workflow's task when the entered phase gives none), in one statement.
--- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING
+-- The success of the last task of its phase (as its claim showed) and the transition it causes, made only if it still is the last: `succeed`, then `transition` (no inline pick for a paused workflow; another workflow's task when the entered phase gives none; max_parallel's gate), in one statement.
+-- transitions: succeed RUNNING->SUCCEEDED, end_cancelled RUNNING->CANCELLED, queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, claim QUEUED->RUNNING, hold_back QUEUED->PENDING, hold_back FAILED->PENDING, hold_back CANCELLED->PENDING
 /* succeed_and_transition */ WITH locked AS (
     SELECT id, state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s FOR UPDATE
 ), done AS (
@@ -411,7 +479,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
                       WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status <> 'SUCCEEDED')
     WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s AND head_mac = %(previous_mac)s
         AND unfinished = 1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unfinished, callback_url, paused_at
+    RETURNING unfinished, callback_url, paused_at, max_parallel
 ), audit AS (
     INSERT INTO workflow_orchestrator_transition
         (workflow_id, seq, source, target, event, actor_id, actor_label, reason, data, created_at, digest)
@@ -419,10 +487,21 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
         CAST(%(data)s AS jsonb), %(created_at)s, %(digest)s
     FROM change
     RETURNING id
+), held AS (
+    -- As `transition`'s.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND %(target)s = 'EXECUTE' AND EXISTS (SELECT 1 FROM change WHERE max_parallel IS NOT NULL)
+    ORDER BY position
+    OFFSET (SELECT GREATEST(0, max_parallel - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'RUNNING')) FROM change
+        WHERE max_parallel IS NOT NULL)
 ), pick AS (
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND timeout <= %(inline_timeout)s AND EXISTS (SELECT 1 FROM change WHERE paused_at IS NULL)
+        AND id NOT IN (SELECT id FROM held)
         -- Flow control: a task under a limit waits for a claim that takes a slot; none is
         -- taken ahead of a ready task of a higher priority.
         AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
@@ -432,16 +511,17 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
     ORDER BY position LIMIT 1
 ), queued AS (
     UPDATE workflow_orchestrator_task
-    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+    SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING'
+                      WHEN id IN (SELECT id FROM held) THEN 'PENDING' ELSE 'QUEUED' END,
         started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
         lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN CAST(%(lease)s AS timestamptz) END,
         worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
         attempts = CASE WHEN id = (SELECT id FROM pick) THEN attempts || jsonb_build_array(jsonb_build_object(
             'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
             ELSE attempts END,
-        attempt = attempt + 1,
+        attempt = CASE WHEN id IN (SELECT id FROM held) THEN attempt ELSE attempt + 1 END,
         attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
-        queued_at = %(now)s, finished_at = NULL
+        queued_at = CASE WHEN id IN (SELECT id FROM held) THEN NULL ELSE %(now)s END, finished_at = NULL
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND EXISTS (SELECT 1 FROM change)
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
@@ -481,7 +561,7 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
         task.lease_expires_at, task.after, task.dependents, task.slot,
         workflow.state, workflow.mode, workflow.unfinished, workflow.last_seq, workflow.last_digest,
         workflow.head_mac, workflow.error, workflow.retries, workflow.failed_phase, workflow.started_at,
-        workflow.finished_at, workflow.paused_at,
+        workflow.finished_at, workflow.paused_at, workflow.max_parallel,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.input END,
         CASE WHEN task.phase <> 'EXECUTE' THEN workflow.results END
 )

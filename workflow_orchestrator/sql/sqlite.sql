@@ -13,7 +13,7 @@
 /* create_workflow */ INSERT INTO workflow_orchestrator_workflow
     (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
      idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-     unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key)
+     unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.definition'),
     json_extract(value, '$.state'), json_extract(value, '$.mode'), json_extract(value, '$.input'),
     json_extract(value, '$.results'), json_extract(value, '$.error'), json_extract(value, '$.retries'),
@@ -23,7 +23,7 @@ SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(
     json_extract(value, '$.updated_at'), json_extract(value, '$.started_at'), json_extract(value, '$.finished_at'),
     json_extract(value, '$.unfinished'), json_extract(value, '$.last_seq'), json_extract(value, '$.last_digest'),
     json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id'), json_extract(value, '$.priority'),
-    json_extract(value, '$.concurrency_key')
+    json_extract(value, '$.concurrency_key'), json_extract(value, '$.max_parallel')
 FROM (SELECT json(%(workflow)s) AS value)
 
 -- name: create_tasks
@@ -124,7 +124,7 @@ RETURNING window_started_at, per_seconds, rate, window_starts >= rate
 -- What a transition of a claimed task's workflow needs of its row, and what a PREPARE or VALIDATE handler reads (its input and results).
 -- transitions: none
 /* workflow_row */ SELECT state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at, paused_at, input, results
+    started_at, finished_at, paused_at, max_parallel, input, results
 FROM workflow_orchestrator_workflow WHERE id = %(workflow)s
 
 -- name: workflow_input
@@ -159,12 +159,26 @@ RETURNING phase
 SET unfinished = CASE WHEN state = %(phase)s AND unfinished > 0 THEN unfinished - 1 ELSE unfinished END
 WHERE id = %(workflow)s
 RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, head_mac, error, retries, failed_phase,
-    started_at, finished_at, paused_at
+    started_at, finished_at, paused_at, max_parallel
 
 -- name: release_waiting
--- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker.
+-- After a success of the task `name`: the tasks waiting for it count it out; one left waiting for nothing is QUEUED while the workflow is in EXECUTE, and, unless the workflow is paused, the first of those whose timeout is at most `inline_timeout` RUNNING for this worker. A workflow with max_parallel queues only as many as there are slots free, the first by position of those released and those waiting for a slot.
 -- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING
-/* release_waiting */ WITH next_up AS (
+/* release_waiting */ WITH ready AS (
+    -- max_parallel: the tasks that may be queued now, as many as there are slots free: the
+    -- first by position of those waiting for a slot and those this success releases (those
+    -- waiting for a slot are queued next: `queue_held`). None for a workflow without
+    -- max_parallel: each task it releases is queued.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING'
+        AND (waiting = 0 OR (waiting = 1
+            AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)))
+        AND (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NOT NULL
+    ORDER BY position
+    LIMIT MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')))
+), next_up AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 1
@@ -172,6 +186,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
         AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'EXECUTE'
         AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
         AND timeout <= %(inline_timeout)s
+        AND ((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready))
         -- Flow control: a task under a limit waits for a claim that takes a slot; none is
         -- taken ahead of a ready task of a higher priority.
         AND concurrency_key NOT IN (SELECT key FROM workflow_orchestrator_concurrencylimit)
@@ -184,12 +199,15 @@ UPDATE workflow_orchestrator_task
 SET waiting = waiting - 1,
     status = CASE WHEN id = (SELECT id FROM next_up) THEN 'RUNNING'
                   WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
-                       = 'EXECUTE' THEN 'QUEUED'
+                       = 'EXECUTE' AND (
+                      (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN 'QUEUED'
                   ELSE status END,
     attempt = CASE WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
-                        = 'EXECUTE' THEN attempt + 1 ELSE attempt END,
+                        = 'EXECUTE' AND (
+                      (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN attempt + 1 ELSE attempt END,
     queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
-                          = 'EXECUTE' THEN %(now)s ELSE queued_at END,
+                          = 'EXECUTE' AND (
+                      (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN %(now)s ELSE queued_at END,
     started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
     lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
     worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
@@ -198,6 +216,22 @@ SET waiting = waiting - 1,
         ELSE attempts END
 WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
     AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
+RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
+    worker, started_at, lease_expires_at, after, dependents, slot
+
+-- name: queue_held
+-- max_parallel: after a success in EXECUTE, the first tasks waiting for a slot (PENDING, waiting for no other task), by position, QUEUED to fill the workflow's slots free; run only for a workflow with max_parallel.
+-- transitions: queue PENDING->QUEUED
+/* queue_held */ UPDATE workflow_orchestrator_task
+SET status = 'QUEUED', attempt = attempt + 1, queued_at = %(now)s, finished_at = NULL
+WHERE id IN (
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting = 0
+        AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) = 'EXECUTE'
+    ORDER BY position
+    LIMIT MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING'))))
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
     worker, started_at, lease_expires_at, after, dependents, slot
 
@@ -226,13 +260,25 @@ WHERE id = %(workflow)s AND state = %(source)s AND last_seq = %(previous_seq)s A
 RETURNING unfinished, callback_url
 
 -- name: queue_phase
--- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker, unless the workflow is paused.
--- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING
-/* queue_phase */ WITH pick AS (
+-- The entered phase's tasks with work left get their next attempt (a fresh budget with `fresh_budget`); the first that fits `inline_timeout` goes to RUNNING for this worker, unless the workflow is paused. Entering EXECUTE, a workflow with max_parallel queues only the first by position that fit beside its running tasks; the others wait, PENDING, for a slot.
+-- transitions: queue PENDING->QUEUED, claim_inline PENDING->RUNNING, requeue FAILED->QUEUED, claim_inline FAILED->RUNNING, requeue CANCELLED->QUEUED, claim_inline CANCELLED->RUNNING, claim_inline QUEUED->RUNNING, hold_back QUEUED->PENDING, hold_back FAILED->PENDING, hold_back CANCELLED->PENDING
+/* queue_phase */ WITH held AS (
+    -- max_parallel: entering EXECUTE, the tasks to run beyond the first that fit beside those
+    -- still running (a retry's), by position, are not queued: they wait, PENDING, for a slot,
+    -- which a success fills (`queue_held`). None for a workflow without max_parallel.
+    SELECT id FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
+        AND %(target)s = 'EXECUTE' AND (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NOT NULL
+    ORDER BY position
+    LIMIT -1 OFFSET MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
+        SELECT COUNT(*) FROM workflow_orchestrator_task
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'RUNNING'))
+), pick AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing.
     SELECT id FROM workflow_orchestrator_task
     WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
         AND (SELECT paused_at FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL
+        AND id NOT IN (SELECT id FROM held)
         AND timeout <= %(inline_timeout)s
         -- Flow control: a task under a limit waits for a claim that takes a slot; none is
         -- taken ahead of a ready task of a higher priority.
@@ -243,16 +289,17 @@ RETURNING unfinished, callback_url
     ORDER BY position LIMIT 1
 )
 UPDATE workflow_orchestrator_task
-SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING' ELSE 'QUEUED' END,
+SET status = CASE WHEN id = (SELECT id FROM pick) THEN 'RUNNING'
+                  WHEN id IN (SELECT id FROM held) THEN 'PENDING' ELSE 'QUEUED' END,
     started_at = CASE WHEN id = (SELECT id FROM pick) THEN %(now)s END,
     lease_expires_at = CASE WHEN id = (SELECT id FROM pick) THEN %(lease)s END,
     worker = CASE WHEN id = (SELECT id FROM pick) THEN %(worker)s ELSE '' END,
     attempts = CASE WHEN id = (SELECT id FROM pick) THEN json_insert(attempts, '$[#]', json_object(
         'attempt', attempt + 1, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
         ELSE attempts END,
-    attempt = attempt + 1,
+    attempt = CASE WHEN id IN (SELECT id FROM held) THEN attempt ELSE attempt + 1 END,
     attempt_offset = CASE WHEN %(fresh_budget)s THEN attempt ELSE attempt_offset END,
-    queued_at = %(now)s, finished_at = NULL
+    queued_at = CASE WHEN id IN (SELECT id FROM held) THEN NULL ELSE %(now)s END, finished_at = NULL
 WHERE workflow_id = %(workflow)s AND phase = %(target)s AND status NOT IN ('SUCCEEDED', 'RUNNING') AND waiting = 0
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
     worker, started_at, lease_expires_at, after, dependents, slot

@@ -16,7 +16,9 @@ from rich.table import Table
 from workflow_orchestrator import audit, checkpoints, jobs, schedules, selectors, services, statements, values
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflow_orchestrator.models import (
+    MAX_MAX_PARALLEL,
     MAX_PRIORITY,
+    MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     Actor,
     ConcurrencyLimit,
@@ -87,6 +89,13 @@ class Command(BaseCommand):
             metavar="KEY",
             help="Workflows with the same key share its limits (`workflow limit`) and take turns with other keys "
             "(default: the definition's; '' for none).",
+        )
+        start.add_argument(
+            "--max-parallel",
+            type=int,
+            metavar="N",
+            help=f"From {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}: at most N of its EXECUTE tasks queued or running at "
+            "once, the others wait for a slot (default: the definition's, else no limit).",
         )
         start.add_argument(
             "--wait",
@@ -240,7 +249,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{workflow.pk}  {workflow.name}  {workflow.state}  ({progress['done']}/{progress['total']} tasks)"
         )
-        self.stdout.write(f"  priority {workflow.priority}  concurrency key {workflow.concurrency_key or '—'}")
+        limit = f"  max_parallel {workflow.max_parallel}" if workflow.max_parallel is not None else ""
+        self.stdout.write(f"  priority {workflow.priority}  concurrency key {workflow.concurrency_key or '—'}{limit}")
         if workflow.error:
             self.stdout.write(f"  error: {workflow.error}")
         if reason := selectors.waiting_reason(workflow):
@@ -278,6 +288,7 @@ class Command(BaseCommand):
         callback_url,
         priority,
         concurrency_key,
+        max_parallel,
         wait,
         as_json,
         **_,
@@ -294,6 +305,7 @@ class Command(BaseCommand):
             callback_url=callback_url,
             priority=priority,
             concurrency_key=concurrency_key,
+            max_parallel=max_parallel,
             actor=Actor.CLI,
             start=True,
         )
