@@ -613,19 +613,31 @@ class Flow(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(pick=st.integers(0, 5), succeed=st.booleans(), hand_on=st.booleans())
     def a_busy_worker_records(self, pick, succeed, hand_on):
-        task = self.held.pop(pick % len(self.held))
+        self.record(self.held.pop(pick % len(self.held)), succeed, hand_on)
+
+    @precondition(lambda self: self.held and Task.objects.filter(status=Status.QUEUED).exists())
+    @rule(pick=st.integers(0, 5))
+    def a_busy_worker_succeeds_while_tasks_wait(self, pick):
+        """The one-statement hand-on: the success claims the worker's next task."""
+        self.record(self.held.pop(pick % len(self.held)), True, True)
+
+    def record(self, task: Task, succeed: bool, hand_on: bool) -> None:
         inline = services.inline_claim(task.worker, BUDGET) if hand_on else None
         outcome = {"stored": "1"} if succeed else {"error": "RuntimeError: boom"}
         recorded = services.task_record(task, inline=inline, **outcome)
         if recorded.next_task is not None:
-            handed = recorded.next_task
-            # Handed on within its workflow: never a limited key's, never ahead of a higher priority.
-            assert handed.workflow_id == task.workflow_id and handed.concurrency_key not in self.limits()
-            higher = Task.objects.filter(
-                status=Status.QUEUED, priority__gt=handed.priority, queued_at__lte=timezone.now()
-            )
-            assert not higher.exists()
-            self.given(handed)
+            # The outcome claimed the worker's next task (one statement): never ahead of a
+            # ready task of a higher priority; another workflow's only as the first ready
+            # task in the claim's order (the tasks this outcome queued in its own workflow
+            # aside: a statement does not see what it writes), as a delivery's claim would.
+            handed = Task.objects.get(pk=recorded.next_task.pk)
+            ready = self.claimable()
+            assert not [t for t in ready if t.priority > handed.priority], (handed, ready[:3])
+            if handed.workflow_id != task.workflow_id:
+                place = (-handed.priority, handed.turn, handed.pk)
+                others = [t for t in ready if t.workflow_id != task.workflow_id]
+                assert all(place < (-t.priority, t.turn, t.pk) for t in others), (handed, others[:3])
+            self.given(recorded.next_task)
 
     @rule()
     def recovery_takes_back_every_lease(self):
