@@ -1,8 +1,10 @@
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
@@ -88,3 +90,17 @@ def test_the_orm_broker_looks_again_sooner_while_jobs_keep_coming(db, monkeypatc
     monkeypatch.setattr(broker, "_found_at", brokers.time.monotonic() - 5)
     assert broker.dequeue() is None  # nothing for a while: a whole poll again
     assert pauses[0] == pauses[2] == Conf.POLL and pauses[1] <= Conf.POLL / 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_holds_at_least_counts_only_due_jobs_not_taken():
+    """What a busy worker asks before it sends deliveries (queue.needed)."""
+    broker = queue.broker()
+    broker.purge_queue()
+    assert not broker.holds_at_least(1)
+    queue.enqueue(queue.deliveries(2))
+    queue.enqueue(queue.deliveries(3, eta=timezone.now() + timedelta(hours=1)))
+    assert broker.holds_at_least(2) and not broker.holds_at_least(3)  # the delayed ones are not due
+    broker.dequeue()  # a cluster takes one
+    assert broker.holds_at_least(1) and not broker.holds_at_least(2)
+    broker.purge_queue()

@@ -29,7 +29,7 @@ ORM = [
     ('SELECT "workflow_orchestrator_task"."id"', "the failed attempt"),
     ('UPDATE "workflow_orchestrator_task" SET "status" =', "its next attempt"),
     ('INSERT INTO "django_q_ormq"', "enqueue"),
-    ('SELECT COUNT(*) AS "__count" FROM "django_q_ormq"', "the broker's queue"),
+    ('SELECT "django_q_ormq"."id" AS "id" FROM "django_q_ormq"', "the broker's queue"),
 ]
 
 

@@ -57,6 +57,12 @@ class OrmBroker(ORM):
     def delayed_size(self) -> int:
         return self.get_connection().filter(key=self.list_key, lock__gt=timezone.now()).count()
 
+    def holds_at_least(self, count: int) -> bool:
+        """Whether at least `count` jobs are due and not taken: a look at `count` rows at
+        most, where counting them all would read a backlog whole."""
+        due = self.get_connection().filter(key=self.list_key, lock__lte=timezone.now())
+        return len(due.values_list("id", flat=True)[:count]) >= count
+
     def get_stats(self, pattern: str) -> list | None:
         """Cluster statistics from the cache. django-q2's version removes expired keys from
         the list it is iterating over, which skips the key after each one removed: right
@@ -126,6 +132,10 @@ class RedisBroker(Redis):
 
     def delayed_size(self) -> int:
         return self.connection.zcard(self.delayed_key)
+
+    def holds_at_least(self, count: int) -> bool:
+        """Whether at least `count` jobs are due and not taken (the list's length)."""
+        return self.connection.llen(self.list_key) >= count
 
     def purge_queue(self):
         self.connection.delete(self.delayed_key)

@@ -155,7 +155,7 @@ def needed(jobs: list[Job]) -> list[Job]:
     fits it."""
     standard = budget(0)
     own = [job for job in jobs if job.timeout != standard or job.eta is not None]
-    if len(own) == len(jobs) or broker().queue_size() < Conf.WORKERS:
+    if len(own) == len(jobs) or not broker().holds_at_least(Conf.WORKERS):
         return jobs
     held_back.count += len(jobs) - len(own)
     return own
