@@ -481,7 +481,7 @@ def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
     run_state_machine_as_test(
         GatedEngine,
         settings=settings(
-            max_examples=60,
+            max_examples=40,
             stateful_step_count=30,
             deadline=None,
             derandomize=True,
