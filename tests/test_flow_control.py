@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.conftest import reload, task
-from workflow_orchestrator import queue, services
+from workflow_orchestrator import queue, services, statements
 from workflow_orchestrator.models import Actor, ConcurrencyLimit, State, Task, Workflow
 
 Status = Task.Status
@@ -265,3 +265,31 @@ def test_a_job_sent_before_deliveries_runs_its_own_attempt_only(engine):
     engine.run({"func": queue.RUN_TASK, "args": [prepare.pk, prepare.attempt], "kwargs": {}}, tasks=1)
     assert task(first, "prepare").status == Status.QUEUED
     assert task(second, "prepare").status == Status.SUCCEEDED
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's claim names its index (INDEXED BY)")
+@pytest.mark.django_db(transaction=True)
+def test_recovery_takes_the_tasks_statistics_again_after_a_burst_so_the_claim_walks_its_index():
+    """Statistics taken while nothing was queued, then a burst of ready tasks: the claim
+    was planned as a read of all of them and a sort, until recovery took them again."""
+
+    def estimated_ready() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN SELECT id FROM workflow_orchestrator_task WHERE status = 'QUEUED'")
+            plan = cursor.fetchone()[0]
+        return int(plan.split("rows=")[1].split()[0])
+
+    def flush() -> None:  # this session's counters, which PostgreSQL publishes a second late
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE workflow_orchestrator_task")
+    for _ in range(400):
+        services.workflow_create(name="burst", actor=Actor.CLI, tasks=[{"type": "noop"}] * 3, start=True)
+    assert estimated_ready() < 50  # the planner still counts (almost) no ready task
+    flush()
+    services.recover()
+    assert estimated_ready() > 200  # 400 PREPARE tasks are ready
+    flush()
+    assert statements.refresh_statistics() is False  # nothing changed since: no second ANALYZE

@@ -62,3 +62,8 @@ def workflow_input(workflow_id) -> tuple[dict, dict]:
 def results(workflow_id, phase: str) -> list[tuple[str, object]]:
     """See Backend.results."""
     return get_backend().results(workflow_id, phase)
+
+
+def refresh_statistics() -> bool:
+    """See Backend.refresh_statistics."""
+    return get_backend().refresh_statistics()

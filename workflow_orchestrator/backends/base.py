@@ -307,6 +307,12 @@ class Backend:
         params = {"workflow": self.db_uuid(workflow_id), "phase": phase}
         return self._fan_in(self._one("count_out", params))
 
+    def refresh_statistics(self) -> bool:
+        """Bring the planner's statistics of the tasks table up to date when many of its
+        rows changed since they were taken; True when it did. The claim is planned on
+        them (see backends.postgresql)."""
+        return False
+
     def workflow_input(self, workflow_id) -> tuple[dict, dict]:
         """The workflow's input and its results so far."""
         input, results = self._one("workflow_input", {"workflow": self.db_uuid(workflow_id)})

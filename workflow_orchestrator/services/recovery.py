@@ -10,7 +10,7 @@ from operator import attrgetter
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .. import audit, logs, queue
+from .. import audit, logs, queue, statements
 from ..conf import app_settings
 from ..models import PHASES, Actor, BrokenChain, ConcurrencyLimit, Task, Workflow
 from .exceptions import AuditBroken
@@ -33,7 +33,10 @@ def recover(*, now=None) -> dict:
 
     Each workflow's whole audit chain is verified before anything of it is touched: one
     that does not verify is left as it is, reported (BrokenChain) and listed under
-    `audit_broken`. Findings of earlier runs whose chains verify again are cleared."""
+    `audit_broken`. Findings of earlier runs whose chains verify again are cleared.
+
+    On PostgreSQL it also takes the tasks table's statistics again after a burst of
+    changes, which the claim's plan depends on (Backend.refresh_statistics)."""
     now = now or timezone.now()
     run = _Recovery()
     _clear_mended_chains()
@@ -60,6 +63,8 @@ def recover(*, now=None) -> dict:
         for workflow_id in ids
     )
     released = sum(_release_orphans(run, ids) for ids in batches(orphans()))
+    if statements.refresh_statistics():
+        logger.info("recovery: the tasks table's statistics taken again (many rows changed since the last time)")
     return {
         "expired": len(expired),
         "requeued": requeued,
