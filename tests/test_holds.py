@@ -14,7 +14,9 @@ from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -559,3 +561,16 @@ def test_holds_follow_the_model_s_permissions(engine, db):
     assert client.post(ADD_HOLD, {"kind": "key", "value": "b"}).status_code == 403
     assert client.post(hold_url(held, "delete"), {"post": "yes"}).status_code == 403
     assert Hold.objects.values_list("value", flat=True).get() == "acme"
+
+
+def test_the_holds_list_counts_their_workflows_in_one_query_whatever_their_number(engine, admin_client):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(HOLDS).status_code == 200
+        return len(captured)
+
+    hold(engine, "key", "a")
+    one = queries()
+    hold(engine, "key", "b"), hold(engine, "key", "c")
+    assert len(dom.parse(admin_client.get(HOLDS)).select("#result_list tbody tr")) == 3
+    assert queries() == one

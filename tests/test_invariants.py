@@ -476,17 +476,22 @@ class GatedEngine(Engine):
             self.next_step()
 
 
+def machine_settings(examples: int) -> settings:
+    """The state machines' runs: `examples` sequences of 30 steps, the same every run."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=30,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
 @pytest.mark.timeout(300)
 def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
     run_state_machine_as_test(
         GatedEngine,
-        settings=settings(
-            max_examples=40,
-            stateful_step_count=30,
-            deadline=None,
-            derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
+        settings=machine_settings(40),
     )
 
 
@@ -494,13 +499,7 @@ def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
 def test_engine_invariants_hold_under_random_operations(db):
     run_state_machine_as_test(
         Engine,
-        settings=settings(
-            max_examples=80,
-            stateful_step_count=30,
-            deadline=None,
-            derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
+        settings=machine_settings(80),
     )
 
 
@@ -681,11 +680,5 @@ def test_flow_control_invariants_hold_under_random_operations(db):
     with override_settings(ORCH_RETRY_BACKOFF=3600, ORCH_RETRY_BACKOFF_MAX=3600):
         run_state_machine_as_test(
             Flow,
-            settings=settings(
-                max_examples=100,
-                stateful_step_count=30,
-                deadline=None,
-                derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            ),
+            settings=machine_settings(100),
         )

@@ -568,3 +568,14 @@ FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
 SELECT (SELECT COUNT(*) FROM done), (SELECT unfinished FROM change), (SELECT callback_url FROM change),
     (SELECT id FROM audit), (SELECT looking FROM search), (SELECT limited FROM best), queued.*, claimed.*
 FROM (SELECT 1) AS one LEFT JOIN queued ON TRUE LEFT JOIN claimed ON TRUE
+
+-- name: tasks_changed
+-- Whether the tasks table's statistics, which the claim is planned on, are due again: at least `rows` of its rows, and `share` of them, changed since they were taken (recovery: Backend.refresh_statistics).
+-- transitions: none
+/* tasks_changed */ SELECT n_mod_since_analyze >= GREATEST(%(rows)s, n_live_tup * %(share)s)
+FROM pg_stat_user_tables WHERE relid = CAST('workflow_orchestrator_task' AS regclass)
+
+-- name: analyze_tasks
+-- The tasks table's statistics taken again: a sample of its rows, whatever its size.
+-- transitions: none
+/* analyze_tasks */ ANALYZE workflow_orchestrator_task
