@@ -132,15 +132,15 @@ def _die_with_parent() -> None:
 
 class Cluster:
     """`manage.py qcluster` in its own session, with this process's environment (so the
-    same DATABASE_URL, ORCH_BROKER, ORCH_WORKERS and ORCH_CLUSTER_NAME)."""
+    same DATABASE_URL, ORCH_BROKER, ORCH_WORKERS and ORCH_CLUSTER_NAME), but for `env`."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, **env: str):
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "qcluster"],
             cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -177,6 +177,13 @@ class Cluster:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-chars:]
         return ""
+
+    def pids(self) -> set[int]:
+        """The process ids of the cluster: its main process and every process under it."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            main = psutil.Process(self.process.pid)
+            return {main.pid, *(child.pid for child in main.children(recursive=True))}
+        return set()
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -624,3 +631,25 @@ class Waiting:
         Workflow.objects.filter(name=self.name)._raw_delete(connection.alias)
         ConcurrencyLimit.objects.filter(key__in=self.keys).delete()
         vacuum(full=True)
+
+
+# --- Work spread over two clusters (bench --spread) -------------------------------------------
+
+
+def idle_waits(tasks: list[tuple[float, float, float]], workers: int) -> list[float]:
+    """For each task, given as (runnable, started, finished) in seconds, how long it waited
+    to start while fewer than `workers` tasks ran: the part of its wait that a free worker,
+    in any cluster, could have spared it. A worker runs one task at a time, so the tasks
+    running at a moment are the busy workers."""
+    changes = sorted([(started, 1) for _, started, _ in tasks] + [(finished, -1) for _, _, finished in tasks])
+    idle, busy, since = [], 0, float("-inf")
+    for moment, step in changes:
+        if busy < workers and moment > since:
+            idle.append((since, moment))
+        busy += step
+        since = moment
+    idle.append((since, float("inf")))  # after the last finish, every worker is free
+    return [
+        sum(max(0.0, min(started, end) - max(runnable, begin)) for begin, end in idle if begin < started)
+        for runnable, started, _ in tasks
+    ]

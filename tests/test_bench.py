@@ -19,6 +19,7 @@ from orchestrator_dev.bench import (
     Waiting,
     chain_tasks,
     hops_ms,
+    idle_waits,
     percentile,
 )
 from orchestrator_dev.management.commands.bench import API_REQUESTS, TASKS_PER_WORKFLOW
@@ -56,6 +57,16 @@ def test_percentile_interpolates_between_ranks():
 def test_hops_run_from_one_finish_to_the_next():
     assert hops_ms([10.0, 10.002, 10.0025]) == pytest.approx([2.0, 0.5])
     assert hops_ms([10.0]) == []
+
+
+def test_idle_waits_count_only_the_time_a_worker_was_free():
+    # Two workers. Task 1 runs 0–10 and task 2 runs 0–4; task 3, runnable at 1, starts at
+    # 6: a worker was free from 4, so it waited 2 s of its 5 with one free. Task 4, runnable
+    # at 2, starts at 10, when task 3 still runs: free from 4 to 6 only (task 3 took the
+    # free worker at 6), 2 s. Task 5 is taken at once.
+    tasks = [(0, 0, 10), (0, 0, 4), (1, 6, 12), (2, 10, 11), (11, 11, 12)]
+    assert idle_waits(tasks, workers=2) == pytest.approx([0, 0, 2, 2, 0])
+    assert idle_waits(tasks, workers=3) == pytest.approx([0, 0, 5, 8, 0]), "one worker more: always one free"
 
 
 def test_chain_tasks_are_each_after_the_one_before():
@@ -193,6 +204,28 @@ def test_bench_reports_counts_that_add_up_and_figures_from_its_measurements(tran
     assert_claim_cost_adds_up(report, claims=3, claim_small=5, claim_large=20)
     assert not Task.objects.exists(), "and the waiting tasks it timed the claim against"
     assert not ConcurrencyLimit.objects.exists(), "and the limits it set"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_bench_spread_reports_both_rounds_on_two_clusters(transactional_db):
+    sizes = {"spread_workers": 1, "spread_tasks": 2, "spread_workflows": 2, "spread_stream": 2,
+             "spread_interval_ms": 300}  # fmt: skip
+    report = bench("--spread", *[f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()])
+
+    assert (report["kind"], report["clusters"], report["workers"], report["spread_tasks"]) == ("spread", 2, 1, 2)
+    rounds = report["spread_rounds"]
+    assert list(rounds) == ["burst", "stream"]
+    assert (rounds["burst"]["interval_ms"], rounds["stream"]["interval_ms"]) == (0, 300)
+    for figures in rounds.values():
+        assert figures["workflows"] == 2 and figures["tasks"] == 2 * (2 + 2), "PREPARE, 2 tasks, VALIDATE each"
+        assert sum(figures["tasks_per_cluster"]) == figures["tasks"]
+        assert figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"] <= figures["plain_max_ms"]
+        assert figures["plain_p50_ms"] <= figures["plain_p99_ms"] <= figures["plain_max_ms"]
+    assert report["spread_tasks_run"] == 16
+    assert report["spread_wait_max_ms"] == max(figures["max_ms"] for figures in rounds.values())
+    assert report["spread_slow_waits"] == sum(figures["slow_waits"] for figures in rounds.values())
+    assert not Workflow.objects.exists(), "the run deletes the workflows it created"
 
 
 @pytest.mark.integration

@@ -40,6 +40,8 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count, Max, Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, override_settings
+from django_q.conf import Conf
+from django_q.status import Stat
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -58,6 +60,7 @@ from orchestrator_dev.bench import (
     counted,
     delete_generated,
     hops_ms,
+    idle_waits,
     metrics_kept,
     percentile,
     stamps,
@@ -75,10 +78,12 @@ ONE_NOOP = [{"type": "noop"}]
 SIZES = {
     "default": {"rounds": 3, "jobs": 3000, "workflows": 250, "chains": 250, "latency_samples": 30, "hop_chains": 20,
                 "flood": 2000, "neighbours": 20, "neighbour_limit": None, "claims": 50, "claim_small": 1000,
-                "claim_large": 100_000, "api_size": 100_000},
+                "claim_large": 100_000, "api_size": 100_000, "spread_workflows": 5, "spread_tasks": 16,
+                "spread_workers": 8, "spread_stream": 8, "spread_interval_ms": 700},
     "quick": {"rounds": 2, "jobs": 300, "workflows": 30, "chains": 30, "latency_samples": 8, "hop_chains": 3,
               "flood": 200, "neighbours": 5, "neighbour_limit": None, "claims": 20, "claim_small": 1000,
-              "claim_large": 10_000, "api_size": 2_000},
+              "claim_large": 10_000, "api_size": 2_000, "spread_workflows": 2, "spread_tasks": 6,
+              "spread_workers": 2, "spread_stream": 3, "spread_interval_ms": 700},
 }  # fmt: skip
 API_SMALL = 1000
 API_LONG_HISTORY = 50
@@ -92,6 +97,9 @@ API_REQUESTS = {
 # The bearer token of /metrics during the run.
 METRICS_TOKEN = secrets.token_urlsafe(16)
 STALL_SECONDS = 90  # give up when nothing has progressed for this long
+SPREAD_CLUSTERS = 2
+SPREAD_TASK_SECONDS = 1  # each task of `bench --spread` sleeps this long
+SPREAD_SLOW_WAIT = 0.5  # a wait (with a worker free somewhere) longer than this counts as slow
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
 
@@ -180,6 +188,18 @@ class Command(BaseCommand):
         api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
         api.add_argument("--api-size", type=positive, help="Workflows to generate (default 100000; --quick 2000).")
         api.add_argument("--yes", action="store_true", help="Run --api even if the database holds workflows.")
+        spreading = parser.add_argument_group("work spread over two clusters")
+        spreading.add_argument("--spread", action="store_true", help="Two clusters on one queue: how long tasks "
+                               "wait to start while a worker is free in either.")  # fmt: skip
+        spreading.add_argument("--spread-workflows", type=positive, help="Workflows started at once in the burst "
+                               "round (default 5).")  # fmt: skip
+        spreading.add_argument("--spread-stream", type=positive, help="Workflows started one after another in the "
+                               "stream round (default 8).")  # fmt: skip
+        spreading.add_argument("--spread-tasks", type=positive, help=f"Tasks of {SPREAD_TASK_SECONDS} s per workflow "
+                               "(default 16).")  # fmt: skip
+        spreading.add_argument("--spread-workers", type=positive, help="Workers per cluster (default 8).")
+        spreading.add_argument("--spread-interval-ms", type=positive, help="Between one workflow's start and the "
+                               "next in the stream round (default 700).")  # fmt: skip
 
     def handle(self, *args, **options):
         self.options = options
@@ -191,7 +211,7 @@ class Command(BaseCommand):
         if options["api"]:
             return self.emit(self.api_bench())
         if os.environ.get(RUN_ENV) and os.environ[RUN_ENV] == settings.ORCH_CLUSTER_NAME:
-            return self.emit(self.throughput())
+            return self.emit(self.spread_run() if options["spread"] else self.throughput())
         return self.relaunch()
 
     # --- Launching ---------------------------------------------------------------------------
@@ -200,7 +220,7 @@ class Command(BaseCommand):
         """Run the benchmark in a child process whose settings name the run's own queue."""
         name = f"bench{os.getpid()}"
         args = [sys.executable, str(ROOT / "manage.py"), "bench"]
-        args += [f"--{flag}" for flag in ("json", "quick", "keep", "traceback") if self.options.get(flag)]
+        args += [f"--{flag}" for flag in ("json", "quick", "keep", "spread", "traceback") if self.options.get(flag)]
         for key in SIZES["default"]:
             if self.options.get(key):
                 args += [f"--{key.replace('_', '-')}", str(self.options[key])]
@@ -253,6 +273,7 @@ class Command(BaseCommand):
         self.tag = settings.ORCH_CLUSTER_NAME
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self.cluster = None
+        self.clusters = []
         self.sizes["neighbour_limit"] = self.sizes["neighbour_limit"] or settings.ORCH_WORKERS
         sizes = {key: value for key, value in self.sizes.items() if key != "api_size"}
         report = {"kind": "throughput", "cluster": self.tag, **setup(), **sizes}
@@ -261,6 +282,7 @@ class Command(BaseCommand):
             with self.progress() as self.bar:
                 claim = self.claim_cost()  # before the cluster starts: no worker may take the waiting tasks
                 self.cluster = Cluster(self.workdir / "qcluster.log")
+                self.clusters = [self.cluster]
                 self.warm_up()
                 sampler = RssSampler(self.cluster.process.pid)
                 sampler.start()
@@ -328,13 +350,12 @@ class Command(BaseCommand):
             self.bar.update(task, completed=count)
             if count != last:
                 last, moved = count, time.monotonic()
-            if not self.cluster.alive():
-                raise CommandError(f"the cluster stopped during {description}:\n{self.cluster.log_tail()}")
+            for cluster in self.clusters:
+                if not cluster.alive():
+                    raise CommandError(f"a cluster stopped during {description}:\n{cluster.log_tail()}")
             if time.monotonic() - moved > STALL_SECONDS:
-                raise CommandError(
-                    f"{description}: stuck at {count}/{total} for {STALL_SECONDS} s; the cluster's log "
-                    f"({self.cluster.log_path}) ends:\n{self.cluster.log_tail()}"
-                )
+                logs = "\n".join(f"{c.log_path} ends:\n{c.log_tail()}" for c in self.clusters)
+                raise CommandError(f"{description}: stuck at {count}/{total} for {STALL_SECONDS} s; {logs}")
             time.sleep(interval)
         self.bar.update(task, completed=total)
         return task
@@ -621,10 +642,106 @@ class Command(BaseCommand):
             if not self.options["keep"]:
                 Workflow.objects.filter(name__startswith=f"{self.tag}-").delete()
         finally:
-            if keep_log and self.cluster is not None:
-                self.console.print(f"[bench] the cluster's log is kept in {self.cluster.log_path}", markup=False)
+            if keep_log and self.clusters:
+                kept = ", ".join(str(cluster.log_path) for cluster in self.clusters)
+                self.console.print(f"[bench] the clusters' logs are kept: {kept}", markup=False)
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- Work spread over two clusters -----------------------------------------------------------
+
+    def spread_run(self) -> dict:
+        """Two clusters of `spread_workers` workers on the run's queue, and two rounds of
+        workflows of `spread_tasks` tasks that each sleep SPREAD_TASK_SECONDS: a burst of
+        `spread_workflows` started at once, then a stream of `spread_stream` started
+        `spread_interval_ms` apart (so that work arrives while some workers are busy). For
+        every task, the part of its wait from runnable (queued_at) to started during which
+        a worker was free in either cluster (idle_waits), and its whole wait."""
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        self.ensure_migrated()
+        self.tag = settings.ORCH_CLUSTER_NAME
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        self.cluster, self.clusters = None, []
+        workers, size = self.sizes["spread_workers"], self.sizes["spread_tasks"]
+        rounds = {"burst": (self.sizes["spread_workflows"], 0),
+                  "stream": (self.sizes["spread_stream"], self.sizes["spread_interval_ms"])}  # fmt: skip
+        report = {"kind": "spread", "cluster": self.tag, **setup(), "workers": workers, "clusters": SPREAD_CLUSTERS,
+                  "spread_tasks": size, "task_seconds": SPREAD_TASK_SECONDS}  # fmt: skip
+        began, failed, figures = time.monotonic(), True, {}
+        try:
+            with self.progress() as self.bar:
+                self.settle()
+                self.clusters = [
+                    Cluster(self.workdir / f"qcluster-{number}.log", ORCH_WORKERS=str(workers))
+                    for number in range(1, SPREAD_CLUSTERS + 1)
+                ]
+                self.cluster = self.clusters[0]
+                self.wait("clusters running", SPREAD_CLUSTERS * workers, self.running_workers, 0.1)
+                warm_up = f"{self.tag}-warm-up"
+                self.start_workflows(warm_up, SPREAD_CLUSTERS * workers, ONE_NOOP)
+                self.wait("warm-up workflows", SPREAD_CLUSTERS * workers, lambda: self.ended(warm_up), 0.05)
+                pids = [cluster.pids() for cluster in self.clusters]
+                tasks = [{"name": f"sleep-{i}", "type": "sleep", "params": {"seconds": SPREAD_TASK_SECONDS}}
+                         for i in range(1, size + 1)]  # fmt: skip
+                for variant, (count, interval_ms) in rounds.items():
+                    self.settle()
+                    name = f"{self.tag}-{variant}"
+                    started = time.time()
+                    for number in range(count):
+                        if number:
+                            time.sleep(interval_ms / 1000)
+                        self.start_workflows(name, 1, tasks)
+                    description = f"{variant}: {count} × {size} tasks"
+                    progress = self.wait(description, count, lambda name=name: self.ended(name), 0.1)
+                    figures[variant] = self.spread_figures(name, workers, pids, started)
+                    figures[variant].update(workflows=count, interval_ms=interval_ms)
+                    self.bar.update(progress, note=f"wait p99 {figures[variant]['p99_ms']:.0f} ms")
+            failed = False
+        finally:
+            for cluster in self.clusters:
+                cluster.stop()
+            self.clean_up(keep_log=failed)
+        waits = [wait for variant in figures.values() for wait in variant.pop("waits")]
+        report.update(
+            {
+                **{f"spread_wait_p{p}_ms": round(percentile(waits, p / 100), 1) for p in (50, 99)},
+                "spread_wait_max_ms": round(max(waits), 1),
+                "spread_slow_waits": sum(wait > SPREAD_SLOW_WAIT * 1000 for wait in waits),
+                "spread_tasks_run": len(waits),
+                "spread_rounds": figures,
+                "duration_s": round(time.monotonic() - began, 1),
+            }
+        )
+        return report
+
+    def running_workers(self) -> int:
+        """The workers of the run's clusters that django-q2's statistics show started."""
+        running = (Conf.IDLE, Conf.WORKING)
+        return sum(len(stat.workers) for stat in Stat.get_all(queue.broker()) if stat.status in running)
+
+    @staticmethod
+    def spread_figures(name: str, workers: int, pids: list[set[int]], started: float) -> dict:
+        """One round's waits: with a worker free (`waits`, ms, and their p50/p99/max) and whole
+        (`plain_`), the tasks each cluster ran, and the seconds from the first start to the
+        last finish."""
+        rows = list(
+            Task.objects.filter(workflow__name=name).values_list("queued_at", "started_at", "finished_at", "worker")
+        )
+        timed = [(queued.timestamp(), began.timestamp(), ended.timestamp()) for queued, began, ended, _ in rows]
+        free = [seconds * 1000 for seconds in idle_waits(timed, SPREAD_CLUSTERS * workers)]
+        plain = [(began - queued) * 1000 for queued, began, _ in timed]
+        ran = [sum(int(worker.rsplit(":", 1)[1]) in cluster for *_, worker in rows) for cluster in pids]
+        return {
+            "waits": free,
+            **{f"p{p}_ms": round(percentile(free, p / 100), 1) for p in (50, 99)},
+            "max_ms": round(max(free), 1),
+            "slow_waits": sum(wait > SPREAD_SLOW_WAIT * 1000 for wait in free),
+            **{f"plain_p{p}_ms": round(percentile(plain, p / 100), 1) for p in (50, 99)},
+            "plain_max_ms": round(max(plain), 1),
+            "tasks": len(rows),
+            "tasks_per_cluster": ran,
+            "seconds": round(max(ended for *_, ended in timed) - started, 2),
+        }
 
     # --- The API and the admin at scale --------------------------------------------------------
 
@@ -737,6 +854,8 @@ class Command(BaseCommand):
             where.add_row(*row)
         if report["kind"] == "api":
             return [where, self.api_table(report)]
+        if report["kind"] == "spread":
+            return [where, self.spread_table(report)]
         r = report
         figures = Table(title="Throughput: bare django-q2 jobs (A) and chains (C) against the orchestrator (B)")
         for column, justify in (("figure", "left"), ("value", "right"), ("rounds", "right")):
@@ -793,6 +912,28 @@ class Command(BaseCommand):
         for row in [*rows, ("duration", f"{r['duration_s']} s", "")]:
             figures.add_row(*row)
         return [where, figures]
+
+    @staticmethod
+    def spread_table(r: dict) -> Table:
+        table = Table(
+            title=f"Work spread: {r['clusters']} clusters of {r['workers']} workers, workflows of {r['spread_tasks']} "
+            f"tasks of {r['task_seconds']} s"
+        )
+        for column in ("round", "wait, a worker free: p50/p99/max", "whole wait: p50/p99/max",
+                       f"over {SPREAD_SLOW_WAIT} s", "tasks per cluster", "seconds"):  # fmt: skip
+            table.add_column(column, justify="left" if column == "round" else "right")
+
+        def waits(figures: dict, prefix: str) -> str:
+            return "/".join(f"{figures[f'{prefix}{p}_ms']:.0f}" for p in ("p50", "p99", "max")) + " ms"
+
+        for variant, f in r["spread_rounds"].items():
+            how = "at once" if not f["interval_ms"] else f"{f['interval_ms']} ms apart"
+            table.add_row(f"{variant}: {f['workflows']} {how}", waits(f, ""), waits(f, "plain_"),
+                          f"{f['slow_waits']} of {f['tasks']}", " / ".join(map(str, f["tasks_per_cluster"])),
+                          f"{f['seconds']} s")  # fmt: skip
+        table.add_row("both rounds", waits(r, "spread_wait_"), "",
+                      f"{r['spread_slow_waits']} of {r['spread_tasks_run']}", "", "")  # fmt: skip
+        return table
 
     @staticmethod
     def api_table(report: dict) -> Table:
