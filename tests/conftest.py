@@ -49,6 +49,7 @@ ENGINE_MODULES = {
     "test_flow_surface",
     "test_edges_forms",
     "test_graceful_stop",
+    "test_spread",
     "test_heartbeat",
     "test_holds",
     "test_hot_path",

@@ -21,7 +21,8 @@ from django_q.queues import Queue
 from django_q.signing import SignedPackage
 
 from tests.conftest import ROOT, alive_processes, child_env, events, free_port, wait_for
-from workflow_orchestrator import queue, services, shutdown
+from workflow_orchestrator import queue, services
+from workflow_orchestrator.cluster import WorkerQueue, pusher
 from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -119,46 +120,85 @@ def due_job_names(broker) -> list[str]:
     return names
 
 
+class Pusher:
+    """The cluster's pusher in a thread, between the broker and `jobs` (the cluster's
+    in-memory queue), with `free` permits of free workers to start with."""
+
+    def __init__(self, jobs, free: int):
+        self.jobs, self.free = jobs, multiprocessing.Semaphore(free)
+        self.stopping = multiprocessing.Event()
+        self.thread = threading.Thread(target=self._push, daemon=True)
+        self.thread.start()
+
+    def _push(self):
+        try:
+            pusher(self.jobs, self.stopping, queue.broker(), self.free)
+        finally:
+            connections.close_all()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the pusher still waits"
+
+
+def job_names(names) -> list[str]:
+    """Put a job per name on the broker (django-q2 would run math.floor)."""
+    queue.broker().enqueue_many([queue.package(queue.Job("math.floor", (1.5,), name)) for name in names])
+    return list(names)
+
+
+def test_the_pusher_takes_a_job_only_for_a_free_worker(transactional_db):
+    """A job stays on the broker, where every cluster can take it, until a worker of this
+    cluster waits for one: each permit lets the pusher take one job, and no more."""
+    broker = queue.broker()
+    broker.purge_queue()
+    names = job_names(["first", "second", "third"])
+    jobs = Queue()
+    pushing = Pusher(jobs, free=0)
+    taken = []
+    try:
+        time.sleep(1)  # the pusher's chance to take a job without a free worker
+        assert (broker.queue_size(), jobs.qsize()) == (3, 0)
+        worker_queue = WorkerQueue(jobs, pushing.free)
+        taken.append(worker_queue.get(timeout=30)["name"])  # waiting for a job frees a permit
+        time.sleep(1)
+        assert (broker.queue_size(), jobs.qsize()) == (2, 0)
+        taken.append(worker_queue.get(timeout=30)["name"])
+    finally:
+        pushing.stop()
+    assert sorted(taken + due_job_names(broker)) == sorted(names)
+
+
 def test_a_stopping_pusher_gives_back_the_job_it_cannot_hand_on(transactional_db):
     """The cluster's queue is full and nothing empties it (its workers have ended): told
     to stop, the pusher gives back the job it holds instead of waiting for room for ever,
     and takes nothing more off the broker."""
     broker = queue.broker()
     broker.purge_queue()
-    broker.enqueue_many([queue.package(queue.Job("math.floor", (1.5,), name)) for name in ("held", "waiting")])
+    names = job_names(["held", "waiting"])
     full = Queue(maxsize=1)
     full.put({"name": "taken earlier"})
-    stopping = multiprocessing.Event()
-
-    def push():
-        try:
-            shutdown.giving_back_pusher(full, stopping, broker)
-        finally:
-            connections.close_all()
-
-    pusher = threading.Thread(target=push, daemon=True)
-    pusher.start()
+    pushing = Pusher(full, free=2)
     wait_for(lambda: broker.queue_size() == 1, 30, "the pusher to take a job")
-    stopping.set()
-    pusher.join(timeout=30)
-    assert not pusher.is_alive(), "the pusher still waits for room in the queue"
-    assert Counter(due_job_names(broker)) == Counter(["held", "waiting"])
+    pushing.stop()
+    assert Counter(due_job_names(broker)) == Counter(names)
     assert full.qsize() == 1
 
 
 def test_a_group_stop_gives_back_every_job_the_cluster_took_and_did_not_run(cluster):
-    """One busy worker and 1,500 jobs waiting: the cluster has taken a few of them ahead
-    of its worker (its queue is full, its pusher holds the next) when the whole group
-    gets SIGTERM. It stops within seconds all the same, and every job it took but did
-    not run is due on the broker again, once, beside the job of the handed-back task."""
+    """One busy worker and 1,500 jobs waiting: the cluster takes none of them ahead of its
+    worker (django-q2's pusher would fill the cluster's queue and hold the next). Its whole
+    group gets SIGTERM: it stops within seconds all the same, and every job is due on the
+    broker, once, beside the job of the handed-back task."""
     first = cluster(ORCH_WORKERS=1, ORCH_LEASE_SECONDS=120)
     workflow = start_sleeper(60)
     nap = wait_for(lambda: running(workflow), 60, "the task to start")
     broker = queue.broker()
     waiting = [queue.Job("math.floor", (1.5,), f"waiting-{i}") for i in range(1500)]
     queue.enqueue(waiting)
-    # At least two taken: one in the cluster's queue, the next in the pusher's hands.
-    wait_for(lambda: broker.queue_size() <= len(waiting) - 2, 60, "the cluster to take jobs ahead of its worker")
+    time.sleep(1)  # the pusher's chance to take jobs ahead of the busy worker
+    assert broker.queue_size() >= len(waiting), "the cluster took jobs its worker cannot run"
     os.killpg(first.process.pid, signal.SIGTERM)
     assert first.process.wait(timeout=10) == 0, first.output()[-3000:]
     wait_for(lambda: not alive_in_group(first.process.pid), 5, "every process of the cluster to end")

@@ -7,9 +7,11 @@ call per batch (EXECUTE's fan-out is one bulk enqueue) and may carry a due time.
 import contextlib
 import functools
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from math import inf
 from uuid import uuid4
 
 from django.conf import settings
@@ -18,6 +20,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
+from django_q.status import Stat
 
 from .conf import app_settings
 
@@ -26,6 +29,9 @@ logger = logging.getLogger("workflow_orchestrator.services")
 RUN_TASK = "workflow_orchestrator.jobs.run_task"
 RECOVER = "workflow_orchestrator.jobs.recover"
 DELIVER_WEBHOOK = "workflow_orchestrator.jobs.deliver_webhook"
+
+# How long a process goes by its count of the workers of every cluster (`workers_everywhere`).
+WORKERS_SEEN_SECONDS = 10
 
 # Seconds django-q2 gives a job beyond its task's own timeout before it kills the
 # worker: time for the job to record a timeout itself, which is the normal path.
@@ -148,14 +154,15 @@ def needed(jobs: list[Job]) -> list[Job]:
     The worker claimed its next task with them: after each outcome its chain looks for
     the next ready task again (jobs.Chain), and passes a delivery on when it stops with
     work maybe left, so no ready task is left behind without its own delivery. A delivery
-    only wakes another worker. While the broker holds at least as many due jobs as a
-    cluster has workers, every worker has one waiting already: the deliveries are not
-    sent, and the database is spared the claims that would find their tasks taken. A
-    task longer than the project's task timeout keeps its own: no other delivery's budget
-    fits it."""
+    only wakes another worker. While the broker holds at least as many due jobs as all
+    the clusters on the queue have workers, every worker has one waiting already: the
+    deliveries are not sent, and the database is spared the claims that would find their
+    tasks taken. (A cluster takes a job only for a free worker, workflow_orchestrator.cluster:
+    the jobs on the broker are there for the free workers of every cluster.) A task longer
+    than the project's task timeout keeps its own: no other delivery's budget fits it."""
     standard = budget(0)
     own = [job for job in jobs if job.timeout != standard or job.eta is not None]
-    if len(own) == len(jobs) or not broker().holds_at_least(Conf.WORKERS):
+    if len(own) == len(jobs) or not broker().holds_at_least(workers_everywhere()):
         return jobs
     held_back.count += len(jobs) - len(own)
     return own
@@ -169,6 +176,32 @@ class Tally:
 # The deliveries `needed` did not send in this process (a worker runs one job at a time):
 # a worker's chain that stops early passes one on if it left any (jobs.Chain.hand_on).
 held_back = Tally()
+
+
+@dataclass
+class Reading:
+    value: int = 0
+    at: float = -inf  # time.monotonic() when read
+
+
+# The workers of every cluster, as this process last counted them.
+workers_seen = Reading()
+
+
+def workers_everywhere() -> int:
+    """How many workers the running clusters on this queue have between them, from
+    django-q2's cluster statistics, and never fewer than a cluster of this project's
+    settings has; counted again at most every WORKERS_SEEN_SECONDS in a process."""
+    now = time.monotonic()
+    if now - workers_seen.at >= WORKERS_SEEN_SECONDS:
+        running = (Conf.IDLE, Conf.WORKING)
+        try:
+            reported = sum(len(stat.workers) for stat in Stat.get_all(broker()) if stat.status in running)
+        except Exception:  # statistics are a hint: a cache that does not answer costs nothing here
+            logger.debug("could not read the clusters' statistics", exc_info=True)
+            reported = 0
+        workers_seen.value, workers_seen.at = max(reported, Conf.WORKERS), now
+    return workers_seen.value
 
 
 def change_transaction():

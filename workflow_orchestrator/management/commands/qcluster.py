@@ -1,13 +1,14 @@
 from django_q.management.commands import qcluster
 from django_q.signals import post_spawn
 
-from workflow_orchestrator import shutdown
+from workflow_orchestrator import cluster, shutdown
 
 
 class Command(qcluster.Command):
-    """django-q2's `qcluster`, made to stop in order when SIGTERM or SIGINT reaches all
-    of its processes at once, and to give back to the broker the jobs it took but did not
-    run (see workflow_orchestrator.shutdown). It takes the place of django-q2's command because
+    """django-q2's `qcluster`, made to take a job off the broker only for a free worker,
+    to stop in order when SIGTERM or SIGINT reaches all of its processes at once, and to
+    give back to the broker the jobs it took but did not run (see workflow_orchestrator.cluster
+    and workflow_orchestrator.shutdown). It takes the place of django-q2's command because
     `workflow_orchestrator` comes before `django_q` in INSTALLED_APPS."""
 
     help = (
@@ -19,5 +20,5 @@ class Command(qcluster.Command):
         post_spawn.connect(shutdown.worker_started)
         # The sentinel forked meanwhile, and every process it starts, inherit the block;
         # this process gets a signal that arrived during start-up once the cluster runs.
-        with shutdown.stop_signals_blocked(), shutdown.giving_back_sentinel():
+        with shutdown.stop_signals_blocked(), cluster.sentinel():
             super().handle(*args, **options)
