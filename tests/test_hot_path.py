@@ -69,6 +69,14 @@ class Statements:
         return execute(sql, params, many, context)
 
 
+@pytest.fixture(autouse=True)
+def clusters_counted_lately():
+    """A worker counts the workers of every cluster (queue.workers_everywhere, which reads
+    django-q2's statistics) at most every WORKERS_SEEN_SECONDS, not per job: the jobs here
+    run as in a worker that counted them a moment ago (tests/test_spread.py pins the count)."""
+    queue.workers_everywhere()
+
+
 def jobs_on_the_broker() -> list[dict]:
     broker, found = queue.broker(), []
     while broker.queue_size():

@@ -2,14 +2,17 @@
 a worker free to run it, so no job waits in a busy cluster while another has a free worker,
 and a cluster that stops hands its running tasks to the other at once."""
 
+import math
 import os
 import signal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import wait_for
 from tests.test_graceful_stop import alive_in_group, budget_attempt
-from workflow_orchestrator import services
+from workflow_orchestrator import queue, services
 from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -64,6 +67,8 @@ def test_a_stopping_cluster_hands_its_tasks_to_the_other_cluster_at_once(cluster
     assert naps.filter(status=Task.Status.QUEUED).count() == 6
     second = cluster(ORCH_WORKERS=8, **settings)
     wait_for(lambda: naps.filter(status=Task.Status.RUNNING).count() == 8, 60, "C2 to start the other six")
+    queue.workers_seen.at = -math.inf  # counted again now: both clusters' workers hold deliveries back
+    assert queue.workers_everywhere() == 10
     in_first = [task for task in naps if os.getpgid(worker_pid(task)) == first.process.pid]
     assert len(in_first) == 2
 
@@ -76,3 +81,19 @@ def test_a_stopping_cluster_hands_its_tasks_to_the_other_cluster_at_once(cluster
     assert {os.getpgid(worker_pid(task)) for task in handed_back} == {second.process.pid}
     assert all(task.attempts[0]["outcome"] == "handed_back" and budget_attempt(task) == 1 for task in handed_back)
     wait_for(lambda: Workflow.objects.get(pk=workflow.pk).state == State.COMPLETE, 90, "the workflow to complete")
+
+
+def test_the_workers_of_every_cluster_are_counted_at_most_every_few_seconds(db, monkeypatch):
+    """queue.needed holds deliveries back against every cluster's workers, read from
+    django-q2's statistics once per WORKERS_SEEN_SECONDS in a process, not per job; with no
+    cluster reported, a cluster of this project's size is assumed."""
+    monkeypatch.setattr(queue, "workers_seen", queue.Reading())
+    with CaptureQueriesContext(connection) as first:
+        assert queue.workers_everywhere() == queue.Conf.WORKERS
+    with CaptureQueriesContext(connection) as again:
+        assert queue.workers_everywhere() == queue.Conf.WORKERS
+    assert len(again) == 0, "counted once for a while, not per job"
+    monkeypatch.setattr(queue.workers_seen, "at", queue.workers_seen.at - queue.WORKERS_SEEN_SECONDS)
+    with CaptureQueriesContext(connection) as later:
+        queue.workers_everywhere()
+    assert len(later) == len(first), "read again once the reading is stale (the database cache: a query)"
