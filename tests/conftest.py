@@ -50,6 +50,7 @@ ENGINE_MODULES = {
     "test_edges_forms",
     "test_graceful_stop",
     "test_spread",
+    "test_waits",
     "test_heartbeat",
     "test_holds",
     "test_hot_path",

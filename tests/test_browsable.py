@@ -132,9 +132,9 @@ def make(owner, *, mode: str = "auto", state: str = State.INIT, engine=None) -> 
 @pytest.mark.parametrize(
     "state, mode, offered",
     [
-        (State.INIT, "auto", {"Start", "Cancel", "Pause"}),
-        (State.INIT, "manual", {"Start", "Next step", "Cancel", "Pause"}),
-        (State.FAILED, "auto", {"Retry", "Cancel"}),
+        (State.INIT, "auto", {"Start", "Cancel", "Pause", "Signal"}),
+        (State.INIT, "manual", {"Start", "Next step", "Cancel", "Pause", "Signal"}),
+        (State.FAILED, "auto", {"Retry", "Cancel", "Signal"}),
     ],
 )
 def test_extra_actions_offer_only_the_transitions_the_workflow_allows(browser, owner, engine, state, mode, offered):

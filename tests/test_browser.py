@@ -293,7 +293,7 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
     page.goto(f"/workflow/{created.pk}")
     page.click("#extra-actions-menu")
     expect(page.locator("[aria-labelledby=extra-actions-menu] a")).to_have_text(
-        ["Cancel", "Pause", "Status", "Tasks", "Transitions"]
+        ["Cancel", "Pause", "Signal", "Status", "Tasks", "Transitions"]
     )
 
     # Bulk cancel: the action asks first, with a reason for the audit log.

@@ -42,6 +42,7 @@ PROBE_SECONDS = (0.2, 0.6) if WORKFLOWS < 100 else (0.05, 0.3)
 LEASE = 2
 KEY, LIMIT = "chaos-key", 2
 PAUSES = 3
+SIGNAL = "go"
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
 
@@ -55,10 +56,19 @@ def join(after: list[str]) -> dict:
     return {"name": "join", "type": "gather", "after": after, "max_attempts": 20}
 
 
+def waiting(i: int, seconds: float) -> dict:
+    """A task that waits without a worker: for the signal "go" in every sixth workflow, a
+    timer of `seconds` in the others."""
+    if i % 6 == 0:
+        return {"name": "gate", "type": "wait_signal", "params": {"name": SIGNAL}, "max_attempts": 20}
+    return {"name": "timer", "type": "wait", "params": {"seconds": seconds}, "max_attempts": 20}
+
+
 def shape(i: int, sleeps: list[float]) -> list[dict]:
-    """Four tasks: side by side, a chain into a gather, or a diamond into a gather."""
+    """Four tasks: side by side (the fourth waits: a timer or a signal), a chain into a
+    gather, or a diamond into a gather."""
     if i % 3 == 0:
-        return [probe(f"probe-{j}", s) for j, s in enumerate(sleeps)]
+        return [*(probe(f"probe-{j}", s) for j, s in enumerate(sleeps[:3])), waiting(i, sleeps[3])]
     if i % 3 == 1:  # probe-0 → probe-1 → probe-2 → join
         chain = [probe("probe-0", sleeps[0])]
         chain += [probe(f"probe-{j}", sleeps[j], (f"probe-{j - 1}",)) for j in (1, 2)]
@@ -147,6 +157,10 @@ def test_chaos(cluster, tmp_path):
         workflows.append(workflow.pk)
     paused = rng.sample(workflows, PAUSES)
     keyed_running_seen = 0
+    # The workflows that wait for a signal get it once, at a random moment: before their
+    # task waits, or while it does.
+    unsignalled = [w for i, w in enumerate(workflows) if i % 6 == 0]
+    signalled = list(unsignalled)
 
     clusters = [cluster(**env), cluster(**env)]
     kills, cluster_kills, taken_back = [], 0, {}
@@ -158,6 +172,9 @@ def test_chaos(cluster, tmp_path):
         keyed_running_seen = max(keyed_running_seen, keyed_running)
         assert keyed_running <= LIMIT, f"{keyed_running} tasks of {KEY} running, limit {LIMIT}"
         pause_or_resume(paused, time.monotonic() - started)
+        if unsignalled and rng.random() < 0.4:
+            target = unsignalled.pop(rng.randrange(len(unsignalled)))
+            services.workflow_signal(target, name=SIGNAL, payload={"to": str(target)}, actor=Actor.SYSTEM)
         busy = running_workers()
         if len(kills) < WORKER_KILLS and busy:
             pid, task_id, attempt = rng.choice(busy)
@@ -190,12 +207,24 @@ def test_chaos(cluster, tmp_path):
     sequences, changes = Counter(), {}
     rows = Transition.objects.filter(workflow__in=workflows).order_by("seq")
     for workflow_id, event in rows.values_list("workflow", "event"):
-        sequences[workflow_id] += 1
-        if event not in ("pause", "resume"):
+        if event != "signal":
+            sequences[workflow_id] += 1
+        if event not in ("pause", "resume", "signal"):
             changes.setdefault(workflow_id, []).append(event)
     assert all(events == ["start", "execute", "validate", "complete"] for events in changes.values())
     pauses = Transition.objects.filter(workflow__in=paused, event__in=["pause", "resume"]).count()
     assert set(sequences.values()) <= {4, 6} and sum(sequences.values()) == 4 * WORKFLOWS + pauses
+
+    # Waits: every timer fired after its due time, and every signal went to its one task,
+    # once, whose result is its payload.
+    signals = Transition.objects.filter(workflow__in=workflows, event="signal")
+    assert sorted(signals.values_list("workflow", flat=True)) == sorted(signalled), "one signal each"
+    for gate in Task.objects.filter(workflow__in=signalled, name="gate"):
+        assert gate.result == {"to": str(gate.workflow_id)} and gate.signals.count() == 1
+    timers = Task.objects.filter(workflow__in=workflows, type="wait")
+    assert all(timer.finished_at >= timer.wake_at for timer in timers)
+    waiters = Task.objects.filter(workflow__in=workflows, type__in=["wait", "wait_signal"])
+    waits_recorded = sum([entry["outcome"] for entry in task.attempts].count("waiting") for task in waiters)
     assert all(audit.verify(w) is None for w in complete)
     tasks = Task.objects.filter(workflow__in=workflows, phase=State.EXECUTE)
     assert set(tasks.values_list("status", flat=True)) == {Task.Status.SUCCEEDED}
@@ -246,6 +275,9 @@ def test_chaos(cluster, tmp_path):
         "limit": LIMIT,
         "limited_key_max_running_seen": keyed_running_seen,
         "paused_and_resumed": pauses // 2,
+        "timers": timers.count(),
+        "signals": len(signalled),
+        "waits_recorded": waits_recorded,
         "out_of_order": len(out_of_order),
         "work_run_again": rerun,
         "slowest_take_back_seconds": round(max((at - kill[0] for kill, at in taken_back.items()), default=0), 2),

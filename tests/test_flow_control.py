@@ -293,3 +293,21 @@ def test_recovery_takes_the_tasks_statistics_again_after_a_burst_so_the_claim_wa
     assert estimated_ready() > 200  # 400 PREPARE tasks are ready
     flush()
     assert statements.refresh_statistics() is False  # nothing changed since: no second ANALYZE
+
+
+def test_the_task_table_keeps_its_flow_control_triggers_through_every_migration(db):
+    """Turns and slots given back are the database's own (0005_flow_control's triggers);
+    SQLite rebuilds the task table to add a column, and the triggers must be made again."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [Task._meta.db_table]
+            )
+        else:
+            cursor.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", [Task._meta.db_table]
+            )
+        found = {name for (name,) in cursor.fetchall()}
+    assert found == {
+        f"workflow_orchestrator_task_{name}" for name in ("queued", "requeued", "left_running", "deleted_running")
+    }

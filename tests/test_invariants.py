@@ -37,6 +37,7 @@ from workflow_orchestrator.models import (
     State,
     Task,
     Workflow,
+    WorkflowSignal,
 )
 from workflow_orchestrator.statements import from_time
 
@@ -47,6 +48,7 @@ CLAIMED_ONCE = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
 ENDED_BY_FAILURE = ("failed", "timed_out", "lease_expired")
 # Large enough for any task: a worker asked to run what its outcome releases takes it.
 HAND_ON = 10**6
+SIGNAL = "go"  # the signal a waiting handler waits for
 
 
 @st.composite
@@ -259,6 +261,35 @@ class Engine(RuleBasedStateMachine):
         self.recover(lease + timedelta(microseconds=1))
         assert self.dead[-1] is task and task not in self.held
 
+    @precondition(lambda self: self.held)
+    @rule(pick=st.integers(min_value=0, max_value=10), for_signal=st.booleans())
+    def a_busy_worker_s_handler_waits(self, pick, for_signal):
+        """Its handler waits (ctx.wait): for the signal "go", or a timer an hour away. The
+        worker is free at once; the task holds nothing until it wakes."""
+        task = self.held.pop(pick % len(self.held))
+        until = None if for_signal else timezone.now() + timedelta(hours=1)
+        signal = SIGNAL if for_signal else None
+        assert services.task_wait(task.pk, task.attempt, workflow_id=self.workflow_id, until=until, signal=signal)
+        assert services.task_wait(task.pk, task.attempt, workflow_id=self.workflow_id, until=until) is False, (
+            "a wait is recorded once"
+        )
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule()
+    def a_signal_arrives(self):
+        """Someone sends "go": it wakes the first task waiting for it, or is kept."""
+        with contextlib.suppress(services.InvalidTransition):  # an ended workflow takes none
+            services.workflow_signal(self.workflow_id, name=SIGNAL, payload={"go": True}, actor=Actor.CLI)
+
+    @precondition(lambda self: self.workflow_id is not None)
+    @rule()
+    def the_timers_come_due(self):
+        """An hour passes for the waiting timers (their wake jobs, or recovery, come)."""
+        later = timezone.now() + timedelta(hours=2)
+        waiting = Task.objects.filter(workflow_id=self.workflow_id, status=Status.WAITING, wake_at__isnull=False)
+        for task_id in list(waiting.values_list("pk", flat=True)):
+            assert services.task_wake(task_id, now=later)
+
     @precondition(lambda self: self.dead)
     @rule(pick=st.integers(min_value=0, max_value=10), succeed=st.booleans())
     def a_dead_worker_comes_back(self, pick, succeed):
@@ -324,12 +355,14 @@ class Engine(RuleBasedStateMachine):
         if workflow.state == State.COMPLETE:
             assert all(t.status == Status.SUCCEEDED for t in tasks)
         if workflow.state == State.CANCELLED:
-            assert not any(t.status in (Status.PENDING, Status.QUEUED) for t in tasks)
+            assert not any(t.status in (Status.PENDING, Status.QUEUED, Status.WAITING) for t in tasks)
         for task in tasks:
             assert task.attempt <= task.attempt_offset + task.max_attempts
             assert (task.status == Status.RUNNING) == (task.lease_expires_at is not None)
-            if task.status == Status.QUEUED:
-                assert task.phase == workflow.state, "only the current phase's tasks wait for a worker"
+            if task.status in (Status.QUEUED, Status.WAITING):
+                assert task.phase == workflow.state, "only the current phase's tasks wait for a worker or a wake"
+            if task.status == Status.WAITING:
+                assert task.worker == "" and task.waiting_for, "a waiting task holds no worker, and says why"
         progress = services.workflow_progress(workflow)
         assert 0 <= progress["done"] <= progress["total"] == len(tasks)
 
@@ -360,7 +393,7 @@ class Engine(RuleBasedStateMachine):
             return
         tasks = list(workflow.tasks.filter(phase=workflow.state))
         ready = [t.name for t in tasks if t.status == Status.PENDING and t.waiting == 0]
-        active = sum(t.status in (Status.QUEUED, Status.RUNNING) for t in tasks)
+        active = sum(t.status in (Status.QUEUED, Status.RUNNING, Status.WAITING) for t in tasks)
         held = workflow.state == State.EXECUTE and workflow.max_parallel is not None
         if held and ready:
             assert active == workflow.max_parallel, f"{ready} wait for a slot while {active} are active"
@@ -375,8 +408,22 @@ class Engine(RuleBasedStateMachine):
         workflow = self.workflow
         if workflow.max_parallel is None or workflow.state != State.EXECUTE:
             return
-        active = workflow.tasks.filter(phase=State.EXECUTE, status__in=(Status.QUEUED, Status.RUNNING)).count()
+        holding = (Status.QUEUED, Status.RUNNING, Status.WAITING)  # a waiting task keeps its slot
+        active = workflow.tasks.filter(phase=State.EXECUTE, status__in=holding).count()
         assert active <= workflow.max_parallel, (active, workflow.max_parallel)
+
+    @invariant()
+    def no_signal_is_lost_or_delivered_twice(self):
+        """A signal goes to one task, once (its row names it, with when), and none is kept
+        while a task waits for its name."""
+        if not self.workflow_id:
+            return
+        signals = WorkflowSignal.objects.filter(workflow_id=self.workflow_id)
+        for task_id, delivered_at in signals.values_list("task_id", "delivered_at"):
+            assert (task_id is None) == (delivered_at is None)
+        waiting = Task.objects.filter(workflow_id=self.workflow_id, status=Status.WAITING)
+        if waiting.filter(waiting_for=f"signal:{SIGNAL}").exists():
+            assert not signals.filter(task__isnull=True).exists(), "a signal kept from the task waiting for it"
 
     @invariant()
     def every_attempt_given_to_a_worker_is_kept_once_in_order(self):

@@ -15,6 +15,8 @@ NOTHING_TO_RECOVER = {
     "adopted": 0,
     "held": 0,
     "released": 0,
+    "woken": 0,
+    "deadlines": 0,
     "audit_broken": {},
     "webhooks_taken_back": 0,
 }

@@ -293,6 +293,8 @@ OPERATIONS = {operation.label: operation for operation in (result.ok() for resul
 ON_A_WORKFLOW = sorted(label for label in OPERATIONS if "{id}" in label)
 # The body of a valid request, for the operations that need one.
 BODIES = {"PUT": {"name": "renamed"}, "PATCH": {"name": "renamed"}, "POST": {"reason": "testing"}}
+# Operations whose body is not the method's usual one.
+OPERATION_BODIES = {"POST /workflows/{id}/signal/": {"name": "testing", "payload": {"by": "test"}}}
 
 
 @pytest.mark.parametrize("label", ON_A_WORKFLOW)
@@ -302,7 +304,7 @@ def test_each_operation_on_a_workflow_in_each_state(fuzz_user, label):
     operation = OPERATIONS[label]
     answers = {}
     for name, workflow_id in fuzz_user["by_name"].items():
-        body = BODIES[operation.method.upper()] if operation.body else NOT_SET
+        body = OPERATION_BODIES.get(label, BODIES[operation.method.upper()]) if operation.body else NOT_SET
         case = operation.Case(path_parameters={"id": workflow_id}, body=body)
         answers[name] = case.call_and_validate(headers=fuzz_user["headers"], checks=CHECKS).status_code
     assert answers.pop("not yours") == 404

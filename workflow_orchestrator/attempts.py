@@ -16,6 +16,7 @@ OUTCOMES = {
     "timed_out": "ran past its timeout",
     "lease_expired": "taken back after its worker stopped heartbeating",
     "handed_back": "handed back by a stopping worker",
+    "waiting": "its handler waits (a timer, a signal): it runs again when the task wakes",
     "cancelled": "ended after its workflow was cancelled",
 }
 

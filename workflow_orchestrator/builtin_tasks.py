@@ -1,9 +1,15 @@
 """Built-in task types (for demos and tests) and the `default` workflow definition."""
 
 import time
+from datetime import datetime
 
-from .models import Task
+from django.utils import timezone
+
+from .models import MAX_DEADLINE_SECONDS, Task
 from .registry import WorkflowDefinition, register_definition, task_type
+
+# The longest a `wait` or a `wait_signal`'s deadline may be: as long as a workflow's deadline.
+MAX_WAIT_SECONDS = MAX_DEADLINE_SECONDS
 
 
 class TaskFailed(Exception):
@@ -30,6 +36,71 @@ def sleep(ctx, params):
             return {"slept": round(seconds - remaining, 3), "cancelled": True}
         time.sleep(min(remaining, 0.05))
     return {"slept": seconds}
+
+
+def _seconds(params: dict, field: str) -> float | None:
+    value = params.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WAIT_SECONDS:
+        raise ValueError(f"params.{field} must be a number of seconds from 0 to {MAX_WAIT_SECONDS}")
+    return float(value)
+
+
+def _until(params: dict) -> datetime | None:
+    value = params.get("until")
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise ValueError("params.until must be a time in ISO 8601, e.g. 2026-12-24T09:00:00+00:00")
+    return moment if moment.tzinfo else timezone.make_aware(moment, timezone.get_default_timezone())
+
+
+def check_wait(params: dict) -> None:
+    if ("seconds" in params) == ("until" in params):
+        raise ValueError("params must have either seconds or until")
+    _seconds(params, "seconds")
+    _until(params)
+
+
+@task_type("wait", check_params=check_wait)
+def wait(ctx, params):
+    """Wait `seconds` (from when the task first waits) or until the time `until` (ISO 8601),
+    holding no worker: a durable timer, kept in the database across cluster restarts."""
+    until = _until(params)
+    ctx.wait(seconds=_seconds(params, "seconds"), until=until)
+    return {"waited_until": (until or _waited_until(ctx)).isoformat()}
+
+
+def _waited_until(ctx) -> datetime:
+    return Task.objects.filter(pk=ctx.task.pk).values_list("wake_at", flat=True).first() or timezone.now()
+
+
+def check_wait_signal(params: dict) -> None:
+    name = params.get("name")
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ValueError("params.name must be the signal's name, a string of 1 to 200 characters")
+    _seconds(params, "deadline_seconds")
+
+
+class SignalNotReceived(Exception):
+    """Raised by `wait_signal` when its deadline passes before its signal arrives."""
+
+
+@task_type("wait_signal", check_params=check_wait_signal)
+def wait_signal(ctx, params):
+    """Wait, holding no worker, for the signal `name` (POST /workflows/{id}/signal, or
+    `workflow signal`); its payload is the result. A signal sent before the task waits is
+    kept for it. With `deadline_seconds`, the task fails if the signal has not come by then."""
+    name, seconds = params["name"], _seconds(params, "deadline_seconds")
+    payload = ctx.wait(signal=name, seconds=seconds) if seconds else ctx.wait(signal=name)
+    if payload is None:
+        raise SignalNotReceived(f"no signal {name!r} within {seconds:g} s")
+    return payload
 
 
 @task_type("gather")

@@ -5,10 +5,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from . import logs
-from .models import Task, Workflow
+from .models import Task, Workflow, WorkflowSignal
 from .statements import workflow_input
+
+
+class Wait(BaseException):
+    """Raised by `TaskContext.wait` to end a handler's run while its task waits: for a time
+    (`until`), for a signal named `signal`, or for a signal at most until a time. A
+    BaseException, so that a handler's `except Exception` does not swallow it. The worker
+    records the wait (the task goes WAITING, holding no worker and no job) and moves on;
+    when the task wakes, its handler runs again from the start."""
+
+    def __init__(self, *, until: datetime | None = None, signal: str | None = None):
+        super().__init__(f"waiting until {until}" if signal is None else f"waiting for signal {signal!r}")
+        self.until = until
+        self.signal = signal
 
 
 class TaskContext:
@@ -66,6 +82,45 @@ class TaskContext:
         return self._upstream
 
     def cancelled(self) -> bool:
-        """True once the workflow's cancel was committed, or once recovery took this
-        attempt back: a long handler should check it and return early."""
+        """True once the workflow's cancel was committed, its deadline passed, or recovery
+        took this attempt back: a long handler should check it and return early."""
         return self._cancelled()
+
+    def wait(self, *, seconds: float | None = None, until: datetime | None = None, signal: str | None = None):
+        """Wait without holding a worker: for `seconds` (counted from the first time this
+        task waited), until the time `until`, or for the signal named `signal` (at most
+        until the time, if one is given too). Returns the signal's payload once it has
+        come (a signal sent before the task waited is kept for it), None once the time has
+        come; otherwise raises Wait, which ends this run: the task waits, and its handler
+        runs again, from the start, when it wakes. So call it before work that must not
+        be done twice."""
+        if signal is not None:
+            payload = self._signal(signal)
+            if payload is not None:
+                return payload
+        due = until
+        if seconds is not None:
+            due = self._waiting_since_due(seconds)
+        if due is not None and timezone.now() >= due:
+            return None
+        raise Wait(until=due, signal=signal)
+
+    def _signal(self, name: str):
+        """The payload of the signal `name` delivered to this task, or of the oldest one
+        sent and not yet delivered (taken for this task now); None without one."""
+        mine = WorkflowSignal.objects.filter(workflow_id=self.workflow_id, name=name)
+        found = mine.filter(task_id=self.task.pk).order_by("seq").values_list("payload", flat=True).first()
+        if found is not None:
+            return found
+        for signal_id, payload in mine.filter(task__isnull=True).order_by("seq").values_list("pk", "payload"):
+            if WorkflowSignal.objects.filter(pk=signal_id, task__isnull=True).update(
+                task_id=self.task.pk, delivered_at=timezone.now()
+            ):
+                return payload
+        return None
+
+    def _waiting_since_due(self, seconds: float) -> datetime:
+        """When a wait of `seconds` ends: counted from this task's first wait, whose end its
+        row keeps (wake_at), or from now."""
+        kept = Task.objects.filter(pk=self.task.pk).values_list("wake_at", flat=True).first()
+        return kept or timezone.now() + timedelta(seconds=seconds)

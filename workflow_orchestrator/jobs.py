@@ -104,6 +104,19 @@ def run_task(task_id: int | None, attempt: int | None, budget: float | None = No
             hand_back = services.task_hand_back
             _on_fresh_connection(hand_back, task.pk, task.attempt, workflow_id=task.workflow_id, patience=patience)
             raise SystemExit(0)  # the worker process ends; django-q2 does not catch SystemExit
+        if outcome.waiting is not None:
+            wait, waiting = services.task_wait, outcome.waiting
+            _on_fresh_connection(
+                wait,
+                task.pk,
+                task.attempt,
+                workflow_id=task.workflow_id,
+                until=waiting.until,
+                signal=waiting.signal,
+                patience=patience,
+            )
+            task = chain.hand_on()  # the worker is free for the next ready task
+            continue
         inline = chain.next_claim()
         record = services.task_record
         recorded = _on_fresh_connection(
@@ -187,6 +200,17 @@ def schedules_tick() -> dict:
 def schedule_fire(schedule_id: int) -> None:
     """Queued at a schedule's due time: start its run, unless that was done already."""
     schedules.schedule_fire(schedule_id)
+
+
+def wake_task(task_id: int) -> None:
+    """Queued with a waiting task's due time: wake it (its handler runs again), unless it
+    woke already or its due time moved."""
+    services.task_wake(task_id)
+
+
+def check_deadline(workflow_id: str) -> None:
+    """Queued with a workflow's deadline: fail it if the deadline passed before it completed."""
+    services.deadline_check(workflow_id)
 
 
 def deliver_webhook(workflow_id: str, seq: int, attempt: int) -> None:

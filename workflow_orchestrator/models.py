@@ -1,4 +1,5 @@
 import uuid
+from datetime import timedelta
 from typing import NamedTuple
 
 from django.conf import settings
@@ -17,6 +18,9 @@ from .cron import validate_cron, validate_timezone
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 # A workflow's max_parallel: how many of its EXECUTE tasks may be QUEUED or RUNNING at once.
 MIN_MAX_PARALLEL, MAX_MAX_PARALLEL = 1, 1000
+# A workflow's deadline: at most a year from its start; what its error reads when it passes.
+MAX_DEADLINE_SECONDS = 366 * 24 * 3600
+DEADLINE_ERROR = "deadline exceeded"
 
 
 class State(models.TextChoices):
@@ -155,6 +159,17 @@ class Workflow(FSMModelMixin, models.Model):
         help_text=f"From {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}: at most this many of its EXECUTE tasks are queued "
         "or running at once, the others wait (PENDING) for a slot; empty: no limit.",
     )
+    # Deadlines: a workflow not COMPLETE by its deadline fails (services.deadline_passed).
+    deadline_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_DEADLINE_SECONDS)],
+        help_text="Seconds from its start (or retry) within which it must complete, or it fails with "
+        f"'{DEADLINE_ERROR}'; empty: no deadline.",
+    )
+    deadline_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When its deadline passes: set by its start and each retry."
+    )
     # Kept by the engine so that a job decides the fan-in and writes the next audit row
     # without reading the workflow's tasks or its log (see workflow_orchestrator.statements).
     unfinished = models.PositiveIntegerField(
@@ -202,6 +217,8 @@ class Workflow(FSMModelMixin, models.Model):
             models.Index(fields=["held_by"], name="workflow_held_by", condition=Q(held_by__gt="")),
             # The overview: the latest completions (durations), failures, and ends per minute.
             models.Index(fields=["state", "-finished_at"], name="workflow_state_finished"),
+            # Recovery fails the workflows whose deadline passed: a walk of those with one.
+            models.Index(fields=["deadline_at"], name="workflow_deadline", condition=Q(deadline_at__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -271,6 +288,7 @@ class Workflow(FSMModelMixin, models.Model):
     @transition(field=state, source=State.INIT, target=State.PREPARE, custom={"actions": ("start", "next")})
     def start(self):
         self.started_at = timezone.now()
+        self._set_deadline(self.started_at)
 
     @transition(field=state, source=State.PREPARE, target=State.EXECUTE, custom={"actions": ("next",)})
     def execute(self):
@@ -298,6 +316,7 @@ class Workflow(FSMModelMixin, models.Model):
         self.retries += 1
         self.error = ""
         self.finished_at = None
+        self._set_deadline(timezone.now())  # a new deadline for the new try
         return phase
 
     @transition(
@@ -305,6 +324,15 @@ class Workflow(FSMModelMixin, models.Model):
     )
     def cancel(self):
         self.finished_at = timezone.now()
+
+    def _set_deadline(self, now) -> None:
+        self.deadline_at = now + timedelta(seconds=self.deadline_seconds) if self.deadline_seconds else None
+
+    @property
+    def deadline_passed(self) -> bool:
+        """Whether it failed because its deadline passed (its running handlers are told so,
+        as a cancel tells them: ctx.cancelled())."""
+        return self.state == State.FAILED and self.error == DEADLINE_ERROR
 
 
 def state_transitions() -> list:
@@ -344,6 +372,7 @@ class Task(models.Model):
         PENDING = "PENDING"
         QUEUED = "QUEUED"
         RUNNING = "RUNNING"
+        WAITING = "WAITING"
         SUCCEEDED = "SUCCEEDED"
         FAILED = "FAILED"
         CANCELLED = "CANCELLED"
@@ -393,6 +422,20 @@ class Task(models.Model):
         blank=True,
         help_text="While RUNNING: the concurrency key whose limit this attempt counts against.",
     )
+    # Long-lived waits (a timer, a signal): a WAITING task holds no worker and no job. The
+    # database's defaults as well: the create statements (sql/*.sql) do not name the columns.
+    waiting_for = models.CharField(
+        max_length=220,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="While WAITING, what wakes it: 'timer', or 'signal:<name>' (and its deadline, if it has one).",
+    )
+    wake_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its timer or deadline wakes it; kept once it has woken, so that its handler knows the time.",
+    )
 
     # Not a column: the workflow's row as this task's claim saw it (workflow_orchestrator.statements).
     snapshot = None
@@ -414,6 +457,8 @@ class Task(models.Model):
             models.Index(fields=["concurrency_key", "turn"], name="task_key_turn", condition=Q(status="QUEUED")),
             models.Index(fields=["workflow", "turn"], name="task_workflow_turn", condition=Q(status="QUEUED")),
             models.Index(fields=["turn"], name="task_turn", condition=Q(status="QUEUED")),
+            # Recovery wakes the waiting tasks that are due: a walk of the few waiting.
+            models.Index(fields=["wake_at"], name="task_waiting_due", condition=Q(status="WAITING")),
         ]
 
     def __str__(self) -> str:
@@ -466,6 +511,25 @@ TASK_TRANSITIONS = {
             "it, runs it",
         ),
         TaskTransition("claim", (_S.QUEUED,), _S.RUNNING, "a worker takes the attempt its job names"),
+        TaskTransition(
+            "wait",
+            (_S.RUNNING,),
+            _S.WAITING,
+            "its handler waits (a timer, a signal): it holds no worker and no job until it wakes",
+        ),
+        TaskTransition(
+            "wait_over",
+            (_S.RUNNING,),
+            _S.QUEUED,
+            "its handler waits for what is there already (the time has come, the signal arrived): queued again at "
+            "once (not counted)",
+        ),
+        TaskTransition(
+            "wake",
+            (_S.WAITING,),
+            _S.QUEUED,
+            "its timer or deadline is due, or its signal arrives: its handler runs again (not counted)",
+        ),
         TaskTransition("succeed", (_S.RUNNING,), _S.SUCCEEDED, "its attempt succeeds"),
         TaskTransition(
             "retry_later",
@@ -482,14 +546,24 @@ TASK_TRANSITIONS = {
             "its attempt ends (succeeds, fails, is handed back) after its workflow was cancelled, or is handed back "
             "after the workflow left its phase: the work no longer counts",
         ),
-        TaskTransition("hold", (_S.QUEUED,), _S.PENDING, "its phase fails before it ran: it waits for a retry"),
+        TaskTransition(
+            "hold",
+            (_S.QUEUED, _S.WAITING),
+            _S.PENDING,
+            "its phase fails before it ran, or while it waits: it waits for a retry",
+        ),
         TaskTransition(
             "hold_back",
             (_S.QUEUED, _S.FAILED, _S.CANCELLED),
             _S.PENDING,
             "its workflow is retried with more of the phase's tasks to run than its max_parallel: it waits for a slot",
         ),
-        TaskTransition("cancel", (_S.PENDING, _S.QUEUED), _S.CANCELLED, "its workflow is cancelled before it ran"),
+        TaskTransition(
+            "cancel",
+            (_S.PENDING, _S.QUEUED, _S.WAITING),
+            _S.CANCELLED,
+            "its workflow is cancelled before it ran, or while it waits",
+        ),
         TaskTransition(
             "requeue",
             (_S.PENDING, _S.FAILED, _S.CANCELLED),
@@ -602,6 +676,45 @@ class Transition(models.Model):
         if not self._state.adding:
             raise ValueError("Transitions are append-only and cannot be changed.")
         super().save(*args, **kwargs)
+
+
+class WorkflowSignal(models.Model):
+    """A named message sent to a running workflow (`POST /workflows/{id}/signal`): delivered
+    to the first of its `wait_signal` tasks waiting for that name, or kept until one waits.
+    Its audit row is in the workflow's chain; this row is what a handler reads."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="signals")
+    name = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict, blank=True)
+    sent_by = models.CharField(max_length=200, help_text="Who sent it, as the audit log names actors.")
+    idempotency_key = models.CharField(
+        max_length=200, blank=True, help_text="The Idempotency-Key it was sent with: a repeat is the same signal."
+    )
+    seq = models.PositiveIntegerField(help_text="The seq of its row in the workflow's audit log.")
+    created_at = models.DateTimeField(default=timezone.now)
+    task = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="signals",
+        help_text="The task it was delivered to; empty while it waits for one.",
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"],
+                name="signal_idempotency_key_unique_in_workflow",
+                condition=~Q(idempotency_key=""),
+            ),
+        ]
+        indexes = [models.Index(fields=["workflow", "name", "task"], name="signal_workflow_name")]
+
+    def __str__(self) -> str:
+        return f"signal {self.name} to {self.workflow_id}"
 
 
 class WorkflowDeletionManager(models.Manager):

@@ -29,6 +29,8 @@ logger = logging.getLogger("workflow_orchestrator.services")
 RUN_TASK = "workflow_orchestrator.jobs.run_task"
 RECOVER = "workflow_orchestrator.jobs.recover"
 DELIVER_WEBHOOK = "workflow_orchestrator.jobs.deliver_webhook"
+WAKE_TASK = "workflow_orchestrator.jobs.wake_task"
+CHECK_DEADLINE = "workflow_orchestrator.jobs.check_deadline"
 
 # How long a process goes by its count of the workers of every cluster (`workers_everywhere`).
 WORKERS_SEEN_SECONDS = 10
@@ -66,6 +68,16 @@ def deliveries(count: int, eta: datetime | None = None) -> list[Job]:
     (a rate window that opens again, a limit raised)."""
     allowed = budget(app_settings.ORCH_TASK_TIMEOUT)
     return [Job(RUN_TASK, (None, None, allowed), f"delivery-{uuid4().hex[:12]}", allowed, eta) for _ in range(count)]
+
+
+def wake_job(task_id: int, eta: datetime) -> Job:
+    """Wakes a waiting task when its timer or deadline is due (services.waits.task_wake)."""
+    return Job(WAKE_TASK, (task_id,), f"wake-{task_id}-{int(eta.timestamp())}", eta=eta)
+
+
+def deadline_job(workflow_id, eta: datetime) -> Job:
+    """Fails a workflow whose deadline has passed (services.waits.deadline_check)."""
+    return Job(CHECK_DEADLINE, (str(workflow_id),), f"deadline-{workflow_id}", eta=eta)
 
 
 def webhook_job(workflow_id, seq: int, attempt: int, eta: datetime | None = None) -> Job:

@@ -34,6 +34,9 @@ class UnknownDefinition(LookupError):
 class TaskType:
     name: str
     handler: Handler
+    # Checks a task's params when the workflow is created (ValueError: a 400 naming the
+    # task); None: any JSON object.
+    check_params: Callable[[dict], None] | None = None
 
     @property
     def is_async(self) -> bool:
@@ -57,6 +60,9 @@ class WorkflowDefinition:
     priority: int = 0
     concurrency_key: str | Callable[[dict], str] = ""
     max_parallel: int | None = None
+    # Seconds from a workflow's start (or retry) within which it must complete, when a
+    # request gives none (None: no deadline).
+    deadline_seconds: int | None = None
 
     def key_for(self, input: dict) -> str:
         """The concurrency key of a workflow with this `input` that names none."""
@@ -68,14 +74,15 @@ _task_types: dict[str, TaskType] = {}
 _definitions: dict[str, WorkflowDefinition] = {}
 
 
-def task_type(name: str) -> Callable[[Handler], Handler]:
-    """Register the decorated function as the handler of task type `name`."""
+def task_type(name: str, *, check_params: Callable[[dict], None] | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the handler of task type `name`; `check_params`,
+    if given, checks a task's params when its workflow is created (raise ValueError)."""
 
     def register(handler: Handler) -> Handler:
         existing = _task_types.get(name)
         if existing and existing.handler is not handler:
             raise ValueError(f"task type {name!r} is already registered by {existing.handler.__module__}")
-        _task_types[name] = TaskType(name, handler)
+        _task_types[name] = TaskType(name, handler, check_params)
         return handler
 
     return register

@@ -24,7 +24,7 @@ from django.db import DatabaseError, connections
 from . import logs, services, shutdown, values
 from .backoff import backoff
 from .conf import app_settings
-from .context import TaskContext
+from .context import TaskContext, Wait
 from .models import Task
 from .registry import UnknownTaskType, get_task_type
 
@@ -57,6 +57,7 @@ class Outcome:
     stored: str | None = None  # the result, as the JSON text the database will hold
     error: str | None = None
     stopped: bool = False  # the worker was stopped mid-run: hand the attempt back
+    waiting: Wait | None = None  # the handler waits (ctx.wait): the task waits, holding no worker
 
 
 def worker_name() -> str:
@@ -364,6 +365,8 @@ def run_handler(task: Task) -> Outcome:
             result = _call(task_type.handler, ctx, task.params, task.timeout, task_type.is_async)
     except WorkerStopping:
         return Outcome(stopped=True)
+    except Wait as wait:
+        return Outcome(waiting=wait)
     except TaskTimeout as exc:
         return Outcome(error=f"TaskTimeout: {exc}")
     except (Exception, SystemExit, KeyboardInterrupt):

@@ -14,7 +14,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from . import audit, statements
-from .models import PHASES, ConcurrencyLimit, State, Task, Workflow, hold_text
+from .models import DEADLINE_ERROR, PHASES, ConcurrencyLimit, State, Task, Workflow, hold_text
 
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
@@ -43,7 +43,10 @@ def current_phase_results(workflow: Workflow):
 
 
 def workflow_is_cancelled(workflow_id) -> bool:
-    return Workflow.objects.filter(pk=workflow_id, state=State.CANCELLED).exists()
+    """Whether a running handler of the workflow should stop: it was cancelled, or failed
+    because its deadline passed."""
+    stopped = Q(state=State.CANCELLED) | Q(state=State.FAILED, error=DEADLINE_ERROR)
+    return Workflow.objects.filter(stopped, pk=workflow_id).exists()
 
 
 def workflow_progress(workflow: Workflow) -> dict:
@@ -122,6 +125,9 @@ class _Tasks(NamedTuple):
     due_next: datetime | None  # the earliest due time of those QUEUED for later
     queued: int  # QUEUED, due or not
     held: int  # EXECUTE's, PENDING with no task to wait for: waiting for a slot (in EXECUTE)
+    waiting: int  # WAITING: for a timer or a signal (services.waits)
+    waiting_on: str | None  # what one of those waits for ("timer", "signal:<name>")
+    wake_next: datetime | None  # the earliest time one of those wakes
 
 
 def waiting_reason(workflow: Workflow, now: datetime | None = None) -> str | None:
@@ -143,7 +149,7 @@ def waiting_reasons(workflows, now: datetime | None = None) -> dict:
         gated = [w.pk for w in workflows if w.state == State.EXECUTE and w.max_parallel is not None]
         held = Q(status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0, workflow__in=gated)
         rows = (
-            Task.objects.filter(Q(status__in=(Task.Status.RUNNING, Task.Status.QUEUED)) | held, workflow__in=running)
+            Task.objects.filter(Q(status__in=ACTIVE_STATUSES) | held, workflow__in=running)
             .order_by()
             .values_list("workflow_id", "concurrency_key")
             .annotate(
@@ -152,6 +158,9 @@ def waiting_reasons(workflows, now: datetime | None = None) -> dict:
                 due_next=Min("queued_at", filter=Q(status=Task.Status.QUEUED, queued_at__gt=now)),
                 queued=Count("pk", filter=Q(status=Task.Status.QUEUED)),
                 held=Count("pk", filter=held),
+                waiting=Count("pk", filter=Q(status=Task.Status.WAITING)),
+                waiting_on=Min("waiting_for", filter=Q(status=Task.Status.WAITING)),
+                wake_next=Min("wake_at", filter=Q(status=Task.Status.WAITING)),
             )
         )
         for workflow_id, *counts in sorted(rows, key=lambda row: row[1]):
@@ -177,6 +186,8 @@ def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime
         return WAITING_FOR_NEXT
     if holds:
         return holds[0]
+    if waits := [group for group in tasks if group.waiting]:
+        return waiting_text(waits)
     due_next = [group.due_next for group in tasks if group.due_next is not None]
     if due_next:
         return f"retry due at {moment_text(min(due_next))}"
@@ -185,12 +196,27 @@ def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime
     return None
 
 
+# The statuses of a workflow's tasks that tell why it waits, or that it does not.
+ACTIVE_STATUSES = (Task.Status.RUNNING, Task.Status.QUEUED, Task.Status.WAITING)
+
+
+def waiting_text(waits: list[_Tasks]) -> str:
+    """What a workflow's waiting tasks wait for: the signal one waits for, or its timer,
+    and the earliest time one wakes."""
+    count = sum(group.waiting for group in waits)
+    on = min(group.waiting_on for group in waits if group.waiting_on)
+    wakes = [group.wake_next for group in waits if group.wake_next is not None]
+    what = f"signal {on.removeprefix('signal:')}" if on.startswith("signal:") else "a timer"
+    text = f"{count} task(s) waiting: for {what}" if count > 1 else f"waiting for {what}"
+    return text + (f" (wakes at {moment_text(min(wakes))})" if wakes else "")
+
+
 def max_parallel_reached(workflow: Workflow, tasks: list[_Tasks]) -> str | None:
     """Why EXECUTE's tasks that wait for a slot of the workflow's max_parallel wait (its
     slots are all taken), unless the workflow is paused (that says more); None otherwise."""
     if workflow.state != State.EXECUTE or workflow.max_parallel is None or workflow.is_paused:
         return None
-    active = sum(group.running + group.queued for group in tasks)
+    active = sum(group.running + group.queued + group.waiting for group in tasks)
     if any(group.held for group in tasks) and active >= workflow.max_parallel:
         return f"max_parallel {workflow.max_parallel} reached"
     return None

@@ -7,6 +7,8 @@ from rest_framework import serializers
 from .. import selectors, services, statements, values
 from ..models import (
     ATTEMPT_OUTCOMES,
+    DEADLINE_ERROR,
+    MAX_DEADLINE_SECONDS,
     MAX_MAX_PARALLEL,
     MAX_PRIORITY,
     MIN_MAX_PARALLEL,
@@ -19,6 +21,7 @@ from ..models import (
     WebhookAttempt,
     WebhookDelivery,
     Workflow,
+    WorkflowSignal,
 )
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
 from . import access
@@ -148,6 +151,14 @@ class WorkflowInputSerializer(StrictSerializer):
         help_text="At most this many of its EXECUTE tasks are queued or running at once; the others wait for a slot,"
         " first by position. Left out or null: the definition's default (no limit unless it sets one).",
     )
+    deadline_seconds = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_DEADLINE_SECONDS,
+        help_text=f"Seconds from its start (and from each retry) within which it must complete, or it fails with "
+        f"the error '{DEADLINE_ERROR}'. Left out or null: the definition's default (none unless it sets one).",
+    )
 
 
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
@@ -158,6 +169,7 @@ class WorkflowUpdateSerializer(WorkflowInputSerializer):
     priority = None
     concurrency_key = None
     max_parallel = None
+    deadline_seconds = None
 
 
 class StoredTimeField(serializers.DateTimeField):
@@ -280,7 +292,7 @@ WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
     "schedule", "paused_at",
-    "priority", "concurrency_key", "max_parallel",
+    "priority", "concurrency_key", "max_parallel", "deadline_seconds", "deadline_at",
 ]  # fmt: skip
 
 
@@ -364,6 +376,32 @@ class CancelSerializer(StrictSerializer):
 
 class PauseSerializer(CancelSerializer):
     """The optional body of a pause or a resume: why, kept in the audit log."""
+
+
+class SignalSerializer(StrictSerializer):
+    name = StrictCharField(max_length=200, help_text="The signal's name: a `wait_signal` task waits for it by name.")
+    payload = serializers.DictField(
+        required=False, default=dict, help_text="Any JSON object: the result of the task the signal wakes."
+    )
+
+    def validate_payload(self, payload):
+        if problem := values.json_problem(payload, "payload"):
+            raise serializers.ValidationError(problem)
+        return payload
+
+
+class WorkflowSignalSerializer(serializers.ModelSerializer):
+    task = serializers.SlugRelatedField(
+        slug_field="name",
+        read_only=True,
+        allow_null=True,
+        help_text="The name of the task it was delivered to; null while it waits for one.",
+    )
+
+    class Meta:
+        model = WorkflowSignal
+        fields = ["id", "name", "payload", "sent_by", "seq", "created_at", "task", "delivered_at"]
+        read_only_fields = fields
 
 
 class ConflictSerializer(serializers.Serializer):

@@ -5,7 +5,7 @@ from django.db.models import Prefetch
 from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from .. import services, values
-from ..models import Actor, Task, Transition, Workflow
+from ..models import Actor, Task, Transition, Workflow, WorkflowSignal
 from ..stats import workflow_stats
 from . import access
 from .errors import api_exception_handler
@@ -28,12 +28,14 @@ from .serializers import (
     ConflictSerializer,
     ErrorSerializer,
     PauseSerializer,
+    SignalSerializer,
     StatsSerializer,
     TaskSerializer,
     TransitionSerializer,
     WorkflowDetailSerializer,
     WorkflowInputSerializer,
     WorkflowListSerializer,
+    WorkflowSignalSerializer,
     WorkflowStatusSerializer,
     WorkflowUpdateSerializer,
 )
@@ -47,6 +49,13 @@ CREATE_RESPONSES = {
     400: BAD_INPUT,
     409: OpenApiResponse(ErrorSerializer, description="The idempotency key was used for another request."),
 }
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Any text of up to 200 characters: a repeat with the same key is answered with the first signal.",
+)
 UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="No credentials, or invalid ones.")
 FORBIDDEN = OpenApiResponse(
     ErrorSerializer,
@@ -162,7 +171,8 @@ class WorkflowViewSet(
 
     def get_extra_action_url_map(self):
         """The browsable API's "Extra Actions": the reads, and only the transitions the
-        workflow allows now (to this user)."""
+        workflow allows now (to this user); a signal while it may be cancelled (not ended,
+        and this user may change it)."""
         if not self.detail:
             return super().get_extra_action_url_map()
         try:
@@ -171,8 +181,10 @@ class WorkflowViewSet(
             return {}
         allowed = services.available_actions(workflow, **access.rights(self.request.user, workflow))
         urls = {}
+        offered = {*allowed, *(["signal"] if "cancel" in allowed else [])}
         for extra in self.get_extra_actions():
-            if extra.detail and (extra.url_path not in services.ACTIONS or extra.url_path in allowed):
+            writes = extra.url_path in services.ACTIONS or extra.url_path == "signal"
+            if extra.detail and (not writes or extra.url_path in offered):
                 name = self.__class__(**extra.kwargs).get_view_name()
                 urls[name] = reverse(f"{self.basename}-{extra.url_name}", kwargs=self.kwargs, request=self.request)
         return urls
@@ -308,6 +320,37 @@ class WorkflowViewSet(
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         return self._transition_with_reason(services.workflow_resume, PauseSerializer)
+
+    @extend_schema(
+        summary="Send a signal to a workflow",
+        description="Wakes the first of its `wait_signal` tasks waiting for the signal's name, with the payload as "
+        "its result; sent before any waits, the signal is kept for the first that will. An audit row. With an "
+        "`Idempotency-Key` header, a repeat returns the first signal (200) instead of sending another (201); "
+        "the same key with another name or payload is a 409. Refused (409) once the workflow is COMPLETE or "
+        "CANCELLED, or FAILED with no task that waits for the name.",
+        request=SignalSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: WorkflowSignalSerializer,
+            200: WorkflowSignalSerializer,
+            400: BAD_INPUT,
+            404: NOT_FOUND,
+            409: CONFLICT,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def signal(self, request, pk=None):
+        workflow = self.get_object()
+        body = SignalSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key", "")
+        if len(key) > WorkflowSignal._meta.get_field("idempotency_key").max_length or values.text_problem(key):
+            raise ValidationError({"Idempotency-Key": ["must be at most 200 characters of text"]})
+        signal, sent = services.workflow_signal(
+            workflow.pk, actor=self.actor, idempotency_key=key, **body.validated_data
+        )
+        code = status.HTTP_201_CREATED if sent else status.HTTP_200_OK
+        return Response(WorkflowSignalSerializer(signal).data, status=code)
 
     # --- Reading -----------------------------------------------------------------------------
 

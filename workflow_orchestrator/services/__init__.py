@@ -8,6 +8,7 @@
 - `recovery`: what a crash or a lost job left behind, put right.
 - `limits`: concurrency keys' limits, set and removed.
 - `holds`: a whole definition or concurrency key paused (held) and resumed (released).
+- `waits`: tasks that wait (timers, signals) without a worker, signals, deadlines.
 - `exceptions`: what the engine refuses.
 
 Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
@@ -60,6 +61,7 @@ from .transitions import (
     workflow_start,
 )
 from .validation import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS, normalize_tasks, validate_request
+from .waits import deadline_check, signal_names, task_wait, task_wake, workflow_signal
 
 __all__ = [
     "ACTIONS",
@@ -80,6 +82,7 @@ __all__ = [
     "check_hold",
     "check_limit",
     "backoff_delay",
+    "deadline_check",
     "held_counts",
     "hold_release",
     "hold_set",
@@ -89,11 +92,14 @@ __all__ = [
     "limit_set",
     "normalize_tasks",
     "recover",
+    "signal_names",
     "task_claim",
     "task_finished",
     "task_hand_back",
     "task_heartbeat",
     "task_record",
+    "task_wait",
+    "task_wake",
     "validate_request",
     "workflow_cancel",
     "workflow_create",
@@ -104,6 +110,7 @@ __all__ = [
     "workflow_progress",
     "workflow_resume",
     "workflow_retry",
+    "workflow_signal",
     "workflow_start",
     "workflow_update",
 ]

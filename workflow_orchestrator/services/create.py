@@ -19,7 +19,7 @@ from ..signals import send_transitioned_on_commit
 from .exceptions import IdempotencyConflict, InvalidTransition
 from .holds import hold_new
 from .transitions import changing, fire
-from .validation import check_idempotency_key, flow_control, validate_request
+from .validation import check_idempotency_key, deadline, flow_control, validate_request
 
 Status = Task.Status
 
@@ -77,8 +77,9 @@ def _insert_started(workflow: Workflow, tasks: list[Task], actor: Actor) -> None
     for task in first:
         task.status, task.attempt, task.queued_at = task_status_after("create_queued", None), 1, now
     workflow.unfinished = len(first)
+    deadline = [queue.deadline_job(workflow.pk, workflow.deadline_at)] if workflow.deadline_at else []
     with queue.change_transaction():
-        queue.send_with_change(queue.task_jobs(statements.create(workflow, tasks, row)))
+        queue.send_with_change(queue.task_jobs(statements.create(workflow, tasks, row)) + deadline)
         send_transitioned_on_commit(copy.copy(workflow), row)
 
 
@@ -101,10 +102,11 @@ def workflow_create(
     priority: int | None = None,
     concurrency_key: str | None = None,
     max_parallel: int | None = None,
+    deadline_seconds: int | None = None,
 ) -> tuple[Workflow, bool]:
     """Create a workflow with its tasks (and start it when asked); `schedule`, the
-    WorkflowSchedule that starts it, if one does. `priority`, `concurrency_key` and
-    `max_parallel` default to the definition's.
+    WorkflowSchedule that starts it, if one does. `priority`, `concurrency_key`,
+    `max_parallel` and `deadline_seconds` default to the definition's.
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
@@ -116,6 +118,7 @@ def workflow_create(
     priority, concurrency_key, max_parallel = flow_control(
         definition_obj, input, priority, concurrency_key, max_parallel
     )
+    deadline_seconds = deadline(definition_obj, deadline_seconds)
     if idempotency_key is not None:
         check_idempotency_key(str(idempotency_key))
     callback_url = validate_callback_url(callback_url)
@@ -134,6 +137,7 @@ def workflow_create(
         **({"priority": priority} if priority else {}),
         **({"concurrency_key": concurrency_key} if concurrency_key else {}),
         **({"max_parallel": max_parallel} if max_parallel is not None else {}),
+        **({"deadline_seconds": deadline_seconds} if deadline_seconds is not None else {}),
     )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, actor, fingerprint)
@@ -153,6 +157,7 @@ def workflow_create(
         priority=priority,
         concurrency_key=concurrency_key,
         max_parallel=max_parallel,
+        deadline_seconds=deadline_seconds,
     )
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet

@@ -255,7 +255,9 @@ def attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, out
     )
     # Siblings waiting for their turn wait for a retry instead; running ones finish.
     hold = TASK_TRANSITIONS["hold"]
-    workflow.tasks.filter(phase=task.phase, status__in=hold.sources).update(status=hold.target, queued_at=None)
+    workflow.tasks.filter(phase=task.phase, status__in=hold.sources).update(
+        status=hold.target, queued_at=None, wake_at=None, waiting_for=""
+    )
 
 
 # --- Recovery ----------------------------------------------------------------------------

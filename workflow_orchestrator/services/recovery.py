@@ -18,6 +18,7 @@ from .holds import batches, hold_workflow, orphans, release_workflow, released_r
 from .limits import adopt_running
 from .outcomes import attempt_failed
 from .transitions import changing, finish_phase, gathered
+from .waits import deadline_check, deadlines_due, task_wake, wake_due
 
 logger = logging.getLogger("workflow_orchestrator.services")
 Status = Task.Status
@@ -29,7 +30,9 @@ def recover(*, now=None) -> dict:
     workflow is paused: its resume sends them), move on workflows whose phase's work is
     done but whose worker died before it moved them on, and put right what slipped past a
     hold being set or released (`held`: workflows a hold covers but did not pause, paused
-    now; `released`: workflows paused by a hold that is gone, resumed now).
+    now; `released`: workflows paused by a hold that is gone, resumed now), wake the
+    waiting tasks whose timer or deadline is due (`woken`) and fail the workflows whose
+    deadline passed (`deadlines`).
 
     Each workflow's whole audit chain is verified before anything of it is touched: one
     that does not verify is left as it is, reported (BrokenChain) and listed under
@@ -63,6 +66,10 @@ def recover(*, now=None) -> dict:
         for workflow_id in ids
     )
     released = sum(_release_orphans(run, ids) for ids in batches(orphans()))
+    # Timers and deadlines that came due while no job woke them (no cluster ran, the broker
+    # lost the job): each a walk of an index of the few waiting.
+    woken = sum(run.unless_broken(workflow_id, _wake, task_id, now) for task_id, workflow_id in wake_due(now))
+    deadlines = sum(run.unless_broken(workflow_id, _deadline, now) for workflow_id in deadlines_due(now))
     if statements.refresh_statistics():
         logger.info("recovery: the tasks table's statistics taken again (many rows changed since the last time)")
     return {
@@ -72,6 +79,8 @@ def recover(*, now=None) -> dict:
         "adopted": adopted,
         "held": held,
         "released": released,
+        "woken": woken,
+        "deadlines": deadlines,
         "audit_broken": {str(workflow_id): str(broken.link) for workflow_id, broken in run.broken.items()},
     }
 
@@ -162,6 +171,14 @@ def _move_on(workflow_id) -> int:
             finish_phase(workflow, Actor.SYSTEM, gathered(workflow))
             return 1
     return 0
+
+
+def _wake(workflow_id, task_id: int, now) -> int:
+    return int(task_wake(task_id, now=now))
+
+
+def _deadline(workflow_id, now) -> int:
+    return int(deadline_check(workflow_id, now=now))
 
 
 def _release_orphans(run: _Recovery, ids: list) -> int:

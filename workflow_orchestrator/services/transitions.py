@@ -215,11 +215,28 @@ def fire(
         succeeded=succeeded,
         phase_results=phase_results,
     )
+    if event in DEADLINE_EVENTS:
+        arm_deadline(workflow)
     if workflow.state in PHASES and workflow.unfinished == 0:
         nothing = statements.GATHER if workflow.state == State.EXECUTE else json.dumps(None)
         # The worker has its next task already when this change claimed one.
         return finish_phase(workflow, actor, nothing, inline=None if claimed else inline) or claimed
     return claimed
+
+
+# The transitions that set a workflow's deadline (Workflow._set_deadline).
+DEADLINE_EVENTS = ("start", "retry")
+
+
+def arm_deadline(workflow: Workflow) -> None:
+    """After a start or a retry set the workflow's deadline (in memory), which the
+    transition's statement does not write: write it, and send the job that checks it when
+    it is due (services.waits.deadline_check). Within the change's transaction, if any."""
+    if workflow.deadline_at is None:
+        return
+    with queue.change_transaction():
+        Workflow.objects.filter(pk=workflow.pk).update(deadline_at=workflow.deadline_at)
+        queue.send_with_change([queue.deadline_job(workflow.pk, workflow.deadline_at)])
 
 
 def queue_tasks(
@@ -350,7 +367,7 @@ def pause_in_place(workflow: Workflow, actor: Actor, reason: str, *, held_by: st
     inserts it."""
     now = timezone.now()
     workflow.paused_at, workflow.held_by = now, held_by
-    _record_in_place(workflow, "pause", actor, reason, now, {"hold": held_by} if held_by else None)
+    record_in_place(workflow, "pause", actor, reason, now, {"hold": held_by} if held_by else None)
 
 
 def resume_in_place(workflow: Workflow, actor: Actor, reason: str, *, held_by: str = "") -> None:
@@ -358,13 +375,14 @@ def resume_in_place(workflow: Workflow, actor: Actor, reason: str, *, held_by: s
     its lock once resume_refusal has nothing against it."""
     now = timezone.now()
     workflow.paused_at, workflow.held_by = None, ""
-    _record_in_place(workflow, "resume", actor, reason, now, {"hold": held_by} if held_by else None)
+    record_in_place(workflow, "resume", actor, reason, now, {"hold": held_by} if held_by else None)
     _send_queued(workflow, now)
 
 
-def _record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, now, data=None) -> None:
-    """Write a change of the workflow that leaves its state as it is (pause, resume): its
-    paused_at and held_by, and an audit row from its state to the same, chained to its head."""
+def record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, now, data=None) -> Transition:
+    """Write a change of the workflow that leaves its state as it is (pause, resume, a
+    signal): its paused_at and held_by, and an audit row from its state to the same,
+    chained to its head. Returns the audit row."""
     row = Transition.objects.build(
         workflow=workflow, source=workflow.state, event=event, actor=actor, reason=reason, data=data, now=now
     )
@@ -378,6 +396,7 @@ def _record_in_place(workflow: Workflow, event: str, actor: Actor, reason: str, 
         workflow.state,
         extra=logs.fields(workflow_id=workflow.pk, event=event),
     )
+    return row
 
 
 def _send_queued(workflow: Workflow, now) -> None:

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from .. import values
 from ..conf import app_settings
-from ..models import MAX_MAX_PARALLEL, MAX_PRIORITY, MIN_MAX_PARALLEL, MIN_PRIORITY, Workflow
+from ..models import MAX_DEADLINE_SECONDS, MAX_MAX_PARALLEL, MAX_PRIORITY, MIN_MAX_PARALLEL, MIN_PRIORITY, Workflow
 from ..registry import UnknownDefinition, UnknownTaskType, get_definition, get_task_type
 
 RESERVED_TASK_NAMES = {"prepare", "validate"}
@@ -35,7 +35,7 @@ def _normalize_task(index: int, spec) -> dict:
     if not isinstance(task_type, str) or not task_type:
         raise ValueError("type is required")
     _storable_text(task_type, "type")
-    get_task_type(task_type)
+    checked = get_task_type(task_type)
     name = spec.get("name") or f"{task_type}-{index + 1}"
     if not isinstance(name, str) or len(name) > 200:
         raise ValueError("name must be a string of at most 200 characters")
@@ -47,6 +47,8 @@ def _normalize_task(index: int, spec) -> dict:
         raise ValueError("params must be an object")
     if problem := values.json_problem(params, "params"):
         raise ValueError(problem)
+    if checked.check_params is not None:
+        checked.check_params(params)
     max_attempts = spec.get("max_attempts", app_settings.ORCH_MAX_ATTEMPTS)
     timeout = spec.get("timeout", app_settings.ORCH_TASK_TIMEOUT)
     after = spec.get("after", [])
@@ -136,6 +138,18 @@ def validate_request(name, definition, mode, input, tasks) -> tuple:
     if errors:
         raise ValidationError(errors)
     return definition_obj, normalized
+
+
+def deadline(definition, deadline_seconds=None) -> int | None:
+    """A workflow's deadline in seconds: the one given, else its definition's default;
+    ValidationError naming the field when it is not a whole number of seconds within range."""
+    if deadline_seconds is None and definition:
+        deadline_seconds = definition.deadline_seconds
+    if deadline_seconds is not None and not _whole_number_within(deadline_seconds, 1, MAX_DEADLINE_SECONDS):
+        raise ValidationError(
+            {"deadline_seconds": [f"deadline_seconds must be a whole number from 1 to {MAX_DEADLINE_SECONDS}, or null"]}
+        )
+    return deadline_seconds
 
 
 def flow_control(

@@ -19,10 +19,12 @@
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
+         deadline_seconds, deadline_at)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
+        deadline_seconds, deadline_at
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 )
 INSERT INTO workflow_orchestrator_task
@@ -43,10 +45,12 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
     INSERT INTO workflow_orchestrator_workflow
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
+         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
+         deadline_seconds, deadline_at)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel
+        unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
+        deadline_seconds, deadline_at
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 ), tasks AS (
     INSERT INTO workflow_orchestrator_task
@@ -172,7 +176,7 @@ WHERE workflow_id = %(workflow)s AND phase = %(phase)s ORDER BY position
         ORDER BY position
     LIMIT (SELECT GREATEST(0, max_parallel - (
         SELECT COUNT(*) FROM workflow_orchestrator_task
-        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING', 'WAITING')
             AND id <> %(task)s)) FROM locked WHERE max_parallel IS NOT NULL))
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
         timeout, worker, started_at, lease_expires_at, after, dependents, slot
@@ -254,7 +258,7 @@ FROM fan_in LEFT JOIN claimed ON TRUE LEFT JOIN filled ON TRUE
     ORDER BY position
     LIMIT (SELECT GREATEST(0, max_parallel - (
         SELECT COUNT(*) FROM workflow_orchestrator_task
-        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING', 'WAITING')
             AND id <> %(task)s)) FROM locked WHERE max_parallel IS NOT NULL)
 ), filled AS (
     UPDATE workflow_orchestrator_task

@@ -13,7 +13,8 @@
 /* create_workflow */ INSERT INTO workflow_orchestrator_workflow
     (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
      idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
-     unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel)
+     unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
+     deadline_seconds, deadline_at)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.definition'),
     json_extract(value, '$.state'), json_extract(value, '$.mode'), json_extract(value, '$.input'),
     json_extract(value, '$.results'), json_extract(value, '$.error'), json_extract(value, '$.retries'),
@@ -23,7 +24,8 @@ SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(
     json_extract(value, '$.updated_at'), json_extract(value, '$.started_at'), json_extract(value, '$.finished_at'),
     json_extract(value, '$.unfinished'), json_extract(value, '$.last_seq'), json_extract(value, '$.last_digest'),
     json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id'), json_extract(value, '$.priority'),
-    json_extract(value, '$.concurrency_key'), json_extract(value, '$.max_parallel')
+    json_extract(value, '$.concurrency_key'), json_extract(value, '$.max_parallel'),
+    json_extract(value, '$.deadline_seconds'), json_extract(value, '$.deadline_at')
 FROM (SELECT json(%(workflow)s) AS value)
 
 -- name: create_tasks
@@ -177,7 +179,7 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     ORDER BY position
     LIMIT MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
         SELECT COUNT(*) FROM workflow_orchestrator_task
-        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING')))
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING', 'WAITING')))
 ), next_up AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
@@ -231,7 +233,7 @@ WHERE id IN (
     ORDER BY position
     LIMIT MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
         SELECT COUNT(*) FROM workflow_orchestrator_task
-        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING'))))
+        WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING', 'WAITING'))))
 RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts, timeout,
     worker, started_at, lease_expires_at, after, dependents, slot
 

@@ -98,6 +98,13 @@ class Command(BaseCommand):
             "once, the others wait for a slot (default: the definition's, else no limit).",
         )
         start.add_argument(
+            "--deadline-seconds",
+            type=int,
+            metavar="N",
+            help="It must complete within N seconds of its start (and of each retry), or it fails with "
+            "'deadline exceeded' (default: the definition's, else none).",
+        )
+        start.add_argument(
             "--wait",
             nargs="?",
             type=float,
@@ -106,6 +113,15 @@ class Command(BaseCommand):
             help="Wait (default 600 s) until it has ended; exit 1 unless it ended COMPLETE.",
         )
         start.add_argument("--json", action="store_true", dest="as_json", help="Print the workflow as JSON.")
+
+        signal = commands.add_parser(
+            "signal", help="Send a signal to a workflow: it wakes the wait_signal task waiting for its name."
+        )
+        signal.add_argument("id")
+        signal.add_argument("name", help="The signal's name.")
+        signal.add_argument("--payload", default="{}", help="The payload, a JSON object: the woken task's result.")
+        signal.add_argument("--idempotency-key", default="", help="Sending twice with one key sends it once.")
+        signal.add_argument("--json", action="store_true", dest="as_json", help="Print the signal as JSON.")
 
         show = commands.add_parser("show", help="Show a workflow with its tasks and transitions.")
         show.add_argument("id")
@@ -250,6 +266,8 @@ class Command(BaseCommand):
             f"{workflow.pk}  {workflow.name}  {workflow.state}  ({progress['done']}/{progress['total']} tasks)"
         )
         limit = f"  max_parallel {workflow.max_parallel}" if workflow.max_parallel is not None else ""
+        if workflow.deadline_at:
+            limit += f"  deadline {workflow.deadline_at:%Y-%m-%d %H:%M:%S} UTC"
         self.stdout.write(f"  priority {workflow.priority}  concurrency key {workflow.concurrency_key or '—'}{limit}")
         if workflow.error:
             self.stdout.write(f"  error: {workflow.error}")
@@ -289,6 +307,7 @@ class Command(BaseCommand):
         priority,
         concurrency_key,
         max_parallel,
+        deadline_seconds,
         wait,
         as_json,
         **_,
@@ -306,6 +325,7 @@ class Command(BaseCommand):
             priority=priority,
             concurrency_key=concurrency_key,
             max_parallel=max_parallel,
+            deadline_seconds=deadline_seconds,
             actor=Actor.CLI,
             start=True,
         )
@@ -316,6 +336,27 @@ class Command(BaseCommand):
         self._print(workflow, as_json)
         if wait is not None and workflow.state != State.COMPLETE:
             raise CommandError(f"workflow {workflow.pk} ended {workflow.state}: {workflow.error}".rstrip(": "))
+
+    def do_signal(self, *, id, name, payload, idempotency_key, as_json, **_):
+        workflow = self._get(id)
+        payload = _json_arg(payload, "--payload")
+        if not isinstance(payload, dict):
+            raise CommandError("--payload must be a JSON object")
+        if not name or len(name) > 200:
+            raise CommandError("the signal's name must be 1 to 200 characters")
+        signal, sent = services.workflow_signal(
+            workflow.pk, name=name, payload=payload, actor=Actor.CLI, idempotency_key=idempotency_key
+        )
+        if as_json:
+            fields = ("id", "name", "payload", "sent_by", "seq", "created_at", "delivered_at")
+            body = {field: getattr(signal, field) for field in fields}
+            self.stdout.write(
+                json.dumps({**body, "task": signal.task.name if signal.task else None}, cls=DjangoJSONEncoder)
+            )
+            return
+        how = "sent" if sent else f"already sent with idempotency key {idempotency_key!r}"
+        to = f"delivered to task {signal.task.name}" if signal.task else "kept until a task waits for it"
+        self.stdout.write(f"signal {name} {how} to workflow {workflow.pk}: {to}")
 
     def _wait(self, workflow: Workflow, seconds: float) -> Workflow:
         deadline = time.monotonic() + seconds
