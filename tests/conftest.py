@@ -51,6 +51,7 @@ ENGINE_MODULES = {
     "test_graceful_stop",
     "test_spread",
     "test_waits",
+    "test_approvals",
     "test_heartbeat",
     "test_holds",
     "test_hot_path",

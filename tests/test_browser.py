@@ -562,3 +562,51 @@ def test_a_running_workflow_s_page_and_the_list_update_themselves(cluster, page)
     expect(page.locator(".action-counter")).to_contain_text("3 of 3 selected")
     assert page.evaluate("window.notReloaded === true")
     assert states(second) == {State.COMPLETE}
+
+
+def test_an_approver_decides_an_expense_on_waiting_for_me(cluster, page):
+    cluster()
+    fields = [
+        {"name": "cost_centre", "label": "Cost centre", "type": "choice", "choices": ["sales", "support"],
+         "required": True},
+        {"name": "note", "label": "Note for the customer", "type": "text"},
+    ]  # fmt: skip
+    approval = {
+        "name": "approve",
+        "type": "approval",
+        "after": ["check"],
+        "max_attempts": 1,
+        "params": {
+            "approvers": {"users": ["admin"]},
+            "prompt": "Refund {amount} EUR to {customer} ({reason})? It is above the limit of 100 EUR.",
+            "fields": fields,
+            "deadline_seconds": 86400,
+        },
+    }
+    tasks = [{"name": "check", "type": "echo", "params": {"limit": 100}}, approval,
+             {"name": "pay", "type": "gather", "after": ["approve"]}]  # fmt: skip
+    expense = start("refund ACME", tasks, input={"amount": 120, "customer": "ACME", "reason": "damaged on delivery"})
+    wait_for(lambda: expense.tasks.get(name="approve").status == Task.Status.WAITING, 60, "the approval to wait")
+
+    page.goto("/admin/")
+    page.click("#waiting-link")
+    section = page.locator("section.approval")
+    expect(section).to_have_count(1)
+    expect(section).to_contain_text("Refund 120 EUR to ACME (damaged on delivery)?")
+    expect(section).to_contain_text("0 of 1 approval")
+    page.select_option(f"#id_task-{expense.tasks.get(name='approve').pk}-cost_centre", "support")
+    section.get_by_label("Note for the customer").fill("Sorry for the trouble.")
+    section.get_by_label("Comment").fill("within the support budget")
+    screenshot(page, "admin-waiting-for-me.png")
+    section.get_by_role("button", name="Approve").click()
+    expect(page.locator(".messagelist")).to_contain_text(re.compile("refund ACME: approve approved", re.IGNORECASE))
+    expect(page.locator(".nothing-waiting")).to_be_visible()
+    wait_for(lambda: states(expense) == {State.COMPLETE}, 60, "the expense to complete")
+    decided = expense.transitions.get(event="decide")
+    assert decided.actor_label == "admin:admin" and decided.data["data"] == {
+        "cost_centre": "support",
+        "note": "Sorry for the trouble.",
+    }
+    page.goto(f"/admin/workflow_orchestrator/workflow/{expense.pk}/change/")
+    expect(page.locator("body")).to_contain_text("within the support budget")
+    screenshot(page, "admin-approval-decided.png")

@@ -38,6 +38,7 @@ def test_demo_runs_its_workflows_and_the_nightly_import_in_dependency_order(clus
         "demo flaky 1": State.COMPLETE,
         "demo fails, retried 1": State.COMPLETE,
         "demo cancelled 1": State.CANCELLED,
+        "demo expense approval 1": State.COMPLETE,
     }
     nightly = workflows["demo nightly import 1"]
     assert runs_after(nightly, "transform", "fetch")
@@ -53,3 +54,11 @@ def test_demo_runs_its_workflows_and_the_nightly_import_in_dependency_order(clus
     assert runs_after(flaky, "then", "flaky")
     assert workflows["demo fails, retried 1"].retries == 1
     assert "nightly import" in out.getvalue() and "COMPLETE" in out.getvalue()
+
+    expense = workflows["demo expense approval 1"]
+    decided = task(expense, "approve").result["decisions"]
+    assert [(d["decision"], d["by"], d["data"]["cost_centre"]) for d in decided] == [
+        ("approve", "cli:demo-approver", "support")
+    ]
+    assert task(expense, "pay").result == {"approve": task(expense, "approve").result}
+    assert expense.transitions.filter(event="decide").count() == 1

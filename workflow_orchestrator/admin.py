@@ -22,7 +22,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from . import audit, schedules, selectors, services, stats, values
+from . import approvals, audit, schedules, selectors, services, stats, values
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -587,6 +587,11 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 name="workflow_orchestrator_workflow_dashboard",
             ),
             path(
+                "waiting/",
+                self.admin_site.admin_view(self.waiting_view),
+                name="workflow_orchestrator_workflow_waiting",
+            ),
+            path(
                 "<path:object_id>/transition/<str:event>/",
                 self.admin_site.admin_view(self.transition_view),
                 name="workflow_orchestrator_workflow_transition",
@@ -641,6 +646,77 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             "changelist": changelist,
         }
         return TemplateResponse(request, "admin/workflow_orchestrator/dashboard.html", context)
+
+    def waiting_view(self, request):
+        """/admin/workflow_orchestrator/workflow/waiting/: "Waiting for me", the approval tasks
+        waiting now that the logged-in user may decide, each with its workflow's context,
+        its prompt and its form; approving or rejecting one is services.task_decide."""
+        if request.method == "POST":
+            response = self._decide(request)
+            if response is not None:
+                return response
+        tasks = services.waiting_for_user(request.user)
+        posted = getattr(request, "_decision_form", None)
+        items = []
+        for task in tasks:
+            params = task.params
+            decided = task.decisions.filter(round=task.workflow.retries, decision="approve").count()
+            form_class = approvals.form_class(params.get("fields", []))
+            form = posted[1] if posted and posted[0] == task.pk else form_class(prefix=f"task-{task.pk}")
+            items.append(
+                {
+                    "task": task,
+                    "workflow": task.workflow,
+                    "prompt": approvals.prompt_text(params.get("prompt", ""), task.workflow.input),
+                    "input": json.dumps(task.workflow.input, indent=2, sort_keys=True)[:2000],
+                    "form": form,
+                    "quorum": params.get("quorum", 1),
+                    "approved": decided,
+                    "deadline": task.wake_at,
+                    "link": reverse("admin:workflow_orchestrator_workflow_change", args=[task.workflow_id])
+                    if self.has_view_permission(request, task.workflow)
+                    else None,
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": Workflow._meta,
+            "title": "Waiting for me",
+            "items": items,
+        }
+        return TemplateResponse(request, "admin/workflow_orchestrator/waiting.html", context)
+
+    def _decide(self, request):
+        """A decision posted from "Waiting for me": a redirect back once it is recorded,
+        None to show the page again with the form's errors."""
+        task = Task.objects.filter(pk=request.POST.get("task") or 0, type=approvals.APPROVAL).first()
+        if task is None:
+            raise Http404("no such approval task")
+        decision = "approve" if "approve" in request.POST else "reject" if "reject" in request.POST else None
+        prefix = f"task-{task.pk}"
+        form = approvals.form_class(task.params.get("fields", []))(request.POST, prefix=prefix)
+        comment = request.POST.get(f"{prefix}-comment", "")
+        if decision is None or not form.is_valid():
+            request._decision_form = (task.pk, form)
+            messages.error(request, f"{task.name}: fill in the form, then approve or reject.")
+            return None
+        try:
+            services.task_decide(
+                task.workflow_id,
+                task.name,
+                user=request.user,
+                decision=decision,
+                data=form.cleaned_data,
+                comment=comment,
+                actor=Actor.admin(request.user),
+            )
+        except services.NotAnApprover:
+            raise PermissionDenied from None
+        except (services.InvalidTransition, ValidationError) as exc:
+            messages.error(request, f"{task.name}: {' '.join(getattr(exc, 'messages', [str(exc)]))}")
+        else:
+            messages.success(request, f"{task.workflow.name}: {task.name} {decision}d.")
+        return HttpResponseRedirect(reverse("admin:workflow_orchestrator_workflow_waiting"))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "POST":  # every field is read-only: state changes go through the buttons

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from . import approvals
 from .models import MAX_DEADLINE_SECONDS, Task
 from .registry import WorkflowDefinition, register_definition, task_type
 
@@ -101,6 +102,37 @@ def wait_signal(ctx, params):
     if payload is None:
         raise SignalNotReceived(f"no signal {name!r} within {seconds:g} s")
     return payload
+
+
+def check_approval(params: dict) -> None:
+    approvals.check_params(params)
+    _seconds(params, "deadline_seconds")
+
+
+class ApprovalRejected(Exception):
+    """Raised by `approval` when a decision (or its deadline) rejects it."""
+
+
+@task_type("approval", check_params=check_approval)
+def approval(ctx, params):
+    """Wait, holding no worker, for people to decide: `quorum` approvals (default 1) from
+    its `approvers` (`users`, `groups`, `permission`) succeed with the decisions as the
+    result; one reject fails the task with its comment (a retry of the workflow asks
+    again). With `deadline_seconds`, `on_deadline` (reject, approve or fail) decides once
+    it passes, as `system`. Approvers see `prompt` (with `{name}` filled from the input) and
+    fill in `fields` on the admin's "Waiting for me" page, or through the API or CLI."""
+    decisions = ctx.decisions()
+    verdict = approvals.verdict(params, decisions)
+    if verdict is None:
+        ctx.wait(seconds=_seconds(params, "deadline_seconds"), reason=approvals.APPROVAL)
+        decisions = ctx.decisions()  # the time came: its deadline's decision was recorded on waking
+        verdict = approvals.verdict(params, decisions)
+    if verdict == "approve":
+        return {"approved": True, "decisions": decisions}
+    last = decisions[-1] if decisions else {"by": "system", "comment": "deadline passed"}
+    if verdict == "fail":
+        raise ApprovalRejected(f"no decision in time: {last['comment']}")
+    raise ApprovalRejected(f"rejected by {last['by']}: {last['comment'] or 'no comment'}")
 
 
 @task_type("gather")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from . import logs
-from .models import Task, Workflow, WorkflowSignal
+from .models import Decision, Task, Workflow, WorkflowSignal
 from .statements import workflow_input
 
 
@@ -21,10 +21,11 @@ class Wait(BaseException):
     records the wait (the task goes WAITING, holding no worker and no job) and moves on;
     when the task wakes, its handler runs again from the start."""
 
-    def __init__(self, *, until: datetime | None = None, signal: str | None = None):
-        super().__init__(f"waiting until {until}" if signal is None else f"waiting for signal {signal!r}")
+    def __init__(self, *, until: datetime | None = None, signal: str | None = None, reason: str = ""):
+        super().__init__(reason or (f"waiting until {until}" if signal is None else f"waiting for signal {signal!r}"))
         self.until = until
         self.signal = signal
+        self.reason = reason
 
 
 class TaskContext:
@@ -86,14 +87,22 @@ class TaskContext:
         took this attempt back: a long handler should check it and return early."""
         return self._cancelled()
 
-    def wait(self, *, seconds: float | None = None, until: datetime | None = None, signal: str | None = None):
+    def wait(
+        self,
+        *,
+        seconds: float | None = None,
+        until: datetime | None = None,
+        signal: str | None = None,
+        reason: str = "",
+    ):
         """Wait without holding a worker: for `seconds` (counted from the first time this
         task waited), until the time `until`, or for the signal named `signal` (at most
         until the time, if one is given too). Returns the signal's payload once it has
         come (a signal sent before the task waited is kept for it), None once the time has
         come; otherwise raises Wait, which ends this run: the task waits, and its handler
         runs again, from the start, when it wakes. So call it before work that must not
-        be done twice."""
+        be done twice. `reason` names what else wakes it (the built-in `approval`'s
+        "approval": a decision), shown while it waits."""
         if signal is not None:
             payload = self._signal(signal)
             if payload is not None:
@@ -103,7 +112,17 @@ class TaskContext:
             due = self._waiting_since_due(seconds)
         if due is not None and timezone.now() >= due:
             return None
-        raise Wait(until=due, signal=signal)
+        raise Wait(until=due, signal=signal, reason=reason)
+
+    def decisions(self) -> list[dict]:
+        """The decisions on this task (an `approval`) in its workflow's current round (a
+        retry asks again), oldest first."""
+        rows = Decision.objects.filter(task_id=self.task.pk, round=self.workflow.retries).order_by("seq")
+        return [
+            {"decision": row.decision, "by": row.actor_label, "comment": row.comment, "data": row.data,
+             "at": row.created_at.isoformat()}
+            for row in rows
+        ]  # fmt: skip
 
     def _signal(self, name: str):
         """The payload of the signal `name` delivered to this task, or of the oldest one

@@ -113,6 +113,7 @@ def run_task(task_id: int | None, attempt: int | None, budget: float | None = No
                 workflow_id=task.workflow_id,
                 until=waiting.until,
                 signal=waiting.signal,
+                reason=waiting.reason,
                 patience=patience,
             )
             task = chain.hand_on()  # the worker is free for the next ready task

@@ -717,6 +717,44 @@ class WorkflowSignal(models.Model):
         return f"signal {self.name} to {self.workflow_id}"
 
 
+class Decision(models.Model):
+    """A decision on an `approval` task: someone allowed to decide approved or rejected it
+    (with the task's form filled in), or its deadline did (by `system`). Its audit row is in
+    the workflow's chain (event `decide`); this row is what the task's handler counts."""
+
+    class Choice(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="decisions")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="decisions")
+    round = models.PositiveIntegerField(
+        help_text="The workflow's retries when it was made: a retry asks again, and counts only the new round's."
+    )
+    decision = models.CharField(max_length=8, choices=Choice.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="decisions"
+    )
+    actor_label = models.CharField(max_length=200, help_text="Who decided, as the audit log names actors.")
+    data = models.JSONField(default=dict, blank=True, help_text="The task's form, as filled in.")
+    comment = models.TextField(blank=True)
+    seq = models.PositiveIntegerField(help_text="The seq of its row in the workflow's audit log.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task", "round", "user"],
+                name="decision_once_per_user_and_round",
+                condition=Q(user__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.actor_label}"
+
+
 class WorkflowDeletionManager(models.Manager):
     def verify(self, since: tuple[int, str] | None = None):
         """The first broken link of the deletion log or of its head (audit.BrokenDeletion),

@@ -206,7 +206,7 @@ def waiting_text(waits: list[_Tasks]) -> str:
     count = sum(group.waiting for group in waits)
     on = min(group.waiting_on for group in waits if group.waiting_on)
     wakes = [group.wake_next for group in waits if group.wake_next is not None]
-    what = f"signal {on.removeprefix('signal:')}" if on.startswith("signal:") else "a timer"
+    what = f"signal {on.removeprefix('signal:')}" if on.startswith("signal:") else "a timer" if on == "timer" else on
     text = f"{count} task(s) waiting: for {what}" if count > 1 else f"waiting for {what}"
     return text + (f" (wakes at {moment_text(min(wakes))})" if wakes else "")
 

@@ -15,6 +15,11 @@ a receiver may read them (the metrics add its history to their stored counters, 
 `workflow_orchestrator.metrics.count_deleted`), and an exception it raises rolls the
 deletion back.
 
+`workflow_waiting` (sender: `Workflow`; arguments `workflow` and `task`) is sent once an
+`approval` task's wait for decisions is committed: a receiver tells its approvers (a mail,
+a chat message) who may decide it (`task.params["approvers"]`) on the admin's "Waiting for
+me" page or through `POST /workflows/{id}/tasks/{name}/decide`.
+
 Receivers of `workflow_transitioned` run in the process that made the change: a web server's, the CLI's or a
 worker's. An exception in a receiver is logged and does not reach the engine.
 """
@@ -28,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 workflow_transitioned = Signal()
 workflow_deleting = Signal()
+# An approval task started waiting for decisions (sender: Workflow; workflow, task), sent
+# once that is committed: tell its approvers.
+workflow_waiting = Signal()
 
 
 def send_transitioned_on_commit(workflow, transition) -> None:

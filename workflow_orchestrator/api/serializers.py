@@ -14,6 +14,7 @@ from ..models import (
     MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     PHASES,
+    Decision,
     Phase,
     State,
     Task,
@@ -388,6 +389,26 @@ class SignalSerializer(StrictSerializer):
         if problem := values.json_problem(payload, "payload"):
             raise serializers.ValidationError(problem)
         return payload
+
+
+class DecideSerializer(StrictSerializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject"], help_text="Approve or reject the task.")
+    data = serializers.DictField(
+        required=False, default=dict, help_text="The task's form (its `fields`), by field name."
+    )
+    comment = StrictCharField(
+        required=False, allow_blank=True, default="", max_length=2000, help_text="Kept in the audit log."
+    )
+
+
+class DecisionSerializer(serializers.ModelSerializer):
+    task = serializers.SlugRelatedField(slug_field="name", read_only=True, help_text="The approval task's name.")
+    by = serializers.CharField(source="actor_label", read_only=True, help_text="Who decided, as the audit log says.")
+
+    class Meta:
+        model = Decision
+        fields = ["id", "task", "decision", "by", "data", "comment", "round", "seq", "created_at"]
+        read_only_fields = fields
 
 
 class WorkflowSignalSerializer(serializers.ModelSerializer):

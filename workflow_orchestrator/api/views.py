@@ -1,6 +1,8 @@
 """The REST API: one viewset. Each action parses its input, calls one engine service and
 answers; the engine's errors become 400/409 in `errors.py`."""
 
+import uuid
+
 from django.db.models import Prefetch
 from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
@@ -9,7 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -26,6 +28,8 @@ from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsabl
 from .serializers import (
     CancelSerializer,
     ConflictSerializer,
+    DecideSerializer,
+    DecisionSerializer,
     ErrorSerializer,
     PauseSerializer,
     SignalSerializer,
@@ -39,6 +43,14 @@ from .serializers import (
     WorkflowStatusSerializer,
     WorkflowUpdateSerializer,
 )
+
+
+def _uuid_or_none(value):
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
 
 NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such workflow, or not yours.")
 CONFLICT = OpenApiResponse(ConflictSerializer, description="Not allowed in the workflow's current state.")
@@ -183,6 +195,8 @@ class WorkflowViewSet(
         urls = {}
         offered = {*allowed, *(["signal"] if "cancel" in allowed else [])}
         for extra in self.get_extra_actions():
+            if "(?P<" in extra.url_path:  # a task's action (decide): the task's name is not in this URL
+                continue
             writes = extra.url_path in services.ACTIONS or extra.url_path == "signal"
             if extra.detail and (not writes or extra.url_path in offered):
                 name = self.__class__(**extra.kwargs).get_view_name()
@@ -351,6 +365,33 @@ class WorkflowViewSet(
         )
         code = status.HTTP_201_CREATED if sent else status.HTTP_200_OK
         return Response(WorkflowSignalSerializer(signal).data, status=code)
+
+    @extend_schema(
+        summary="Decide an approval task",
+        description="An approver of the workflow's `approval` task approves or rejects it, with the task's form "
+        "(`data`) and a comment; an audit row. The quorum of approvals, or one reject, wakes the task. 403 for a "
+        "user the task does not name as an approver; 409 once the task waits for no decision (decided, or not "
+        "yet waiting), or when this user has decided it already; 404 for an unknown workflow or task.",
+        request=DecideSerializer,
+        responses={201: DecisionSerializer, 400: BAD_INPUT, 403: FORBIDDEN, 404: NOT_FOUND, 409: CONFLICT},
+    )
+    @action(detail=True, methods=["post"], url_path=r"tasks/(?P<task_name>[^/]+)/decide")
+    def decide(self, request, pk=None, task_name=None):
+        body = DecideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        # Not get_object(): an approver need not be able to see the workflow otherwise.
+        workflow = Workflow.objects.filter(pk=_uuid_or_none(pk)).only("pk").first()
+        if workflow is None:
+            raise Http404
+        try:
+            decision = services.task_decide(
+                workflow.pk, task_name, user=request.user, actor=self.actor, **body.validated_data
+            )
+        except LookupError:
+            raise Http404 from None
+        except services.NotAnApprover as exc:
+            raise PermissionDenied(str(exc)) from None
+        return Response(DecisionSerializer(decision).data, status=status.HTTP_201_CREATED)
 
     # --- Reading -----------------------------------------------------------------------------
 

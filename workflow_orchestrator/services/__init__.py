@@ -61,7 +61,16 @@ from .transitions import (
     workflow_start,
 )
 from .validation import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS, normalize_tasks, validate_request
-from .waits import deadline_check, signal_names, task_wait, task_wake, workflow_signal
+from .waits import (
+    NotAnApprover,
+    deadline_check,
+    signal_names,
+    task_decide,
+    task_wait,
+    task_wake,
+    waiting_for_user,
+    workflow_signal,
+)
 
 __all__ = [
     "ACTIONS",
@@ -75,6 +84,7 @@ __all__ = [
     "HoldNotFound",
     "IdempotencyConflict",
     "InvalidTransition",
+    "NotAnApprover",
     "Recorded",
     "Released",
     "WorkflowError",
@@ -94,6 +104,7 @@ __all__ = [
     "recover",
     "signal_names",
     "task_claim",
+    "task_decide",
     "task_finished",
     "task_hand_back",
     "task_heartbeat",
@@ -101,6 +112,7 @@ __all__ = [
     "task_wait",
     "task_wake",
     "validate_request",
+    "waiting_for_user",
     "workflow_cancel",
     "workflow_create",
     "workflow_delete",

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 
-from django.db import IntegrityError
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import logs, queue
+from .. import approvals, logs, queue, signals
+from ..approvals import APPROVAL
 from ..models import (
     DEADLINE_ERROR,
     PHASES,
     TASK_TRANSITIONS,
     TERMINAL_STATES,
     Actor,
+    Decision,
     State,
     Task,
     Workflow,
@@ -40,12 +43,15 @@ SIGNAL_PREFIX = "signal:"
 TIMER = "timer"
 
 
-def waiting_for(until, signal: str | None) -> str:
-    """What a waiting task's `waiting_for` says: 'timer', or 'signal:<name>'."""
-    return TIMER if signal is None else f"{SIGNAL_PREFIX}{signal}"
+def waiting_for(until, signal: str | None, reason: str = "") -> str:
+    """What a waiting task's `waiting_for` says: its handler's reason ('approval'), else
+    'timer' or 'signal:<name>'."""
+    return reason or (TIMER if signal is None else f"{SIGNAL_PREFIX}{signal}")
 
 
-def task_wait(task_id: int, attempt: int, *, workflow_id, until=None, signal: str | None = None) -> bool:
+def task_wait(
+    task_id: int, attempt: int, *, workflow_id, until=None, signal: str | None = None, reason: str = ""
+) -> bool:
     """A handler waits (ctx.wait): its running attempt ends, not counted, and the task
     waits, holding no worker and no job, until `until` (a job with that due time wakes
     it) or the signal `signal` (services.workflow_signal wakes it). When what it waits for
@@ -70,12 +76,14 @@ def task_wait(task_id: int, attempt: int, *, workflow_id, until=None, signal: st
             and WorkflowSignal.objects.filter(workflow_id=workflow_id, name=signal, task__isnull=True).exists()
         )
         if arrived or (until is not None and until <= now):
+            if reason == APPROVAL:
+                _decide_by_deadline(workflow, task, now)
             _queue_again(task, "wait_over", attempts)
             return True
         Task.objects.filter(pk=task.pk).update(
             status=task_status_after("wait", task.status),
             wake_at=until,
-            waiting_for=waiting_for(until, signal),
+            waiting_for=waiting_for(until, signal, reason),
             finished_at=now,
             lease_expires_at=None,
             worker="",
@@ -84,10 +92,12 @@ def task_wait(task_id: int, attempt: int, *, workflow_id, until=None, signal: st
         )
         if until is not None:
             queue.send_with_change([queue.wake_job(task.pk, until)])
+        if reason == APPROVAL:
+            _tell_approvers(workflow, task, until, now)
     logger.info(
         "task %s waits for %s",
         task_id,
-        waiting_for(until, signal) + (f" until {until.isoformat()}" if until and signal else ""),
+        waiting_for(until, signal, reason) + (f" until {until.isoformat()}" if until and (signal or reason) else ""),
         extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="task_waiting"),
     )
     return True
@@ -124,10 +134,12 @@ def task_wake(task_id: int, *, due_only: bool = True, now=None) -> bool:
     workflow_id = Task.objects.filter(pk=task_id, status=Status.WAITING).values_list("workflow_id", flat=True).first()
     if workflow_id is None:
         return False
-    with changing(workflow_id, "wake", whole_chain=False):
+    with changing(workflow_id, "wake", whole_chain=False) as workflow:
         task = Task.objects.filter(pk=task_id, status=Status.WAITING).first()
         if task is None or (due_only and (task.wake_at is None or task.wake_at > now)):
             return False
+        if task.waiting_for == APPROVAL:
+            _decide_by_deadline(workflow, task, now)
         _queue_again(task, "wake")
     return True
 
@@ -137,6 +149,120 @@ def wake_due(now=None) -> list[tuple]:
     (task id, workflow id)."""
     now = now or timezone.now()
     return list(Task.objects.filter(status=Status.WAITING, wake_at__lte=now).values_list("pk", "workflow_id"))
+
+
+# --- Approvals -------------------------------------------------------------------------------
+
+
+def task_decide(
+    workflow_id, task_name: str, *, user, decision: str, data: dict | None = None, comment: str = "", actor: Actor
+):
+    """`user` decides the approval task `task_name`: a Decision and its audit row (event
+    `decide`: who, what, the form's data, the comment). A reject, or the approval that
+    reaches the quorum, wakes the task, whose handler then succeeds with the decisions as
+    its result or fails with the reject's comment. Raises NotAnApprover (403) for a user the
+    task does not name, ValidationError (400) for a bad decision, form or comment, and
+    InvalidTransition (409) when the task is not waiting for a decision, or this user has
+    decided it already. LookupError when the workflow has no such approval task (404)."""
+    if decision not in approvals.DECISIONS:
+        raise ValidationError({"decision": [f"decision must be one of {', '.join(approvals.DECISIONS)}"]})
+    if not isinstance(comment, str) or len(comment) > approvals.MAX_COMMENT:
+        raise ValidationError({"comment": [f"comment must be text of at most {approvals.MAX_COMMENT} characters"]})
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValidationError({"data": ["data must be an object: the task's form, by field name"]})
+    with changing(workflow_id, "decide", whole_chain=False) as workflow:
+        task = workflow.tasks.filter(name=task_name, type=APPROVAL).first()
+        if task is None:
+            raise LookupError(f"workflow {workflow_id} has no approval task named {task_name!r}")
+        params = task.params
+        if not approvals.may_decide(user, params.get("approvers", {})):
+            raise NotAnApprover(f"{user} is not an approver of task {task_name}")
+        if task.status != Status.WAITING or task.waiting_for != APPROVAL:
+            raise InvalidTransition(workflow, "decide", f"task {task_name} is {task.status}: it waits for no decision")
+        if task.decisions.filter(round=workflow.retries, user=user).exists():
+            raise InvalidTransition(workflow, "decide", f"{user} has decided task {task_name} already")
+        values, errors = approvals.cleaned(params.get("fields", []), data)
+        if errors:
+            raise ValidationError({"data": [f"{name}: {' '.join(messages)}" for name, messages in errors.items()]})
+        made = _decide(workflow, task, decision, values, comment, actor, user=user)
+        decided = [{"decision": d, "by": by, "data": {}} for d, by in _round(workflow, task)]
+        if approvals.verdict(params, decided) is not None:
+            _queue_again(task, "wake")
+    return made
+
+
+def _round(workflow: Workflow, task: Task) -> list[tuple[str, str]]:
+    return list(task.decisions.filter(round=workflow.retries).values_list("decision", "actor_label"))
+
+
+def _decide(workflow, task, decision: str, data: dict, comment: str, actor: Actor, *, user=None) -> Decision:
+    now = timezone.now()
+    row = record_in_place(
+        workflow,
+        "decide",
+        actor,
+        comment,
+        now,
+        {"task": task.name, "decision": decision, "data": data, "comment": comment},
+    )
+    return Decision.objects.create(
+        workflow=workflow,
+        task=task,
+        round=workflow.retries,
+        decision=decision,
+        user=user,
+        actor_label=actor.label,
+        data=data,
+        comment=comment,
+        seq=row.seq,
+        created_at=now,
+    )
+
+
+def _decide_by_deadline(workflow: Workflow, task: Task, now) -> None:
+    """An approval's deadline passed before its decision: its `on_deadline` decides, as
+    `system` (a reject, an approval, or a failure: a reject that fails the task)."""
+    rule = task.params.get("on_deadline", "reject")
+    seconds = task.params.get("deadline_seconds")
+    comment = f"no decision within {seconds:g} s: {rule}" if seconds else f"deadline passed: {rule}"
+    decision = "approve" if rule == "approve" else "reject"
+    _decide(workflow, task, decision, {"fail": True} if rule == "fail" else {}, comment, Actor.SYSTEM)
+
+
+class NotAnApprover(PermissionError):
+    """The user may not decide this approval (a 403)."""
+
+
+def waiting_for_user(user, *, limit: int = 200) -> list[Task]:
+    """The approval tasks waiting now that `user` may decide and has not yet, oldest first
+    (the admin's "Waiting for me")."""
+    waiting = (
+        Task.objects.filter(status=Status.WAITING, waiting_for=APPROVAL)
+        .select_related("workflow")
+        .order_by("finished_at", "pk")
+    )
+    mine = []
+    for task in waiting[: limit * 5]:
+        decided = task.decisions.filter(round=task.workflow.retries, user=user).exists()
+        if approvals.may_decide(user, task.params.get("approvers", {})) and not decided:
+            mine.append(task)
+            if len(mine) == limit:
+                break
+    return mine
+
+
+def _tell_approvers(workflow: Workflow, task: Task, until, now) -> None:
+    """An approval starts waiting: an audit row (event `waiting`), a webhook `waiting` to
+    the workflow's callback_url if it has one (signed and retried as every webhook), and,
+    once committed, the `workflow_waiting` signal for the project to tell its approvers."""
+    data = {"task": task.name, "approvers": task.params.get("approvers", {})}
+    if until is not None:
+        data["deadline"] = until.isoformat()
+    row = record_in_place(workflow, "waiting", Actor.SYSTEM, f"task {task.name} waits for a decision", now, data)
+    if workflow.callback_url:
+        queue.send_with_change([queue.webhook_job(workflow.pk, row.seq, 1)])
+    transaction.on_commit(lambda: signals.workflow_waiting.send(sender=Workflow, workflow=workflow, task=task))
 
 
 # --- Signals -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import math
 import time
 from collections import Counter
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -122,6 +123,16 @@ class Command(BaseCommand):
         signal.add_argument("--payload", default="{}", help="The payload, a JSON object: the woken task's result.")
         signal.add_argument("--idempotency-key", default="", help="Sending twice with one key sends it once.")
         signal.add_argument("--json", action="store_true", dest="as_json", help="Print the signal as JSON.")
+
+        decide = commands.add_parser("decide", help="Approve or reject an approval task, as one of its approvers.")
+        decide.add_argument("id")
+        decide.add_argument("task", help="The approval task's name.")
+        choice = decide.add_mutually_exclusive_group(required=True)
+        choice.add_argument("--approve", action="store_const", const="approve", dest="decision")
+        choice.add_argument("--reject", action="store_const", const="reject", dest="decision")
+        decide.add_argument("--data", default="{}", help="The task's form, a JSON object by field name.")
+        decide.add_argument("--comment", default="", help="Kept in the audit log (a reject's is the task's error).")
+        decide.add_argument("--user", required=True, metavar="USERNAME", help="The approver who decides.")
 
         show = commands.add_parser("show", help="Show a workflow with its tasks and transitions.")
         show.add_argument("id")
@@ -357,6 +368,29 @@ class Command(BaseCommand):
         how = "sent" if sent else f"already sent with idempotency key {idempotency_key!r}"
         to = f"delivered to task {signal.task.name}" if signal.task else "kept until a task waits for it"
         self.stdout.write(f"signal {name} {how} to workflow {workflow.pk}: {to}")
+
+    def do_decide(self, *, id, task, decision, data, comment, user, **_):
+        workflow = self._get(id)
+        data = _json_arg(data, "--data")
+        try:
+            approver = get_user_model().objects.get_by_natural_key(user)
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"no user {user!r}") from None
+        try:
+            made = services.task_decide(
+                workflow.pk,
+                task,
+                user=approver,
+                decision=decision,
+                data=data,
+                comment=comment,
+                actor=Actor(f"cli:{approver.get_username()}", approver),
+            )
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+        except services.NotAnApprover as exc:
+            raise CommandError(f"{exc}: only its approvers may decide it") from None
+        self.stdout.write(f"{task} {decision}d by {made.actor_label} (audit row #{made.seq})")
 
     def _wait(self, workflow: Workflow, seconds: float) -> Workflow:
         deadline = time.monotonic() + seconds
