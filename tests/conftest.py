@@ -52,6 +52,7 @@ ENGINE_MODULES = {
     "test_spread",
     "test_waits",
     "test_approvals",
+    "test_versions",
     "test_heartbeat",
     "test_holds",
     "test_hot_path",

@@ -18,7 +18,7 @@ class WorkflowsConfig(AppConfig):
         from django_q.signals import post_spawn  # imports django-q2's models
 
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
-        from .checks import check_installed_apps, check_q_cluster, check_settings
+        from .checks import check_definition_versions, check_installed_apps, check_q_cluster, check_settings
         from .jobs import skip_connection_health_checks
         from .metrics import on_workflow_deleting
         from .runner import end_overdue_workers
@@ -26,7 +26,7 @@ class WorkflowsConfig(AppConfig):
 
         autodiscover_modules("workflow_tasks")
         import_task_modules()
-        for check in (check_settings, check_q_cluster, check_installed_apps):
+        for check in (check_settings, check_q_cluster, check_installed_apps, check_definition_versions):
             checks.register(check)
         post_migrate.connect(ensure_periodic_jobs, sender=self)
         post_spawn.connect(skip_connection_health_checks)

@@ -1,4 +1,5 @@
-"""System checks: the app's settings and the django-q2 cluster the engine runs on.
+"""System checks: the app's settings, the django-q2 cluster the engine runs on, and the
+definition versions that unfinished workflows still run.
 
 They run at start-up (`runserver`, `migrate`, `qcluster`, `manage.py check`), so that a
 project's bad value stops it there, naming the setting, instead of failing a job later.
@@ -7,9 +8,13 @@ project's bad value stops it there, naming the setting, instead of failing a job
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Warning
+from django.db import DatabaseError
+from django.db.models import Count
 
 from .conf import ORM_BROKER, REDIS_BROKER, SETTINGS, app_settings
+from .models import TERMINAL_STATES, Workflow
 from .queue import JOB_TIMEOUT_GRACE
+from .registry import definition_versions
 
 APP = "workflow_orchestrator"
 ADVICE = "Build it with workflow_orchestrator.conf.q_cluster(), which a project may extend with keyword arguments."
@@ -141,3 +146,29 @@ def check_installed_apps(**kwargs) -> list[Error]:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_definition_versions(**kwargs) -> list[Error]:
+    """Every definition version that workflows not yet ended (running, waiting to start or
+    for a retry) started with is still registered: a deploy that drops one leaves them
+    without their handlers. One grouped query; nothing to check before the tables exist."""
+    registered = definition_versions()
+    try:
+        used = list(
+            Workflow.objects.exclude(state__in=TERMINAL_STATES)
+            .order_by()
+            .values_list("definition", "definition_version")
+            .annotate(count=Count("pk"))
+        )
+    except DatabaseError:  # not migrated yet, or no database at hand: nothing to compare
+        return []
+    return [
+        Error(
+            f"definition {key!r} version {version} is not registered, but {count} workflow(s) not yet ended use it",
+            hint=f"Keep registering WorkflowDefinition(key={key!r}, version={version}, ...) until they have ended "
+            "(manage.py workflow versions lists them), or cancel them.",
+            id=f"{APP}.E011",
+        )
+        for key, version, count in used
+        if version not in registered.get(key, [])
+    ]

@@ -159,6 +159,10 @@ class Workflow(FSMModelMixin, models.Model):
         help_text=f"From {MIN_MAX_PARALLEL} to {MAX_MAX_PARALLEL}: at most this many of its EXECUTE tasks are queued "
         "or running at once, the others wait (PENDING) for a slot; empty: no limit.",
     )
+    definition_version = models.PositiveIntegerField(
+        default=1,
+        help_text="The version of its definition it started with: it runs that version's handlers to its end.",
+    )
     # Deadlines: a workflow not COMPLETE by its deadline fails (services.deadline_passed).
     deadline_seconds = models.PositiveIntegerField(
         null=True,

@@ -49,6 +49,9 @@ class WorkflowDefinition:
     for a phase with no work) and the EXECUTE tasks used when a request names none."""
 
     key: str
+    # Several versions of one key may be registered at once: a workflow runs the version it
+    # started with to its end, new workflows take the newest unless asked ("key@2").
+    version: int = 1
     prepare: str | None = None
     validate: str | None = None
     tasks: tuple[dict, ...] = field(default_factory=tuple)
@@ -71,7 +74,7 @@ class WorkflowDefinition:
 
 
 _task_types: dict[str, TaskType] = {}
-_definitions: dict[str, WorkflowDefinition] = {}
+_definitions: dict[str, dict[int, WorkflowDefinition]] = {}  # by key, then version
 
 
 def task_type(name: str, *, check_params: Callable[[dict], None] | None = None) -> Callable[[Handler], Handler]:
@@ -89,11 +92,33 @@ def task_type(name: str, *, check_params: Callable[[dict], None] | None = None) 
 
 
 def register_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
+    if "@" in definition.key:
+        raise ValueError(f"a definition's key holds no '@' (it separates the version): {definition.key!r}")
+    if isinstance(definition.version, bool) or not isinstance(definition.version, int) or definition.version < 1:
+        raise ValueError(f"definition {definition.key!r}: its version must be a whole number from 1")
     for handler in (definition.prepare, definition.validate):
         if handler is not None and handler not in _task_types:
             raise UnknownTaskType(f"definition {definition.key!r} names unknown task type {handler!r}")
-    _definitions[definition.key] = definition
+    _definitions.setdefault(definition.key, {})[definition.version] = definition
     return definition
+
+
+def unregister_definition(key: str, version: int) -> None:
+    """Forget one version of a definition (a deploy that no longer ships it; tests)."""
+    versions = _definitions.get(key, {})
+    versions.pop(version, None)
+    if not versions:
+        _definitions.pop(key, None)
+
+
+def parse_definition(text: str) -> tuple[str, int | None]:
+    """`key` or `key@version` (UnknownDefinition for a version that is not a whole number)."""
+    key, at, version = text.partition("@")
+    if not at:
+        return key, None
+    if not version.isdigit() or int(version) < 1:
+        raise UnknownDefinition(f"a definition's version is a whole number from 1: {text!r}")
+    return key, int(version)
 
 
 def get_task_type(name: str) -> TaskType:
@@ -103,11 +128,23 @@ def get_task_type(name: str) -> TaskType:
         raise UnknownTaskType(f"unknown task type {name!r}") from None
 
 
-def get_definition(key: str) -> WorkflowDefinition:
-    try:
-        return _definitions[key]
-    except KeyError:
-        raise UnknownDefinition(f"unknown workflow definition {key!r}") from None
+def get_definition(text: str) -> WorkflowDefinition:
+    """The definition `key` (its newest version) or `key@version`."""
+    key, version = parse_definition(text)
+    versions = _definitions.get(key)
+    if not versions:
+        raise UnknownDefinition(f"unknown workflow definition {key!r}")
+    if version is None:
+        return versions[max(versions)]
+    if version not in versions:
+        known = ", ".join(str(number) for number in sorted(versions))
+        raise UnknownDefinition(f"definition {key!r} has no version {version} (registered: {known})")
+    return versions[version]
+
+
+def definition_versions() -> dict[str, list[int]]:
+    """The registered versions of each definition, oldest first."""
+    return {key: sorted(versions) for key, versions in sorted(_definitions.items())}
 
 
 def task_type_names() -> list[str]:

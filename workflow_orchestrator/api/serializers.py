@@ -293,7 +293,7 @@ WORKFLOW_FIELDS = [
     "id", "name", "definition", "state", "mode", "input", "results", "error", "retries", "failed_phase",
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
     "schedule", "paused_at",
-    "priority", "concurrency_key", "max_parallel", "deadline_seconds", "deadline_at",
+    "priority", "concurrency_key", "max_parallel", "deadline_seconds", "deadline_at", "definition_version",
 ]  # fmt: skip
 
 

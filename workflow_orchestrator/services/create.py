@@ -145,7 +145,8 @@ def workflow_create(
             return existing, False
     workflow = Workflow(
         name=name,
-        definition=definition,
+        definition=definition_obj.key,
+        definition_version=definition_obj.version,
         mode=mode,
         input=input,
         idempotency_key=idempotency_key or None,
@@ -219,7 +220,8 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
             raise InvalidTransition(
                 workflow, "update", f"cannot update a workflow in state {workflow.state}: only one not yet started"
             )
-        current = {field: getattr(workflow, field) for field in ("name", "definition", "mode", "input")}
+        current = {field: getattr(workflow, field) for field in ("name", "mode", "input")}
+        current["definition"] = f"{workflow.definition}@{workflow.definition_version}"
         current["tasks"] = list(
             workflow.tasks.filter(phase=State.EXECUTE).values(
                 "name", "type", "params", "max_attempts", "timeout", "after"
@@ -227,8 +229,9 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
         )
         merged = {**current, **changes}
         definition, specs = validate_request(**merged)
-        for field in ("name", "definition", "mode", "input"):
+        for field in ("name", "mode", "input"):
             setattr(workflow, field, merged[field])
+        workflow.definition, workflow.definition_version = definition.key, definition.version
         if callback_url is not None:
             workflow.callback_url = callback_url
         workflow.save()

@@ -67,6 +67,8 @@ def check_hold(kind, value) -> None:
         errors["value"] = [f"value is required: a string of at most {longest} characters"]
     elif problem := values.text_problem(value):
         errors["value"] = [f"value {problem}"]
+    elif kind == Hold.Kind.DEFINITION and "@" in value:
+        errors["value"] = ["a hold covers every version of a definition: give its key alone, without @version"]
     elif kind == Hold.Kind.DEFINITION:
         try:
             get_definition(value)

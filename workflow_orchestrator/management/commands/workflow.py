@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Count
+from django.db.models import Count, Q
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
@@ -21,6 +21,8 @@ from workflow_orchestrator.models import (
     MAX_PRIORITY,
     MIN_MAX_PARALLEL,
     MIN_PRIORITY,
+    PHASES,
+    TERMINAL_STATES,
     Actor,
     ConcurrencyLimit,
     Hold,
@@ -30,6 +32,7 @@ from workflow_orchestrator.models import (
     WorkflowDeletion,
     WorkflowSchedule,
 )
+from workflow_orchestrator.registry import definition_versions
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
@@ -133,6 +136,11 @@ class Command(BaseCommand):
         decide.add_argument("--data", default="{}", help="The task's form, a JSON object by field name.")
         decide.add_argument("--comment", default="", help="Kept in the audit log (a reject's is the task's error).")
         decide.add_argument("--user", required=True, metavar="USERNAME", help="The approver who decides.")
+
+        versions = commands.add_parser(
+            "versions", help="List the definitions' versions: registered or not, with their workflows not yet ended."
+        )
+        versions.add_argument("--json", action="store_true", dest="as_json")
 
         show = commands.add_parser("show", help="Show a workflow with its tasks and transitions.")
         show.add_argument("id")
@@ -391,6 +399,42 @@ class Command(BaseCommand):
         except services.NotAnApprover as exc:
             raise CommandError(f"{exc}: only its approvers may decide it") from None
         self.stdout.write(f"{task} {decision}d by {made.actor_label} (audit row #{made.seq})")
+
+    def do_versions(self, *, as_json, **_):
+        registered = definition_versions()
+        counts = (
+            Workflow.objects.exclude(state__in=TERMINAL_STATES)
+            .order_by()
+            .values_list("definition", "definition_version")
+            .annotate(
+                running=Count("pk", filter=Q(state__in=PHASES)),
+                waiting=Count("pk", filter=Q(state__in=(State.INIT, State.FAILED))),
+            )
+        )
+        used = {(key, version): (running, waiting) for key, version, running, waiting in counts}
+        rows = []
+        for key, version in sorted({*used, *((k, v) for k, vs in registered.items() for v in vs)}):
+            running, waiting = used.get((key, version), (0, 0))
+            versions_of_key = registered.get(key, [])
+            rows.append(
+                {
+                    "definition": key,
+                    "version": version,
+                    "registered": version in versions_of_key,
+                    "newest": bool(versions_of_key) and version == max(versions_of_key),
+                    "running": running,
+                    "waiting": waiting,
+                }
+            )
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        self.stdout.write(f"{'definition':<24} {'version':>7}  {'registered':<14} {'running':>7} {'waiting':>7}")
+        for row in rows:
+            status = ("yes, newest" if row["newest"] else "yes") if row["registered"] else "NO"
+            self.stdout.write(
+                f"{row['definition']:<24} {row['version']:>7}  {status:<14} {row['running']:>7} {row['waiting']:>7}"
+            )
 
     def _wait(self, workflow: Workflow, seconds: float) -> Workflow:
         deadline = time.monotonic() + seconds
