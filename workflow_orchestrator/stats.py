@@ -243,6 +243,8 @@ def overview(now=None) -> dict:
         "since": since,
         "workflows_by_state": by_state,
         "running": sum(by_state[state] for state in PHASES),
+        # Tasks that wait without a worker (timers, signals, approvals): the index of the waiting.
+        "waiting_tasks": Task.objects.filter(status=Task.Status.WAITING).count(),
         "audit_broken": BrokenChain.objects.count(),
         "waiting": waiting_work(now),
         "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
