@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection
 
 import tests.chaos_tasks  # noqa: F401  (registers chaos.probe in this process too)
 from workflow_orchestrator import audit, services
-from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow
+from workflow_orchestrator.models import Actor, Decision, State, Task, Transition, Workflow
 from workflow_orchestrator.statements import from_time
 
 WORKFLOWS = int(os.environ.get("CHAOS_WORKFLOWS", "30"))
@@ -43,6 +44,10 @@ LEASE = 2
 KEY, LIMIT = "chaos-key", 2
 PAUSES = 3
 SIGNAL = "go"
+APPROVERS = ["chaos-ann", "chaos-bob"]
+# Audit rows that record no state change and that these workflows write besides their four
+# transitions (and a paused one's pause and resume).
+IN_PLACE = ("signal", "waiting", "decide")
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300 + WORKFLOWS * 3)]
 
@@ -57,11 +62,30 @@ def join(after: list[str]) -> dict:
 
 
 def waiting(i: int, seconds: float) -> dict:
-    """A task that waits without a worker: for the signal "go" in every sixth workflow, a
-    timer of `seconds` in the others."""
-    if i % 6 == 0:
+    """A task that waits without a worker: for the signal "go", for two approvers' decisions,
+    or a timer of `seconds`, in turn."""
+    if i % 9 == 0:
         return {"name": "gate", "type": "wait_signal", "params": {"name": SIGNAL}, "max_attempts": 20}
+    if i % 9 == 3:
+        params = {"approvers": {"users": APPROVERS}, "quorum": len(APPROVERS)}
+        return {"name": "approval", "type": "approval", "params": params, "max_attempts": 20}
     return {"name": "timer", "type": "wait", "params": {"seconds": seconds}, "max_attempts": 20}
+
+
+def decide_some(workflows: list, approvers: list, rng) -> None:
+    """An approver decides one waiting approval; deciding twice is refused (409)."""
+    waiting = list(Task.objects.filter(workflow__in=workflows, name="approval", status=Task.Status.WAITING))
+    if not waiting:
+        return
+    task = rng.choice(waiting)
+    user = rng.choice(approvers)
+    decided = Decision.objects.filter(task=task, user=user).exists()
+    try:
+        services.task_decide(task.workflow_id, "approval", user=user, decision="approve", actor=Actor.api(user))
+    except services.InvalidTransition:
+        assert decided or not Task.objects.filter(pk=task.pk, status=Task.Status.WAITING).exists()
+    else:
+        assert not decided, "a decision taken twice"
 
 
 def shape(i: int, sleeps: list[float]) -> list[dict]:
@@ -159,8 +183,10 @@ def test_chaos(cluster, tmp_path):
     keyed_running_seen = 0
     # The workflows that wait for a signal get it once, at a random moment: before their
     # task waits, or while it does.
-    unsignalled = [w for i, w in enumerate(workflows) if i % 6 == 0]
+    unsignalled = [w for i, w in enumerate(workflows) if i % 3 == 0 and i % 9 == 0]
     signalled = list(unsignalled)
+    approved = [w for i, w in enumerate(workflows) if i % 3 == 0 and i % 9 == 3]
+    approvers = [get_user_model().objects.create_user(name) for name in APPROVERS]
 
     clusters = [cluster(**env), cluster(**env)]
     kills, cluster_kills, taken_back = [], 0, {}
@@ -175,6 +201,7 @@ def test_chaos(cluster, tmp_path):
         if unsignalled and rng.random() < 0.4:
             target = unsignalled.pop(rng.randrange(len(unsignalled)))
             services.workflow_signal(target, name=SIGNAL, payload={"to": str(target)}, actor=Actor.SYSTEM)
+        decide_some(approved, approvers, rng)
         busy = running_workers()
         if len(kills) < WORKER_KILLS and busy:
             pid, task_id, attempt = rng.choice(busy)
@@ -207,9 +234,9 @@ def test_chaos(cluster, tmp_path):
     sequences, changes = Counter(), {}
     rows = Transition.objects.filter(workflow__in=workflows).order_by("seq")
     for workflow_id, event in rows.values_list("workflow", "event"):
-        if event != "signal":
+        if event not in IN_PLACE:
             sequences[workflow_id] += 1
-        if event not in ("pause", "resume", "signal"):
+        if event not in ("pause", "resume", *IN_PLACE):
             changes.setdefault(workflow_id, []).append(event)
     assert all(events == ["start", "execute", "validate", "complete"] for events in changes.values())
     pauses = Transition.objects.filter(workflow__in=paused, event__in=["pause", "resume"]).count()
@@ -221,9 +248,14 @@ def test_chaos(cluster, tmp_path):
     assert sorted(signals.values_list("workflow", flat=True)) == sorted(signalled), "one signal each"
     for gate in Task.objects.filter(workflow__in=signalled, name="gate"):
         assert gate.result == {"to": str(gate.workflow_id)} and gate.signals.count() == 1
+    for gate in Task.objects.filter(workflow__in=approved, name="approval"):
+        assert sorted(d["by"] for d in gate.result["decisions"]) == [f"api:{name}" for name in APPROVERS]
+        assert gate.decisions.count() == len(APPROVERS), "each approver decided once"
+    decide_rows = Transition.objects.filter(workflow__in=approved, event="decide").count()
+    assert decide_rows == len(APPROVERS) * len(approved)
     timers = Task.objects.filter(workflow__in=workflows, type="wait")
     assert all(timer.finished_at >= timer.wake_at for timer in timers)
-    waiters = Task.objects.filter(workflow__in=workflows, type__in=["wait", "wait_signal"])
+    waiters = Task.objects.filter(workflow__in=workflows, type__in=["wait", "wait_signal", "approval"])
     waits_recorded = sum([entry["outcome"] for entry in task.attempts].count("waiting") for task in waiters)
     assert all(audit.verify(w) is None for w in complete)
     tasks = Task.objects.filter(workflow__in=workflows, phase=State.EXECUTE)
@@ -277,6 +309,7 @@ def test_chaos(cluster, tmp_path):
         "paused_and_resumed": pauses // 2,
         "timers": timers.count(),
         "signals": len(signalled),
+        "approvals": len(approved),
         "waits_recorded": waits_recorded,
         "out_of_order": len(out_of_order),
         "work_run_again": rerun,

@@ -11,6 +11,10 @@ from workflow_orchestrator.apps import import_task_modules
 from workflow_orchestrator.conf import ORM_BROKER, SETTINGS, q_cluster
 from workflow_orchestrator.queue import JOB_TIMEOUT_GRACE
 
+# The checks read the database too: the definition versions that workflows still use
+# (checks.check_definition_versions, whose own tests are in tests/test_versions.py).
+pytestmark = pytest.mark.django_db
+
 NUMBERS = [name for name, setting in SETTINGS.items() if setting.kind in (int, float)]
 
 

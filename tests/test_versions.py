@@ -8,6 +8,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from rest_framework.test import APIClient
 
 import tests.version_tasks  # noqa: F401  (registers expense version 1)
@@ -62,6 +63,8 @@ def test_the_check_fails_when_a_version_in_use_is_no_longer_registered(db, versi
     assert check_definition_versions() == []
     unregister_definition("expense", 1)
     try:
+        with pytest.raises(SystemCheckError, match="workflow_orchestrator.E011"):
+            call_command("check", stdout=StringIO(), stderr=StringIO())
         [error] = check_definition_versions()
         assert error.id == "workflow_orchestrator.E011"
         assert "definition 'expense' version 1 is not registered, but 2 workflow(s) not yet ended use it" in error.msg
