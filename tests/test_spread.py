@@ -50,10 +50,14 @@ def test_a_busy_cluster_takes_no_job_while_another_cluster_has_a_free_worker(clu
         ran_in |= {os.getpgid(worker_pid(task)) for task in workflow.tasks.all()}
     assert ran_in == {free.process.pid}, busy.output()[-2000:]
     assert Task.objects.get(pk=nap.pk).status == Task.Status.RUNNING
+    # Cancelled, the long task returns early (the built-in sleep watches ctx.cancelled()), so that
+    # both clusters stop at once when the test ends.
+    services.workflow_cancel(long_one.pk, actor=Actor.SYSTEM)
+    wait_for(lambda: Task.objects.get(pk=nap.pk).status == Task.Status.CANCELLED, 30, "the long task to stop")
 
 
 def test_a_stopping_cluster_hands_its_tasks_to_the_other_cluster_at_once(cluster):
-    """C1 (2 workers) runs two of a workflow's eight 20 s tasks and takes none of the other
+    """C1 (2 workers) runs two of a workflow's eight 10 s tasks and takes none of the other
     six ahead of its workers: their deliveries stay on the broker, where C2 (8 workers),
     started beside it, takes them all (django-q2's pusher would have taken up to five of
     them into C1's memory, to wait there for C1's workers). Then C1's whole process group gets SIGTERM: it exits
@@ -61,7 +65,7 @@ def test_a_stopping_cluster_hands_its_tasks_to_the_other_cluster_at_once(cluster
     re-send of recovery out of reach (600 s) and the leases long (120 s)."""
     settings = {"ORCH_LEASE_SECONDS": 120, "ORCH_REQUEUE_SECONDS": 600}
     first = cluster(ORCH_WORKERS=2, **settings)
-    workflow = sleepers("eight", 8, 20)
+    workflow = sleepers("eight", 8, 10)
     naps = workflow.tasks.filter(phase="EXECUTE")
     wait_for(lambda: naps.filter(status=Task.Status.RUNNING).count() == 2, 60, "C1's two workers to start a task")
     assert naps.filter(status=Task.Status.QUEUED).count() == 6
@@ -76,7 +80,7 @@ def test_a_stopping_cluster_hands_its_tasks_to_the_other_cluster_at_once(cluster
     assert first.process.wait(timeout=10) == 0, first.output()[-3000:]
     wait_for(lambda: not alive_in_group(first.process.pid), 5, "every process of C1 to end")
     handed_back = Task.objects.filter(pk__in=[task.pk for task in in_first])
-    # Well within the 20 s the other tasks still sleep: run again by C2, not by recovery.
+    # Within the 10 s the other tasks sleep: run again by C2 at once, not by recovery (600 s).
     wait_for(lambda: handed_back.filter(status=Task.Status.RUNNING).count() == 2, 15, "C2 to run the handed-back tasks")
     assert {os.getpgid(worker_pid(task)) for task in handed_back} == {second.process.pid}
     assert all(task.attempts[0]["outcome"] == "handed_back" and budget_attempt(task) == 1 for task in handed_back)
