@@ -660,7 +660,6 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         items = []
         for task in tasks:
             params = task.params
-            decided = task.decisions.filter(round=task.workflow.retries, decision="approve").count()
             form_class = approvals.form_class(params.get("fields", []))
             form = posted[1] if posted and posted[0] == task.pk else form_class(prefix=f"task-{task.pk}")
             items.append(
@@ -671,7 +670,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                     "input": json.dumps(task.workflow.input, indent=2, sort_keys=True)[:2000],
                     "form": form,
                     "quorum": params.get("quorum", 1),
-                    "approved": decided,
+                    "approved": task.approved,
                     "deadline": task.wake_at,
                     "link": reverse("admin:workflow_orchestrator_workflow_change", args=[task.workflow_id])
                     if self.has_view_permission(request, task.workflow)

@@ -99,15 +99,18 @@ def _as_form_data(fields: list[dict], data: dict) -> dict:
     return values
 
 
-def may_decide(user, approvers: dict) -> bool:
+def may_decide(user, approvers: dict, groups: set[str] | None = None) -> bool:
     """Whether `user` is one of an approval's approvers: named among its users, a member of
-    one of its groups, or holding its permission."""
+    one of its groups, or holding its permission. `groups`: the user's group names, when
+    the caller has them already (looked up otherwise)."""
     if user is None or not user.is_authenticated or not user.is_active:
         return False
     if user.get_username() in approvers.get("users", []):
         return True
-    groups = approvers.get("groups", [])
-    if groups and Group.objects.filter(user=user, name__in=groups).exists():
+    wanted = approvers.get("groups", [])
+    if wanted and groups is not None and groups.intersection(wanted):
+        return True
+    if wanted and groups is None and Group.objects.filter(user=user, name__in=wanted).exists():
         return True
     permission = approvers.get("permission")
     return bool(permission) and user.has_perm(permission)

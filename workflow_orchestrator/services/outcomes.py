@@ -254,8 +254,13 @@ def attempt_failed(workflow: Workflow, task: Task, error: str, actor: Actor, out
         error=f"{task.name}: {last_line}",
     )
     # Siblings waiting for their turn wait for a retry instead; running ones finish.
+    hold_phase(workflow, task.phase)
+
+
+def hold_phase(workflow: Workflow, phase: str) -> None:
+    """The phase failed: its tasks queued or waiting (their waits end) are held for a retry."""
     hold = TASK_TRANSITIONS["hold"]
-    workflow.tasks.filter(phase=task.phase, status__in=hold.sources).update(
+    workflow.tasks.filter(phase=phase, status__in=hold.sources).update(
         status=hold.target, queued_at=None, wake_at=None, waiting_for=""
     )
 

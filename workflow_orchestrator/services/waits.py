@@ -15,6 +15,7 @@ import logging
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from .. import approvals, logs, queue, signals
@@ -22,7 +23,6 @@ from ..approvals import APPROVAL
 from ..models import (
     DEADLINE_ERROR,
     PHASES,
-    TASK_TRANSITIONS,
     TERMINAL_STATES,
     Actor,
     Decision,
@@ -33,7 +33,7 @@ from ..models import (
     task_status_after,
 )
 from .exceptions import IdempotencyConflict, InvalidTransition
-from .outcomes import end_attempt
+from .outcomes import end_attempt, hold_phase
 from .transitions import changing, fire, record_in_place
 
 logger = logging.getLogger("workflow_orchestrator.services")
@@ -43,7 +43,7 @@ SIGNAL_PREFIX = "signal:"
 TIMER = "timer"
 
 
-def waiting_for(until, signal: str | None, reason: str = "") -> str:
+def waiting_for(signal: str | None, reason: str = "") -> str:
     """What a waiting task's `waiting_for` says: its handler's reason ('approval'), else
     'timer' or 'signal:<name>'."""
     return reason or (TIMER if signal is None else f"{SIGNAL_PREFIX}{signal}")
@@ -83,7 +83,7 @@ def task_wait(
         Task.objects.filter(pk=task.pk).update(
             status=task_status_after("wait", task.status),
             wake_at=until,
-            waiting_for=waiting_for(until, signal, reason),
+            waiting_for=waiting_for(signal, reason),
             finished_at=now,
             lease_expires_at=None,
             worker="",
@@ -97,7 +97,7 @@ def task_wait(
     logger.info(
         "task %s waits for %s",
         task_id,
-        waiting_for(until, signal, reason) + (f" until {until.isoformat()}" if until and (signal or reason) else ""),
+        waiting_for(signal, reason) + (f" until {until.isoformat()}" if until and (signal or reason) else ""),
         extra=logs.fields(workflow_id=workflow_id, task_id=task_id, attempt=attempt, event="task_waiting"),
     )
     return True
@@ -186,14 +186,15 @@ def task_decide(
         if errors:
             raise ValidationError({"data": [f"{name}: {' '.join(messages)}" for name, messages in errors.items()]})
         made = _decide(workflow, task, decision, values, comment, actor, user=user)
-        decided = [{"decision": d, "by": by, "data": {}} for d, by in _round(workflow, task)]
-        if approvals.verdict(params, decided) is not None:
+        if approvals.verdict(params, _round(workflow, task)) is not None:
             _queue_again(task, "wake")
     return made
 
 
-def _round(workflow: Workflow, task: Task) -> list[tuple[str, str]]:
-    return list(task.decisions.filter(round=workflow.retries).values_list("decision", "actor_label"))
+def _round(workflow: Workflow, task: Task) -> list[dict]:
+    """The decisions of the task's current round, as approvals.verdict reads them."""
+    rows = task.decisions.filter(round=workflow.retries).values_list("decision", "actor_label", "data")
+    return [{"decision": decision, "by": by, "data": data} for decision, by, data in rows]
 
 
 def _decide(workflow, task, decision: str, data: dict, comment: str, actor: Actor, *, user=None) -> Decision:
@@ -236,20 +237,24 @@ class NotAnApprover(PermissionError):
 
 def waiting_for_user(user, *, limit: int = 200) -> list[Task]:
     """The approval tasks waiting now that `user` may decide and has not yet, oldest first
-    (the admin's "Waiting for me")."""
+    (the admin's "Waiting for me"), each with `approved`: its approvals of this round. One
+    query for the tasks and one for the user's groups, however many wait."""
+    this_round = Q(decisions__round=F("workflow__retries"))
     waiting = (
         Task.objects.filter(status=Status.WAITING, waiting_for=APPROVAL)
         .select_related("workflow")
+        .annotate(
+            approved=Count("decisions", filter=this_round & Q(decisions__decision="approve")),
+            mine=Count("decisions", filter=this_round & Q(decisions__user=user)),
+        )
+        .filter(mine=0)
         .order_by("finished_at", "pk")
     )
-    mine = []
-    for task in waiting[: limit * 5]:
-        decided = task.decisions.filter(round=task.workflow.retries, user=user).exists()
-        if approvals.may_decide(user, task.params.get("approvers", {})) and not decided:
-            mine.append(task)
-            if len(mine) == limit:
-                break
-    return mine
+    groups = set(user.groups.values_list("name", flat=True))
+    mine = [
+        task for task in waiting[: limit * 5] if approvals.may_decide(user, task.params.get("approvers", {}), groups)
+    ]
+    return mine[:limit]
 
 
 def _tell_approvers(workflow: Workflow, task: Task, until, now) -> None:
@@ -290,9 +295,7 @@ def workflow_signal(
             _check_signal(workflow, name)
             now = timezone.now()
             waiting = (
-                workflow.tasks.filter(status=Status.WAITING, waiting_for=waiting_for(None, name))
-                .order_by("position")
-                .first()
+                workflow.tasks.filter(status=Status.WAITING, waiting_for=waiting_for(name)).order_by("position").first()
             )
             row = record_in_place(
                 workflow,
@@ -370,10 +373,7 @@ def deadline_check(workflow_id, *, now=None) -> bool:
             data={"deadline_at": workflow.deadline_at.isoformat(), "deadline_seconds": workflow.deadline_seconds},
             error=DEADLINE_ERROR,
         )
-        hold = TASK_TRANSITIONS["hold"]
-        workflow.tasks.filter(phase=workflow.failed_phase, status__in=hold.sources).update(
-            status=hold.target, queued_at=None, wake_at=None, waiting_for=""
-        )
+        hold_phase(workflow, workflow.failed_phase)
     logger.warning(
         "workflow %s failed: its deadline passed",
         workflow_id,
