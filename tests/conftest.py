@@ -15,6 +15,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext  # noqa: F401  (re-exported for test modules)
 from django_q.signing import SignedPackage
+from playwright.sync_api import sync_playwright
 
 from workflow_orchestrator import jobs, queue, services
 from workflow_orchestrator.models import Actor, Task, Workflow
@@ -366,3 +367,49 @@ def receiver(hooks):
     running = Receiver()
     yield running
     running.stop()
+
+
+# The browser tests' fixtures (their helpers are in tests/browser.py).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]  # fmt: skip
+SCREENSHOTS = ROOT / "docs" / "img" if os.environ.get("ORCH_SCREENSHOTS") == "1" else None
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture(scope="module")
+def allow_the_orm_beside_playwright():
+    """playwright's sync API runs an event loop in the test thread; Django's ORM refuses to run
+    in a thread with a running loop unless told it may (these tests wait on the browser, never
+    on both at once)."""
+    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if before is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
+
+
+@pytest.fixture(scope="module")
+def browser(allow_the_orm_beside_playwright):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server, django_user_model):
+    """A logged-in admin page: a superuser signs in through the admin's login form."""
+    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/admin/")
+    page.locator("#id_username").wait_for()
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.locator("#user-tools").filter(has_text="admin").wait_for()
+    yield page
+    context.close()

@@ -5,7 +5,6 @@ the jobs.
 With ORCH_SCREENSHOTS=1 the tests also save the screenshots the documentation shows, in docs/img/.
 """
 
-import os
 import re
 from pathlib import Path
 
@@ -14,18 +13,23 @@ import pytest
 if not Path("/usr/bin/chromium").exists():
     pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.conftest import ROOT, events, wait_for
+from tests.browser import (
+    assert_badges_readable,
+    contrast,
+    fetches,
+    no_horizontal_scroll,
+    screenshot,
+    start,
+    states,
+)
+from tests.conftest import events, wait_for
 from workflow_orchestrator import services
 from workflow_orchestrator.models import Actor, State, Task, Workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]  # fmt: skip
-SCREENSHOTS = ROOT / "docs" / "img" if os.environ.get("ORCH_SCREENSHOTS") == "1" else None
-PASSWORD = "browser-test-password"
 # Fails its first attempt and has no second one: the workflow fails, and a retry completes it.
 FAILS_ONCE = [
     {"name": "fetch", "type": "echo", "params": {"rows": 120}},
@@ -44,60 +48,6 @@ PIPELINE = [
 ]
 PIPELINE_EDGES = {("fetch", "transform"), ("transform", "load"), ("fetch", "notify"), ("load", "report"),
                   ("notify", "report"), ("flaky", "report")}  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def allow_the_orm_beside_playwright():
-    """playwright's sync API runs an event loop in the test thread; Django's ORM refuses to run
-    in a thread with a running loop unless told it may (these tests wait on the browser, never
-    on both at once)."""
-    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if before is None:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
-
-
-@pytest.fixture(scope="module")
-def browser(allow_the_orm_beside_playwright):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, live_server, django_user_model):
-    """A logged-in admin page: a superuser signs in through the admin's login form."""
-    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto("/admin/")
-    expect(page).to_have_title("Log in | Django site admin")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    expect(page.locator("#user-tools")).to_contain_text("admin")
-    yield page
-    context.close()
-
-
-def start(name: str, tasks: list, **kwargs) -> Workflow:
-    workflow, _ = services.workflow_create(name=name, tasks=tasks, actor=Actor.SYSTEM, start=True, **kwargs)
-    return workflow
-
-
-def states(*workflows) -> set[str]:
-    return set(Workflow.objects.filter(pk__in=[w.pk for w in workflows]).values_list("state", flat=True))
-
-
-def screenshot(page, name: str) -> None:
-    if SCREENSHOTS:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=SCREENSHOTS / name, full_page=True)
 
 
 def test_retry_failed_workflows_from_the_changelist(cluster, page):
@@ -311,24 +261,6 @@ def test_start_from_the_browsable_api_form_then_bulk_cancel_with_a_reason(cluste
         assert (cancel.actor_label, cancel.reason, cancel.target) == ("admin:admin", "wrong day", State.CANCELLED)
 
 
-def contrast(page, locator) -> float:
-    """The WCAG contrast ratio of an element's text against its background, from the colours
-    the browser rendered."""
-    return page.evaluate(
-        """element => {
-            const rgb = value => value.match(/[\\d.]+/g).slice(0, 3).map(Number);
-            const luminance = ([r, g, b]) => [r, g, b]
-                .map(c => c / 255)
-                .map(c => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4))
-                .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
-            const style = getComputedStyle(element);
-            const [a, b] = [luminance(rgb(style.color)), luminance(rgb(style.backgroundColor))];
-            return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-        }""",
-        locator.element_handle(),
-    )
-
-
 def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     cluster()
     waiting = start("schema migration", [{"type": "noop"}], mode="manual")
@@ -369,19 +301,6 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
     expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
     assert events(waiting) == ["start", "execute"]
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)  # the sleep notices, so the cluster stops at once
-
-
-def no_horizontal_scroll(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-
-
-def assert_badges_readable(page) -> None:
-    badges = page.locator(".badge").all()
-    assert badges, "no badge on the page"
-    for badge in badges:
-        ratio = contrast(page, badge)
-        assert ratio >= 4.5, f"{badge.inner_text()!r} has a contrast of {ratio:.2f}:1"
-        assert badge.inner_text().strip(), "a badge that tells its meaning by colour alone"
 
 
 def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page):
@@ -450,13 +369,6 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
     assert_badges_readable(page)  # the states' cards and the cluster's
     screenshot(page, "admin-phone-overview.png")
-
-
-def fetches(page) -> list[str]:
-    """The URLs the page fetches from now on (its live updates)."""
-    seen = []
-    page.on("request", lambda request: seen.append(request.url) if request.resource_type == "fetch" else None)
-    return seen
 
 
 def test_the_overview_matches_the_database_and_updates_itself(cluster, page):
