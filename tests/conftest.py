@@ -44,6 +44,7 @@ ENGINE_MODULES = {
     "test_connections",
     "test_contract",
     "test_dependencies",
+    "test_labels",
     "test_max_parallel",
     "test_edges",
     "test_flow_control",

@@ -13,6 +13,7 @@ from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
 from .attempts import OUTCOMES
 from .audit import deletion_digest, digest, sign_deletion_head, sign_head, verify_deletions
 from .cron import validate_cron, validate_timezone
+from .values import MAX_LABELS
 
 # A workflow's priority: higher first.
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
@@ -162,6 +163,12 @@ class Workflow(FSMModelMixin, models.Model):
     definition_version = models.PositiveIntegerField(
         default=1,
         help_text="The version of its definition it started with: it runs that version's handlers to its end.",
+    )
+    labels = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=f"Up to {MAX_LABELS} string keys and values to find it by (e.g. customer: acme); "
+        "a list filters on them with ?label=key:value.",
     )
     # Deadlines: a workflow not COMPLETE by its deadline fails (services.deadline_passed).
     deadline_seconds = models.PositiveIntegerField(

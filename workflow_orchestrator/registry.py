@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import values
+
 Handler = Callable[[Any, dict], Any]  # handler(ctx: context.TaskContext, params)
 
 
@@ -66,6 +68,8 @@ class WorkflowDefinition:
     # Seconds from a workflow's start (or retry) within which it must complete, when a
     # request gives none (None: no deadline).
     deadline_seconds: int | None = None
+    # Labels its workflows carry, under those a request gives (a flat dict of strings).
+    labels: dict[str, str] = field(default_factory=dict)
 
     def key_for(self, input: dict) -> str:
         """The concurrency key of a workflow with this `input` that names none."""
@@ -96,6 +100,8 @@ def register_definition(definition: WorkflowDefinition) -> WorkflowDefinition:
         raise ValueError(f"a definition's key holds no '@' (it separates the version): {definition.key!r}")
     if isinstance(definition.version, bool) or not isinstance(definition.version, int) or definition.version < 1:
         raise ValueError(f"definition {definition.key!r}: its version must be a whole number from 1")
+    if problem := values.labels_problem(definition.labels):
+        raise ValueError(f"definition {definition.key!r}: its labels {problem}")
     for handler in (definition.prepare, definition.validate):
         if handler is not None and handler not in _task_types:
             raise UnknownTaskType(f"definition {definition.key!r} names unknown task type {handler!r}")

@@ -10,7 +10,10 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from django.db import connections
 from django.db.models import Count, Min, Q
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from . import audit, statements
@@ -25,6 +28,19 @@ def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete
     may_change = may_change and audit.head_problem(workflow) is None
     actions = workflow.offered_actions() if may_change else []
     return [*actions, "delete"] if may_delete and not workflow.is_running else actions
+
+
+def with_labels(workflows, labels: dict[str, str]):
+    """The workflows of the queryset `workflows` that carry every one of `labels`. On
+    PostgreSQL that is one containment test (labels @> '{...}'), which the GIN index
+    workflow_labels answers; SQLite compares each key's text."""
+    if not labels:
+        return workflows
+    if connections[workflows.db].vendor == "postgresql":
+        return workflows.filter(labels__contains=labels)
+    # KeyTextTransform takes the key whole (a keyword lookup would split one holding "__"),
+    # and compares its text (a JSON lookup would parse the wanted value as JSON).
+    return workflows.filter(*(Exact(KeyTextTransform(key, "labels"), value) for key, value in labels.items()))
 
 
 def is_waiting_for_next(workflow: Workflow) -> bool:

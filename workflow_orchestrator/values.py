@@ -134,3 +134,64 @@ def parse_json(text: str, where: str, *, max_depth: int = MAX_DEPTH):
     if problem := json_problem(value, where, max_depth=max_depth):
         raise ValueError(problem)
     return value
+
+
+# --- Labels: a workflow's flat object of string keys and values -----------------------------
+
+MAX_LABELS = 20
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 200
+# A key is matched as `k:v` in a query (`?label=`) and `k=v` on the command line: it holds
+# neither separator, nor spaces, so that both read it back whole.
+_LABEL_KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
+
+
+def label_key_problem(key) -> str | None:
+    """Why `key` cannot be a label's key, or None."""
+    if not isinstance(key, str) or not key:
+        return "must be a non-empty string"
+    if len(key) > MAX_LABEL_KEY:
+        return f"is longer than {MAX_LABEL_KEY} characters"
+    if not set(key) <= _LABEL_KEY_CHARACTERS:
+        return "may hold only letters, digits and _ . - /"
+    return None
+
+
+def label_value_problem(value) -> str | None:
+    """Why `value` cannot be a label's value, or None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value) > MAX_LABEL_VALUE:
+        return f"is longer than {MAX_LABEL_VALUE} characters"
+    return text_problem(value)
+
+
+def labels_problem(labels) -> str | None:
+    """Why `labels` cannot be a workflow's labels, or None: a flat object of at most
+    MAX_LABELS string keys and values."""
+    if not isinstance(labels, dict):
+        return "must be an object of string keys and values"
+    if len(labels) > MAX_LABELS:
+        return f"may hold at most {MAX_LABELS} labels, not {len(labels)}"
+    for key, value in labels.items():
+        if problem := label_key_problem(key):
+            return f"key {str(key)[:MAX_LABEL_KEY]!r} {problem}"
+        if problem := label_value_problem(value):
+            return f"{key} {problem}"
+    return None
+
+
+def parse_label(text: str, separator: str) -> tuple[str, str]:
+    """(key, value) of `text` written `key<separator>value` (`env:prod` in a query,
+    `env=prod` on the command line); ValueError says why it is not one."""
+    key, found, value = text.partition(separator)
+    shown = repr(text[:80])
+    if not found:
+        raise ValueError(f"{shown} is not key{separator}value")
+    if problem := label_key_problem(key):
+        raise ValueError(f"{shown}: the key {problem}")
+    if not value:
+        raise ValueError(f"{shown}: the label has no value")
+    if problem := label_value_problem(value):
+        raise ValueError(f"{shown}: the value {problem}")
+    return key, value

@@ -7,6 +7,7 @@ from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError as BadRequest
 from rest_framework.filters import OrderingFilter, SearchFilter
 
+from .. import selectors, values
 from ..models import MAX_PRIORITY, MIN_PRIORITY, State, Workflow
 
 
@@ -36,6 +37,30 @@ class IntegerFilter(django_filters.NumberFilter):
     field_class = forms.IntegerField
 
 
+class LabelsFormField(forms.Field):
+    """`?label=key:value`, repeatable: the labels a workflow must all carry, as a dict."""
+
+    widget = forms.MultipleHiddenInput  # reads every value of a repeated parameter
+
+    def to_python(self, value) -> dict[str, str]:
+        labels = {}
+        for text in value or []:
+            try:
+                key, wanted = values.parse_label(text, ":")
+            except ValueError as exc:
+                raise ValidationError(str(exc), code="invalid") from None
+            if labels.setdefault(key, wanted) != wanted:
+                raise ValidationError(f"{key} is asked to be both {labels[key]!r} and {wanted!r}", code="invalid")
+        return labels
+
+
+class LabelFilter(django_filters.Filter):
+    field_class = LabelsFormField
+
+    def filter(self, qs, value):
+        return selectors.with_labels(qs, value) if value else qs
+
+
 class WorkflowFilter(django_filters.FilterSet):
     # distinct=False: the filter is on the workflow's own column, so no row can repeat, and
     # DISTINCT would make the database compare and sort every matching row before LIMIT.
@@ -46,10 +71,16 @@ class WorkflowFilter(django_filters.FilterSet):
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
     priority = IntegerFilter(min_value=MIN_PRIORITY, max_value=MAX_PRIORITY)
     concurrency_key = django_filters.CharFilter(help_text="Exactly this key.")
+    finished_after = UTCDateTimeFilter(field_name="finished_at", lookup_expr="gte")
+    finished_before = UTCDateTimeFilter(field_name="finished_at", lookup_expr="lt")
+    label = LabelFilter(help_text="key:value; repeat it for workflows that carry every one of the labels.")
 
     class Meta:
         model = Workflow
-        fields = ["state", "definition", "mode", "created_after", "created_before", "priority", "concurrency_key"]
+        fields = [
+            "state", "definition", "mode", "created_after", "created_before", "priority", "concurrency_key",
+            "finished_after", "finished_before", "label",
+        ]  # fmt: skip
 
 
 class StrictOrderingFilter(OrderingFilter):

@@ -96,6 +96,25 @@ class JSONObjectField(serializers.JSONField):
 extend_schema_field({"type": "object", "additionalProperties": True})(JSONObjectField)
 
 
+class LabelsField(serializers.JSONField):
+    """A workflow's labels: a flat object of string keys and values."""
+
+    def to_internal_value(self, data):
+        if problem := values.labels_problem(data):
+            raise serializers.ValidationError(f"labels {problem}")
+        return data
+
+
+extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": values.MAX_LABEL_VALUE},
+        "maxProperties": values.MAX_LABELS,
+        "example": {"customer": "acme", "env": "prod"},
+    }
+)(LabelsField)
+
+
 class TaskSpecSerializer(StrictSerializer):
     name = StrictCharField(required=False, max_length=200, help_text="Defaults to the type and a number.")
     type = StrictCharField(max_length=100, help_text="A registered task type, e.g. echo, sleep, noop, fail.")
@@ -159,6 +178,12 @@ class WorkflowInputSerializer(StrictSerializer):
         max_value=MAX_DEADLINE_SECONDS,
         help_text=f"Seconds from its start (and from each retry) within which it must complete, or it fails with "
         f"the error '{DEADLINE_ERROR}'. Left out or null: the definition's default (none unless it sets one).",
+    )
+
+    labels = LabelsField(
+        required=False,
+        help_text=f"Up to {values.MAX_LABELS} string keys and values to find it by (keys: letters, digits and"
+        " _ . - /); they go on top of the definition's. Lists filter on them with ?label=key:value.",
     )
 
 
@@ -294,6 +319,7 @@ WORKFLOW_FIELDS = [
     "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
     "schedule", "paused_at",
     "priority", "concurrency_key", "max_parallel", "deadline_seconds", "deadline_at", "definition_version",
+    "labels",
 ]  # fmt: skip
 
 

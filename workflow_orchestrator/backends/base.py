@@ -64,7 +64,7 @@ WORKFLOW_COLUMNS = (
     "idempotency_key", "idempotency_scope", "fingerprint", "callback_url", "created_by_id", "created_at", "updated_at",
     "started_at", "finished_at", "unfinished", "last_seq", "last_digest", "head_mac",
     "schedule_id", "priority", "concurrency_key", "max_parallel", "deadline_seconds", "deadline_at",
-    "definition_version",
+    "definition_version", "labels",
 )  # fmt: skip
 INSERTED_TASK_COLUMNS = (
     "workflow_id", "phase", "position", "name", "type", "params", "status", "attempt", "attempt_offset",

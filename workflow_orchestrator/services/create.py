@@ -8,10 +8,11 @@ import hashlib
 import json
 from collections import Counter
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import audit, queue, statements
+from .. import audit, queue, statements, values
 from ..callbacks import validate_callback_url
 from ..conf import app_settings
 from ..models import Actor, Hold, State, Task, Transition, Workflow, task_status_after
@@ -19,7 +20,7 @@ from ..signals import send_transitioned_on_commit
 from .exceptions import IdempotencyConflict, InvalidTransition
 from .holds import hold_new
 from .transitions import changing, fire
-from .validation import check_idempotency_key, deadline, flow_control, validate_request
+from .validation import check_idempotency_key, deadline, flow_control, labels_for, validate_request
 
 Status = Task.Status
 
@@ -103,10 +104,12 @@ def workflow_create(
     concurrency_key: str | None = None,
     max_parallel: int | None = None,
     deadline_seconds: int | None = None,
+    labels: dict | None = None,
 ) -> tuple[Workflow, bool]:
     """Create a workflow with its tasks (and start it when asked); `schedule`, the
     WorkflowSchedule that starts it, if one does. `priority`, `concurrency_key`,
-    `max_parallel` and `deadline_seconds` default to the definition's.
+    `max_parallel` and `deadline_seconds` default to the definition's; `labels` go on top of
+    the definition's.
 
     Returns the workflow and whether it was created: a repeated idempotency key with the
     same request returns the existing workflow; with a different one it raises
@@ -119,6 +122,7 @@ def workflow_create(
         definition_obj, input, priority, concurrency_key, max_parallel
     )
     deadline_seconds = deadline(definition_obj, deadline_seconds)
+    labels = labels_for(definition_obj, labels)
     if idempotency_key is not None:
         check_idempotency_key(str(idempotency_key))
     callback_url = validate_callback_url(callback_url)
@@ -138,6 +142,7 @@ def workflow_create(
         **({"concurrency_key": concurrency_key} if concurrency_key else {}),
         **({"max_parallel": max_parallel} if max_parallel is not None else {}),
         **({"deadline_seconds": deadline_seconds} if deadline_seconds is not None else {}),
+        **({"labels": labels} if labels else {}),
     )
     if idempotency_key:
         existing = _existing_for_key(idempotency_key, actor, fingerprint)
@@ -159,6 +164,7 @@ def workflow_create(
         concurrency_key=concurrency_key,
         max_parallel=max_parallel,
         deadline_seconds=deadline_seconds,
+        labels=labels,
     )
     workflow.updated_at = workflow.created_at
     audit.sign_head(workflow)  # a new head: INIT, no audit row yet
@@ -202,19 +208,22 @@ def _existing_for_key(key: str, actor: Actor, fingerprint: str) -> Workflow | No
     return existing
 
 
-UPDATABLE_FIELDS = ("name", "definition", "mode", "input", "tasks", "callback_url")
+UPDATABLE_FIELDS = ("name", "definition", "mode", "input", "tasks", "callback_url", "labels")
 
 
 def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
     """Change a workflow that has not started: its name, definition, mode, input or tasks.
     Given tasks replace the EXECUTE tasks; a new definition brings its own PREPARE and
-    VALIDATE handlers; callback_url may change too ("" for none)."""
+    VALIDATE handlers; callback_url may change too ("" for none), and labels (replaced whole)."""
     unknown = set(changes) - set(UPDATABLE_FIELDS)
     if unknown:
         raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
     callback_url = changes.pop("callback_url", None)
     if callback_url is not None:
         callback_url = validate_callback_url(callback_url)
+    labels = changes.pop("labels", None)
+    if labels is not None and (problem := values.labels_problem(labels)):
+        raise ValidationError({"labels": [f"labels {problem}"]})
     with changing(workflow_id, "update") as workflow:
         if workflow.state != State.INIT:
             raise InvalidTransition(
@@ -234,6 +243,8 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
         workflow.definition, workflow.definition_version = definition.key, definition.version
         if callback_url is not None:
             workflow.callback_url = callback_url
+        if labels is not None:
+            workflow.labels = labels
         workflow.save()
         if "tasks" in changes or "definition" in changes:
             workflow.tasks.all().delete()

@@ -152,6 +152,19 @@ def deadline(definition, deadline_seconds=None) -> int | None:
     return deadline_seconds
 
 
+def labels_for(definition, labels=None) -> dict:
+    """A workflow's labels: its definition's, with those given on top; ValidationError
+    naming the field when they are not a flat object of string keys and values."""
+    if labels is None:
+        labels = {}
+    if problem := values.labels_problem(labels):
+        raise ValidationError({"labels": [f"labels {problem}"]})
+    merged = {**(definition.labels if definition else {}), **labels}
+    if problem := values.labels_problem(merged):  # the definition's and the request's together
+        raise ValidationError({"labels": [f"labels with the definition's {problem}"]})
+    return merged
+
+
 def flow_control(
     definition, input: dict, priority=None, concurrency_key=None, max_parallel=None
 ) -> tuple[int, str, int | None]:

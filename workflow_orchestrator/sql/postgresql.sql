@@ -20,11 +20,11 @@
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
          unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
-         deadline_seconds, deadline_at, definition_version)
+         deadline_seconds, deadline_at, definition_version, labels)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
-        deadline_seconds, deadline_at, definition_version
+        deadline_seconds, deadline_at, definition_version, labels
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 )
 INSERT INTO workflow_orchestrator_task
@@ -46,11 +46,11 @@ RETURNING id, workflow_id, phase, position, name, type, params, status, attempt,
         (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
          idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
          unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
-         deadline_seconds, deadline_at, definition_version)
+         deadline_seconds, deadline_at, definition_version, labels)
     SELECT id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
         idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
         unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
-        deadline_seconds, deadline_at, definition_version
+        deadline_seconds, deadline_at, definition_version, labels
     FROM jsonb_populate_record(NULL::workflow_orchestrator_workflow, CAST(%(workflow)s AS jsonb))
 ), tasks AS (
     INSERT INTO workflow_orchestrator_task

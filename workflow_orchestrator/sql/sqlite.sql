@@ -14,7 +14,7 @@
     (id, name, definition, state, mode, input, results, error, retries, failed_phase, idempotency_key,
      idempotency_scope, fingerprint, callback_url, created_by_id, created_at, updated_at, started_at, finished_at,
      unfinished, last_seq, last_digest, head_mac, schedule_id, priority, concurrency_key, max_parallel,
-     deadline_seconds, deadline_at, definition_version)
+     deadline_seconds, deadline_at, definition_version, labels)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(value, '$.definition'),
     json_extract(value, '$.state'), json_extract(value, '$.mode'), json_extract(value, '$.input'),
     json_extract(value, '$.results'), json_extract(value, '$.error'), json_extract(value, '$.retries'),
@@ -26,7 +26,7 @@ SELECT json_extract(value, '$.id'), json_extract(value, '$.name'), json_extract(
     json_extract(value, '$.head_mac'), json_extract(value, '$.schedule_id'), json_extract(value, '$.priority'),
     json_extract(value, '$.concurrency_key'), json_extract(value, '$.max_parallel'),
     json_extract(value, '$.deadline_seconds'), json_extract(value, '$.deadline_at'),
-    json_extract(value, '$.definition_version')
+    json_extract(value, '$.definition_version'), json_extract(value, '$.labels')
 FROM (SELECT json(%(workflow)s) AS value)
 
 -- name: create_tasks

@@ -1,5 +1,6 @@
 """`manage.py workflow`: start, inspect and drive workflows from a shell."""
 
+import argparse
 import json
 import math
 import time
@@ -56,6 +57,22 @@ def _json_arg(value: str, option: str, max_depth: int = values.MAX_DEPTH):
         raise CommandError(str(exc)) from None
 
 
+def _label_arg(text: str) -> tuple[str, str]:
+    """--label key=value (argparse reports a ValueError's message as the option's error)."""
+    try:
+        return values.parse_label(text, "=")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _labels(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
+    labels = {}
+    for key, value in pairs or []:
+        if labels.setdefault(key, value) != value:
+            raise CommandError(f"--label {key} is given twice, as {labels[key]!r} and {value!r}")
+    return labels
+
+
 def _tasks_arg(value: str | None):
     return None if value is None else _json_arg(value, "--tasks", values.TASKS_MAX_DEPTH)
 
@@ -109,6 +126,14 @@ class Command(BaseCommand):
             "'deadline exceeded' (default: the definition's, else none).",
         )
         start.add_argument(
+            "--label",
+            action="append",
+            type=_label_arg,
+            dest="labels",
+            metavar="KEY=VALUE",
+            help="A label to find it by (repeatable); on top of the definition's.",
+        )
+        start.add_argument(
             "--wait",
             nargs="?",
             type=float,
@@ -148,6 +173,14 @@ class Command(BaseCommand):
 
         listing = commands.add_parser("list", help="List workflows, newest first.")
         listing.add_argument("--state", choices=State.values)
+        listing.add_argument(
+            "--label",
+            action="append",
+            type=_label_arg,
+            dest="labels",
+            metavar="KEY=VALUE",
+            help="Only workflows with this label (repeatable: with every one of them).",
+        )
         listing.add_argument("--limit", type=int, default=50)
         listing.add_argument("--json", action="store_true", dest="as_json", help="Print JSON.")
 
@@ -327,6 +360,7 @@ class Command(BaseCommand):
         concurrency_key,
         max_parallel,
         deadline_seconds,
+        labels,
         wait,
         as_json,
         **_,
@@ -345,6 +379,7 @@ class Command(BaseCommand):
             concurrency_key=concurrency_key,
             max_parallel=max_parallel,
             deadline_seconds=deadline_seconds,
+            labels=_labels(labels),
             actor=Actor.CLI,
             start=True,
         )
@@ -451,10 +486,10 @@ class Command(BaseCommand):
     def do_show(self, *, id, as_json, **_):
         self._print(self._get(id), as_json)
 
-    def do_list(self, *, state, limit, as_json, **_):
+    def do_list(self, *, state, labels, limit, as_json, **_):
         if limit < 1:
             raise CommandError(f"--limit must be 1 or more, not {limit}")
-        workflows = Workflow.objects.all()
+        workflows = selectors.with_labels(Workflow.objects.all(), _labels(labels))
         if state:
             workflows = workflows.filter(state=state)
         workflows = workflows[:limit]
