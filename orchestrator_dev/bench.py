@@ -323,6 +323,7 @@ HISTORIES = {
     State.EXECUTE: ["start", "execute", *RETRIES * 4],
 }
 # One in twenty of each: 80 % COMPLETE, 10 % FAILED, 5 % CANCELLED, 5 % still running.
+LABEL_CUSTOMERS = 1000  # a generated workflow's customer label is one of this many: each has 1 in 1,000
 STATE_CYCLE = [State.COMPLETE] * 16 + [State.FAILED] * 2 + [State.CANCELLED, State.EXECUTE]
 TARGETS = {"start": State.PREPARE, "execute": State.EXECUTE, "validate": State.VALIDATE, "complete": State.COMPLETE}
 TASKS = (  # (phase, name, type) of each generated workflow's tasks
@@ -403,6 +404,11 @@ class Rows:
         return len(rows)
 
 
+def labels(index: int) -> dict[str, str]:
+    """A generated workflow's labels: one customer in LABEL_CUSTOMERS, and an environment."""
+    return {"customer": f"c{index % LABEL_CUSTOMERS}", "env": ("prod", "staging")[index % 2]}
+
+
 @dataclass
 class Generator:
     """Bulk-inserts synthetic workflows, three tasks each, and their audit rows with real
@@ -437,7 +443,7 @@ class Generator:
             self.history.add(**{**vars(row), "digest": previous})
         finished = created + timedelta(seconds=len(steps)) if state != State.EXECUTE else None
         self.workflows.add(
-            id=pk, name=f"{self.tag}-{index}", state=state, input={"i": index},
+            id=pk, name=f"{self.tag}-{index}", state=state, input={"i": index}, labels=labels(index),
             error="validate: synthetic failure" if state == State.FAILED else "",
             retries=sum(event == "retry" for _, _, event in steps),
             failed_phase=State.VALIDATE if state == State.FAILED else "", created_by_id=self.owner.pk,

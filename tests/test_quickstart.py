@@ -127,7 +127,7 @@ def sign_in_and_add_a_workflow(base_url: str, password: str, values: dict[str, s
     the workflow is COMPLETE."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_ARGS
+    from tests.conftest import CHROMIUM_ARGS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

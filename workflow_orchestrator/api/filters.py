@@ -4,6 +4,7 @@ import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
+from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError as BadRequest
 from rest_framework.filters import OrderingFilter, SearchFilter
 
@@ -54,6 +55,7 @@ class LabelsFormField(forms.Field):
         return labels
 
 
+@extend_schema_field({"type": "array", "items": {"type": "string", "example": "customer:acme"}})
 class LabelFilter(django_filters.Filter):
     field_class = LabelsFormField
 

@@ -89,6 +89,8 @@ API_SMALL = 1000
 API_LONG_HISTORY = 50
 API_REQUESTS = {
     "list": "/workflows/?state=COMPLETE",
+    "list by label": "/workflows/?label=customer:c7",
+    "list by two labels": "/workflows/?label=customer:c7&label=env:staging",
     "detail": "/workflow/{id}",
     "changelist": "/admin/workflow_orchestrator/workflow/",
     "overview": "/admin/workflow_orchestrator/workflow/dashboard/",
