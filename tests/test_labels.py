@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests import dom
 from tests.test_api import client_for
 from workflow_orchestrator import selectors, services, values
 from workflow_orchestrator.models import Actor, Workflow
@@ -210,3 +211,52 @@ def test_the_cli_refuses_a_bad_label(db, arguments, message):
     with pytest.raises(CommandError, match=message):
         call_command("workflow", "start", "--name", "x", *arguments)
     assert not Workflow.objects.exists()
+
+
+# --- The admin ---------------------------------------------------------------------------------
+
+CHANGELIST = "/admin/workflow_orchestrator/workflow/"
+
+
+def test_the_admin_adds_a_workflow_with_labels(admin_client):
+    response = admin_client.post(
+        f"{CHANGELIST}add/",
+        {"name": "acme import", "definition": "default", "mode": "auto", "input": "{}", "tasks": "",
+         "labels": "customer=acme\n\nenv=prod\n"},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Workflow.objects.get().labels == {"customer": "acme", "env": "prod"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("customer", "&#x27;customer&#x27; is not key=value"), ("a=1\na=2", "a is given twice, as &#x27;1&#x27; and")],
+)
+def test_the_admin_s_add_form_refuses_bad_labels(admin_client, text, message):
+    response = admin_client.post(
+        f"{CHANGELIST}add/", {"name": "x", "definition": "default", "mode": "auto", "input": "{}", "labels": text}
+    )
+    assert response.status_code == 200 and message in response.content.decode()
+    assert not Workflow.objects.exists()
+
+
+def test_the_admin_list_filters_by_labels_and_the_page_links_to_them(admin_client):
+    acme = create("acme prod", {"customer": "acme", "env": "prod"})
+    create("acme staging", {"customer": "acme", "env": "staging"})
+    create("globex prod", {"customer": "globex", "env": "prod"})
+    page = dom.parse(admin_client.get(f"{CHANGELIST}?label=customer:acme&label=env:prod"))
+    assert [a.text for a in page.select("#result_list tbody th a")] == ["acme prod"]
+    assert "customer = acme" in page.one("#changelist-filter").text
+    page = dom.parse(admin_client.get(f"{CHANGELIST}?label=customer:acme"))
+    assert sorted(a.text for a in page.select("#result_list tbody th a")) == ["acme prod", "acme staging"]
+
+    page = dom.parse(admin_client.get(f"{CHANGELIST}{acme.pk}/change/"))
+    chips = page.select(".field-label_links a.label-chip")
+    assert [chip.text for chip in chips] == ["customer = acme", "env = prod"]
+    found = dom.parse(admin_client.get(chips[1]["href"]))
+    assert sorted(a.text for a in found.select("#result_list tbody th a")) == ["acme prod", "globex prod"]
+
+
+@pytest.mark.parametrize("query", ["label=customer", "label=a%20b:c", "label=env:prod&label=env:dev"])
+def test_a_bad_label_in_the_admin_list_is_a_400(admin_client, query):
+    assert admin_client.get(f"{CHANGELIST}?{query}").status_code == 400

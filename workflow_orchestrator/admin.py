@@ -266,11 +266,28 @@ class WorkflowAddForm(forms.Form):
         help_text="Called with a signed POST when the workflow ends (COMPLETE, FAILED or CANCELLED); its host must "
         "be allowed by ORCH_WEBHOOK_ALLOWED_HOSTS. Empty: none.",
     )
+    labels = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 40}),
+        help_text=f"One key=value per line, at most {values.MAX_LABELS} (keys: letters, digits and _ . - /); "
+        "on top of the definition's labels.",
+    )
     start_now = forms.BooleanField(required=False, initial=True, label="Start now")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["definition"].choices = [(key, key) for key in definition_keys()]
+
+    def clean_labels(self) -> dict[str, str]:
+        labels = {}
+        for line in filter(None, (line.strip() for line in self.cleaned_data["labels"].splitlines())):
+            try:
+                key, value = values.parse_label(line, "=")
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
+            if labels.setdefault(key, value) != value:
+                raise ValidationError(f"{key} is given twice, as {labels[key]!r} and {value!r}")
+        return labels
 
     def create(self, user) -> Workflow | None:
         """Create the workflow through the engine; its refusals become form errors."""
@@ -286,6 +303,7 @@ class WorkflowAddForm(forms.Form):
                 priority=data["priority"],
                 concurrency_key=data["concurrency_key"] or None,
                 max_parallel=data["max_parallel"],
+                labels=data["labels"],
                 actor=Actor.admin(user),
                 start=data["start_now"],
             )
@@ -348,6 +366,41 @@ class AuditFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         return queryset.filter(broken_chain__isnull=False) if self.value() == "broken" else queryset
+
+
+class LabelFilter(admin.SimpleListFilter):
+    """?label=key:value, repeatable (a workflow must carry every one), as in the API. The
+    sidebar lists the labels asked for; a workflow's page links to the list by each of its."""
+
+    title = "label"
+    parameter_name = "label"
+
+    def __init__(self, request, params, model, model_admin):
+        # Every value (the base class keeps the last), read before it asks for the lookups.
+        self.labels = labels_asked(params.get(self.parameter_name, []))
+        super().__init__(request, params, model, model_admin)
+
+    def has_output(self):
+        return bool(self.labels)
+
+    def lookups(self, request, model_admin):
+        return [(f"{key}:{value}", f"{key} = {value}") for key, value in self.labels.items()]
+
+    def queryset(self, request, queryset):
+        return selectors.with_labels(queryset, self.labels)
+
+
+def labels_asked(texts: list[str]) -> dict[str, str]:
+    """The labels of ?label=key:value parameters; a malformed one is the client's mistake (400)."""
+    labels = {}
+    for text in texts:
+        try:
+            key, value = values.parse_label(text, ":")
+        except ValueError as exc:
+            raise BadRequest(f"The query parameter label {exc}.") from None
+        if labels.setdefault(key, value) != value:
+            raise BadRequest(f"The query parameter label asks {key} to be both {labels[key]!r} and {value!r}.")
+    return labels
 
 
 class TaskColumns:
@@ -479,7 +532,9 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
         "error_line", "priority", "concurrency_key",
     ]  # fmt: skip
-    list_filter = ["state", DefinitionFilter, "mode", PriorityFilter, HoldFilter, AuditFilter, "created_at"]
+    list_filter = [
+        "state", DefinitionFilter, "mode", PriorityFilter, HoldFilter, AuditFilter, "created_at", LabelFilter,
+    ]  # fmt: skip
     search_fields = ["name", "concurrency_key"]
     date_hierarchy = "created_at"
     show_full_result_count = False
@@ -490,9 +545,13 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
         "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
         "schedule", "audit_chain", "priority", "concurrency_key", "key_limit", "max_parallel", "held_by",
+        "label_links",
     ]  # fmt: skip
     fieldsets = [
-        (None, {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule"]}),
+        (
+            None,
+            {"fields": ["id", "name", "definition", "state_badge", "mode", "created_by", "schedule", "label_links"]},
+        ),
         (
             "Data",
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
@@ -529,6 +588,16 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         )
 
     # --- Columns -------------------------------------------------------------------------
+
+    @admin.display(description="labels")
+    def label_links(self, workflow):
+        """Each label, linked to the list of the workflows that carry it."""
+        changelist = reverse("admin:workflow_orchestrator_workflow_changelist")
+        return cell(
+            "labels",
+            labels=[(f"{key} = {value}", f"{changelist}?{urlencode({'label': f'{key}:{value}'})}")
+                    for key, value in sorted(workflow.labels.items())],
+        )  # fmt: skip
 
     @admin.display(description="audit chain")
     def audit_chain(self, workflow):
