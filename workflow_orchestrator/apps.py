@@ -20,9 +20,9 @@ class WorkflowsConfig(AppConfig):
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
         from .checks import check_definition_versions, check_installed_apps, check_q_cluster, check_settings
         from .jobs import skip_connection_health_checks
-        from .metrics import on_workflow_deleting
+        from .metrics import on_workflows_deleting
         from .runner import end_overdue_workers
-        from .signals import workflow_deleting
+        from .signals import workflows_deleting
 
         autodiscover_modules("workflow_tasks")
         import_task_modules()
@@ -32,7 +32,7 @@ class WorkflowsConfig(AppConfig):
         post_spawn.connect(skip_connection_health_checks)
         post_spawn.connect(end_overdue_workers)
         # A deleted workflow's history stays in the counters: no counter goes backwards.
-        workflow_deleting.connect(on_workflow_deleting, dispatch_uid="workflow_orchestrator.metrics")
+        workflows_deleting.connect(on_workflows_deleting, dispatch_uid="workflow_orchestrator.metrics")
 
 
 def import_task_modules() -> None:
