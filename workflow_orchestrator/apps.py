@@ -48,10 +48,11 @@ def import_task_modules() -> None:
 
 def ensure_periodic_jobs(using="default", **kwargs) -> None:
     """Create (or correct) the django-q2 schedules that run recovery, and the cron
-    schedules' due check, every minute."""
+    schedules' due check, every minute, and the retention purge every hour (it does
+    nothing while ORCH_RETENTION_DAYS is off)."""
     from django_q.models import Schedule
 
-    from .jobs import RECOVER_SCHEDULE
+    from .jobs import RECOVER_SCHEDULE, RETENTION_PURGE, RETENTION_SCHEDULE
     from .schedules import TICK, TICK_SCHEDULE
 
     for name, func in [(RECOVER_SCHEDULE, "workflow_orchestrator.jobs.recover_minute"), (TICK_SCHEDULE, TICK)]:
@@ -59,3 +60,7 @@ def ensure_periodic_jobs(using="default", **kwargs) -> None:
             name=name,
             defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
         )
+    Schedule.objects.using(using).update_or_create(
+        name=RETENTION_SCHEDULE,
+        defaults={"func": RETENTION_PURGE, "schedule_type": Schedule.HOURLY, "repeats": -1},
+    )
