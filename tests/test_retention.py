@@ -3,6 +3,7 @@ path, in batches, by `workflow purge` and by the hourly job when ORCH_RETENTION_
 set; the deletion log and the audit checkpoints still verify afterwards."""
 
 import json
+import threading
 from datetime import timedelta
 from io import StringIO
 
@@ -127,6 +128,54 @@ def test_a_workflow_retried_after_it_was_listed_is_kept(engine):
 def test_a_cutoff_that_is_not_positive_is_refused(db):
     with pytest.raises(ValueError, match="older_than must be positive"):
         services.workflows_purge(timedelta(0), actor=Actor.SYSTEM)
+
+
+def cancelled_long_ago(count: int) -> list[Workflow]:
+    """Workflows cancelled before they started (no tasks run), finished 40 days ago."""
+    workflows = [services.workflow_create(name=f"c{i}", actor=Actor.CLI)[0] for i in range(count)]
+    for workflow in workflows:
+        services.workflow_cancel(workflow.pk, actor=Actor.CLI)
+    Workflow.objects.update(finished_at=timezone.now() - 40 * DAYS)
+    return workflows
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+def test_a_purge_and_deletions_by_hand_at_once_record_each_workflow_once_without_deadlock():
+    workflows = cancelled_long_ago(40)
+    by_hand = [workflow.pk for workflow in workflows[::5]]
+    barrier = threading.Barrier(1 + len(by_hand))
+    errors: list[BaseException] = []
+    purged: list[int] = []
+
+    def run(work):
+        try:
+            barrier.wait(timeout=30)
+            work()
+        except Workflow.DoesNotExist:
+            pass  # the other side deleted it first
+        except BaseException as exc:  # reported below, in the test thread (a deadlock, say)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def purge_all():
+        purged.append(services.workflows_purge(30 * DAYS, actor=Actor.SYSTEM, batch=10))
+
+    threads = [threading.Thread(target=run, args=(purge_all,))]
+    for workflow_id in by_hand:
+        delete = lambda workflow_id=workflow_id: services.workflow_delete(workflow_id, actor=Actor.CLI)  # noqa: E731
+        threads.append(threading.Thread(target=run, args=(delete,)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not errors, errors
+    assert not Workflow.objects.exists()
+    log = list(WorkflowDeletion.objects.values_list("workflow_id", "actor_label"))
+    assert sorted(str(pk) for pk, _ in log) == sorted(str(workflow.pk) for workflow in workflows)
+    assert sum(label.startswith("system") for _, label in log) == purged[0]
+    assert WorkflowDeletion.objects.verify() is None
 
 
 # --- dry run -------------------------------------------------------------------------------------
