@@ -277,8 +277,9 @@ def test_the_job_queues_itself_again_while_a_backlog_lasts(engine, settings, mon
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--older-than", "0"], "--older-than must be a whole number of days, 1 or more, not 0"),
-        (["--older-than", "-3"], "--older-than must be a whole number of days, 1 or more, not -3"),
+        (["--older-than", "0"], "--older-than must be a whole number of days from 1 to 999999999, not 0"),
+        (["--older-than", "-3"], "--older-than must be a whole number of days from 1 to 999999999, not -3"),
+        (["--older-than", "10000000000"], "--older-than must be a whole number of days from 1 to 999999999, not 1"),
         (["--older-than", "1.5"], "argument --older-than: invalid int value: '1.5'"),
         ([], "the following arguments are required: --older-than"),
         (["--older-than", "30", "--state", "EXECUTE"], "argument --state: invalid choice: 'EXECUTE'"),
@@ -296,6 +297,7 @@ def test_the_command_says_how_many_it_deleted(mixed):
         "each is recorded in the deletion log"
     )
     assert purge("--older-than", "30").startswith("deleted 0 workflow(s)")
+    assert purge("--older-than", "100000000").startswith("deleted 0 workflow(s)")  # before the year 1
 
 
 # --- the benchmark -------------------------------------------------------------------------------

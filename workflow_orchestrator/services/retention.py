@@ -10,8 +10,8 @@ the last batch ended, so that a purge visits each workflow once and always ends.
 batch is deleted in one transaction, as `workflow_delete` deletes one workflow
 (`workflows_delete_locked`: each workflow's history counted into the metrics, the rows
 deleted, one row per workflow appended to the deletion log): a bounded transaction
-whatever the backlog, and about a twentieth of the statements and commits of deleting the
-workflows one by one.
+whatever the backlog, 3 statements a workflow where deleting them one by one takes 21
+(docs/BENCHMARKS.md, "Issue 24: retention"), and one commit per batch.
 """
 
 from collections.abc import Callable
@@ -32,8 +32,17 @@ PURGE_BATCH = 500
 def workflows_to_purge(older_than: timedelta, *, states=ENDED_STATES, now: datetime | None = None) -> QuerySet:
     """The workflows in one of `states` that finished more than `older_than` before `now`,
     oldest first."""
-    cutoff = (now or timezone.now()) - older_than
+    cutoff = _cutoff(now or timezone.now(), older_than)
+    if cutoff is None:
+        return Workflow.objects.none()
     return Workflow.objects.filter(state__in=states, finished_at__lt=cutoff).order_by("finished_at", "pk")
+
+
+def _cutoff(now: datetime, older_than: timedelta) -> datetime | None:
+    try:
+        return now - older_than
+    except OverflowError:  # before the year 1: nothing finished that long ago
+        return None
 
 
 def purge_actor(actor: Actor, older_than: timedelta) -> Actor:
@@ -69,7 +78,7 @@ def workflows_purge(
     candidates = workflows_to_purge(older_than, states=states, now=now)
     if dry_run:
         return candidates.count() if limit is None else candidates[:limit].count()
-    recorded_as, cutoff = purge_actor(actor, older_than), now - older_than
+    recorded_as, cutoff = purge_actor(actor, older_than), _cutoff(now, older_than)
     purged, after = 0, None
     while limit is None or purged < limit:
         size = batch if limit is None else min(batch, limit - purged)

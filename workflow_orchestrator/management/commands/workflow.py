@@ -591,8 +591,10 @@ class Command(BaseCommand):
         self.stdout.write(f"deleted {workflow.pk}")
 
     def do_purge(self, *, older_than, states, dry_run, **_):
-        if older_than < 1:
-            raise CommandError(f"--older-than must be a whole number of days, 1 or more, not {older_than}")
+        if not 1 <= older_than <= timedelta.max.days:
+            raise CommandError(
+                f"--older-than must be a whole number of days from 1 to {timedelta.max.days}, not {older_than}"
+            )
         age, states = timedelta(days=older_than), list(dict.fromkeys(states or services.ENDED_STATES))
         if dry_run:
             return self._purge_preview(services.workflows_to_purge(age, states=states))
