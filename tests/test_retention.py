@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import Schedule
 
-from tests.conftest import reload
+from tests.conftest import reload, wait_for
 from workflow_orchestrator import jobs, metrics, services
 from workflow_orchestrator.checks import check_settings
 from workflow_orchestrator.models import Actor, State, Task, Transition, Workflow, WorkflowDeletion
@@ -268,6 +268,25 @@ def test_the_job_queues_itself_again_while_a_backlog_lasts(engine, settings, mon
     assert Workflow.objects.count() == 3
     assert engine.drain() == 2  # 2 more, then the last 1 (a batch not full: no further job)
     assert not Workflow.objects.exists()
+    assert WorkflowDeletion.objects.verify() is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_real_cluster_purges_once_retention_is_on(cluster):
+    """The schedule that `migrate` made runs the job in a worker once it is due (the test
+    makes it due now, as it is when `migrate` first makes it) on a cluster started with
+    ORCH_RETENTION_DAYS."""
+    old = cancelled_long_ago(7)
+    recent, _ = services.workflow_create(name="recent", actor=Actor.CLI)
+    services.workflow_cancel(recent.pk, actor=Actor.CLI)
+    Schedule.objects.filter(name=jobs.RETENTION_SCHEDULE).update(next_run=timezone.now())
+    running = cluster(ORCH_RETENTION_DAYS=30)
+    wait_for(lambda: not Workflow.objects.filter(pk__in=[w.pk for w in old]).exists(), 120, "the purge", 0.5)
+    assert list(Workflow.objects.values_list("name", flat=True)) == ["recent"], running.output()
+    assert set(WorkflowDeletion.objects.values_list("actor_label", flat=True)) == {
+        "system (retention: older than 30 days)"
+    }
     assert WorkflowDeletion.objects.verify() is None
 
 
