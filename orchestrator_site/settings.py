@@ -239,6 +239,7 @@ ORCH_WEBHOOK_MAX_ATTEMPTS = env_setting("ORCH_WEBHOOK_MAX_ATTEMPTS")
 ORCH_WEBHOOK_TIMEOUT = env_setting("ORCH_WEBHOOK_TIMEOUT")
 ORCH_WEBHOOK_BACKOFF = env_setting("ORCH_WEBHOOK_BACKOFF")
 ORCH_WEBHOOK_BACKOFF_MAX = env_setting("ORCH_WEBHOOK_BACKOFF_MAX")
+ORCH_RETENTION_DAYS = env_setting("ORCH_RETENTION_DAYS")
 
 # The engine's django-q2 cluster: its broker, worker processes and job timeouts.
 Q_CLUSTER = q_cluster(

@@ -20,9 +20,9 @@ class WorkflowsConfig(AppConfig):
         from . import builtin_tasks  # noqa: F401  (registers the built-in task types)
         from .checks import check_definition_versions, check_installed_apps, check_q_cluster, check_settings
         from .jobs import skip_connection_health_checks
-        from .metrics import on_workflow_deleting
+        from .metrics import on_workflows_deleting
         from .runner import end_overdue_workers
-        from .signals import workflow_deleting
+        from .signals import workflows_deleting
 
         autodiscover_modules("workflow_tasks")
         import_task_modules()
@@ -32,7 +32,7 @@ class WorkflowsConfig(AppConfig):
         post_spawn.connect(skip_connection_health_checks)
         post_spawn.connect(end_overdue_workers)
         # A deleted workflow's history stays in the counters: no counter goes backwards.
-        workflow_deleting.connect(on_workflow_deleting, dispatch_uid="workflow_orchestrator.metrics")
+        workflows_deleting.connect(on_workflows_deleting, dispatch_uid="workflow_orchestrator.metrics")
 
 
 def import_task_modules() -> None:
@@ -48,10 +48,11 @@ def import_task_modules() -> None:
 
 def ensure_periodic_jobs(using="default", **kwargs) -> None:
     """Create (or correct) the django-q2 schedules that run recovery, and the cron
-    schedules' due check, every minute."""
+    schedules' due check, every minute, and the retention purge every hour (it does
+    nothing while ORCH_RETENTION_DAYS is off)."""
     from django_q.models import Schedule
 
-    from .jobs import RECOVER_SCHEDULE
+    from .jobs import RECOVER_SCHEDULE, RETENTION_PURGE, RETENTION_SCHEDULE
     from .schedules import TICK, TICK_SCHEDULE
 
     for name, func in [(RECOVER_SCHEDULE, "workflow_orchestrator.jobs.recover_minute"), (TICK_SCHEDULE, TICK)]:
@@ -59,3 +60,7 @@ def ensure_periodic_jobs(using="default", **kwargs) -> None:
             name=name,
             defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
         )
+    Schedule.objects.using(using).update_or_create(
+        name=RETENTION_SCHEDULE,
+        defaults={"func": RETENTION_PURGE, "schedule_type": Schedule.HOURLY, "repeats": -1},
+    )

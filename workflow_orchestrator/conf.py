@@ -28,12 +28,16 @@ class Setting:
     kind: type
     # The least value a number may take.
     minimum: float = 0
+    # None is accepted too (it means the same as the default: off).
+    optional: bool = False
 
     def problem(self, value) -> str | None:
         """What is wrong with `value` for this setting ("must be …"), or None."""
         return self.type_problem(value) or self.range_problem(value)
 
     def type_problem(self, value) -> str | None:
+        if value is None and self.optional:
+            return None
         if self.kind is list:
             if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
                 return None
@@ -46,7 +50,7 @@ class Setting:
 
     def range_problem(self, value) -> str | None:
         """What is wrong with a number of the right type, or None."""
-        if self.kind in (int, float) and value < self.minimum:
+        if self.kind in (int, float) and value is not None and value < self.minimum:
             return f"must be at least {self.minimum}"
         return None
 
@@ -68,6 +72,8 @@ SETTINGS = {
         Setting("ORCH_WEBHOOK_TIMEOUT", 10, float, minimum=0.1),
         Setting("ORCH_WEBHOOK_BACKOFF", 2.0, float),
         Setting("ORCH_WEBHOOK_BACKOFF_MAX", 3600, float),
+        # Days an ended workflow is kept after it finished; 0 (or None): kept for ever.
+        Setting("ORCH_RETENTION_DAYS", 0, int, optional=True),
     ]
 }
 

@@ -10,9 +10,12 @@ from django.utils import timezone
 from . import logs, queue, schedules, services, webhooks
 from .backoff import backoff
 from .conf import app_settings
+from .models import Actor
 from .runner import run_handler, worker_name
 
 RECOVER_SCHEDULE = "workflow_orchestrator.recover"
+RETENTION_SCHEDULE = "workflow_orchestrator.retention"
+RETENTION_PURGE = "workflow_orchestrator.jobs.retention_purge"
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +199,19 @@ def recover_minute() -> dict:
 def schedules_tick() -> dict:
     """Run by django-q2's scheduler once a minute: start the cron schedules' due runs."""
     return schedules.tick()
+
+
+def retention_purge() -> dict:
+    """Run by django-q2's scheduler every hour: delete a batch of the ended workflows that
+    finished more than ORCH_RETENTION_DAYS ago (nothing when it is 0 or unset). While a
+    backlog lasts, each run queues the next, so that no run holds a worker for long."""
+    days = app_settings.ORCH_RETENTION_DAYS
+    if not days:
+        return {"purged": 0}
+    purged = services.workflows_purge(timedelta(days=days), actor=Actor.SYSTEM, limit=services.PURGE_BATCH)
+    if purged == services.PURGE_BATCH:  # more may be left
+        queue.enqueue([queue.Job(RETENTION_PURGE, (), "retention")])
+    return {"purged": purged}
 
 
 def schedule_fire(schedule_id: int) -> None:

@@ -205,17 +205,18 @@ def count_history(settle: timedelta = SETTLE) -> Counts:
     return totals
 
 
-def count_deleted(workflow_id) -> None:
-    """Add to the stored counters the history of a workflow about to be deleted that they
+def count_deleted(workflow_ids: list) -> None:
+    """Add to the stored counters the history of workflows about to be deleted that they
     do not hold yet. Called in the deleting transaction, before the delete, by the
-    `workflow_deleting` signal (connected by the app's `ready`)."""
+    `workflows_deleting` signal (connected by the app's `ready`)."""
     head = MetricsHead.objects.locked()
     added = Counts()
-    newer = Transition.objects.filter(workflow_id=workflow_id, pk__gt=head.transition_id).order_by()
+    newer = Transition.objects.filter(workflow_id__in=workflow_ids, pk__gt=head.transition_id).order_by()
     for event, target, count in newer.values_list("event", "target").annotate(n=Count("pk")):
         added.transitions(event, target, count)
     tally = Attempts()
-    for task_type, entry, ended in _ended_attempts(head.attempts_until, Task.objects.filter(workflow_id=workflow_id)):
+    tasks = Task.objects.filter(workflow_id__in=workflow_ids)
+    for task_type, entry, ended in _ended_attempts(head.attempts_until, tasks):
         tally.add(task_type, entry, ended)
     added.attempts(tally)
     if added:
@@ -362,5 +363,5 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
-def on_workflow_deleting(sender, workflow, **kwargs) -> None:
-    count_deleted(workflow.pk)
+def on_workflows_deleting(sender, workflows, **kwargs) -> None:
+    count_deleted([workflow.pk for workflow in workflows])

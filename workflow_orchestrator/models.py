@@ -779,9 +779,10 @@ class WorkflowDeletionManager(models.Manager):
 
         The only way rows are made; call it in the transaction that deletes the workflow,
         after the delete: the log's head stays locked until that transaction ends, so
-        deletions are recorded one after another, and one transaction deletes one
-        workflow (holding the head while locking another workflow could deadlock with a
-        deletion that holds that one).
+        deletions are recorded one after another. A transaction that deletes several
+        workflows (a retention batch) locks them all before it records the first: holding
+        the head while locking another workflow could deadlock with a deletion that holds
+        that one.
         """
         head = DeletionLogHead.objects.locked()
         row = self.model(

@@ -11,9 +11,13 @@ that was rolled back, or that lost a race and was not written.
 
 `workflow_deleting` (sender: `Workflow`; argument `workflow`) is sent as a workflow is about
 to be deleted, inside the deleting transaction, while its tasks and audit rows still exist:
-a receiver may read them (the metrics add its history to their stored counters, see
-`workflow_orchestrator.metrics.count_deleted`), and an exception it raises rolls the
-deletion back.
+a receiver may read them, and an exception it raises rolls the deletion back.
+
+`workflows_deleting` (sender: `Workflow`; argument `workflows`, a list) is sent once per
+deleting transaction, before the `workflow_deleting` of each: a deletion by hand deletes
+one workflow, a retention batch (`services.retention`) up to 500. The metrics count the
+history of them all at once (a counter row updated 500 times in one transaction grows
+slower with each update).
 
 `workflow_waiting` (sender: `Workflow`; arguments `workflow` and `task`) is sent once an
 `approval` task's wait for decisions is committed: a receiver tells its approvers (a mail,
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 workflow_transitioned = Signal()
 workflow_deleting = Signal()
+workflows_deleting = Signal()
 # An approval task started waiting for decisions (sender: Workflow; workflow, task), sent
 # once that is committed: tell its approvers.
 workflow_waiting = Signal()

@@ -7,6 +7,7 @@
 - `outcomes`: a task's attempts, claimed, kept alive, handed back, their outcomes recorded.
 - `recovery`: what a crash or a lost job left behind, put right.
 - `limits`: concurrency keys' limits, set and removed.
+- `retention`: ended workflows older than a cutoff, deleted as `workflow_delete` does.
 - `holds`: a whole definition or concurrency key paused (held) and resumed (released).
 - `waits`: tasks that wait (timers, signals) without a worker, signals, deadlines.
 - `exceptions`: what the engine refuses.
@@ -51,6 +52,7 @@ from .outcomes import (
     task_record,
 )
 from .recovery import recover
+from .retention import ENDED_STATES, PURGE_BATCH, workflows_purge, workflows_to_purge
 from .transitions import (
     workflow_cancel,
     workflow_delete,
@@ -78,6 +80,8 @@ __all__ = [
     "MAX_TASK_TIMEOUT",
     "MAX_TASKS",
     "UPDATABLE_FIELDS",
+    "ENDED_STATES",
+    "PURGE_BATCH",
     "AuditBroken",
     "ConcurrentChange",
     "Held",
@@ -125,4 +129,6 @@ __all__ = [
     "workflow_signal",
     "workflow_start",
     "workflow_update",
+    "workflows_purge",
+    "workflows_to_purge",
 ]

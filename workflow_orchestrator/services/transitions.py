@@ -43,7 +43,7 @@ from ..models import (
     task_status_after,
 )
 from ..selectors import current_phase_results
-from ..signals import send_transitioned_on_commit, workflow_deleting
+from ..signals import send_transitioned_on_commit, workflow_deleting, workflows_deleting
 from .exceptions import AuditBroken, ConcurrentChange, InvalidTransition
 
 logger = logging.getLogger("workflow_orchestrator.services")
@@ -418,8 +418,18 @@ def workflow_delete(workflow_id, *, actor: Actor) -> None:
             raise InvalidTransition(
                 workflow, "delete", f"cannot delete a workflow in state {workflow.state}: cancel it first"
             )
-        # The log's head is taken last, so that deletions wait for one another only as
-        # long as it takes to append a row and commit.
-        workflow_deleting.send(sender=Workflow, workflow=workflow)  # the metrics keep its history
-        Workflow.objects.filter(pk=workflow.pk).delete()
+        workflows_delete_locked([workflow], actor=actor)
+
+
+def workflows_delete_locked(workflows: list[Workflow], *, actor: Actor) -> None:
+    """Delete `workflows`, which the caller's transaction has locked (all of them, before
+    this) and found not running, and append the deletion of each to the deletion log, in
+    their order (services.retention deletes a batch this way)."""
+    workflows_deleting.send(sender=Workflow, workflows=workflows)  # the metrics keep their history
+    for workflow in workflows:
+        workflow_deleting.send(sender=Workflow, workflow=workflow)
+    Workflow.objects.filter(pk__in=[workflow.pk for workflow in workflows]).delete()
+    # The log's head is taken last, so that deletions wait for one another only as
+    # long as it takes to append the rows and commit.
+    for workflow in workflows:
         WorkflowDeletion.objects.record(workflow=workflow, actor=actor)

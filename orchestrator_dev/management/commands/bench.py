@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from statistics import median
@@ -40,6 +41,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count, Max, Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, override_settings
+from django.utils import timezone
 from django_q.conf import Conf
 from django_q.status import Stat
 from rich.console import Console
@@ -51,6 +53,7 @@ from orchestrator_dev.bench import (
     CHAIN_STEP,
     HOP_LINKS,
     ROOT,
+    STATE_CYCLE,
     Cluster,
     Generator,
     RssSampler,
@@ -67,7 +70,7 @@ from orchestrator_dev.bench import (
     vacuum,
 )
 from workflow_orchestrator import audit, queue, services
-from workflow_orchestrator.models import Actor, State, Task, Workflow
+from workflow_orchestrator.models import Actor, State, Task, Workflow, WorkflowDeletion
 
 RUN_ENV = "ORCH_BENCH_RUN"  # set by the launcher to the run's cluster name
 NOOP_JOB = "orchestrator_dev.bench.noop"
@@ -103,6 +106,10 @@ SPREAD_CLUSTERS = 2
 SPREAD_TASK_SECONDS = 1  # each task of `bench --spread` sleeps this long
 SPREAD_SLOW_WAIT = 0.5  # a wait (with a worker free somewhere) longer than this counts as slow
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+# `bench --retention`: ended workflows purged (--quick: fewer), generated as having
+# finished more than RETENTION_AGE ago, and purged with that cutoff.
+RETENTION_SIZES = {"default": 10_000, "quick": 1_000}
+RETENTION_AGE = timedelta(days=365)
 
 
 def positive(value: str) -> int:
@@ -190,6 +197,11 @@ class Command(BaseCommand):
         api.add_argument("--api", action="store_true", help="Time the API and the admin on generated workflows.")
         api.add_argument("--api-size", type=positive, help="Workflows to generate (default 100000; --quick 2000).")
         api.add_argument("--yes", action="store_true", help="Run --api even if the database holds workflows.")
+        kept = parser.add_argument_group("retention")
+        kept.add_argument("--retention", action="store_true", help="Time `workflow purge` on generated ended "
+                          "workflows (each leaves its row in the deletion log: use a scratch database).")  # fmt: skip
+        kept.add_argument("--retention-size", type=positive, help="Ended workflows to purge (default 10000; --quick "
+                          "1000).")  # fmt: skip
         spreading = parser.add_argument_group("work spread over two clusters")
         spreading.add_argument("--spread", action="store_true", help="Two clusters on one queue: how long tasks "
                                "wait to start while a worker is free in either.")  # fmt: skip
@@ -212,6 +224,8 @@ class Command(BaseCommand):
         self.console = Console(stderr=True)
         if options["api"]:
             return self.emit(self.api_bench())
+        if options["retention"]:
+            return self.emit(self.retention_bench())
         if os.environ.get(RUN_ENV) and os.environ[RUN_ENV] == settings.ORCH_CLUSTER_NAME:
             return self.emit(self.spread_run() if options["spread"] else self.throughput())
         return self.relaunch()
@@ -858,6 +872,8 @@ class Command(BaseCommand):
             return [where, self.api_table(report)]
         if report["kind"] == "spread":
             return [where, self.spread_table(report)]
+        if report["kind"] == "retention":
+            return [where, self.retention_table(report)]
         r = report
         figures = Table(title="Throughput: bare django-q2 jobs (A) and chains (C) against the orchestrator (B)")
         for column, justify in (("figure", "left"), ("value", "right"), ("rounds", "right")):
@@ -953,4 +969,74 @@ class Command(BaseCommand):
                 f"{figures['ratio']:.2f}",
                 f"{figures['small_queries']} / {figures['full_queries']}",
             )
+        return table
+
+    # --- Retention: `workflow purge` on generated ended workflows ------------------------------
+
+    def retention_bench(self) -> dict:
+        """Generate ended workflows (three tasks and 4–8 audit rows each) that finished more
+        than RETENTION_AGE ago, purge them through services.workflows_purge as `workflow purge`
+        does, and count the time and the statements it took."""
+        self.ensure_migrated()
+        size = self.options["retention_size"] or RETENTION_SIZES["quick" if self.options["quick"] else "default"]
+        if services.workflows_to_purge(RETENTION_AGE).exists():
+            raise CommandError(
+                f"the database already holds ended workflows older than {RETENTION_AGE.days} days, which the "
+                "purge would delete too: use a scratch database"
+            )
+        owner = get_user_model().objects.create(username=f"bench-retention-{os.getpid()}-{int(time.time())}")
+        generator = Generator(owner=owner, tag=f"bench-retention-{os.getpid()}")
+        generator.origin = timezone.now() - RETENTION_AGE - generator.span - timedelta(days=1)
+        total = size
+        while total - total // len(STATE_CYCLE) < size:  # one in STATE_CYCLE is still running: it stays
+            total += 1
+        statements, batches = [0], []
+
+        def count(execute, sql, params, many, context):
+            statements[0] += 1
+            return execute(sql, params, many, context)
+
+        try:
+            with metrics_kept(), self.progress() as progress:
+                task = progress.add_task("generating workflows", total=total, note="")
+                generator.grow(total, total, lambda n: progress.advance(task, n))
+                vacuum(full=False)
+                task = progress.add_task("purging", total=size, note="")
+                began = time.perf_counter()
+
+                def batch_done(purged: int) -> None:
+                    batches.append(time.perf_counter())
+                    progress.update(task, completed=purged)
+
+                with connection.execute_wrapper(count):
+                    purged = services.workflows_purge(RETENTION_AGE, actor=Actor("bench"), progress=batch_done)
+                seconds = time.perf_counter() - began
+            intact = WorkflowDeletion.objects.verify() is None
+        finally:
+            delete_generated(owner)
+            owner.delete()
+            vacuum(full=True)
+        per_batch = [b - a for a, b in pairwise([began, *batches])]
+        return {
+            "kind": "retention", **setup(), "generated": total, "purged": purged, "seconds": round(seconds, 2),
+            "workflows_per_s": rate(purged, seconds), "ms_per_workflow": round(1000 * seconds / max(purged, 1), 2),
+            "statements": statements[0], "statements_per_workflow": round(statements[0] / max(purged, 1), 2),
+            "batch": services.PURGE_BATCH, "slowest_batch_s": round(max(per_batch, default=0), 2),
+            "deletion_log_intact": intact,
+        }  # fmt: skip
+
+    @staticmethod
+    def retention_table(report: dict) -> Table:
+        table = Table(title=f"Retention: {report['purged']} ended workflows purged (3 tasks each)")
+        for column, justify in (("figure", "left"), ("value", "right")):
+            table.add_column(column, justify=justify)
+        for row in (
+            ("time", f"{report['seconds']} s"),
+            ("workflows/s", f"{report['workflows_per_s']:.0f}"),
+            ("per workflow", f"{report['ms_per_workflow']} ms"),
+            ("statements per workflow", f"{report['statements_per_workflow']}"),
+            (f"slowest batch of {report['batch']} (one run of the hourly job)", f"{report['slowest_batch_s']} s"),
+            ("deletion log intact afterwards", "yes" if report["deletion_log_intact"] else "NO"),
+        ):
+            table.add_row(*row)
         return table

@@ -5,6 +5,7 @@ import json
 import math
 import time
 from collections import Counter
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -244,6 +245,23 @@ class Command(BaseCommand):
             "exit 1 if a chain is broken (it is left out).",
         )
         checkpoint.add_argument("--out", metavar="FILE", help="Write it to FILE (replaced whole) instead of stdout.")
+
+        purge = commands.add_parser(
+            "purge",
+            help="Delete the ended workflows (COMPLETE, CANCELLED, FAILED) that finished more than DAYS days ago, "
+            "each recorded in the deletion log.",
+        )
+        purge.add_argument("--older-than", type=int, required=True, metavar="DAYS", help="Whole days, 1 or more.")
+        purge.add_argument(
+            "--state",
+            action="append",
+            dest="states",
+            choices=services.ENDED_STATES,
+            help="Only workflows in this state (repeatable); by default all three.",
+        )
+        purge.add_argument(
+            "--dry-run", action="store_true", help="Print how many workflows would be deleted, and which; delete none."
+        )
 
         self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
         self._add_limit_arguments(
@@ -606,6 +624,35 @@ class Command(BaseCommand):
         workflow = self._get(id)
         services.workflow_delete(workflow.pk, actor=Actor.CLI)
         self.stdout.write(f"deleted {workflow.pk}")
+
+    def do_purge(self, *, older_than, states, dry_run, **_):
+        if not 1 <= older_than <= timedelta.max.days:
+            raise CommandError(
+                f"--older-than must be a whole number of days from 1 to {timedelta.max.days}, not {older_than}"
+            )
+        age, states = timedelta(days=older_than), list(dict.fromkeys(states or services.ENDED_STATES))
+        if dry_run:
+            return self._purge_preview(services.workflows_to_purge(age, states=states))
+        total = services.workflows_purge(age, actor=Actor.CLI, states=states, dry_run=True)
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=Console(file=self.stderr)) as bar:
+            task = bar.add_task("Deleting", total=total)
+            purged = services.workflows_purge(
+                age, actor=Actor.CLI, states=states, progress=lambda done: bar.update(task, completed=done)
+            )
+        self.stdout.write(
+            f"deleted {purged} workflow(s) ({', '.join(states)}) that finished more than {older_than} day(s) ago; "
+            "each is recorded in the deletion log"
+        )
+
+    def _purge_preview(self, candidates) -> None:
+        count = 0
+        for workflow in candidates.only("pk", "name", "state", "finished_at").iterator():
+            self.stdout.write(
+                f"{workflow.pk}  {workflow.state:<9}  finished {workflow.finished_at:%Y-%m-%d %H:%M:%S} UTC  "
+                f"{workflow.name}"
+            )
+            count += 1
+        self.stdout.write(f"{count} workflow(s) would be deleted (dry run: none was)")
 
     def do_verify(self, *, id, verify_all, checkpoint, **_):
         if bool(id) == verify_all:
