@@ -129,6 +129,45 @@ def test_what_the_engine_would_refuse_at_run_time_is_refused_when_saved(db):
     assert set(refused.value.message_dict) == {"definition", "tasks", "input"}
 
 
+# --- The expression in words --------------------------------------------------------------
+
+CRON_WORDS = [
+    ("30 2 * * *", "At 02:30 every day"),
+    ("*/15 * * * *", "Every 15 minutes"),
+    ("0 9 * * 1-5", "At 09:00 on Monday to Friday"),
+    ("0 9 * * MON-FRI", "At 09:00 on Monday to Friday"),
+    ("* * * * *", "Every minute"),
+    ("0 * * * *", "At minute 0 past every hour"),
+    ("5 */6 * * *", "At minute 5 past every 6th hour"),
+    ("0 9-17 * * *", "At minute 0 past every hour from 9 to 17"),
+    ("*/10 9-17 * * 1-5", "Every 10 minutes from 09:00 to 17:59 on Monday to Friday"),
+    ("*/5 9,12 * * *", "Every 5 minutes during hours 9 and 12"),
+    ("0,30 * * * *", "At minutes 0 and 30 past every hour"),
+    ("0-10/2 * * * *", "At every 2nd minute from 0 to 10 past every hour"),
+    ("0 1,13 * * *", "At 01:00 and 13:00 every day"),
+    ("0 0 1 * *", "At 00:00 on day 1 of the month"),
+    ("0 0 1,15 * *", "At 00:00 on days 1 and 15 of the month"),
+    ("0 0 L * *", "At 00:00 on the last day of the month"),
+    ("15 14 */2 * *", "At 14:15 on every 2nd day of the month"),
+    ("30 8 1 * 1", "At 08:30 on day 1 of the month or on Monday"),  # cron runs on either
+    ("0 12 * 1-3 *", "At 12:00 every day in January to March"),
+    ("0 9 * jan,jul *", "At 09:00 every day in January and July"),
+    ("0 8 * * 0,6", "At 08:00 on Sunday and Saturday"),
+    ("0 8 * * 7", "At 08:00 on Sunday"),
+    ("0 9 * * */2", "At 09:00 on every 2nd day of the week"),
+    ("@daily", "At 00:00 every day"),
+    ("@weekly", "At 00:00 on Sunday"),
+    ("@hourly", "At minute 0 past every hour"),
+    ("0 0 * * 1#2", "cron 0 0 * * 1#2"),  # the second Monday: given back as it is
+]
+
+
+@pytest.mark.parametrize(("expression", "words"), CRON_WORDS)
+def test_a_cron_expression_is_read_out_in_words(expression, words):
+    assert cron.cron_problem(expression) is None
+    assert cron.cron_in_words(expression) == words
+
+
 # --- Runs ----------------------------------------------------------------------------------
 
 
