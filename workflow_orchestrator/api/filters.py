@@ -29,6 +29,10 @@ class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCDateTimeField
 
 
+# The largest id a database's integer primary key holds.
+MAX_ID = 2**63 - 1
+
+
 class IntegerFilter(django_filters.NumberFilter):
     """A whole number: django-filter's NumberFilter reads a decimal, which an integer
     column would compare after dropping its fraction (1.5 would find 1)."""
@@ -46,6 +50,9 @@ class WorkflowFilter(django_filters.FilterSet):
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
     priority = IntegerFilter(min_value=MIN_PRIORITY, max_value=MAX_PRIORITY)
     concurrency_key = django_filters.CharFilter(help_text="Exactly this key.")
+    schedule = IntegerFilter(
+        field_name="schedule_id", min_value=1, max_value=MAX_ID, help_text="Started by this schedule (its id)."
+    )
 
     class Meta:
         model = Workflow
