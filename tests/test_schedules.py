@@ -382,7 +382,7 @@ def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_
     page = admin_client.get(CHANGELIST)
     assert page.status_code == 200
     [row] = dom.parse(page).select("#result_list tbody tr")
-    assert "*/10 * * * * Every 10 minutes" in row.texts("td") and PARIS in row.texts("td")
+    assert "*/10 * * * * Every 10 minutes" in row.texts("td")
     due = cron.next_run("*/10 * * * *", PARIS, timezone.now()).astimezone(ZoneInfo(PARIS))
     assert row.one("td.field-next_run").text == f"{due:%Y-%m-%d %H:%M} Europe/Paris"
     link = f"?schedule__id__exact={schedule.pk}"

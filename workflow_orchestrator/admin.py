@@ -1010,7 +1010,8 @@ SCHEDULE_BUTTONS = {"pause": "Pause", "resume": "Resume", "run": "Run now"}
 @admin.register(WorkflowSchedule)
 class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
     form = WorkflowScheduleForm
-    list_display = ["name", "cron_in_words", "time_zone", "status", "last_run", "next_run", "workflows_link"]
+    # No time zone column: the times name their zone.
+    list_display = ["name", "cron_in_words", "status", "next_run", "last_run", "workflows_link"]
     list_filter = ["enabled"]
     search_fields = ["name"]
     actions = [pause_schedules, resume_schedules, run_schedules_now]
