@@ -2,6 +2,7 @@
 WorkflowSchedule, pause, resume and run as actions, bad input refused naming the field, and
 every run time in the schedule's own time zone with its offset."""
 
+import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -10,6 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests import dom
 from tests.test_api import client_for
 from workflow_orchestrator import schedules
 from workflow_orchestrator.api.schedules import NEXT_RUNS, SCHEDULE_EXAMPLE
@@ -298,6 +300,13 @@ def test_the_browsable_api_shows_schedules(client, operator, schedule):
     page = client.get("/schedules/", HTTP_ACCEPT="text/html")
     assert page.status_code == 200
     assert "hourly sync" in page.content.decode() and "At minute 0 past every hour" in page.content.decode()
+    # The raw-data form starts from the fields a schedule takes, not from {}.
+    content = dom.parse(page).one("#post-generic-content-form textarea[name=_content]").text
+    assert {"name", "cron", "time_zone", "enabled"} <= set(json.loads(content))
+    assert not dom.parse(page).select("#start-workflow-form")  # the workflows' own form is theirs alone
+    detail = dom.parse(client.get(f"/schedules/{schedule.pk}/", HTTP_ACCEPT="text/html"))
+    current = json.loads(detail.one("#put-generic-content-form textarea[name=_content]").text)
+    assert (current["name"], current["cron"]) == ("hourly sync", "0 * * * *")
 
 
 def test_the_schema_documents_the_schedules_endpoints(client):

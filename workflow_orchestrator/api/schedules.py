@@ -247,8 +247,14 @@ class ScheduleViewSet(viewsets.ReadOnlyModelViewSet):
             raise Http404
         return super().get_object()
 
+    def get_serializer_class(self):
+        # The browsable API's raw-data form starts from the writable fields (the schedule's
+        # own, for PUT and PATCH), not from an empty object.
+        writes = self.action in ("create", "update", "partial_update")
+        return ScheduleInputSerializer if writes else ScheduleSerializer
+
     def schedule_response(self, schedule, code=status.HTTP_200_OK) -> Response:
-        return Response(self.get_serializer(schedule).data, status=code)
+        return Response(ScheduleSerializer(schedule, context=self.get_serializer_context()).data, status=code)
 
     @extend_schema(
         summary="Create a cron schedule",
