@@ -316,3 +316,19 @@ def test_the_schema_documents_the_schedules_endpoints(client):
     for name in ("pause", "resume", "run"):
         assert set(paths[f"/schedules/{{id}}/{name}/"]) == {"post"}
     assert "201" in paths["/schedules/{id}/run/"]["post"]["responses"]
+
+
+def test_next_runs_carry_the_offset_of_their_own_day_across_a_change_of_the_clocks(api, db):
+    before_spring = datetime(2027, 3, 25, 12, 0, tzinfo=ZoneInfo("UTC"))
+    schedule = schedules.schedule_save(
+        WorkflowSchedule(name="nightly", cron="30 2 * * *", time_zone="Europe/Paris"), now=before_spring
+    )
+    runs = api.get(f"/schedules/{schedule.pk}/").json()["next_runs"]
+    # 28 March 2027: Paris skips 02:00-03:00, and the run due at 02:30 runs at 03:00 (summer time).
+    assert runs == [
+        "2027-03-26T02:30:00+01:00",
+        "2027-03-27T02:30:00+01:00",
+        "2027-03-28T03:00:00+02:00",
+        "2027-03-29T02:30:00+02:00",
+        "2027-03-30T02:30:00+02:00",
+    ]
