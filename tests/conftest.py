@@ -68,6 +68,7 @@ ENGINE_MODULES = {
     "test_races",
     "test_rules",
     "test_schedules",
+    "test_schedules_api",
     "test_services",
     "test_signals",
     "test_timeouts",

@@ -8,8 +8,10 @@ import json
 import pydoc
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from zoneinfo import ZoneInfo
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -127,6 +129,45 @@ def test_what_the_engine_would_refuse_at_run_time_is_refused_when_saved(db):
     with pytest.raises(ValidationError) as refused:
         add(definition="nope", tasks=[{"type": "no-such-type"}], input=[])
     assert set(refused.value.message_dict) == {"definition", "tasks", "input"}
+
+
+# --- The expression in words --------------------------------------------------------------
+
+CRON_WORDS = [
+    ("30 2 * * *", "At 02:30 every day"),
+    ("*/15 * * * *", "Every 15 minutes"),
+    ("0 9 * * 1-5", "At 09:00 on Monday to Friday"),
+    ("0 9 * * MON-FRI", "At 09:00 on Monday to Friday"),
+    ("* * * * *", "Every minute"),
+    ("0 * * * *", "At minute 0 past every hour"),
+    ("5 */6 * * *", "At minute 5 past every 6th hour"),
+    ("0 9-17 * * *", "At minute 0 past every hour from 9 to 17"),
+    ("*/10 9-17 * * 1-5", "Every 10 minutes from 09:00 to 17:59 on Monday to Friday"),
+    ("*/5 9,12 * * *", "Every 5 minutes during hours 9 and 12"),
+    ("0,30 * * * *", "At minutes 0 and 30 past every hour"),
+    ("0-10/2 * * * *", "At every 2nd minute from 0 to 10 past every hour"),
+    ("0 1,13 * * *", "At 01:00 and 13:00 every day"),
+    ("0 0 1 * *", "At 00:00 on day 1 of the month"),
+    ("0 0 1,15 * *", "At 00:00 on days 1 and 15 of the month"),
+    ("0 0 L * *", "At 00:00 on the last day of the month"),
+    ("15 14 */2 * *", "At 14:15 on every 2nd day of the month"),
+    ("30 8 1 * 1", "At 08:30 on day 1 of the month or on Monday"),  # cron runs on either
+    ("0 12 * 1-3 *", "At 12:00 every day in January to March"),
+    ("0 9 * jan,jul *", "At 09:00 every day in January and July"),
+    ("0 8 * * 0,6", "At 08:00 on Sunday and Saturday"),
+    ("0 8 * * 7", "At 08:00 on Sunday"),
+    ("0 9 * * */2", "At 09:00 on every 2nd day of the week"),
+    ("@daily", "At 00:00 every day"),
+    ("@weekly", "At 00:00 on Sunday"),
+    ("@hourly", "At minute 0 past every hour"),
+    ("0 0 * * 1#2", "cron 0 0 * * 1#2"),  # the second Monday: given back as it is
+]
+
+
+@pytest.mark.parametrize(("expression", "words"), CRON_WORDS)
+def test_a_cron_expression_is_read_out_in_words(expression, words):
+    assert cron.cron_problem(expression) is None
+    assert cron.cron_in_words(expression) == words
 
 
 # --- Runs ----------------------------------------------------------------------------------
@@ -341,7 +382,9 @@ def test_the_admin_lists_schedules_with_a_link_to_their_workflows(engine, admin_
     page = admin_client.get(CHANGELIST)
     assert page.status_code == 200
     [row] = dom.parse(page).select("#result_list tbody tr")
-    assert "*/10 * * * *" in row.texts("td") and PARIS in row.texts("td")
+    assert "*/10 * * * * Every 10 minutes" in row.texts("td")
+    due = cron.next_run("*/10 * * * *", PARIS, timezone.now()).astimezone(ZoneInfo(PARIS))
+    assert row.one("td.field-next_run").text == f"{due:%Y-%m-%d %H:%M} Europe/Paris"
     link = f"?schedule__id__exact={schedule.pk}"
     assert [a.text for a in row.select(f"a[href$='{link}']")] == ["1 started"]
     workflows = admin_client.get(reverse("admin:workflow_orchestrator_workflow_changelist") + link)
@@ -378,6 +421,84 @@ def test_the_admin_pauses_resumes_and_runs_schedules_now(engine, admin_client):
     workflow = Workflow.objects.get(schedule=schedule)
     assert workflow.transitions.get().actor_label == "admin:admin"
     assert reload_schedule(schedule).next_run_at.hour == 3  # its due runs stay as they were
+
+
+def flashes(response) -> list[tuple[str, str]]:
+    """The messages shown on the page a POST redirects to, as text and with their links."""
+    assert response.status_code == 302, response.status_code
+    return [(message.level_tag, str(message.message)) for message in response.wsgi_request._messages]
+
+
+def row_button(page, schedule, operation: str):
+    form_id = "schedule-row-form"
+    button = dom.parse(page).one(f"#schedule-{schedule.pk}-{operation}")
+    assert button["form"] == form_id and button["type"] == "submit"
+    return button
+
+
+def test_the_admin_s_row_buttons_pause_resume_and_run_a_schedule(engine, admin_client):
+    schedule = add(name="nightly import", expression="30 2 * * *", zone=PARIS)
+    page = admin_client.get(CHANGELIST + "?q=nightly")
+    assert dom.parse(page).one("#schedule-row-form input[name=csrfmiddlewaretoken]")
+    assert dom.parse(page).one("#result_list td.field-cron_in_words").text == "30 2 * * * At 02:30 every day"
+    pause = row_button(page, schedule, "pause")
+    assert pause.text == "Pause" and pause["aria-label"] == "Pause nightly import"
+    answer = admin_client.post(pause["formaction"], {"changelist_query": "?q=nightly"})
+    assert answer["Location"] == CHANGELIST + "?q=nightly"  # back to the list as it was
+    assert flashes(answer) == [("success", "nightly import is paused: it starts nothing until it is resumed.")]
+    assert reload_schedule(schedule).enabled is False
+
+    page = admin_client.get(CHANGELIST)
+    assert dom.parse(page).one("#result_list td.field-next_run").text == "— (paused)"
+    assert not dom.parse(page).select(f"#schedule-{schedule.pk}-pause")
+    answer = admin_client.post(row_button(page, schedule, "resume")["formaction"])
+    [(level, text)] = flashes(answer)
+    due = reload_schedule(schedule).next_run_at.astimezone(ZoneInfo(PARIS))
+    assert (level, text) == ("success", f"nightly import is resumed: next run {due:%Y-%m-%d} 02:30 Europe/Paris.")
+
+    page = admin_client.get(answer["Location"])  # shows the message, and the Pause button again
+    assert row_button(page, schedule, "pause")
+    with engine.capture(execute=True):
+        answer = admin_client.post(row_button(page, schedule, "run")["formaction"])
+    workflow = Workflow.objects.get(schedule=schedule)
+    [(level, text)] = flashes(answer)
+    link = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
+    assert level == "success" and f'<a href="{link}">workflow {workflow.pk}</a>' in text
+    shown = dom.parse(admin_client.get(answer["Location"]))
+    assert shown.one(f".messagelist a[href='{link}']").text == f"workflow {workflow.pk}"
+
+
+def test_the_row_buttons_need_the_change_permission_and_a_post(engine, admin_client, django_user_model):
+    schedule = add()
+    pause = reverse("admin:workflow_orchestrator_workflowschedule_pause", args=[schedule.pk])
+    assert admin_client.get(pause).status_code == 405
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_workflowschedule"))
+    admin_client.force_login(viewer)
+    page = admin_client.get(CHANGELIST)
+    assert page.status_code == 200 and not dom.parse(page).select("#result_list .schedule-buttons")
+    for operation in ("pause", "resume", "run"):
+        url = reverse(f"admin:workflow_orchestrator_workflowschedule_{operation}", args=[schedule.pk])
+        assert admin_client.post(url).status_code == 403
+    assert reload_schedule(schedule).enabled is True and not Workflow.objects.exists()
+
+
+def test_a_row_button_for_a_schedule_gone_goes_back_with_a_message(engine, admin_client):
+    gone = reverse("admin:workflow_orchestrator_workflowschedule_run", args=[404])
+    answer = admin_client.post(gone)
+    assert answer.status_code == 302
+    assert "doesn’t exist" in flashes(answer)[0][1]
+
+
+def test_the_schedule_s_page_reads_its_cron_and_lists_its_next_runs_in_its_zone(engine, admin_client):
+    schedule = add(expression="0 9 * * 1-5", zone=PARIS)
+    page = dom.parse(
+        admin_client.get(reverse("admin:workflow_orchestrator_workflowschedule_change", args=[schedule.pk]))
+    )
+    assert page.one(".field-cron_words .readonly").text == "At 09:00 on Monday to Friday"
+    runs = page.one(".field-next_runs .readonly").text.split(" Europe/Paris")
+    assert len([run for run in runs if run.strip()]) == 5
+    assert all(run.strip().endswith("09:00") for run in runs if run.strip())
 
 
 # --- On a real cluster -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ engine's services, so that every action lands in the audit log as `admin:<userna
 import json
 import re
 import uuid
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -20,9 +20,10 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from . import approvals, audit, schedules, selectors, services, stats, values
+from . import approvals, audit, cron, schedules, selectors, services, stats, values
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -1051,32 +1052,144 @@ def resume_schedules(modeladmin, request, queryset):
     _each_schedule(modeladmin, request, queryset, schedules.schedule_resume, "resumed")
 
 
+def _run_schedule_now(modeladmin, request, schedule: WorkflowSchedule) -> None:
+    """Start a run of `schedule`; the flash links to the workflow it started."""
+    try:
+        workflow = schedules.schedule_run_now(schedule, actor=Actor.admin(request.user))
+    except ValidationError as exc:
+        modeladmin.message_user(request, f"{schedule.name}: {'; '.join(exc.messages)}", messages.ERROR)
+    else:
+        url = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
+        started = cell("link", url=url, text=f"workflow {workflow.pk}")
+        message = format_html("{}: started {} ({}).", schedule.name, started, workflow.state)
+        modeladmin.message_user(request, message, messages.SUCCESS)
+
+
 @admin.action(description="Run selected schedules now", permissions=["change"])
 def run_schedules_now(modeladmin, request, queryset):
     """One workflow each, at once; their due runs stay as they were."""
     for schedule in queryset:
-        try:
-            workflow = schedules.schedule_run_now(schedule, actor=Actor.admin(request.user))
-        except ValidationError as exc:
-            modeladmin.message_user(request, f"{schedule.name}: {'; '.join(exc.messages)}", messages.ERROR)
-        else:
-            modeladmin.message_user(request, f"{schedule.name}: started {workflow.pk}", messages.SUCCESS)
+        _run_schedule_now(modeladmin, request, schedule)
+
+
+# The buttons on each row of the schedules' list: what each says, and does.
+SCHEDULE_BUTTONS = {"pause": "Pause", "resume": "Resume", "run": "Run now"}
 
 
 @admin.register(WorkflowSchedule)
 class WorkflowScheduleAdmin(CheckedQueryParameters, admin.ModelAdmin):
     form = WorkflowScheduleForm
-    list_display = ["name", "cron", "time_zone", "enabled", "last_run_at", "next_run_at", "workflows_link"]
+    # No time zone column: the times name their zone.
+    list_display = ["name", "cron_in_words", "status", "next_run", "last_run", "workflows_link"]
     list_filter = ["enabled"]
     search_fields = ["name"]
     actions = [pause_schedules, resume_schedules, run_schedules_now]
-    readonly_fields = ["last_run_at", "next_run_at", "last_error", "workflows_link", "created_at", "updated_at"]
+    readonly_fields = [
+        "cron_words", "last_run", "next_runs", "last_error", "workflows_link", "created_at", "updated_at",
+    ]  # fmt: skip
     fieldsets = [
-        (None, {"fields": ["name", "cron", "time_zone", "enabled"]}),
+        (None, {"fields": ["name", "cron", "cron_words", "time_zone", "enabled"]}),
         ("Each run", {"fields": ["definition", "mode", "input", "tasks"]}),
-        ("Runs", {"fields": ["last_run_at", "next_run_at", "last_error", "workflows_link"]}),
+        ("Runs", {"fields": ["last_run", "next_runs", "last_error", "workflows_link"]}),
         ("Times", {"fields": ["created_at", "updated_at"]}),
     ]
+
+    def get_list_display(self, request):
+        # The row's buttons change the schedule: only for those who may.
+        row_buttons = ["row_buttons"] if self.has_change_permission(request) else []
+        return [*super().get_list_display(request), *row_buttons]
+
+    @admin.display(description="cron", ordering="cron")
+    def cron_in_words(self, schedule):
+        return cell("cron_words", expression=schedule.cron, words=cron.cron_in_words(schedule.cron))
+
+    @admin.display(description="in words")
+    def cron_words(self, schedule):
+        return cron.cron_in_words(schedule.cron) if schedule.cron else "—"
+
+    @admin.display(description="status", ordering="enabled")
+    def status(self, schedule):
+        if schedule.enabled:
+            return badge("ENABLED", STATE_COLOURS[State.COMPLETE])
+        return badge("PAUSED", WAITING_COLOUR)
+
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, schedule):
+        return cron.local_time_label(schedules.schedule_local_time(schedule, schedule.last_run_at), schedule.time_zone)
+
+    @admin.display(description="next run", ordering="next_run_at")
+    def next_run(self, schedule):
+        runs = schedules.schedule_next_runs(schedule, 1)
+        return cron.local_time_label(runs[0], schedule.time_zone) if runs else "— (paused)"
+
+    @admin.display(description="next runs")
+    def next_runs(self, schedule):
+        runs = schedules.schedule_next_runs(schedule) if schedule.pk else []
+        return cell("lines", lines=[cron.local_time_label(run, schedule.time_zone) for run in runs] or ["—"])
+
+    @admin.display(description="actions")
+    def row_buttons(self, schedule):
+        shown = ["resume" if not schedule.enabled else "pause", "run"]
+        buttons = [
+            {
+                "label": SCHEDULE_BUTTONS[operation],
+                "url": reverse(f"admin:workflow_orchestrator_workflowschedule_{operation}", args=[schedule.pk]),
+                "id": f"schedule-{schedule.pk}-{operation}",
+            }
+            for operation in shown
+        ]
+        return cell("schedule_buttons", buttons=buttons, schedule_name=schedule.name)
+
+    def get_urls(self):
+        # Before the admin's own, whose `<object_id>/` would take the button's path for an id.
+        return [
+            *(
+                path(
+                    f"<path:object_id>/{operation}/",
+                    self.admin_site.admin_view(self.row_action_view),
+                    {"operation": operation},
+                    name=f"workflow_orchestrator_workflowschedule_{operation}",
+                )
+                for operation in SCHEDULE_BUTTONS
+            ),
+            *super().get_urls(),
+        ]
+
+    def _pause_or_resume(self, request, schedule, operation: str) -> None:
+        service = schedules.schedule_pause if operation == "pause" else schedules.schedule_resume
+        try:
+            service(schedule)
+        except ValidationError as exc:  # stored before its expression was refused, say
+            reasons = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            self.message_user(request, f"{schedule.name}: nothing changed: {reasons}", messages.ERROR)
+        else:
+            done = (
+                "it starts nothing until it is resumed"
+                if operation == "pause"
+                else f"next run {self.next_run(schedule)}"
+            )
+            self.message_user(request, f"{schedule.name} is {operation}d: {done}.", messages.SUCCESS)
+
+    def row_action_view(self, request, object_id, operation):
+        """A row's button, posted from the list (POST only, CSRF-checked, the change
+        permission): pause, resume or run the schedule now, then back to the list as it was."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        schedule = self.get_object(request, object_id)
+        if schedule is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, schedule):
+            raise PermissionDenied
+        if operation == "run":
+            _run_schedule_now(self, request, schedule)
+        else:
+            self._pause_or_resume(request, schedule, operation)
+        # The list's filters, search and page, rebuilt from their values: nothing else of the
+        # posted text reaches the Location header.
+        back = request.POST.get("changelist_query", "")
+        query = urlencode(parse_qsl(back.removeprefix("?"))) if values.text_problem(back) is None else ""
+        changelist = reverse("admin:workflow_orchestrator_workflowschedule_changelist")
+        return HttpResponseRedirect(f"{changelist}?{query}" if query else changelist)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(started=Count("workflows"))

@@ -15,6 +15,7 @@ afterwards starts the latest missed run only, and the schedule carries on from t
 
 import logging
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -101,6 +102,23 @@ def schedule_resume(schedule: WorkflowSchedule) -> WorkflowSchedule:
     due while it was paused are not made up."""
     schedule.enabled = True
     return schedule_save(schedule)
+
+
+def schedule_next_runs(schedule: WorkflowSchedule, count: int = 5) -> list[datetime]:
+    """The due times of its next `count` runs, in its own time zone: the stored next run
+    first (overdue, if no cluster has run it yet), then the ones that follow. None while paused,
+    nor for one stored before its expression or zone was refused."""
+    if schedule.next_run_at is None or cron.cron_problem(schedule.cron) or cron.timezone_problem(schedule.time_zone):
+        return []
+    first = schedule.next_run_at.astimezone(ZoneInfo(schedule.time_zone))
+    return [first, *cron.next_runs(schedule.cron, schedule.time_zone, first, count - 1)]
+
+
+def schedule_local_time(schedule: WorkflowSchedule, moment: datetime | None) -> datetime | None:
+    """`moment` in the schedule's time zone (as it is, for a zone that is no longer known)."""
+    if moment is None or cron.timezone_problem(schedule.time_zone):
+        return moment
+    return moment.astimezone(ZoneInfo(schedule.time_zone))
 
 
 def schedule_remove(schedule: WorkflowSchedule) -> None:

@@ -31,6 +31,10 @@ class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCDateTimeField
 
 
+# The largest id a database's integer primary key holds.
+MAX_ID = 2**63 - 1
+
+
 class IntegerFilter(django_filters.NumberFilter):
     """A whole number: django-filter's NumberFilter reads a decimal, which an integer
     column would compare after dropping its fraction (1.5 would find 1)."""
@@ -76,12 +80,15 @@ class WorkflowFilter(django_filters.FilterSet):
     finished_after = UTCDateTimeFilter(field_name="finished_at", lookup_expr="gte")
     finished_before = UTCDateTimeFilter(field_name="finished_at", lookup_expr="lt")
     label = LabelFilter(help_text="key:value; repeat it for workflows that carry every one of the labels.")
+    schedule = IntegerFilter(
+        field_name="schedule_id", min_value=1, max_value=MAX_ID, help_text="Started by this schedule (its id)."
+    )
 
     class Meta:
         model = Workflow
         fields = [
             "state", "definition", "mode", "created_after", "created_before", "priority", "concurrency_key",
-            "finished_after", "finished_before", "label",
+            "finished_after", "finished_before", "label", "schedule",
         ]  # fmt: skip
 
 

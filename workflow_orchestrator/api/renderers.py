@@ -26,7 +26,9 @@ START_EXAMPLE = {
 
 
 def creates_workflows(view) -> bool:
-    return getattr(view, "action_map", {}).get("post") in ("create", "create_and_start")
+    # The workflows' views alone: another viewset's create (/schedules/) is not a workflow's.
+    workflows = getattr(view, "basename", None) == "workflow"
+    return workflows and getattr(view, "action_map", {}).get("post") in ("create", "create_and_start")
 
 
 class ASCIIJSONRenderer(JSONRenderer):

@@ -1,7 +1,7 @@
 """Shapes of the REST API. Input serializers check types; the engine checks meaning
 (registered task types and definitions) and its errors come back as field errors."""
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from .. import selectors, services, statements, values
@@ -26,6 +26,15 @@ from ..models import (
 )
 from ..services import MAX_TASK_ATTEMPTS, MAX_TASK_TIMEOUT, MAX_TASKS
 from . import access
+from .renderers import START_EXAMPLE
+
+
+def request_example(summary: str, value: dict):
+    """Documents an input serializer with an example body that the API accepts as it is:
+    Swagger UI shows it as the operation's "Example Value" and starts "Try it out" from it
+    (rather than from placeholders such as "string" for a task type, which are refused)."""
+    return extend_schema_serializer(examples=[OpenApiExample(summary, value=value, request_only=True)])
+
 
 # Input fields take JSON's own types, as the CLI and the engine do: DRF would otherwise
 # read 0 as the name "0", "3" as the number 3 and true as 1.0.
@@ -129,6 +138,7 @@ class TaskSpecSerializer(StrictSerializer):
     )
 
 
+@request_example("Two tasks: echo, then sleep", START_EXAMPLE)
 class WorkflowInputSerializer(StrictSerializer):
     """The body that creates (and, on the start endpoints, starts) a workflow."""
 
@@ -187,6 +197,10 @@ class WorkflowInputSerializer(StrictSerializer):
     )
 
 
+@request_example(
+    "Renamed, with another input and one task",
+    {"name": "demo, renamed", "input": {"day": "2026-12-05"}, "tasks": [{"type": "noop"}]},
+)
 class WorkflowUpdateSerializer(WorkflowInputSerializer):
     """PUT replaces the fields below; PATCH changes those it is given. A workflow's
     priority, concurrency key and max_parallel are set when it is created."""
@@ -397,14 +411,17 @@ class WorkflowStatusSerializer(FlowControlMixin, ProgressMixin, serializers.Mode
         return None
 
 
+@request_example("With a reason", {"reason": "the customer withdrew the order"})
 class CancelSerializer(StrictSerializer):
     reason = StrictCharField(required=False, allow_blank=True, max_length=1000, help_text="Kept in the audit log.")
 
 
+@request_example("With a reason", {"reason": "the warehouse is down for maintenance"})
 class PauseSerializer(CancelSerializer):
     """The optional body of a pause or a resume: why, kept in the audit log."""
 
 
+@request_example("A payment arrived", {"name": "payment_received", "payload": {"amount": 42, "currency": "EUR"}})
 class SignalSerializer(StrictSerializer):
     name = StrictCharField(max_length=200, help_text="The signal's name: a `wait_signal` task waits for it by name.")
     payload = serializers.DictField(
@@ -417,6 +434,7 @@ class SignalSerializer(StrictSerializer):
         return payload
 
 
+@request_example("Approve, with a comment", {"decision": "approve", "data": {}, "comment": "Checked the figures."})
 class DecideSerializer(StrictSerializer):
     decision = serializers.ChoiceField(choices=["approve", "reject"], help_text="Approve or reject the task.")
     data = serializers.DictField(

@@ -1,14 +1,16 @@
 """Every path of the original specification, with or without a trailing slash. The
-router serves /workflows/…; the other paths are routed onto the same viewset actions."""
+router serves /workflows/… and /schedules/…; the other paths are routed onto the same viewset actions."""
 
 from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
+from .schedules import ScheduleViewSet
 from .views import WorkflowViewSet
 
 router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 ID = r"(?P<pk>[^/]+)"
 

@@ -75,6 +75,17 @@ FORBIDDEN = OpenApiResponse(
 )
 
 
+def refuse_unstorable_query_text(request) -> None:
+    """A NUL character in a filter would reach the database, which refuses it (PostgreSQL)."""
+    errors = {
+        name: [f"{name} {problem}"]
+        for name, given in request.query_params.lists()
+        for problem in filter(None, map(values.text_problem, given))
+    }
+    if errors:
+        raise ValidationError(errors)
+
+
 class WorkflowSchema(AutoSchema):
     """Documents the answers DRF gives before a view runs: 401 on every operation (no
     anonymous access), 403 on those that change something (permissions, CSRF)."""
@@ -150,14 +161,7 @@ class WorkflowViewSet(
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        # A NUL character in a filter would reach the database, which refuses it (PostgreSQL).
-        errors = {
-            name: [f"{name} {problem}"]
-            for name, given in request.query_params.lists()
-            for problem in filter(None, map(values.text_problem, given))
-        }
-        if errors:
-            raise ValidationError(errors)
+        refuse_unstorable_query_text(request)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
