@@ -7,7 +7,13 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from workflow_orchestrator.diagrams import MIN_BAR, dependency_depths, task_graph_svg, task_timeline_svg
+from workflow_orchestrator.diagrams import (
+    MIN_BAR,
+    MIN_SCALE,
+    dependency_depths,
+    task_graph_svg,
+    task_timeline_svg,
+)
 from workflow_orchestrator.models import Task
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -129,8 +135,8 @@ def test_twenty_tasks_stay_readable_and_the_graph_scales_to_its_box():
             assert x >= 0 and x + w <= width and y >= 0 and y + h <= height
             for x2, y2, w2, h2 in boxes[i + 1 :]:
                 assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
-        # Never shrunk below three quarters of its size (the figure scrolls instead), never blown up.
-        assert f"max-width:{width:g}px" in svg.get("style") and f"min-width:{round(width * 0.75)}px" in svg.get("style")
+        # Never shrunk below MIN_SCALE of its size (the figure scrolls instead), never blown up.
+        assert f"max-width:{width:g}px" in svg.get("style") and f"min-width:{round(width * MIN_SCALE)}px" in svg.get("style")
     assert len(edges(parse(task_graph_svg(wide)))) == 19 and len(edges(parse(task_graph_svg(tall)))) == 19
 
 
