@@ -483,8 +483,9 @@ class TaskPager:
 
     def links(self, request) -> list[dict]:
         """Every page's number and address (this page's other query parameters kept)."""
+        query = request.GET.dict()
         return [
-            {"number": n, "url": "?" + urlencode({**request.GET.dict(), TASKS_PAGE_VAR: n}), "current": n == self.number}
+            {"number": n, "url": "?" + urlencode({**query, TASKS_PAGE_VAR: n}), "current": n == self.number}
             for n in range(1, self.pages + 1)
         ]
 

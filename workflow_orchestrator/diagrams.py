@@ -317,7 +317,7 @@ OUTCOME_COLOURS = {  # white text on each: at least 4.9:1
     "cancelled": "#6c6f75",
 }
 MIN_BAR = 6  # px: the shortest attempt still shows as a bar, not a sliver
-GAP_W = 28  # px: what an idle stretch longer than the work around it is drawn as
+GAP_W = 28  # px: what an idle stretch longer than the work around it is drawn as (narrower when there are many)
 
 
 def format_seconds(seconds: float) -> str:
@@ -403,7 +403,9 @@ class TimeScale:
         self.gaps = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)]
         self.gaps = [(a, b) for a, b in self.gaps if b - a > threshold]
         linear = max(self.end - sum(b - a for a, b in self.gaps), 0.001)
-        self.x0, self.per_second = x0, (width - GAP_W * len(self.gaps)) / linear
+        # Many idle stretches share at most half the width, so the work keeps the other half.
+        self.gap_w = min(GAP_W, width / 2 / max(len(self.gaps), 1))
+        self.x0, self.per_second = x0, (width - self.gap_w * len(self.gaps)) / linear
 
     def x(self, moment: datetime) -> float:
         return self.at(_seconds(self.origin, moment))
@@ -415,8 +417,8 @@ class TimeScale:
             if t <= a:
                 break
             if t < b:  # inside an idle stretch: somewhere along its short stand-in
-                return x + (a - before) * self.per_second + GAP_W * (t - a) / (b - a)
-            x += (a - before) * self.per_second + GAP_W
+                return x + (a - before) * self.per_second + self.gap_w * (t - a) / (b - a)
+            x += (a - before) * self.per_second + self.gap_w
             before = b
         return x + (t - before) * self.per_second
 
@@ -437,7 +439,7 @@ def _gap_labels(scale: TimeScale, left: float, right: float) -> list[str]:
     so that two labels never overlap and none leaves the chart."""
     labels, free_from = [], left
     for a, b in scale.gaps:
-        centre = scale.at(a) + GAP_W / 2
+        centre = scale.at(a) + scale.gap_w / 2
         for text in (f"{format_seconds(b - a)} idle", short_seconds(b - a), ""):
             half = len(text) * TIMELINE_CHAR_W / 2
             if not text or (centre - half >= free_from and centre + half <= right):
@@ -488,7 +490,8 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             y += row_h
     width, height = label_w + chart_w + note_w, y + 22
     gap_marks = [
-        (scale.at(a), top - 4, GAP_W, y - top + 4, f"{format_seconds(b - a)} idle", scale.at(a) + GAP_W / 2, top - 8,
+        (scale.at(a), top - 4, scale.gap_w, y - top + 4, f"{format_seconds(b - a)} idle", scale.at(a) + scale.gap_w / 2,
+         top - 8,
          label)
         for (a, b), label in zip(scale.gaps, _gap_labels(scale, label_w, label_w + chart_w), strict=True)
     ]  # fmt: skip
