@@ -17,15 +17,17 @@ from workflow_orchestrator.models import Actor, Phase, Task, Workflow
 THOUSAND = 1000
 
 
-def a_workflow_that_ran(tasks: int, actor: Actor) -> Workflow:
-    """A workflow of `tasks` EXECUTE tasks, none waiting for another, each run once by a
-    worker, one in 97 of them failed: the rows the engine leaves, written directly."""
-    specs = [{"name": f"part-{i:04d}", "type": "echo", "params": {"part": i}} for i in range(tasks)]
-    workflow, _ = services.workflow_create(name=f"{tasks} parts", tasks=specs, actor=actor)
-    rows = list(workflow.tasks.filter(phase=Phase.EXECUTE))
-    start = timezone.now() - timedelta(minutes=30)
-    for task in rows:
-        began, ended = start + timedelta(seconds=task.position), start + timedelta(seconds=task.position + 0.5)
+def a_workflow_that_ran(count: int, actor: Actor, *, tasks: list | None = None, starts: list | None = None) -> Workflow:
+    """A workflow of `count` EXECUTE tasks (or of `tasks`), none waiting for another, each run
+    once by a worker for half a second (starting a second apart, or `starts` seconds after
+    the first), one in 97 of them failed: the rows the engine leaves, written directly."""
+    specs = tasks or [{"name": f"part-{i:04d}", "type": "echo", "params": {"part": i}} for i in range(count)]
+    workflow, _ = services.workflow_create(name=f"{len(specs)} parts", tasks=specs, actor=actor)
+    rows = list(workflow.tasks.filter(phase=Phase.EXECUTE).order_by("position"))
+    origin = timezone.now() - timedelta(hours=3)
+    for index, task in enumerate(rows):
+        began = origin + timedelta(seconds=starts[index] if starts else task.position)
+        ended = began + timedelta(seconds=0.5)
         failed = task.position % 97 == 0
         task.status = Task.Status.FAILED if failed else Task.Status.SUCCEEDED
         task.attempt, task.started_at, task.finished_at, task.worker = 1, began, ended, "worker-1"

@@ -147,3 +147,27 @@ def test_a_thousand_task_workflow_shows_a_page_of_tasks_and_its_graph_on_demand(
     # A count links to those tasks in the task list.
     summary.get_by_role("link", name="FAILED 10").click()
     expect(page.locator("#result_list tbody tr")).to_have_count(10)
+
+
+def test_the_timeline_s_idle_gap_labels_do_not_overlap_as_chromium_draws_them(page):
+    """Attempts separated by long idle stretches of different lengths, side by side: the labels
+    the browser renders (its own font) never overlap one another or leave the chart."""
+    starts = [0, 57.5, 73.2, 150, 160, 3600, 3610, 3700, 7300]
+    tasks = [{"name": f"step-{i}", "type": "noop"} for i in range(len(starts))]
+    workflow = a_workflow_that_ran(0, Actor.SYSTEM, tasks=tasks, starts=starts)
+    page.goto(f"/admin/workflow_orchestrator/workflow/{workflow.pk}/change/")
+    timeline = page.locator("svg.task-timeline")
+    expect(timeline.locator("g.idle-gap")).to_have_count(len(starts) - 1)
+    boxes = timeline.locator("g.idle-gap text").evaluate_all(
+        "texts => texts.filter(t => t.textContent).map(t => { const r = t.getBoundingClientRect(); "
+        "return [r.left, r.right]; })"
+    )
+    assert len(boxes) >= 4
+    boxes.sort()
+    for (_, right), (left, _) in zip(boxes, boxes[1:], strict=False):
+        assert right <= left, boxes
+    chart = timeline.evaluate("svg => svg.getBoundingClientRect().left")
+    scale = timeline.evaluate("svg => svg.getBoundingClientRect().width / svg.viewBox.baseVal.width")
+    assert boxes[0][0] >= chart + 150 * scale and boxes[-1][1] <= chart + 510 * scale
+    titles = timeline.locator("g.idle-gap rect title").all_text_contents()
+    assert titles[0] == "57.00 s idle" and titles[-1] == "59 min 59 s idle"
