@@ -141,3 +141,10 @@ def test_the_graph_page_is_for_those_who_may_view_the_workflow(client, thousand,
     staff.save()
     assert client.get(missing).status_code == 404
     assert client.get(reverse("admin:workflow_orchestrator_workflow_graph", args=["not-a-uuid"])).status_code == 404
+
+
+def test_without_execute_tasks_there_is_nothing_to_skip(admin_client, admin_user):
+    workflow, _ = services.workflow_create(name="empty", tasks=[], actor=Actor.admin(admin_user))
+    page = dom.parse(admin_client.get(change_url(workflow)))
+    assert page.one("#execute-graph").text.endswith("No EXECUTE tasks.")
+    assert not page.select("#execute-graph a.skip-graph") and not page.select("#execute-graph .graph-scroll")

@@ -823,7 +823,8 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         when asked for."""
         graph_url = reverse("admin:workflow_orchestrator_workflow_graph", args=[workflow.pk])
         if len(executing) <= SUMMARY_OVER:
-            return {"task_graph": task_graph_svg(executing, link=task_url), "graph_url": graph_url}
+            graph = task_graph_svg(executing, link=task_url)
+            return {"task_graph": graph, "execute_count": len(executing), "graph_url": graph_url}
         summary = [
             {
                 "badge": badge(status, STATUS_COLOURS[status]),
