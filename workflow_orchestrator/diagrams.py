@@ -423,7 +423,9 @@ class TimeScale:
         return x + (t - before) * self.per_second
 
 
-TIMELINE_CHAR_W = 7.0  # px: wider than any digit or letter of an 11 px sans-serif, so an estimate never overlaps
+# px: a character of the timeline's 11 px sans-serif, on the wide side (Arial's digits are
+# 6.1 px), so that labels judged not to overlap do not overlap as a browser draws them.
+TIMELINE_CHAR_W = 7.0
 
 
 def short_seconds(seconds: float) -> str:
@@ -489,11 +491,13 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             )  # fmt: skip
             y += row_h
     width, height = label_w + chart_w + note_w, y + 22
+    labels = _gap_labels(scale, label_w, label_w + chart_w)
     gap_marks = [
-        (scale.at(a), top - 4, scale.gap_w, y - top + 4, f"{format_seconds(b - a)} idle", scale.at(a) + scale.gap_w / 2,
-         top - 8,
-         label)
-        for (a, b), label in zip(scale.gaps, _gap_labels(scale, label_w, label_w + chart_w), strict=True)
+        (
+            scale.at(a), top - 4, scale.gap_w, y - top + 4, f"{format_seconds(b - a)} idle",
+            scale.at(a) + scale.gap_w / 2, top - 8, label,
+        )
+        for (a, b), label in zip(scale.gaps, labels, strict=True)
     ]  # fmt: skip
     return format_html(
         '<svg class="task-timeline" role="img" aria-label="Task timeline: {} attempts" viewBox="0 0 {} {}" '
