@@ -7,7 +7,16 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from workflow_orchestrator.diagrams import MIN_BAR, dependency_depths, task_graph_svg, task_timeline_svg
+from workflow_orchestrator.diagrams import (
+    GRID_COLUMNS,
+    MIN_BAR,
+    MIN_SCALE,
+    SUMMARY_OVER,
+    dependency_depths,
+    task_graph_svg,
+    task_status_counts,
+    task_timeline_svg,
+)
 from workflow_orchestrator.models import Task
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -129,9 +138,45 @@ def test_twenty_tasks_stay_readable_and_the_graph_scales_to_its_box():
             assert x >= 0 and x + w <= width and y >= 0 and y + h <= height
             for x2, y2, w2, h2 in boxes[i + 1 :]:
                 assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
-        # Never shrunk below three quarters of its size (the figure scrolls instead), never blown up.
-        assert f"max-width:{width:g}px" in svg.get("style") and f"min-width:{round(width * 0.75)}px" in svg.get("style")
+        # Never shrunk below MIN_SCALE of its size (the figure scrolls instead), never blown up.
+        style = svg.get("style")
+        assert f"max-width:{width:g}px" in style and f"min-width:{round(width * MIN_SCALE)}px" in style
     assert len(edges(parse(task_graph_svg(wide)))) == 19 and len(edges(parse(task_graph_svg(tall)))) == 19
+
+
+def test_a_flat_execute_is_laid_out_in_a_grid_not_one_long_column():
+    flat = [make_task(f"part-{i:02d}", [S.SUCCEEDED, S.RUNNING, S.PENDING][i % 3]) for i in range(20)]
+    svg = parse(task_graph_svg(flat))
+    boxes = {name: box(node) for name, node in nodes(svg).items()}
+    columns, rows = sorted({x for x, *_ in boxes.values()}), sorted({y for _, y, *_ in boxes.values()})
+    assert len(columns) == GRID_COLUMNS and len(rows) == 4  # 6 + 6 + 6 + 2, in the tasks' own order
+    assert [boxes[f"part-{i:02d}"][:2] for i in (0, 5, 6)] == [(columns[0], rows[0]), (columns[5], rows[0]),
+                                                              (columns[0], rows[1])]  # fmt: skip
+    _, _, width, height = (float(n) for n in svg.get("viewBox").split())
+    assert height < width and height <= 4 * 60  # 486 px and more as one column
+    for i, (x, y, w, h) in enumerate(boxes.values()):  # inside the picture, and no two overlap
+        assert x >= 0 and x + w <= width and y + h <= height
+        for x2, y2, w2, h2 in list(boxes.values())[i + 1 :]:
+            assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
+    assert not edges(svg)
+
+
+def test_one_dependency_and_the_graph_goes_back_to_columns_by_depth():
+    tasks = [make_task(f"part-{i}") for i in range(8)] + [make_task("join", after=["part-0"])]
+    x = {name: box(node)[0] for name, node in nodes(parse(task_graph_svg(tasks))).items()}
+    assert len({x[f"part-{i}"] for i in range(8)}) == 1 and x["join"] > x["part-0"]
+
+
+def test_the_text_never_shrinks_below_10_px():
+    """The figure's least width keeps the 11 px status line at 10 px or more: narrower than that
+    (a phone), it scrolls in its box."""
+    assert 11 * MIN_SCALE >= 10
+
+
+def test_tasks_are_counted_by_status_in_the_order_a_task_goes_through_them():
+    tasks = [make_task(f"t{i}", status) for i, status in enumerate([S.FAILED, S.SUCCEEDED, S.PENDING, S.FAILED])]
+    assert task_status_counts(tasks) == [(S.PENDING, 1), (S.SUCCEEDED, 1), (S.FAILED, 2)]
+    assert task_status_counts([]) == [] and SUMMARY_OVER == 60
 
 
 def test_a_long_name_is_shortened_in_the_node_but_whole_in_its_label():
@@ -230,3 +275,56 @@ def test_a_task_run_before_attempts_were_kept_shows_its_latest_run():
 
 def test_nothing_started_yet_is_said_in_words():
     assert "No task has started yet." in task_timeline_svg([make_task("t", S.PENDING)])
+
+
+def label_box(text: ET.Element) -> tuple[float, float]:
+    """A label's left and right, at 0.6 em a character: wider than an 11 px sans-serif's digits
+    and letters (Arial's digits are 0.556 em)."""
+    width = len(text.text or "") * 11 * 0.6
+    x = float(text.get("x"))
+    anchored = {"middle": (x - width / 2, x + width / 2), "end": (x - width, x)}
+    return anchored.get(text.get("text-anchor"), (x, x + width))
+
+
+def test_idle_gap_labels_never_overlap_and_each_keeps_its_whole_text_in_a_title():
+    """Many long idle stretches between short attempts, the worst case for labels side by side:
+    each is written in full where it fits, else shortened, else left out; none overlaps
+    another or leaves the chart, and every stretch's title says how long it was."""
+    starts = [0, 57.5, 73.2, 150, 160, 3600, 3610, 3700, 7300]
+    tasks = [
+        make_task(f"t{i}", attempts=[attempt(1, start, start + 0.5, "failed" if i % 2 else "succeeded")])
+        for i, start in enumerate(starts)
+    ]
+    svg = parse(task_timeline_svg(tasks, now=T0 + timedelta(hours=3)))
+    gaps = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "idle-gap"]
+    assert len(gaps) == len(starts) - 1
+    titles = [g.find(f"{SVG}rect/{SVG}title").text for g in gaps]
+    assert titles[0] == "57.00 s idle" and titles[-1] == "59 min 59 s idle"
+    written = [g.find(f"{SVG}text") for g in gaps if g.find(f"{SVG}text").text]
+    # Too close together for "57.00 s idle": each in its largest unit, none dropped here.
+    assert [t.text for t in written] == ["57 s", "15 s", "1 min", "10 s", "57 min", "10 s", "1 min", "59 min"]
+    spans = sorted(label_box(text) for text in written)
+    for (_, right), (left, _) in zip(spans, spans[1:], strict=False):
+        assert right <= left, spans
+    assert spans[0][0] >= 150 and spans[-1][1] <= 150 + 360  # within the chart, clear of the task names
+
+
+def test_a_lone_idle_gap_keeps_its_full_label():
+    tasks = [make_task("t", attempts=[attempt(1, 0, 1, "failed"), attempt(2, 58.06, 59, "succeeded")])]
+    (gap,) = [g for g in parse(task_timeline_svg(tasks, now=T0)).iter(f"{SVG}g") if g.get("class") == "idle-gap"]
+    assert gap.find(f"{SVG}text").text == gap.find(f"{SVG}rect/{SVG}title").text == "57.06 s idle"
+
+
+def test_twenty_idle_gaps_still_fit_the_chart_and_labels_that_do_not_fit_are_left_out():
+    tasks = [make_task(f"t{i}", attempts=[attempt(1, i * 100, i * 100 + 0.2, "failed")]) for i in range(21)]
+    svg = parse(task_timeline_svg(tasks, now=T0))
+    gaps = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "idle-gap"]
+    assert len(gaps) == 20
+    rects = [tuple(float(r.get(k)) for k in ("x", "width")) for r in (g.find(f"{SVG}rect") for g in bars(svg))]
+    assert all(x >= 150 and x + w <= 150 + 360 + 0.01 for x, w in rects)  # every bar on the chart
+    assert all(w >= MIN_BAR for _, w in rects)
+    written = [g.find(f"{SVG}text") for g in gaps if g.find(f"{SVG}text").text]
+    assert 0 < len(written) < 20  # some left out: their titles still say "1 min 39 s idle"
+    assert {g.find(f"{SVG}rect/{SVG}title").text for g in gaps} == {"1 min 39 s idle"}
+    spans = sorted(label_box(text) for text in written)
+    assert all(right <= left for (_, right), (left, _) in zip(spans, spans[1:], strict=False))

@@ -2,8 +2,10 @@
 engine's services, so that every action lands in the audit log as `admin:<username>`."""
 
 import json
+import math
 import re
 import uuid
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from django import forms
@@ -28,12 +30,14 @@ from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
     STATUS_COLOURS,
+    SUMMARY_OVER,
     format_rate,
     format_seconds,
     rate_chart_svg,
     state_graph_svg,
     task_attempts,
     task_graph_svg,
+    task_status_counts,
     task_timeline_svg,
 )
 from .models import (
@@ -435,9 +439,12 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 class TaskInline(TaskColumns, ReadOnlyInline):
+    """The workflow's tasks, a page of TASKS_PER_PAGE at a time (see TaskPager)."""
+
     model = Task
     fields = ["name", "phase", "type", "status_badge", "attempt_of_budget", "run_time", "error_excerpt"]
     ordering = ["position"]
+    template = "admin/workflow_orchestrator/workflow/task_inline.html"
 
     @admin.display(description="error")
     def error_excerpt(self, task):
@@ -481,6 +488,60 @@ class TransitionInline(ReadOnlyInline):
     @admin.display(description="source → target")
     def change(self, transition):
         return f"{transition.source} → {transition.target}"
+
+
+# A workflow's page shows its tasks this many at a time: a 1,000-task workflow's page stays
+# a few hundred kilobytes (every task inline, it was 2.6 MiB).
+TASKS_PER_PAGE = 100
+TASKS_PAGE_VAR = "tasks_page"
+
+
+def task_url(task: Task) -> str:
+    return reverse("admin:workflow_orchestrator_task_change", args=[task.pk])
+
+
+def tasks_of_workflow_url(workflow: Workflow, **filters) -> str:
+    """The task list, filtered to this workflow's tasks (and `filters`)."""
+    query = urlencode({"workflow__id__exact": workflow.pk, **filters})
+    return f"{reverse('admin:workflow_orchestrator_task_changelist')}?{query}"
+
+
+@dataclass
+class TaskPager:
+    """Which page of a workflow's tasks its page shows (?tasks_page=N, from 1)."""
+
+    number: int
+    count: int
+
+    @classmethod
+    def from_request(cls, request, count: int) -> "TaskPager":
+        given = request.GET.get(TASKS_PAGE_VAR, "1")
+        if not given.isdigit():
+            raise BadRequest(f"{TASKS_PAGE_VAR} is a page number, 1 or more; {given[:20]!r} is not.")
+        pager = cls(int(given), count)
+        if not 1 <= pager.number <= pager.pages:
+            raise Http404(f"{TASKS_PAGE_VAR}: the tasks fill {pager.pages} page(s), not {pager.number}.")
+        return pager
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.count / TASKS_PER_PAGE))
+
+    @property
+    def start(self) -> int:
+        return (self.number - 1) * TASKS_PER_PAGE
+
+    @property
+    def end(self) -> int:
+        return min(self.start + TASKS_PER_PAGE, self.count)
+
+    def links(self, request) -> list[dict]:
+        """Every page's number and address (this page's other query parameters kept)."""
+        query = request.GET.dict()
+        return [
+            {"number": n, "url": "?" + urlencode({**query, TASKS_PAGE_VAR: n}), "current": n == self.number}
+            for n in range(1, self.pages + 1)
+        ]
 
 
 # How the change page shows each action (services.ACTIONS but delete): (label, service,
@@ -662,6 +723,11 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 name="workflow_orchestrator_workflow_waiting",
             ),
             path(
+                "<path:object_id>/graph/",
+                self.admin_site.admin_view(self.graph_view),
+                name="workflow_orchestrator_workflow_graph",
+            ),
+            path(
                 "<path:object_id>/transition/<str:event>/",
                 self.admin_site.admin_view(self.transition_view),
                 name="workflow_orchestrator_workflow_transition",
@@ -794,6 +860,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         extra_context = extra_context or {}
         if workflow is not None:
             tasks = list(workflow.tasks.order_by("position"))
+            pager = TaskPager.from_request(request, len(tasks))
             taken = list(workflow.transitions.order_by("seq").values_list("source", "target"))
             offered = services.available_actions(
                 workflow,
@@ -802,11 +869,12 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             )
             extra_context.update(
                 state_graph=state_graph_svg(workflow.state, taken),
-                task_graph=task_graph_svg(
-                    [task for task in tasks if task.phase == Phase.EXECUTE],
-                    link=lambda task: reverse("admin:workflow_orchestrator_task_change", args=[task.pk]),
-                ),
-                task_timeline=task_timeline_svg(tasks),
+                **self._execute_picture(workflow, [task for task in tasks if task.phase == Phase.EXECUTE]),
+                # The attempts of the tasks on this page of the table, not of a thousand at once.
+                task_timeline=task_timeline_svg(tasks[pager.start : pager.end]),
+                task_pager=pager if pager.pages > 1 else None,
+                task_pages=pager.links(request) if pager.pages > 1 else [],
+                all_tasks_url=tasks_of_workflow_url(workflow),
                 buttons=[
                     {"event": action, "label": BUTTONS[action][0], "confirm": BUTTONS[action][2]}
                     for action in offered
@@ -817,6 +885,53 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 waiting_reason=selectors.waiting_reason(workflow),
             )
         return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _execute_picture(workflow: Workflow, executing: list[Task]) -> dict:
+        """Up to SUMMARY_OVER tasks, EXECUTE's graph on the page; beyond, how many tasks are
+        in each status (each count a link to those tasks), the graph fetched from its own page
+        when asked for."""
+        graph_url = reverse("admin:workflow_orchestrator_workflow_graph", args=[workflow.pk])
+        if len(executing) <= SUMMARY_OVER:
+            graph = task_graph_svg(executing, link=task_url)
+            return {"task_graph": graph, "execute_count": len(executing), "graph_url": graph_url}
+        summary = [
+            {
+                "badge": badge(status, STATUS_COLOURS[status]),
+                "count": count,
+                "url": tasks_of_workflow_url(workflow, phase__exact=Phase.EXECUTE, status__exact=status),
+            }
+            for status, count in task_status_counts(executing)
+        ]
+        return {"task_summary": summary, "execute_count": len(executing), "graph_url": graph_url}
+
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        """The task table holds the page of tasks change_view chose (it checked the number)."""
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, TaskInline) and obj is not None:
+            start = (int(request.GET.get(TASKS_PAGE_VAR, "1")) - 1) * TASKS_PER_PAGE
+            page = obj.tasks.order_by("position").values("pk")[start : start + TASKS_PER_PAGE]
+            kwargs["queryset"] = kwargs["queryset"].filter(pk__in=page)
+        return kwargs
+
+    def graph_view(self, request, object_id):
+        """/admin/workflow_orchestrator/workflow/<id>/graph/: EXECUTE's graph on a page of
+        its own, however many tasks; a large workflow's page fetches it from here."""
+        workflow = self.get_object(request, object_id)
+        if workflow is None:
+            raise Http404("No such workflow.")
+        if not self.has_view_permission(request, workflow):
+            raise PermissionDenied
+        executing = list(workflow.tasks.filter(phase=Phase.EXECUTE).order_by("position"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": workflow,
+            "title": f"{workflow.name}: EXECUTE's graph",
+            "task_graph": task_graph_svg(executing, link=task_url),
+            "change_url": reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]),
+        }
+        return TemplateResponse(request, "admin/workflow_orchestrator/workflow/graph.html", context)
 
     def history_view(self, request, object_id, extra_context=None):
         """The workflow's audit log, newest first, instead of the admin's own (empty) log."""

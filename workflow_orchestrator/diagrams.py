@@ -141,7 +141,11 @@ STATUS_MARKS = {
 }
 TASK_W, TASK_H, COLUMN_GAP, ROW_GAP, MARGIN = 150, 42, 54, 14, 12
 NAME_CHARS = 21  # what fits in a node at 12 px; the full name is in its title and label
-MIN_SCALE = 0.75  # narrower than this, 12 px text gets too small to read: the figure scrolls instead
+# Narrower than this, the 11 px status line renders under 10 px (unreadable on a phone): the
+# figure scrolls sideways in its own box instead of shrinking further.
+MIN_SCALE = 0.92
+GRID_COLUMNS = 6  # tasks that wait for nothing are laid out in rows of this many, not one long column
+SUMMARY_OVER = 60  # more EXECUTE tasks than this: the page shows counts by status, the graph on demand
 
 
 def _clip(text: str, length: int) -> str:
@@ -182,21 +186,46 @@ def _layers(tasks: list[Task]) -> list[list[Task]]:
     return layers
 
 
-def task_graph_svg(tasks: list[Task], link: Callable[[Task], str] | None = None) -> SafeString:
-    """EXECUTE's tasks left to right by dependency depth, an arrow from each task named in a
-    task's `after` to the task, and each task's status in text, colour and label; with
-    `link`, each node links to the page it names."""
-    if not tasks:
-        return mark_safe('<p class="task-graph-empty">No EXECUTE tasks.</p>')
+def _grid_places(tasks: list[Task]) -> dict[str, tuple[float, float]]:
+    """Tasks that wait for nothing, in their own order, GRID_COLUMNS to a row."""
+    return {
+        task.name: (
+            MARGIN + index % GRID_COLUMNS * (TASK_W + ROW_GAP),
+            MARGIN + index // GRID_COLUMNS * (TASK_H + ROW_GAP),
+        )
+        for index, task in enumerate(tasks)
+    }
+
+
+def _layered_places(tasks: list[Task]) -> dict[str, tuple[float, float]]:
+    """A column per dependency depth, short columns centred on the tallest."""
     layers = _layers(tasks)
     tallest = max(len(layer) for layer in layers)
-    width = 2 * MARGIN + len(layers) * TASK_W + (len(layers) - 1) * COLUMN_GAP
-    height = 2 * MARGIN + tallest * TASK_H + (tallest - 1) * ROW_GAP
-    place: dict[str, tuple[float, float]] = {}  # top-left corner of each node
+    place: dict[str, tuple[float, float]] = {}
     for column, layer in enumerate(layers):
-        offset = (tallest - len(layer)) * (TASK_H + ROW_GAP) / 2  # centre short columns
+        offset = (tallest - len(layer)) * (TASK_H + ROW_GAP) / 2
         for index, task in enumerate(layer):
             place[task.name] = (MARGIN + column * (TASK_W + COLUMN_GAP), MARGIN + offset + index * (TASK_H + ROW_GAP))
+    return place
+
+
+def task_places(tasks: list[Task]) -> dict[str, tuple[float, float]]:
+    """The top-left corner of each task's node: a grid when no task waits for another (a
+    flat EXECUTE), else columns by dependency depth."""
+    names = {task.name for task in tasks}
+    flat = not any(name in names for task in tasks for name in task.after or [])
+    return _grid_places(tasks) if flat else _layered_places(tasks)
+
+
+def task_graph_svg(tasks: list[Task], link: Callable[[Task], str] | None = None) -> SafeString:
+    """EXECUTE's tasks left to right by dependency depth (or in a grid when none waits for
+    another), an arrow from each task named in a task's `after` to the task, and each task's
+    status in text, colour and label; with `link`, each node links to the page it names."""
+    if not tasks:
+        return mark_safe('<p class="task-graph-empty">No EXECUTE tasks.</p>')
+    place = task_places(tasks)
+    width = max(x for x, _ in place.values()) + TASK_W + MARGIN
+    height = max(y for _, y in place.values()) + TASK_H + MARGIN
     status = {task.name: task.status for task in tasks}
     edges = []
     for task in tasks:
@@ -258,6 +287,15 @@ def task_graph_svg(tasks: list[Task], link: Callable[[Task], str] | None = None)
     )  # fmt: skip
 
 
+def task_status_counts(tasks: list[Task]) -> list[tuple[str, int]]:
+    """How many of `tasks` are in each status, in the order a task goes through them; the
+    statuses no task is in are left out."""
+    counts = {status: 0 for status in Task.Status}
+    for task in tasks:
+        counts[task.status] += 1
+    return [(status, count) for status, count in counts.items() if count]
+
+
 # --- The timeline: every attempt its own bar ----------------------------------------------
 
 OUTCOME_LABELS = {
@@ -279,7 +317,7 @@ OUTCOME_COLOURS = {  # white text on each: at least 4.9:1
     "cancelled": "#6c6f75",
 }
 MIN_BAR = 6  # px: the shortest attempt still shows as a bar, not a sliver
-GAP_W = 28  # px: what an idle stretch longer than the work around it is drawn as
+GAP_W = 28  # px: what an idle stretch longer than the work around it is drawn as (narrower when there are many)
 
 
 def format_seconds(seconds: float) -> str:
@@ -365,7 +403,9 @@ class TimeScale:
         self.gaps = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)]
         self.gaps = [(a, b) for a, b in self.gaps if b - a > threshold]
         linear = max(self.end - sum(b - a for a, b in self.gaps), 0.001)
-        self.x0, self.per_second = x0, (width - GAP_W * len(self.gaps)) / linear
+        # Many idle stretches share at most half the width, so the work keeps the other half.
+        self.gap_w = min(GAP_W, width / 2 / max(len(self.gaps), 1))
+        self.x0, self.per_second = x0, (width - self.gap_w * len(self.gaps)) / linear
 
     def x(self, moment: datetime) -> float:
         return self.at(_seconds(self.origin, moment))
@@ -377,10 +417,39 @@ class TimeScale:
             if t <= a:
                 break
             if t < b:  # inside an idle stretch: somewhere along its short stand-in
-                return x + (a - before) * self.per_second + GAP_W * (t - a) / (b - a)
-            x += (a - before) * self.per_second + GAP_W
+                return x + (a - before) * self.per_second + self.gap_w * (t - a) / (b - a)
+            x += (a - before) * self.per_second + self.gap_w
             before = b
         return x + (t - before) * self.per_second
+
+
+# px: a character of the timeline's 11 px sans-serif, on the wide side (Arial's digits are
+# 6.1 px), so that labels judged not to overlap do not overlap as a browser draws them.
+TIMELINE_CHAR_W = 7.0
+
+
+def short_seconds(seconds: float) -> str:
+    """A duration in its largest unit only, for where the full one does not fit: 57 s, 3 min, 2 h."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds // 60:.0f} min" if seconds < 3600 else f"{seconds // 3600:.0f} h"
+
+
+def _gap_labels(scale: TimeScale, left: float, right: float) -> list[str]:
+    """What to write above each idle stretch, left to right: "57.06 s idle" where it fits
+    beside the previous label, else "57 s", else nothing (the stretch's title says it all),
+    so that two labels never overlap and none leaves the chart."""
+    labels, free_from = [], left
+    for a, b in scale.gaps:
+        centre = scale.at(a) + scale.gap_w / 2
+        for text in (f"{format_seconds(b - a)} idle", short_seconds(b - a), ""):
+            half = len(text) * TIMELINE_CHAR_W / 2
+            if not text or (centre - half >= free_from and centre + half <= right):
+                break
+        labels.append(text)
+        if text:
+            free_from = centre + half + 4
+    return labels
 
 
 def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeString:
@@ -422,10 +491,14 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
             )  # fmt: skip
             y += row_h
     width, height = label_w + chart_w + note_w, y + 22
+    labels = _gap_labels(scale, label_w, label_w + chart_w)
     gap_marks = [
-        (scale.at(a), top - 4, GAP_W, y - top + 4, scale.at(a) + GAP_W / 2, top - 8, f"{format_seconds(b - a)} idle")
-        for a, b in scale.gaps
-    ]
+        (
+            scale.at(a), top - 4, scale.gap_w, y - top + 4, f"{format_seconds(b - a)} idle",
+            scale.at(a) + scale.gap_w / 2, top - 8, label,
+        )
+        for (a, b), label in zip(scale.gaps, labels, strict=True)
+    ]  # fmt: skip
     return format_html(
         '<svg class="task-timeline" role="img" aria-label="Task timeline: {} attempts" viewBox="0 0 {} {}" '
         'width="100%" style="max-width:{}px" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
@@ -436,7 +509,8 @@ def task_timeline_svg(tasks: list[Task], now: datetime | None = None) -> SafeStr
         format_html_join(
             "",
             '<g class="idle-gap"><rect x="{}" y="{}" width="{}" height="{}" fill="#f3f4f6" stroke="#c9ced6" '
-            'stroke-dasharray="3 3"/><text x="{}" y="{}" text-anchor="middle" fill="#6b7280">{}</text></g>',
+            'stroke-dasharray="3 3"><title>{}</title></rect>'
+            '<text x="{}" y="{}" text-anchor="middle" fill="#6b7280">{}</text></g>',
             gap_marks,
         ),
         format_html_join(

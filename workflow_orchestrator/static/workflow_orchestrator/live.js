@@ -57,13 +57,30 @@
         if (paginator && freshPaginator) paginator.replaceWith(document.importNode(freshPaginator, true));
     }
 
+    // A disclosure someone opened stays open in the fresh copy, showing what it showed until
+    // its own script (graph.js, on `toggle`) brings its content up to date.
+    function keepOpen(old, fresh) {
+        old.querySelectorAll('details[id][open]').forEach((details) => {
+            const copy = fresh.querySelector(`details[id="${details.id}"]`);
+            if (!copy) return;
+            const body = details.querySelector('summary ~ *');
+            const freshBody = copy.querySelector('summary ~ *');
+            if (body && freshBody) freshBody.replaceWith(body);
+            copy.open = true;
+        });
+    }
+
     function refresh(id, doc) {
         const old = document.getElementById(id);
         const fresh = doc.getElementById(id);
         if (!old && !fresh) return true;
         if (!old || !fresh) return false; // the page's shape changed (a first row, say): reload it
         if (id === 'result_list') refreshList(old, fresh, doc);
-        else old.replaceWith(document.importNode(fresh, true));
+        else {
+            const copy = document.importNode(fresh, true);
+            keepOpen(old, copy);
+            old.replaceWith(copy);
+        }
         return true;
     }
 
