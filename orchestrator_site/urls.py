@@ -13,8 +13,9 @@ class SwaggerUIView(SpectacularSwaggerView):
 
     http_method_names = ["get", "head"]
 
-    def get(self, request, *args, **kwargs):
-        response = super().get(request, *args, **kwargs)
+    def finalize_response(self, request, response, *args, **kwargs):
+        # Not in get(), which drf-spectacular would then document as an operation of the API.
+        response = super().finalize_response(request, response, *args, **kwargs)
         response.add_post_render_callback(
             lambda page: setattr(page, "content", with_language(page.content.decode(page.charset)))
         )
