@@ -220,7 +220,7 @@ def mermaid_page():
         pytest.fail("the pinned Mermaid renderer is not installed: run `npm ci --prefix docs/mermaid` (make test does)")
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_ARGS
+    from tests.conftest import CHROMIUM_ARGS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
