@@ -2,7 +2,8 @@
 project, installed by `make`'s `npm ci`) checks each page against WCAG 2.2 A and AA in Debian's
 chromium, on a laptop's screen and on a phone, in light and dark mode, against a live server whose
 workflows a real cluster has run into several states. No page may have a critical or serious
-violation; the phone layout's targets are also measured (WCAG 2.5.8: 24 × 24 px, or spaced apart).
+violation; the phone layout's targets are also measured (WCAG 2.5.8: 24 × 24 px, or spaced apart),
+and a table wider than the phone is scrolled from the keyboard.
 
 A new page of the console joins the checks by a line in ADMIN_PAGES (or API_PAGES).
 """
@@ -246,7 +247,7 @@ SMALL_TARGETS = """() => {
 TOUCH_PAGES = ["workflow list", "failed workflow", "running workflow", "overview", "task list", "schedules"]
 
 
-def test_touch_targets_on_a_phone(world, page):
+def test_on_a_phone_targets_are_large_and_wide_tables_scroll_from_the_keyboard(world, page):
     page.set_viewport_size(PHONE)
     faults = {}
     for name, where in ADMIN_PAGES:
@@ -255,3 +256,20 @@ def test_touch_targets_on_a_phone(world, page):
             faults[name] = page.evaluate(SMALL_TARGETS)
     if any(faults.values()):
         pytest.fail("\n".join(f"{name}: {fault}" for name, fs in faults.items() for fault in fs), pytrace=False)
+
+    # The audit log is wider than the phone: Tab reaches its box, named, and the arrow keys scroll it.
+    page.goto(f"{ADMIN}/workflow/{world['failed']}/change/")
+    log = page.get_by_role("region", name="Transitions (scrolls)")
+    assert log.evaluate("box => box.scrollWidth > box.clientWidth")
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if log.evaluate("box => document.activeElement === box"):
+            break
+    else:
+        pytest.fail("Tab never reaches the audit log's box")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("box => box.scrollLeft > 0", arg=log.element_handle())
+    page.set_viewport_size(DESKTOP)  # wide enough: the box no longer scrolls, nor takes the focus
+    page.wait_for_function(
+        "box => !box.hasAttribute('tabindex')", arg=page.locator("#transitions-group").element_handle()
+    )
