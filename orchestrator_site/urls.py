@@ -4,12 +4,22 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workflow_orchestrator.api.renderers import with_language
+
 
 class SwaggerUIView(SpectacularSwaggerView):
     """The page, for GET (and HEAD) alone: OPTIONS would be DRF's metadata, which the page's
     HTML renderer has no template for, so it answers 405 as any other method does."""
 
     http_method_names = ["get", "head"]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        # Not in get(), which drf-spectacular would then document as an operation of the API.
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response.add_post_render_callback(
+            lambda page: setattr(page, "content", with_language(page.content.decode(page.charset)))
+        )
+        return response
 
 
 # The home page only redirects, so other methods answer 405: exempt from CSRF, whose 403 page

@@ -9,7 +9,9 @@ field's name, a refused choice, the form filled with what was sent)."""
 
 import json
 
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils.translation import get_language
 from rest_framework import status
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 
@@ -29,6 +31,12 @@ def creates_workflows(view) -> bool:
     # The workflows' views alone: another viewset's create (/schedules/) is not a workflow's.
     workflows = getattr(view, "basename", None) == "workflow"
     return workflows and getattr(view, "action_map", {}).get("post") in ("create", "create_and_start")
+
+
+def with_language(page: str) -> str:
+    """The page with its language on <html> (WCAG 3.1.1: a screen reader reads it in the right
+    voice): DRF's and drf-spectacular's templates give none, nor a block to add one in."""
+    return page.replace("<html>", f'<html lang="{get_language() or settings.LANGUAGE_CODE}">', 1)
 
 
 class ASCIIJSONRenderer(JSONRenderer):
@@ -70,7 +78,7 @@ class OrchestratorBrowsableAPIRenderer(BrowsableAPIRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
         page = super().render(data, accepted_media_type, renderer_context)
-        return page.encode(self.charset, "backslashreplace")  # \ud800, as in the JSON shown
+        return with_language(page).encode(self.charset, "backslashreplace")  # \ud800, as in the JSON shown
 
     def get_rendered_html_form(self, data, view, method, request):
         if method == "POST" and creates_workflows(view) and self.show_form_for_method(view, method, request, None):
