@@ -104,27 +104,11 @@ def _seconds_or_dash(seconds: float | None) -> str:
     return "—" if seconds is None else format_seconds(seconds)
 
 
-# Bulk actions: each workflow goes through its service; refusals are counted, not raised.
-BULK = {
-    "retry": (services.workflow_retry, "retried"),
-    "cancel": (services.workflow_cancel, "cancelled"),
-    "next": (services.workflow_next, "advanced"),
-    "pause": (services.workflow_pause, "paused"),
-    "resume": (services.workflow_resume, "resumed"),
-}
-
-
 def run_bulk(modeladmin, request, queryset, operation: str, **kwargs) -> None:
-    service, verb = BULK[operation]
-    done, skipped = 0, {}
-    actor = Actor.admin(request.user)
-    for workflow_id in queryset.values_list("pk", flat=True):
-        try:
-            service(workflow_id, actor=actor, **kwargs)
-            done += 1
-        except services.InvalidTransition as exc:
-            reason = f"{exc.state} cannot be {verb}" if operation != "next" else str(exc)
-            skipped[reason] = skipped.get(reason, 0) + 1
+    """The ticked rows, each through its service (services.act_on); refusals are counted, not raised."""
+    verb = services.BULK_ACTIONS[operation][1]
+    ids = queryset.values_list("pk", flat=True)
+    done, skipped = services.act_on(ids, operation, actor=Actor.admin(request.user), **kwargs)
     parts = [f"{done} {verb}"]
     parts += [f"{count} skipped: {reason}" for reason, count in skipped.items()]
     level = messages.SUCCESS if done and not skipped else (messages.WARNING if done else messages.ERROR)

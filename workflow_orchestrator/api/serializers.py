@@ -14,6 +14,7 @@ from ..models import (
     MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     PHASES,
+    BulkOperation,
     Decision,
     Phase,
     State,
@@ -495,3 +496,55 @@ class StatsSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class BulkSerializer(StrictSerializer):
+    """POST /workflows/bulk: an action on every workflow the filters match."""
+
+    action = serializers.ChoiceField(choices=BulkOperation.Action.choices, help_text="What to do to each workflow.")
+    reason = StrictCharField(
+        max_length=services.MAX_BULK_REASON,
+        allow_blank=True,  # answered by bulk_reason, which says why one is needed
+        error_messages={"required": "A reason is required: it is kept in each workflow's audit row."},
+        help_text="Required: kept in each workflow's audit row.",
+    )
+    filters = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="The list's filters, by name (state, definition, mode, created_after, created_before, priority, "
+        "concurrency_key, finished_after, finished_before, label, search); a list for a repeatable one "
+        '(state, label: "key:value"). None: every workflow.',
+    )
+    dry_run = serializers.BooleanField(
+        required=False, default=False, help_text="Only count the workflows that match: nothing is started."
+    )
+
+    def validate_reason(self, reason):
+        return services.bulk_reason(reason)
+
+
+class BulkOperationSerializer(serializers.ModelSerializer):
+    """A bulk operation and how far it got."""
+
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BulkOperation
+        fields = [
+            "id", "url", "action", "reason", "actor_label", "criteria", "status", "total", "position", "done",
+            "skipped", "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+    def get_url(self, operation) -> str:
+        request = self.context.get("request")
+        path = f"/workflows/bulk/{operation.pk}"
+        return request.build_absolute_uri(path) if request else path
+
+
+class BulkCountSerializer(serializers.Serializer):
+    """The answer to a dry run: how many workflows the filters match now."""
+
+    dry_run = serializers.BooleanField()
+    action = serializers.CharField()
+    total = serializers.IntegerField()
+    criteria = serializers.DictField()
