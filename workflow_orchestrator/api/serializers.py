@@ -498,6 +498,33 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class BulkFiltersField(serializers.DictField):
+    """The list's filters as a JSON object (checked by filters.workflows_matching)."""
+
+
+_TIME = {"type": "string", "format": "date-time"}
+extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "state": {"type": "array", "items": {"type": "string", "enum": State.values}},
+            "definition": {"type": "string"},
+            "mode": {"type": "string", "enum": Workflow.Mode.values},
+            "created_after": _TIME,
+            "created_before": _TIME,
+            "finished_after": _TIME,
+            "finished_before": _TIME,
+            "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+            "concurrency_key": {"type": "string"},
+            "label": {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.*$"}},
+            "search": {"type": "string", "maxLength": 200},
+        },
+        "additionalProperties": False,
+        "example": {"state": ["FAILED"], "definition": "import", "label": ["customer:acme"]},
+    }
+)(BulkFiltersField)
+
+
 class BulkSerializer(StrictSerializer):
     """POST /workflows/bulk: an action on every workflow the filters match."""
 
@@ -508,12 +535,11 @@ class BulkSerializer(StrictSerializer):
         error_messages={"required": "A reason is required: it is kept in each workflow's audit row."},
         help_text="Required: kept in each workflow's audit row.",
     )
-    filters = serializers.DictField(
+    filters = BulkFiltersField(
         required=False,
         default=dict,
-        help_text="The list's filters, by name (state, definition, mode, created_after, created_before, priority, "
-        "concurrency_key, finished_after, finished_before, label, search); a list for a repeatable one "
-        '(state, label: "key:value"). None: every workflow.',
+        help_text='The list\'s filters, by name; a list for a repeatable one (state, label: "key:value"). '
+        "None: every workflow.",
     )
     dry_run = serializers.BooleanField(
         required=False, default=False, help_text="Only count the workflows that match: nothing is started."

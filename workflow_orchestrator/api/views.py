@@ -8,7 +8,6 @@ from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import (
-    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -85,12 +84,6 @@ FORBIDDEN = OpenApiResponse(
 
 
 BULK_FORBIDDEN = OpenApiResponse(ErrorSerializer, description="Not staff with the change permission on workflows.")
-BULK_EXAMPLE = {
-    "action": "cancel",
-    "reason": "acme's import is being redone from scratch",
-    "filters": {"state": ["PREPARE", "EXECUTE"], "definition": "import", "label": ["customer:acme"]},
-    "dry_run": False,
-}
 
 
 class WorkflowSchema(AutoSchema):
@@ -457,7 +450,6 @@ class WorkflowViewSet(
         "once, however many match: follow its `url`. With `dry_run`, only the count (200). Staff with the change "
         "permission only.",
         request=BulkSerializer,
-        examples=[OpenApiExample("Cancel a customer's running imports", value=BULK_EXAMPLE, request_only=True)],
         responses={
             202: BulkOperationSerializer,
             200: OpenApiResponse(BulkCountSerializer, description="A dry run: how many match, nothing started."),
