@@ -1,6 +1,7 @@
 """Shapes of the REST API. Input serializers check types; the engine checks meaning
 (registered task types and definitions) and its errors come back as field errors."""
 
+from django.core.exceptions import ValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -531,9 +532,10 @@ class BulkSerializer(StrictSerializer):
     action = serializers.ChoiceField(choices=BulkOperation.Action.choices, help_text="What to do to each workflow.")
     reason = StrictCharField(
         max_length=services.MAX_BULK_REASON,
+        required=False,
+        default="",
         allow_blank=True,  # answered by bulk_reason, which says why one is needed
-        error_messages={"required": "A reason is required: it is kept in each workflow's audit row."},
-        help_text="Required: kept in each workflow's audit row.",
+        help_text="Required (but for a dry run): kept in each workflow's audit row.",
     )
     filters = BulkFiltersField(
         required=False,
@@ -545,8 +547,13 @@ class BulkSerializer(StrictSerializer):
         required=False, default=False, help_text="Only count the workflows that match: nothing is started."
     )
 
-    def validate_reason(self, reason):
-        return services.bulk_reason(reason)
+    def validate(self, attrs):
+        if not attrs["dry_run"]:
+            try:
+                attrs["reason"] = services.bulk_reason(attrs["reason"])
+            except ValidationError as exc:
+                raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
 
 
 class BulkOperationSerializer(serializers.ModelSerializer):

@@ -101,8 +101,8 @@ def check_bulk(action: str, reason: str) -> str:
 def bulk_start(action: str, workflows, *, actor: Actor, reason: str, criteria: dict, send: bool = True):
     """Start `action` on the workflows of the queryset `workflows` (or a list of ids), as
     they are now: their ids are kept, and the first step is sent once this commits
-    (`send=False`: the caller runs the steps itself, as the CLI does). Two statements,
-    however many workflows match."""
+    (`send=False`: the caller runs the steps itself, as the CLI does). Two statements
+    (three with the ORM broker), however many workflows match."""
     reason = check_bulk(action, reason)
     if isinstance(workflows, QuerySet):
         workflows = workflows.order_by().values_list("pk", flat=True)
@@ -118,7 +118,8 @@ def bulk_start(action: str, workflows, *, actor: Actor, reason: str, criteria: d
         total=len(ids),
         created_at=now,
         progressed_at=now,
-        started_at=None if ids else now,
+        # Nothing matched: nothing to do, and finished already.
+        **({} if ids else {"status": BulkOperation.Status.FINISHED, "started_at": now, "finished_at": now}),
     )
     logger.info(
         "bulk %s: %s of %d workflow(s) by %s",
@@ -128,11 +129,8 @@ def bulk_start(action: str, workflows, *, actor: Actor, reason: str, criteria: d
         actor.label,
         extra=logs.fields(event="bulk_start"),
     )
-    if not ids:
-        _finish(operation.pk, 0)
-    elif send:
+    if ids and send:
         queue.send_with_change([queue.bulk_job(operation.pk, 0)])
-    operation.refresh_from_db()
     return operation
 
 
@@ -168,7 +166,7 @@ def bulk_step(operation_id, position: int, *, send: bool = True) -> BulkOperatio
         _finish(operation_id, after)
     elif send:
         queue.send([queue.bulk_job(operation_id, after)])
-    return BulkOperation.objects.get(pk=operation_id)
+    return BulkOperation.objects.defer("workflow_ids").get(pk=operation_id)
 
 
 def _finish(operation_id, position: int) -> None:
