@@ -30,6 +30,7 @@ def test_cancel_all_matching_from_the_filtered_list(cluster, page):
     expect(page).to_have_url(re.compile(r"state__exact=INIT"))
     controls = page.locator("#bulk-query")
     expect(controls).to_contain_text(f"Cancel all {MATCHING} matching")
+    screenshot(page, "admin-bulk-list.png")
     controls.locator("a", has_text="Cancel all").click()
 
     expect(page.locator("#bulk-matching")).to_have_text(str(MATCHING))
