@@ -17,6 +17,7 @@ through its chunk, nor count it twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -37,6 +38,8 @@ CHUNK = 200
 # A step that has held its operation this long is taken for dead, and so is an operation
 # whose last step saved its progress this long ago (its next step's job lost).
 STALLED_SECONDS = 120
+# How often bulk_run looks at an operation that another process is working through.
+FOLLOW_SECONDS = 1.0
 # The longest reason kept (each workflow's audit row holds it).
 MAX_REASON = 1000
 
@@ -182,7 +185,8 @@ def bulk_run(operation: BulkOperation, progress: Callable[[BulkOperation], None]
     while not operation.is_finished:
         stepped = bulk_step(operation.pk, operation.position, send=False)
         if stepped is None:  # another process holds it (recovery sent it on): follow its progress
-            stepped = BulkOperation.objects.get(pk=operation.pk)
+            time.sleep(FOLLOW_SECONDS)
+            stepped = BulkOperation.objects.defer("workflow_ids").get(pk=operation.pk)
         operation = stepped
         progress(operation)
     return operation
