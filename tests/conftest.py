@@ -38,6 +38,7 @@ ENGINE_MODULES = {
     "test_audit",
     "test_broken_chains",
     "test_brokers",
+    "test_bulk",
     "test_chaos",
     "test_checkpoint",
     "test_commands",

@@ -19,6 +19,7 @@ NOTHING_TO_RECOVER = {
     "deadlines": 0,
     "audit_broken": {},
     "webhooks_taken_back": 0,
+    "bulk_steps_resent": 0,
 }
 
 Status = Task.Status

@@ -12,7 +12,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.views.main import SEARCH_VAR, ChangeList
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import PAGE_VAR, SEARCH_VAR, ChangeList
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Q, Subquery, When
@@ -47,6 +48,7 @@ from .models import (
     MIN_PRIORITY,
     PHASES,
     Actor,
+    BulkOperation,
     ConcurrencyLimit,
     Hold,
     Phase,
@@ -109,27 +111,11 @@ def _seconds_or_dash(seconds: float | None) -> str:
     return "—" if seconds is None else format_seconds(seconds)
 
 
-# Bulk actions: each workflow goes through its service; refusals are counted, not raised.
-BULK = {
-    "retry": (services.workflow_retry, "retried"),
-    "cancel": (services.workflow_cancel, "cancelled"),
-    "next": (services.workflow_next, "advanced"),
-    "pause": (services.workflow_pause, "paused"),
-    "resume": (services.workflow_resume, "resumed"),
-}
-
-
 def run_bulk(modeladmin, request, queryset, operation: str, **kwargs) -> None:
-    service, verb = BULK[operation]
-    done, skipped = 0, {}
-    actor = Actor.admin(request.user)
-    for workflow_id in queryset.values_list("pk", flat=True):
-        try:
-            service(workflow_id, actor=actor, **kwargs)
-            done += 1
-        except services.InvalidTransition as exc:
-            reason = f"{exc.state} cannot be {verb}" if operation != "next" else str(exc)
-            skipped[reason] = skipped.get(reason, 0) + 1
+    """The ticked rows, each through its service (services.act_on); refusals are counted, not raised."""
+    verb = services.BULK_ACTIONS[operation][1]
+    ids = queryset.values_list("pk", flat=True)
+    done, skipped = services.act_on(ids, operation, actor=Actor.admin(request.user), **kwargs)
     parts = [f"{done} {verb}"]
     parts += [f"{count} skipped: {reason}" for reason, count in skipped.items()]
     level = messages.SUCCESS if done and not skipped else (messages.WARNING if done else messages.ERROR)
@@ -567,12 +553,17 @@ class CheckedQueryParameters:
     max_search_length = 200  # a name's length; an id is shorter
 
     def changelist_view(self, request, extra_context=None):
-        for name, given in request.GET.lists():
-            for problem in filter(None, map(values.text_problem, given)):
-                raise BadRequest(f"The query parameter {name} {problem}.")
-        if len(request.GET.get(SEARCH_VAR, "")) > self.max_search_length:
-            raise BadRequest(f"A search is at most {self.max_search_length} characters long.")
+        check_query_parameters(request, self.max_search_length)
         return super().changelist_view(request, extra_context)
+
+
+def check_query_parameters(request, max_search_length: int) -> None:
+    """BadRequest for a changelist's query parameter the database would refuse (see CheckedQueryParameters)."""
+    for name, given in request.GET.lists():
+        for problem in filter(None, map(values.text_problem, given)):
+            raise BadRequest(f"The query parameter {name} {problem}.")
+    if len(request.GET.get(SEARCH_VAR, "")) > max_search_length:
+        raise BadRequest(f"A search is at most {max_search_length} characters long.")
 
 
 class IdPrefixSearch:
@@ -586,6 +577,119 @@ class IdPrefixSearch:
         if bounds is None:
             return results, duplicates
         return results | queryset.filter(**{f"{self.id_prefix_field}__range": bounds}), duplicates
+
+
+# --- Bulk on a query: every workflow the list's filters match -----------------------------
+
+# The changelist's bulk controls: (action, the button's verb, the confirmation's). Which of
+# them each workflow accepts is its service's to say; the others are counted as skipped.
+BULK_QUERY_ACTIONS = {
+    "retry": ("Retry", "retried"),
+    "cancel": ("Cancel", "cancelled"),
+    "pause": ("Pause", "paused"),
+    "resume": ("Resume", "resumed"),
+}
+
+
+class BulkOperationFilter(admin.SimpleListFilter):
+    """?bulk=<id>: the workflows a bulk operation matched, linked from its progress page;
+    in the sidebar only while it is in use (the choice to clear it)."""
+
+    title = "bulk operation"
+    parameter_name = "bulk"
+
+    def lookups(self, request, model_admin):
+        return [(self.value(), f"{str(self.value())[:8]}")] if self.value() else []
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            operation = BulkOperation.objects.only("workflow_ids").get(pk=self.value())
+        except (BulkOperation.DoesNotExist, ValidationError):
+            raise IncorrectLookupParameters(f"No bulk operation {self.value()!r}.") from None
+        return queryset.filter(pk__in=operation.workflow_ids)
+
+
+def filters_in_words(changelist: ChangeList) -> list[str]:
+    """The list's filters as its sidebar shows them ("state: FAILED"), and its search."""
+    words = []
+    for spec in changelist.filter_specs:
+        if not getattr(spec, "used_parameters", None):
+            continue
+        chosen = [str(choice["display"]) for choice in spec.choices(changelist) if choice.get("selected")]
+        words.append(f"{spec.title}: {', '.join(chosen) or ', '.join(map(str, spec.used_parameters.values()))}")
+    dates = {key: value for key, value in changelist.params.items() if key.startswith(f"{changelist.date_hierarchy}__")}
+    if dates:
+        words.append(f"{changelist.date_hierarchy}: " + "-".join(str(value) for value in dates.values()))
+    if changelist.query:
+        words.append(f"search: {changelist.query}")
+    return words
+
+
+def bulk_query_view(modeladmin, request, action: str):
+    """/admin/workflow_orchestrator/workflow/bulk/<action>/?<the list's filters>: asks for
+    a reason, showing how many workflows the list's filters match and the filters in words;
+    once confirmed, starts the operation (services.bulk_start) on exactly the list's
+    queryset, and shows its progress page."""
+    if action not in BULK_QUERY_ACTIONS:
+        raise Http404(f"No bulk action {action!r}.")
+    if not modeladmin.has_change_permission(request):
+        raise PermissionDenied
+    check_query_parameters(request, modeladmin.max_search_length)
+    try:
+        changelist = modeladmin.get_changelist_instance(request)
+    except IncorrectLookupParameters as exc:
+        raise BadRequest(f"The list's filters are not valid: {exc}") from None
+    matching = changelist.result_count
+    label, verb = BULK_QUERY_ACTIONS[action]
+    reason, error = request.POST.get("reason", ""), ""
+    if request.method == "POST":
+        try:
+            reason = services.bulk_reason(reason)
+        except ValidationError as exc:
+            error = " ".join(exc.message_dict["reason"])
+        else:
+            if str(matching) != request.POST.get("expected"):
+                error = f"The list now matches {matching} workflows, not {request.POST.get('expected')}: confirm again."
+            else:
+                operation = services.bulk_start(
+                    action,
+                    changelist.queryset,
+                    actor=Actor.admin(request.user),
+                    reason=reason,
+                    criteria={"admin": filters_in_words(changelist), "query": changelist.get_query_string()},
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:workflow_orchestrator_bulkoperation_change", args=[operation.pk])
+                )
+    list_url = reverse("admin:workflow_orchestrator_workflow_changelist") + changelist.get_query_string()
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.opts,
+        "title": f"{label} all {matching} matching workflow{'s' if matching != 1 else ''}?",
+        "label": label,
+        "verb": verb,
+        "action": action,
+        "matching": matching,
+        "filters": filters_in_words(changelist),
+        "list_url": list_url,
+        "reason": reason,
+        "error": error,
+        "max_reason": services.MAX_BULK_REASON,
+    }
+    return TemplateResponse(request, "admin/workflow_orchestrator/workflow/confirm_bulk_query.html", context)
+
+
+def bulk_controls(changelist: ChangeList) -> list[dict]:
+    """The changelist's "<Action> all N matching" links (its template shows them to users
+    who may change workflows): each to the confirmation of that action on the list's filters."""
+    query = changelist.get_query_string(remove=[PAGE_VAR])
+    return [
+        {"action": action, "label": f"{label} all {changelist.result_count} matching",
+         "url": reverse("admin:workflow_orchestrator_workflow_bulk", args=[action]) + query}
+        for action, (label, _) in BULK_QUERY_ACTIONS.items()
+    ]  # fmt: skip
 
 
 @admin.register(Workflow)
@@ -728,12 +832,27 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 name="workflow_orchestrator_workflow_graph",
             ),
             path(
+                "bulk/<str:action>/",
+                self.admin_site.admin_view(lambda request, action: bulk_query_view(self, request, action)),
+                name="workflow_orchestrator_workflow_bulk",
+            ),
+            path(
                 "<path:object_id>/transition/<str:event>/",
                 self.admin_site.admin_view(self.transition_view),
                 name="workflow_orchestrator_workflow_transition",
             ),
             *super().get_urls(),
         ]
+
+    def get_list_filter(self, request):
+        return [*super().get_list_filter(request), BulkOperationFilter]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None and changelist.result_count and self.has_change_permission(request):
+            response.context_data["bulk_controls"] = bulk_controls(changelist)
+        return response
 
     def overview_view(self, request):
         """/admin/workflow_orchestrator/workflow/dashboard/: counts by state, throughput over the last hour, durations,
@@ -1099,6 +1218,52 @@ class TransitionAdmin(ReadOnlyAdmin):
     list_select_related = ["workflow"]
     ordering = ["-created_at", "-pk"]
     show_full_result_count = False
+
+
+@admin.register(BulkOperation)
+class BulkOperationAdmin(ReadOnlyAdmin):
+    """Bulk operations, newest first; each one's page is its progress, which updates
+    itself while it runs. Those who may see workflows may see them."""
+
+    list_display = ["created_at", "action", "total", "done", "skipped_count", "status", "actor_label", "reason"]
+    list_filter = ["action", "status"]
+    search_fields = ["reason", "actor_label"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("workflow_ids")
+
+    def has_view_permission(self, request, obj=None):
+        opts = Workflow._meta
+        return any(request.user.has_perm(f"{opts.app_label}.{kind}_{opts.model_name}") for kind in ("view", "change"))
+
+    @admin.display(description="skipped")
+    def skipped_count(self, operation):
+        return operation.skipped_count
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        operation = self.get_object(request, object_id)
+        if operation is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, operation):
+            raise PermissionDenied
+        words = operation.criteria.get("admin") or [
+            f"{name}: {', '.join(map(str, given)) if isinstance(given, list) else given}"
+            for name, given in operation.criteria.items()
+        ]
+        verb = services.BULK_ACTIONS[operation.action][1]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{operation.action.capitalize()} {operation.total} workflow{'s' if operation.total != 1 else ''}",
+            "operation": operation,
+            "verb": verb,
+            "filters": words,
+            "percent": 100 if not operation.total else operation.position * 100 // operation.total,
+            "workflows_url": reverse("admin:workflow_orchestrator_workflow_changelist") + f"?bulk={operation.pk}",
+            "live_ended": operation.is_finished,
+        }
+        return TemplateResponse(request, "admin/workflow_orchestrator/bulk_progress.html", context)
 
 
 @admin.register(WorkflowDeletion)

@@ -179,7 +179,11 @@ def recover(*, now=None) -> dict:
     """Recovery of everything a crash or a lost job can leave behind: the engine's
     (services.recover) and the webhooks' deliveries whose worker died mid-attempt."""
     now = now or timezone.now()
-    return {**services.recover(now=now), "webhooks_taken_back": webhooks.take_back_stalled(now)}
+    return {
+        **services.recover(now=now),
+        "webhooks_taken_back": webhooks.take_back_stalled(now),
+        "bulk_steps_resent": services.bulk_resume_stalled(now),
+    }
 
 
 def recover_minute() -> dict:
@@ -233,3 +237,9 @@ def check_deadline(workflow_id: str) -> None:
 def deliver_webhook(workflow_id: str, seq: int, attempt: int) -> None:
     """Call a workflow's callback_url for its transition `seq` (see workflow_orchestrator.webhooks)."""
     webhooks.deliver(workflow_id, seq, attempt)
+
+
+def bulk_step(operation_id: str, position: int) -> None:
+    """A bulk operation's next chunk of workflows, from `position`; it sends the step
+    after it (services.bulk.bulk_step)."""
+    services.bulk_step(operation_id, position)

@@ -1158,3 +1158,59 @@ class MetricCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{self.labels} {self.value:g}"
+
+
+class BulkOperation(models.Model):
+    """One action (retry, cancel, pause, resume) on every workflow a query matched when it
+    was started: their ids are kept (the N its confirmation showed), and a background job
+    works through them a chunk at a time, each workflow through its own service (its own
+    audit row, with this operation's actor and reason). services.bulk runs it."""
+
+    class Action(models.TextChoices):
+        RETRY = "retry"
+        CANCEL = "cancel"
+        PAUSE = "pause"
+        RESUME = "resume"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    reason = models.TextField(help_text="Why, kept in each workflow's audit row.")
+    # As on Transition: the id of a user deleted since stays, with the label that names them.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+    actor_label = models.CharField(max_length=200)
+    criteria = models.JSONField(default=dict, blank=True, help_text="The filter as it was given.")
+    workflow_ids = models.JSONField(default=list, help_text="The workflows it matched when it was started.")
+    total = models.PositiveIntegerField(default=0)
+    position = models.PositiveIntegerField(default=0, help_text="How many of workflow_ids have been dealt with.")
+    done = models.PositiveIntegerField(default=0, help_text="How many were changed.")
+    skipped = models.JSONField(default=dict, blank=True, help_text="How many were refused, by reason.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # A step holds the operation while it works on its chunk: another delivery of it waits
+    # its turn; recovery sends the step again once the claim (or the last progress) is old.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    progressed_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "progressed_at"], name="bulk_unfinished")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.total} workflow(s) ({self.status})"
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == self.Status.FINISHED

@@ -31,6 +31,7 @@ RECOVER = "workflow_orchestrator.jobs.recover"
 DELIVER_WEBHOOK = "workflow_orchestrator.jobs.deliver_webhook"
 WAKE_TASK = "workflow_orchestrator.jobs.wake_task"
 CHECK_DEADLINE = "workflow_orchestrator.jobs.check_deadline"
+BULK_STEP = "workflow_orchestrator.jobs.bulk_step"
 
 # How long a process goes by its count of the workers of every cluster (`workers_everywhere`).
 WORKERS_SEEN_SECONDS = 10
@@ -83,6 +84,12 @@ def deadline_job(workflow_id, eta: datetime) -> Job:
 def webhook_job(workflow_id, seq: int, attempt: int, eta: datetime | None = None) -> Job:
     """Attempt `attempt` at calling a workflow's callback_url for its transition `seq`."""
     return Job(DELIVER_WEBHOOK, (str(workflow_id), seq, attempt), f"webhook-{workflow_id}-{seq}-{attempt}", eta=eta)
+
+
+def bulk_job(operation_id, position: int) -> Job:
+    """The step of a bulk operation that works through its workflows from `position`
+    (services.bulk.bulk_step)."""
+    return Job(BULK_STEP, (str(operation_id), position), f"bulk-{operation_id}-{position}")
 
 
 def package(job: Job) -> str:

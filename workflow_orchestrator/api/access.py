@@ -25,6 +25,11 @@ def may_delete(user, workflow: Workflow) -> bool:
     return workflow.created_by_id == user.pk or user.has_perm(_permission("delete"))
 
 
+def may_bulk(user) -> bool:
+    """Bulk operations act on everyone's workflows: staff with the change permission."""
+    return user.is_staff and user.has_perm(_permission("change"))
+
+
 def rights(user, workflow: Workflow) -> dict:
     """services.available_actions' arguments for `user` (everything, without one)."""
     if user is None:

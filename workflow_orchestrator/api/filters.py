@@ -3,6 +3,7 @@ from datetime import UTC
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
+from django.http import QueryDict
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError as BadRequest
@@ -129,3 +130,38 @@ class BoundedSearchFilter(SearchFilter):
         for parameter in parameters:
             parameter["schema"]["maxLength"] = self.max_length
         return parameters
+
+
+# The filters a bulk operation takes (POST /workflows/bulk, `workflow bulk`): the list's,
+# and its search by name.
+BULK_FILTERS = [*WorkflowFilter.Meta.fields, "search"]
+
+
+def workflows_matching(filters: dict, workflows):
+    """The workflows of the queryset `workflows` that `filters` (the list's query
+    parameters as a JSON object: a list for a repeatable one) match; ValidationError with
+    each bad filter's messages. The search is the list's: every word in the name."""
+    unknown = {name: [f"Unknown filter: the filters are {', '.join(BULK_FILTERS)}."] for name in filters}
+    for name in BULK_FILTERS:
+        unknown.pop(name, None)
+    if unknown:
+        raise ValidationError(unknown)
+    data = QueryDict(mutable=True)
+    for name, given in filters.items():
+        given = given if isinstance(given, list) else [given]
+        if not all(isinstance(value, str | int) and not isinstance(value, bool) for value in given):
+            raise ValidationError({name: ["Give text (or a list of texts for a repeatable filter)."]})
+        if problem := next(filter(None, (values.text_problem(str(value)) for value in given)), None):
+            raise ValidationError({name: [f"{name} {problem}"]})
+        data.setlist(name, [str(value) for value in given])
+    search = data.pop("search", [""])[-1]
+    max_length = BoundedSearchFilter.max_length
+    if len(search) > max_length:
+        raise ValidationError({"search": [f"At most {max_length} characters, the longest a name can be."]})
+    matched = WorkflowFilter(data=data, queryset=workflows)
+    if not matched.is_valid():
+        raise ValidationError({name: list(errors) for name, errors in matched.errors.items()})
+    workflows = matched.qs
+    for word in search.split():
+        workflows = workflows.filter(name__icontains=word)
+    return workflows

@@ -1,6 +1,7 @@
 """Shapes of the REST API. Input serializers check types; the engine checks meaning
 (registered task types and definitions) and its errors come back as field errors."""
 
+from django.core.exceptions import ValidationError
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
@@ -14,6 +15,7 @@ from ..models import (
     MIN_MAX_PARALLEL,
     MIN_PRIORITY,
     PHASES,
+    BulkOperation,
     Decision,
     Phase,
     State,
@@ -513,3 +515,87 @@ class StatsSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class BulkFiltersField(serializers.DictField):
+    """The list's filters as a JSON object (checked by filters.workflows_matching)."""
+
+
+_TIME = {"type": "string", "format": "date-time"}
+extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "state": {"type": "array", "items": {"type": "string", "enum": State.values}},
+            "definition": {"type": "string"},
+            "mode": {"type": "string", "enum": Workflow.Mode.values},
+            "created_after": _TIME,
+            "created_before": _TIME,
+            "finished_after": _TIME,
+            "finished_before": _TIME,
+            "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+            "concurrency_key": {"type": "string"},
+            "label": {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.*$"}},
+            "search": {"type": "string", "maxLength": 200},
+        },
+        "additionalProperties": False,
+        "example": {"state": ["FAILED"], "definition": "import", "label": ["customer:acme"]},
+    }
+)(BulkFiltersField)
+
+
+class BulkSerializer(StrictSerializer):
+    """POST /workflows/bulk: an action on every workflow the filters match."""
+
+    action = serializers.ChoiceField(choices=BulkOperation.Action.choices, help_text="What to do to each workflow.")
+    reason = StrictCharField(
+        max_length=services.MAX_BULK_REASON,
+        required=False,
+        default="",
+        allow_blank=True,  # answered by bulk_reason, which says why one is needed
+        help_text="Required (but for a dry run): kept in each workflow's audit row.",
+    )
+    filters = BulkFiltersField(
+        required=False,
+        default=dict,
+        help_text='The list\'s filters, by name; a list for a repeatable one (state, label: "key:value"). '
+        "None: every workflow.",
+    )
+    dry_run = serializers.BooleanField(
+        required=False, default=False, help_text="Only count the workflows that match: nothing is started."
+    )
+
+    def validate(self, attrs):
+        if not attrs["dry_run"]:
+            try:
+                attrs["reason"] = services.bulk_reason(attrs["reason"])
+            except ValidationError as exc:
+                raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
+
+class BulkOperationSerializer(serializers.ModelSerializer):
+    """A bulk operation and how far it got."""
+
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BulkOperation
+        fields = [
+            "id", "url", "action", "reason", "actor_label", "criteria", "status", "total", "position", "done",
+            "skipped", "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+    def get_url(self, operation) -> str:
+        request = self.context.get("request")
+        path = f"/workflows/bulk/{operation.pk}"
+        return request.build_absolute_uri(path) if request else path
+
+
+class BulkCountSerializer(serializers.Serializer):
+    """The answer to a dry run: how many workflows the filters match now."""
+
+    dry_run = serializers.BooleanField()
+    action = serializers.CharField()
+    total = serializers.IntegerField()
+    criteria = serializers.DictField()

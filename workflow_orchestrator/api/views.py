@@ -7,7 +7,12 @@ from django.db.models import Prefetch
 from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
@@ -17,15 +22,18 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from .. import services, values
-from ..models import Actor, Task, Transition, Workflow, WorkflowSignal
+from ..models import Actor, BulkOperation, Task, Transition, Workflow, WorkflowSignal
 from ..stats import workflow_stats
 from . import access
 from .errors import api_exception_handler
-from .filters import BoundedSearchFilter, StrictOrderingFilter, WorkflowFilter
+from .filters import BoundedSearchFilter, StrictOrderingFilter, WorkflowFilter, workflows_matching
 from .pagination import WorkflowPagination
 from .parsers import LimitedJSONParser
 from .renderers import START_EXAMPLE, EscapingJSONRenderer, OrchestratorBrowsableAPIRenderer
 from .serializers import (
+    BulkCountSerializer,
+    BulkOperationSerializer,
+    BulkSerializer,
     CancelSerializer,
     ConflictSerializer,
     DecideSerializer,
@@ -84,6 +92,9 @@ def refuse_unstorable_query_text(request) -> None:
     }
     if errors:
         raise ValidationError(errors)
+
+
+BULK_FORBIDDEN = OpenApiResponse(ErrorSerializer, description="Not staff with the change permission on workflows.")
 
 
 class WorkflowSchema(AutoSchema):
@@ -428,3 +439,67 @@ class WorkflowViewSet(
         if not access.can_see_all(request.user):
             workflows = workflows.filter(created_by=request.user)
         return Response(StatsSerializer(workflow_stats(workflows)).data)
+
+    # --- Bulk operations ---------------------------------------------------------------------
+
+    def _check_bulk_access(self, request) -> None:
+        if not access.may_bulk(request.user):
+            raise PermissionDenied("Bulk operations are for staff with the change permission on workflows.")
+
+    @extend_schema(
+        summary="Retry, cancel, pause or resume every workflow the filters match",
+        description="The workflows the filters match now (the list's filters, as a JSON object) are kept, and a "
+        "background job works through them, each through its own action with an audit row that names you and "
+        "the reason; refusals (a COMPLETE workflow cannot be cancelled) are counted by reason. Answers 202 at "
+        "once, however many match: follow its `url`. With `dry_run`, only the count (200). Staff with the change "
+        "permission only.",
+        request=BulkSerializer,
+        responses={
+            202: BulkOperationSerializer,
+            200: OpenApiResponse(BulkCountSerializer, description="A dry run: how many match, nothing started."),
+            400: BAD_INPUT,
+            403: BULK_FORBIDDEN,
+        },
+    )
+    @action(detail=False, methods=["post"], url_path="bulk", filter_backends=[], pagination_class=None)
+    def bulk(self, request):
+        self._check_bulk_access(request)
+        body = BulkSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        given = body.validated_data
+        workflows = workflows_matching(given["filters"], Workflow.objects.all())
+        if given["dry_run"]:
+            counted = {
+                "dry_run": True,
+                "action": given["action"],
+                "total": workflows.count(),
+                "criteria": given["filters"],
+            }
+            return Response(BulkCountSerializer(counted).data)
+        operation = services.bulk_start(
+            given["action"], workflows, actor=self.actor, reason=given["reason"], criteria=given["filters"]
+        )
+        return Response(
+            BulkOperationSerializer(operation, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(
+        summary="A bulk operation's progress",
+        description="`position` of `total` workflows dealt with so far: `done` changed, `skipped` refused, by reason.",
+        responses={200: BulkOperationSerializer, 403: BULK_FORBIDDEN, 404: OpenApiResponse(ErrorSerializer)},
+    )
+    @action(
+        detail=False,
+        methods=["get"],
+        url_path=r"bulk/(?P<operation_id>[^/]+)",
+        url_name="bulk-operation",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def bulk_operation(self, request, operation_id=None):
+        self._check_bulk_access(request)
+        operation = BulkOperation.objects.defer("workflow_ids").filter(pk=_uuid_or_none(operation_id)).first()
+        if operation is None:
+            raise Http404
+        return Response(BulkOperationSerializer(operation, context=self.get_serializer_context()).data)

@@ -10,6 +10,7 @@
 - `retention`: ended workflows older than a cutoff, deleted as `workflow_delete` does.
 - `holds`: a whole definition or concurrency key paused (held) and resumed (released).
 - `waits`: tasks that wait (timers, signals) without a worker, signals, deadlines.
+- `bulk`: one action on every workflow a query matched, a chunk per job.
 - `exceptions`: what the engine refuses.
 
 Reads live in `workflow_orchestrator.selectors`. There are two ways to write a change
@@ -30,6 +31,9 @@ schedules) import them from here.
 
 from ..models import ACTIONS
 from ..selectors import available_actions, is_waiting_for_next, workflow_is_cancelled, workflow_progress
+from .bulk import MAX_REASON as MAX_BULK_REASON
+from .bulk import SERVICES as BULK_ACTIONS
+from .bulk import act_on, bulk_reason, bulk_resume_stalled, bulk_run, bulk_start, bulk_step, check_bulk
 from .create import UPDATABLE_FIELDS, workflow_create, workflow_update
 from .exceptions import (
     AuditBroken,
@@ -76,6 +80,8 @@ from .waits import (
 
 __all__ = [
     "ACTIONS",
+    "BULK_ACTIONS",
+    "MAX_BULK_REASON",
     "MAX_TASK_ATTEMPTS",
     "MAX_TASK_TIMEOUT",
     "MAX_TASKS",
@@ -92,7 +98,14 @@ __all__ = [
     "Recorded",
     "Released",
     "WorkflowError",
+    "act_on",
     "available_actions",
+    "bulk_reason",
+    "bulk_resume_stalled",
+    "bulk_run",
+    "bulk_start",
+    "bulk_step",
+    "check_bulk",
     "check_hold",
     "check_limit",
     "backoff_delay",

@@ -308,11 +308,12 @@ def workflow_next(workflow_id, *, actor: Actor) -> Workflow:
     return workflow
 
 
-def workflow_retry(workflow_id, *, actor: Actor) -> Workflow:
+def workflow_retry(workflow_id, *, actor: Actor, reason: str = "") -> Workflow:
     """Resume a FAILED workflow at the phase that failed: tasks that succeeded are not
     run again, the others get a fresh budget of attempts."""
+    check_reason(reason)
     with changing(workflow_id, "retry") as workflow:
-        fire(workflow, "retry", actor, data={"phase": workflow.failed_phase})
+        fire(workflow, "retry", actor, reason=reason, data={"phase": workflow.failed_phase})
     return workflow
 
 

@@ -17,6 +17,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from workflow_orchestrator import audit, checkpoints, jobs, schedules, selectors, services, statements, values
+from workflow_orchestrator.api.filters import workflows_matching
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflow_orchestrator.models import (
     MAX_MAX_PARALLEL,
@@ -26,6 +27,7 @@ from workflow_orchestrator.models import (
     PHASES,
     TERMINAL_STATES,
     Actor,
+    BulkOperation,
     ConcurrencyLimit,
     Hold,
     State,
@@ -37,6 +39,8 @@ from workflow_orchestrator.models import (
 from workflow_orchestrator.registry import definition_versions
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+# The options of `workflow bulk` that are filters as they are (the list's names).
+BULK_OPTIONS = ("definition", "created_after", "created_before", "finished_after", "finished_before", "search")
 
 
 def workflow_json(workflow: Workflow) -> dict:
@@ -263,10 +267,49 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Print how many workflows would be deleted, and which; delete none."
         )
 
+        self._add_bulk_arguments(
+            commands.add_parser(
+                "bulk",
+                help="Retry, cancel, pause or resume every workflow the filters match, each audited with the "
+                "reason; refusals are counted.",
+            )
+        )
         self._add_schedule_arguments(commands.add_parser("schedule", help="Manage cron schedules of workflows."))
         self._add_limit_arguments(
             commands.add_parser("limit", help="Manage the concurrency limits and rates of concurrency keys.")
         )
+
+    @staticmethod
+    def _add_bulk_arguments(parser):
+        parser.add_argument(
+            "bulk_action", choices=BulkOperation.Action.values, metavar="ACTION", help="retry, cancel, pause or resume."
+        )
+        parser.add_argument(
+            "--state",
+            action="append",
+            choices=State.values,
+            dest="states",
+            help="In this state (repeatable: in any of them).",
+        )
+        parser.add_argument("--definition", metavar="KEY", help="Of this definition.")
+        parser.add_argument(
+            "--label",
+            action="append",
+            type=_label_arg,
+            dest="labels",
+            metavar="KEY=VALUE",
+            help="With this label (repeatable: with every one of them).",
+        )
+        for edge in ("created", "finished"):
+            for side, word in (("after", "at or after"), ("before", "before")):
+                parser.add_argument(
+                    f"--{edge}-{side}",
+                    metavar="ISO",
+                    help=f"{edge.capitalize()} {word} this ISO 8601 time (e.g. 2026-12-05T09:00Z).",
+                )
+        parser.add_argument("--search", metavar="WORDS", help="With every word in its name.")
+        parser.add_argument("--reason", default="", help="Required (but for --dry-run): kept in each audit row.")
+        parser.add_argument("--dry-run", action="store_true", help="Only count the workflows that match.")
 
     @staticmethod
     def _add_limit_arguments(parser):
@@ -620,6 +663,33 @@ class Command(BaseCommand):
         if outcomes[verb] != sum(outcomes.values()):
             raise CommandError("; ".join(f"{count} {outcome}" for outcome, count in outcomes.items()))
 
+    def do_bulk(self, *, bulk_action, states, labels, reason, dry_run, **options):
+        """A bulk operation, its steps run here (no request timeout bounds a command): the
+        same as POST /workflows/bulk, whose steps the cluster runs."""
+        criteria = {name: options[name] for name in BULK_OPTIONS if options.get(name)}
+        if states:
+            criteria["state"] = states
+        if labels:
+            criteria["label"] = [f"{key}:{value}" for key, value in _labels(labels).items()]
+        workflows = workflows_matching(criteria, Workflow.objects.all())
+        if dry_run:
+            total = workflows.count()
+            names = list(workflows.order_by("-created_at").values_list("name", flat=True)[:5])
+            more = f", … ({total - len(names)} more)" if total > len(names) else ""
+            shown = f": {', '.join(names)}{more}" if names else ""
+            self.stdout.write(f"{total} workflow(s) match; {bulk_action} would be tried on each{shown}")
+            return
+        operation = services.bulk_start(
+            bulk_action, workflows, actor=Actor.CLI, reason=reason, criteria=criteria, send=False
+        )
+        console = Console(file=self.stderr)
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress:
+            bar = progress.add_task(f"bulk {bulk_action}", total=operation.total)
+            operation = services.bulk_run(operation, lambda now: progress.update(bar, completed=now.position))
+        skipped = "".join(f"; {count} skipped: {why}" for why, count in operation.skipped.items())
+        verb = services.BULK_ACTIONS[bulk_action][1]
+        self.stdout.write(f"bulk {operation.pk}: {operation.total} matched; {operation.done} {verb}{skipped}")
+
     def do_delete(self, *, id, **_):
         workflow = self._get(id)
         services.workflow_delete(workflow.pk, actor=Actor.CLI)
@@ -738,6 +808,7 @@ class Command(BaseCommand):
             f"expired leases taken back: {found['expired']}; lost jobs re-sent: {found['requeued']}; "
             f"finished phases moved on: {found['moved_on']}; "
             f"stalled webhooks taken back: {found['webhooks_taken_back']}; "
+            f"stalled bulk operations sent on: {found['bulk_steps_resent']}; "
             f"held workflows paused late: {found['held']}; released workflows resumed late: {found['released']}; "
             f"audit chains broken, left as they are: {len(broken)}"
         )
