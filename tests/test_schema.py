@@ -296,7 +296,7 @@ def test_every_operation_answers_anonymous_users_as_documented(db, wsgi_in_test_
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
     for operation in operations:
-        parameters = {"id": str(uuid.uuid4()), "task_name": "approve"}
+        parameters = {"id": str(uuid.uuid4()), "task_name": "approve", "operation_id": str(uuid.uuid4())}
         parameters = {name: value for name, value in parameters.items() if "{" + name + "}" in operation.path}
         case = operation.Case(path_parameters=parameters or None)
         response = case.call()
@@ -491,20 +491,25 @@ EXAMPLES_SENT = [
     ("POST /schedules/", None, 201),
     ("PUT /schedules/{id}/", "new schedule", 200),  # the one just created: the example's name is taken
     ("PATCH /schedules/{id}/", "new schedule", 200),
+    ("POST /workflows/bulk/", None, 202),  # sent by a staff user with the change permission
 ]
 
 
-def test_each_example_body_is_accepted_by_its_operation(engine, fuzz_user):
+def test_each_example_body_is_accepted_by_its_operation(engine, fuzz_user, django_user_model):
     """What Swagger UI's "Try it out" sends unchanged succeeds (decide's example needs an
     approval task waiting for this user: tests/test_approvals.py decides with such bodies)."""
     bodies = request_bodies()
     assert {label for label, _, _ in EXAMPLES_SENT} == set(bodies) - {"POST /workflows/{id}/tasks/{task_name}/decide/"}
+    staff = django_user_model.objects.create_user("staff", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="change_workflow"))
+    as_staff = {"Authorization": f"Token {Token.objects.create(user=staff).key}"}
     created = {}
     for label, target, expected in EXAMPLES_SENT:
         body = next(iter(bodies[label]["examples"].values()))["value"]
         target_id = str(created.get("id")) if target == "new schedule" else fuzz_user["by_name"].get(target)
         case = OPERATIONS[label].Case(path_parameters={"id": target_id} if target_id else None, body=body)
-        response = engine.call(case.call_and_validate, headers=fuzz_user["headers"], checks=CHECKS)
+        headers = as_staff if label == "POST /workflows/bulk/" else fuzz_user["headers"]
+        response = engine.call(case.call_and_validate, headers=headers, checks=CHECKS)
         assert response.status_code == expected, (label, response.status_code, response.text[:300])
         created = response.json() if label == "POST /schedules/" else created
 
@@ -713,13 +718,17 @@ def test_every_path_answers_a_method_it_does_not_take_with_405(db, settings, dja
     caller = django_user_model.objects.create_user("caller")
     # Schedules are read with the view permission (403 without it, for HEAD as for GET).
     caller.user_permissions.add(Permission.objects.get(codename="view_workflowschedule"))
+    # Bulk operations are read by staff with the change permission on workflows.
+    caller.is_staff = True
+    caller.save()
+    caller.user_permissions.add(Permission.objects.get(codename="change_workflow"))
     token = Token.objects.create(user=caller).key
     without_csrf = Client(enforce_csrf_checks=True)
     with_csrf = Client(enforce_csrf_checks=True, HTTP_X_CSRFTOKEN=CSRF_SECRET)
     with_csrf.cookies["csrftoken"] = CSRF_SECRET
     for document in (schema.raw_schema, without_trailing_slashes(schema.raw_schema), site.raw_schema):
         for path, operations in document["paths"].items():
-            concrete = path.replace("{id}", str(uuid.uuid4()))
+            concrete = path.replace("{id}", str(uuid.uuid4())).replace("{operation_id}", str(uuid.uuid4()))
             credentials = f"Bearer {METRICS_TOKEN}" if path.startswith("/metrics") else f"Token {token}"
             taken = METHODS & set(operations)
             for method in sorted(METHODS - taken):

@@ -544,6 +544,14 @@ extend_schema_field(
 )(BulkFiltersField)
 
 
+@request_example(
+    "Cancel a customer's failed imports",
+    {
+        "action": "cancel",
+        "reason": "the customer withdrew",
+        "filters": {"state": ["FAILED"], "label": ["customer:acme"]},
+    },
+)
 class BulkSerializer(StrictSerializer):
     """POST /workflows/bulk: an action on every workflow the filters match."""
 
