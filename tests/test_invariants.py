@@ -538,7 +538,7 @@ def machine_settings(examples: int) -> settings:
 def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
     run_state_machine_as_test(
         GatedEngine,
-        settings=machine_settings(40),
+        settings=machine_settings(25),
     )
 
 
@@ -546,7 +546,7 @@ def test_engine_invariants_hold_with_max_parallel_under_random_operations(db):
 def test_engine_invariants_hold_under_random_operations(db):
     run_state_machine_as_test(
         Engine,
-        settings=machine_settings(80),
+        settings=machine_settings(50),
     )
 
 
@@ -727,5 +727,5 @@ def test_flow_control_invariants_hold_under_random_operations(db):
     with override_settings(ORCH_RETRY_BACKOFF=3600, ORCH_RETRY_BACKOFF_MAX=3600):
         run_state_machine_as_test(
             Flow,
-            settings=machine_settings(100),
+            settings=machine_settings(60),
         )

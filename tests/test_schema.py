@@ -379,7 +379,7 @@ def test_api_answers_what_it_documents_along_sequences_of_calls(fuzz_user):
 
     Session.run(
         settings=settings(
-            max_examples=60,
+            max_examples=40,
             stateful_step_count=10,
             deadline=None,
             derandomize=True,
