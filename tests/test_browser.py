@@ -298,7 +298,9 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
 
     page.goto(f"/admin/workflow_orchestrator/workflow/{waiting.pk}/change/")
     page.click("#action-next")
-    expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
+    expect(page.locator(".messagelist .success")).to_have_text(
+        "Next step: schema migration went from PREPARE to EXECUTE."
+    )
     assert events(waiting) == ["start", "execute"]
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)  # the sleep notices, so the cluster stops at once
 

@@ -6,15 +6,18 @@ changes, and refuse what these say is not on offer.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from functools import reduce
 from typing import NamedTuple
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from . import audit, statements
-from .models import DEADLINE_ERROR, PHASES, ConcurrencyLimit, State, Task, Workflow, hold_text
+from .approvals import APPROVAL
+from .models import DEADLINE_ERROR, PHASE_EVENTS, PHASES, ConcurrencyLimit, State, Task, Workflow, hold_text
 
 
 def available_actions(workflow: Workflow, *, may_change: bool = True, may_delete: bool = True) -> list[str]:
@@ -220,3 +223,72 @@ def max_parallel_reached(workflow: Workflow, tasks: list[_Tasks]) -> str | None:
     if any(group.held for group in tasks) and active >= workflow.max_parallel:
         return f"max_parallel {workflow.max_parallel} reached"
     return None
+
+
+# --- Which workflows wait? --------------------------------------------------------------------
+#
+# The same reasons as waiting_reason's, as conditions on the workflows table, so that a list
+# can be filtered by them and the overview can count them in one query. By what they wait for:
+#
+#   next       a manual workflow whose phase's work is done: someone fires `next`
+#   approval   a task waits for a person's decision
+#   signal     a task waits for a signal
+#   timer      a task waits for its timer
+#   flow       flow control: paused (by hand or by a hold), a task ready to run whose key has
+#              no slot free, or EXECUTE tasks waiting for a slot of the workflow's max_parallel
+#
+# A workflow may wait for more than one of these (a signal and a timer); it is WAITING once.
+# The conditions are the claim's tests, read from the rows; a rate window's end is not one of
+# them (it passes within its per_seconds): waiting_reason says it on the workflow's page.
+
+WAITING_REASONS = {
+    "next": "for Next (manual mode)",
+    "approval": "for an approval",
+    "signal": "for a signal",
+    "timer": "for a timer",
+    "flow": "flow control (paused, held, limits)",
+}
+
+
+def _task_waits(**lookups) -> Exists:
+    return Exists(Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.WAITING, **lookups))
+
+
+def waiting_condition(reason: str | None = None) -> Q:
+    """The running workflows that wait for `reason` (a key of WAITING_REASONS), or for any
+    of them (None)."""
+    if reason is None:
+        return reduce(operator.or_, (waiting_condition(each) for each in WAITING_REASONS))
+    return Q(state__in=PHASES) & _WAITING[reason]()
+
+
+def _waits_for_next() -> Q:
+    return Q(mode=Workflow.Mode.MANUAL, state__in=list(PHASE_EVENTS), unfinished=0)
+
+
+def _waits_for_flow_control() -> Q:
+    full = ConcurrencyLimit.objects.filter(max_running__isnull=False, running__gte=F("max_running")).values("key")
+    at_limit = Exists(
+        Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.QUEUED, concurrency_key__in=Subquery(full))
+    )
+    for_a_slot = Exists(
+        Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0)
+    )
+    gated = Q(state=State.EXECUTE, max_parallel__isnull=False) & for_a_slot
+    return Q(paused_at__isnull=False) | at_limit | gated
+
+
+_WAITING = {
+    "next": _waits_for_next,
+    "approval": lambda: Q(_task_waits(waiting_for=APPROVAL)),
+    "signal": lambda: Q(_task_waits(waiting_for__startswith="signal:")),
+    "timer": lambda: Q(_task_waits(waiting_for="timer")),
+    "flow": _waits_for_flow_control,
+}
+
+
+def waiting_counts() -> dict[str, int]:
+    """How many running workflows wait, in all (`all`) and for each reason: one query."""
+    conditions = {"all": waiting_condition(), **{reason: waiting_condition(reason) for reason in WAITING_REASONS}}
+    running = Workflow.objects.filter(state__in=PHASES).order_by()
+    return running.aggregate(**{name: Count("pk", filter=condition) for name, condition in conditions.items()})
