@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import NamedTuple
 
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, F, Min, Q, Subquery
 from django.utils import timezone
 
 from . import audit, statements
@@ -250,8 +250,12 @@ WAITING_REASONS = {
 }
 
 
-def _task_waits(**lookups) -> Exists:
-    return Exists(Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.WAITING, **lookups))
+# Each condition reads its rows once (`id IN (SELECT …)`, which the database hashes), not once
+# per running workflow (EXISTS): 15,000 running workflows are counted in tens of milliseconds.
+
+
+def _task_waits(**lookups) -> Q:
+    return Q(pk__in=Task.objects.filter(status=Task.Status.WAITING, **lookups).values("workflow_id"))
 
 
 def waiting_condition(reason: str | None = None) -> Q:
@@ -268,21 +272,26 @@ def _waits_for_next() -> Q:
 
 def _waits_for_flow_control() -> Q:
     full = ConcurrencyLimit.objects.filter(max_running__isnull=False, running__gte=F("max_running")).values("key")
-    at_limit = Exists(
-        Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.QUEUED, concurrency_key__in=Subquery(full))
+    at_limit = Task.objects.filter(status=Task.Status.QUEUED, concurrency_key__in=Subquery(full))
+    for_a_slot = Task.objects.filter(
+        status=Task.Status.PENDING,
+        phase=State.EXECUTE,
+        waiting=0,
+        workflow__state=State.EXECUTE,
+        workflow__max_parallel__isnull=False,
     )
-    for_a_slot = Exists(
-        Task.objects.filter(workflow=OuterRef("pk"), status=Task.Status.PENDING, phase=State.EXECUTE, waiting=0)
+    return (
+        Q(paused_at__isnull=False)
+        | Q(pk__in=at_limit.values("workflow_id"))
+        | Q(pk__in=for_a_slot.values("workflow_id"))
     )
-    gated = Q(state=State.EXECUTE, max_parallel__isnull=False) & for_a_slot
-    return Q(paused_at__isnull=False) | at_limit | gated
 
 
 _WAITING = {
     "next": _waits_for_next,
-    "approval": lambda: Q(_task_waits(waiting_for=APPROVAL)),
-    "signal": lambda: Q(_task_waits(waiting_for__startswith="signal:")),
-    "timer": lambda: Q(_task_waits(waiting_for="timer")),
+    "approval": lambda: _task_waits(waiting_for=APPROVAL),
+    "signal": lambda: _task_waits(waiting_for__startswith="signal:"),
+    "timer": lambda: _task_waits(waiting_for="timer"),
     "flow": _waits_for_flow_control,
 }
 
