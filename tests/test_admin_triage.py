@@ -5,7 +5,7 @@ the workers as the work they run, and the task page that updates itself."""
 
 # ruff: noqa: F811  (the `make` fixture of test_admin, imported, is a parameter of the tests here)
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -14,8 +14,8 @@ from django.utils import timezone
 from tests import dom
 from tests.conftest import reload
 from tests.test_admin import CHANGELIST, change_url, make, rows_by_name  # noqa: F401  (make: a fixture)
-from workflow_orchestrator import selectors, services, stats
-from workflow_orchestrator.models import Actor, ConcurrencyLimit, State, Task, Workflow
+from workflow_orchestrator import moments, selectors, services, stats
+from workflow_orchestrator.models import PHASES, Actor, ConcurrencyLimit, State, Task, Workflow
 
 OVERVIEW = reverse("admin:workflow_orchestrator_workflow_dashboard")
 
@@ -306,3 +306,45 @@ def test_a_limit_at_its_running_count_makes_its_key_s_ready_workflows_wait(engin
     assert "solo" not in listed(admin_client.get(CHANGELIST, {"waiting": "flow"}))
     ConcurrencyLimit.objects.filter(key="solo").update(running=1)  # another workflow's task holds the slot
     assert listed(admin_client.get(CHANGELIST, {"waiting": "flow"})) == {workflow.name}
+
+
+def test_the_overview_s_running_figure_says_how_many_of_them_wait(admin_client, waiting):
+    page = dom.parse(admin_client.get(OVERVIEW))
+    assert page.one("#figure-running").text == str(Workflow.objects.filter(state__in=PHASES).count())
+    assert page.one("#figure-running-waiting").text == "6 of them waiting"
+
+
+# --- One way to show a moment ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0.4, "just now"),
+        (5, "5 s ago"),
+        (200, "3 min ago"),  # past a minute, its seconds are noise
+        (7505, "2 h 5 min ago"),
+        (90000, "1 d 1 h ago"),
+        (-300, "in 5 min"),
+    ],
+)
+def test_a_moment_reads_as_how_long_ago_or_how_soon(seconds, text):
+    now = timezone.now()
+    assert moments.relative(now - timedelta(seconds=seconds), now) == text
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0 s"), (741, "12 min 21 s"), (7500, "2 h 5 min"), (86400, "1 d")])
+def test_a_span_reads_in_at_most_two_units(seconds, text):
+    assert moments.span_text(seconds) == text
+
+
+def test_a_moment_is_shown_in_the_active_time_zone_with_its_name():
+    moment = datetime(2026, 12, 5, 16, 40, 2, tzinfo=UTC)
+    with timezone.override("Europe/Paris"):
+        assert moments.absolute(moment) == "2026-12-05 17:40:02 CET"
+        html = moments.moment_html(moment, now=moment + timedelta(minutes=3))
+    assert html == (
+        '<time class="moment" datetime="2026-12-05T16:40:02+00:00" title="2026-12-05 17:40:02 CET">3 min ago'
+        '<span class="moment-absolute"> (2026-12-05 17:40:02 CET)</span></time>'
+    )
+    assert moments.moment_html(None) == "—"
