@@ -1304,14 +1304,17 @@ class ConcurrencyLimitAdmin(CheckedQueryParameters, admin.ModelAdmin):
     key's running tasks at once, and a raised or removed one wakes the tasks it held back."""
 
     form = ConcurrencyLimitForm
-    list_display = ["key", "max_running", "running", "rate", "per_seconds", "waiting", "updated_at"]
+    list_display = ["key", "max_running", "running", "rate", "per_seconds", "waiting", "updated"]
     search_fields = ["key"]
-    readonly_fields = ["running", "waiting", "window_started_at", "window_starts", "created_at", "updated_at"]
+    readonly_fields = ["running", "waiting", "window_started", "window_starts", "created", "updated"]
     fieldsets = [
         (None, {"fields": ["key", "max_running", "rate", "per_seconds"]}),
-        ("Now", {"fields": ["running", "waiting", "window_started_at", "window_starts"]}),
-        ("Times", {"fields": ["created_at", "updated_at"]}),
+        ("Now", {"fields": ["running", "waiting", "window_started", "window_starts"]}),
+        ("Times", {"fields": ["created", "updated"]}),
     ]
+    window_started = moment_column("window_started_at", "window started at")
+    created = moment_column("created_at", "created at")
+    updated = moment_column("updated_at", "updated at")
 
     def get_queryset(self, request):
         waiting = (
@@ -1387,14 +1390,15 @@ class HoldAdmin(CheckedQueryParameters, admin.ModelAdmin):
     not changed: another definition or key is another hold."""
 
     form = HoldForm
-    list_display = ["kind", "value", "reason", "actor_label", "created_at", "workflows_held"]
+    list_display = ["kind", "value", "reason", "actor_label", "created", "workflows_held"]
     list_filter = ["kind"]
     search_fields = ["value"]
-    readonly_fields = ["actor_label", "created_at", "workflows_held"]
+    readonly_fields = ["actor_label", "created", "workflows_held"]
     fieldsets = [
         (None, {"fields": ["kind", "value", "reason"]}),
-        ("Set", {"fields": ["actor_label", "created_at", "workflows_held"]}),
+        ("Set", {"fields": ["actor_label", "created", "workflows_held"]}),
     ]
+    created = moment_column("created_at", "set at")
 
     def has_change_permission(self, request, obj=None):
         return False
