@@ -165,6 +165,20 @@ def test_each_waiting_workflow_says_why_on_its_page(waiting):
     assert all(selectors.waiting_reason(reload(workflow)) for workflow in waiting.values())
 
 
+def test_each_waiting_row_of_the_list_shows_waiting_and_why(admin_client, waiting, django_assert_max_num_queries):
+    with django_assert_max_num_queries(20):
+        rows = rows_by_name(dom.parse(admin_client.get(CHANGELIST)))
+    for name in ("for next", "for approval", "for signal", "for timer", "paused", "b"):
+        badge = rows[name].one(".field-state_badge .badge-waiting")
+        assert badge.text == "WAITING"
+        why = badge.parent["title"]
+        assert why and rows[name].one(".field-state_badge .sr-text").text == f"({why})"
+    assert rows["for signal"].one(".field-state_badge .badge-waiting").parent["title"] == "waiting for signal paid"
+    assert rows["paused"].one(".field-state_badge .badge-waiting").parent["title"] == "paused"
+    for name in ("a", "ended"):  # its task runs; it has ended
+        assert not rows[name].select(".badge-waiting"), name
+
+
 def test_searching_waiting_finds_the_waiting_workflows(admin_client, waiting):
     assert "for signal" in listed(admin_client.get(CHANGELIST, {"q": "waiting"}))
     assert "ended" not in listed(admin_client.get(CHANGELIST, {"q": "waiting"}))

@@ -613,6 +613,18 @@ class IdPrefixSearch:
         return results | queryset.filter(**{f"{self.id_prefix_field}__range": bounds}), duplicates
 
 
+class WaitingChangeList(ChangeList):
+    """The workflows of a page, each with why it waits, if it does (selectors.waiting_reasons:
+    at most two queries for the page, not two per row)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        reasons = selectors.waiting_reasons(self.result_list)
+        for workflow in self.result_list:
+            reason = reasons[workflow.pk]
+            workflow.waiting_why = reason if selectors.is_waiting(reason) else ""
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     list_display = [
@@ -710,10 +722,18 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, workflow):
+        """Its state, and WAITING beside it while it waits: on the list for any reason (the
+        page's reasons, WaitingChangeList), on its page for Next (the page says why it waits)."""
         state = badge(workflow.state, STATE_COLOURS[workflow.state])
-        if not services.is_waiting_for_next(workflow):
+        why = getattr(workflow, "waiting_why", None)
+        if why is None and services.is_waiting_for_next(workflow):
+            why = "The phase's work is done: it waits for Next step"
+        if not why:
             return state
-        return cell("state_badge", state=state, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
+        return cell("state_badge", state=state, why=why, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
+
+    def get_changelist(self, request, **kwargs):
+        return WaitingChangeList
 
     @admin.display(description="progress")
     def progress(self, workflow):

@@ -78,6 +78,7 @@ def workflow_progress(workflow: Workflow) -> dict:
 
 PAUSED = "paused"
 WAITING_FOR_NEXT = "waiting for next (manual mode)"
+RETRY_DUE = "retry due at"
 
 
 def paused_reason(workflow: Workflow) -> str:
@@ -193,7 +194,7 @@ def _reason(workflow: Workflow, tasks: list[_Tasks], limits: dict, now: datetime
         return waiting_text(waits)
     due_next = [group.due_next for group in tasks if group.due_next is not None]
     if due_next:
-        return f"retry due at {moment_text(min(due_next))}"
+        return f"{RETRY_DUE} {moment_text(min(due_next))}"
     # Nothing queued, nothing running: the engine is between two steps (a phase's last
     # success moving the workflow on), which takes no wait of its own.
     return None
@@ -294,6 +295,12 @@ _WAITING = {
     "timer": lambda: _task_waits(waiting_for="timer"),
     "flow": _waits_for_flow_control,
 }
+
+
+def is_waiting(reason: str | None) -> bool:
+    """Whether a waiting_reason is one of WAITING_REASONS': a retry's backoff is not (it is over
+    in seconds, and nobody acts on it)."""
+    return bool(reason) and not reason.startswith(RETRY_DUE)
 
 
 def waiting_counts() -> dict[str, int]:
