@@ -880,6 +880,10 @@ def test_every_time_in_the_console_is_one_format_relative_with_its_absolute_time
             ".field-finished .readonly, table.attempt-list td",
         ),
         "transition list": (reverse("admin:workflow_orchestrator_transition_changelist"), "td.field-created"),
+        "transition page": (
+            reverse("admin:workflow_orchestrator_transition_change", args=[workflow.transitions.first().pk]),
+            ".field-created .readonly",
+        ),
         "history": (
             reverse("admin:workflow_orchestrator_workflow_history", args=[workflow.pk]),
             "tr.transition > th",

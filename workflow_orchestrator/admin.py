@@ -1185,6 +1185,10 @@ class TransitionAdmin(ReadOnlyAdmin):
     list_select_related = ["workflow"]
     ordering = ["-created_at", "-pk"]
     show_full_result_count = False
+    readonly_fields = [
+        "workflow", "seq", "source", "target", "event", "actor", "actor_label", "reason", "data", "created", "digest",
+    ]  # fmt: skip
+    fields = readonly_fields
     created = moment_column("created_at", "at")
 
 
@@ -1193,15 +1197,16 @@ class WorkflowDeletionAdmin(ReadOnlyAdmin):
     """The deletion log: who deleted which workflow, when, in which state and at which
     chain head. Nobody adds, changes or deletes its rows, not even a superuser."""
 
-    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted_at"]
+    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted"]
     list_filter = ["state", "deleted_at"]
     search_fields = ["name", "=workflow_id", "actor_label"]
     show_full_result_count = False
     readonly_fields = [
-        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted_at",
+        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted",
         "digest",
     ]  # fmt: skip
     fields = readonly_fields
+    deleted = moment_column("deleted_at", "deleted at")
 
 
 # --- Cron schedules ----------------------------------------------------------------------
