@@ -459,7 +459,8 @@ def test_transition_buttons_need_a_post_with_a_csrf_token(admin_user, make, stat
         "admin:admin",
         admin_user,
     )
-    assert messages_of(response) == [("success", f"{label}: {workflow.name} is now {target}.")]
+    # What happened, from where to where: still true when the cluster has moved the workflow on since.
+    assert messages_of(response) == [("success", f"{label}: {workflow.name} went from {workflow.state} to {target}.")]
 
 
 def test_cancel_asks_for_confirmation_and_keeps_the_reason(admin_client, admin_user, make):
@@ -859,25 +860,46 @@ def test_a_failed_workflow_s_row_shows_its_error_s_last_line(admin_client, make)
     rows = rows_by_name(dom.parse(admin_client.get(CHANGELIST)))
     assert not rows["fine"].select(".error-line")
     line = rows["broken"].one("td.field-error_line .error-line")
-    assert line["title"] == last and line.text == last[:120]  # the whole line on hover
+    # The message first and whole, the exception's class after it without its module path.
+    assert last == "fail-1: workflow_orchestrator.builtin_tasks.TaskFailed: failed on attempt 1 as asked"
+    assert line.text == "fail-1: failed on attempt 1 as asked (TaskFailed)"
+    assert line["title"] == last  # the line as written, on hover
 
 
-def test_every_time_in_the_admin_shows_seconds(admin_client, make):
+def test_every_time_in_the_console_is_one_format_relative_with_its_absolute_time_and_zone(admin_client, make):
     workflow = make(State.FAILED, name="timed")
-    with_seconds = re.compile(r"\d\d:\d\d:\d\d")
+    failing = workflow.tasks.get(type="fail")
+    exact = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")  # to the second, its zone named
     pages = {
-        "changelist": (CHANGELIST, "td.field-created_at"),
-        "change page": (change_url(workflow), ".field-started_at .readonly"),
-        "task list": (reverse("admin:workflow_orchestrator_task_changelist"), "td.field-started_at"),
-        "transition list": (reverse("admin:workflow_orchestrator_transition_changelist"), "td.field-created_at"),
+        "changelist": (CHANGELIST, "td.field-created, td.field-finished"),
+        "change page": (change_url(workflow), ".field-started .readonly, .field-finished .readonly"),
+        "transitions inline": (change_url(workflow), "#transitions-group td.field-created"),
+        "task list": (reverse("admin:workflow_orchestrator_task_changelist"), "td.field-started"),
+        "task page": (
+            reverse("admin:workflow_orchestrator_task_change", args=[failing.pk]),
+            ".field-finished .readonly, table.attempt-list td",
+        ),
+        "transition list": (reverse("admin:workflow_orchestrator_transition_changelist"), "td.field-created"),
+        "transition page": (
+            reverse("admin:workflow_orchestrator_transition_change", args=[workflow.transitions.first().pk]),
+            ".field-created .readonly",
+        ),
         "history": (
             reverse("admin:workflow_orchestrator_workflow_history", args=[workflow.pk]),
             "tr.transition > th",
         ),
+        "overview": (OVERVIEW, "#overview-failures td"),
     }
     for page, (url, cells) in pages.items():
-        times = [time for time in dom.parse(admin_client.get(url)).texts(cells) if time not in ("-", "—")]
-        assert times and all(with_seconds.search(time) for time in times), (page, times)
+        times = [time for cell in dom.parse(admin_client.get(url)).select(cells) for time in cell.select("time")]
+        assert times, page
+        for time in times:
+            title = time["title"]
+            assert exact.match(title), (page, title)
+            assert time["datetime"].startswith(title[:10]), (page, time["datetime"])
+            # Relative in words, and the absolute time in text for screen readers (not only a title).
+            assert re.match(r"^(just now|\d+ (s|min|h|d)( \d+ (s|min|h))? ago) \(", time.text), (page, time.text)
+            assert time.one(".moment-absolute").text == f"({title})"
 
 
 def test_sorting_by_duration_orders_running_workflows_by_their_elapsed_time(admin_client, make):
@@ -997,7 +1019,7 @@ def test_the_overview_lists_the_latest_failures_with_their_error_s_last_line(adm
     failed = make(State.FAILED, name="nightly import")
     table = dom.parse(admin_client.get(OVERVIEW)).one("#overview-failures")
     [row] = [row for row in table.select("tr") if row.select(f"a[href='{change_url(failed)}']")]
-    assert failed.error.strip().splitlines()[-1] in row.text
+    assert "fail-1: failed on attempt 1 as asked (TaskFailed)" in row.text  # the module path left out
 
 
 def test_the_overview_costs_the_same_queries_whatever_the_size(admin_client, make, django_assert_max_num_queries):
@@ -1041,7 +1063,9 @@ def test_a_workflow_s_page_stays_live_until_the_workflow_has_ended(admin_client,
     page = dom.parse(admin_client.get(change_url(make(state))))
     bar = page.one("#live-bar")
     assert ("data-ended" not in bar) is live
-    assert bar["data-targets"].split(",") == ["workflow-subtitle", "workflow-actions", "workflow_form"]
+    # The breadcrumb updates with the heading: both name the workflow with its state.
+    targets = ["workflow-breadcrumbs", "workflow-subtitle", "workflow-actions", "workflow_form"]
+    assert bar["data-targets"].split(",") == targets
     assert bool(bar.select("button", text="Pause")) is live
 
 

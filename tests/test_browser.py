@@ -298,7 +298,9 @@ def test_a_waiting_manual_workflow_and_a_search_by_its_short_id(cluster, page):
 
     page.goto(f"/admin/workflow_orchestrator/workflow/{waiting.pk}/change/")
     page.click("#action-next")
-    expect(page.locator(".messagelist .success")).to_have_text("Next step: schema migration is now EXECUTE.")
+    expect(page.locator(".messagelist .success")).to_have_text(
+        "Next step: schema migration went from PREPARE to EXECUTE."
+    )
     assert events(waiting) == ["start", "execute"]
     services.workflow_cancel(busy.pk, actor=Actor.SYSTEM)  # the sleep notices, so the cluster stops at once
 
@@ -318,7 +320,8 @@ def test_every_screen_phone_and_wide_readable_badges_and_a_favicon(cluster, page
     page.goto("/admin/workflow_orchestrator/workflow/")
     expect(page.locator("#nav-sidebar")).to_be_visible()
     expect(page.locator("#result_list tbody tr")).to_have_count(5)
-    expect(page.locator("#result_list thead th:visible")).to_have_count(9)  # all but definition, mode, priority and key
+    # All but definition, mode, priority, key and created (finished stays).
+    expect(page.locator("#result_list thead th:visible")).to_have_count(9)
     # The list's box scrolls sideways when its table is wider: a column past its right edge is hidden.
     box = page.locator("#changelist .results").bounding_box()
     visible_right = min(page.evaluate("window.innerWidth"), box["x"] + box["width"])

@@ -411,7 +411,7 @@ def test_adding_a_limit_goes_through_the_service_and_counts_the_running_tasks(en
     [row] = page.select("#result_list tbody tr")
     cells = {field: row.one(f".field-{field}").text for field in ("key", "max_running", "running", "rate", "waiting")}
     assert cells == {"key": "acme", "max_running": "1", "running": "1", "rate": "-", "waiting": "1"}
-    for column in ("per_seconds", "updated_at"):
+    for column in ("per_seconds", "updated"):
         assert page.one(f"#result_list thead th.column-{column}")
 
 
@@ -422,7 +422,7 @@ def test_changing_a_limit_keeps_its_key_and_wakes_what_it_now_lets_start(engine,
     engine.pending()  # the new task's own delivery: taken off
     form = dom.parse(admin_client.get(limit_url(limit))).one("#concurrencylimit_form")
     assert not form.select("input[name=key]")  # the key names the limit: read-only here
-    for field in ("running", "window_starts", "window_started_at"):
+    for field in ("running", "window_starts", "window_started"):
         assert form.one(f".form-row.field-{field} .readonly"), field
     with engine.capture(execute=True):
         response = admin_client.post(limit_url(limit), {"max_running": "3", "rate": "20", "per_seconds": "60"})

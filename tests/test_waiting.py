@@ -301,10 +301,12 @@ def test_the_overview_counts_waiting_tasks_by_reason_and_by_key(engine, settings
     rows = [[cell.text for cell in row.select("td")] for row in page.select("#overview-keys tr.key")]
     until = timezone.localtime(ConcurrencyLimit.objects.get(key="api").window_started_at + timedelta(seconds=30))
     # key, running, limits, ready, at limit, rate limited, paused, due later: the most loaded first
+    window_end = rows[2].pop(5)  # when it ends in words (relative to now), then its moment with its zone
+    assert window_end.startswith("1 window ends in ") and window_end.endswith(f"({until:%Y-%m-%d %H:%M:%S} UTC)")
     assert rows == [
         ["no key", "0", "—", "1", "0", "0", "1", "1"],
         ["acme", "1", "at most 1 running", "0", "2", "0", "0", "0"],
-        ["api", "1", "at most 1 starts per 30 s", "0", "0", f"1 until {until:%H:%M:%S}", "0", "0"],
+        ["api", "1", "at most 1 starts per 30 s", "0", "0", "0", "0"],
     ]
     assert page.select("#overview-keys tr.key-other") == []
 

@@ -6,6 +6,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode
 
 from django import forms
@@ -23,10 +24,11 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from . import approvals, audit, cron, schedules, selectors, services, stats, values
+from . import approvals, audit, cron, moments, schedules, selectors, services, stats, values
 from .diagrams import (
     OUTCOME_COLOURS,
     STATE_COLOURS,
@@ -92,6 +94,31 @@ def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
 
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1] if text and text.strip() else ""
+
+
+# The last line of an error: `load: package.module.TaskFailed: the message` (the task's name
+# on a workflow's error, the module path, or both, may be missing).
+EXCEPTION_LINE = re.compile(r"^(?P<task>(?:[^:]+: )?)(?:[A-Za-z_]\w*\.)*(?P<kind>[A-Z]\w*): (?P<message>.+)$")
+
+
+def error_summary(text: str) -> tuple[str, str]:
+    """An error's last line as a person reads it: the task's name and the message first, then
+    the exception's class without its module path ("" when the line names none)."""
+    line = last_line(text)
+    found = EXCEPTION_LINE.match(line)
+    return (found["task"] + found["message"], found["kind"]) if found else (line, "")
+
+
+def moment_column(field: str, description: str):
+    """An admin column (or read-only field) showing a moment as the whole console does
+    (moments.moment_html), sorted by the field."""
+
+    # Rows without the moment (a workflow not finished yet) after the others, on every database.
+    @admin.display(description=description, ordering=F(field).asc(nulls_last=True))
+    def show(self, obj):
+        return moments.moment_html(getattr(obj, field))
+
+    return show
 
 
 def duration(start, end) -> str:
@@ -346,6 +373,118 @@ class HoldFilter(admin.SimpleListFilter):
         return queryset.filter(held_by=self.value()) if self.value() else queryset
 
 
+class FinishedFilter(admin.ListFilter):
+    """When workflows ended (COMPLETE, FAILED or CANCELLED, or FAILED and retried since): in
+    the last 15 minutes, hour or day, or between two moments (`finished_at__gte` and
+    `finished_at__lt`, a date or a date and time in the site's time zone). A value that is
+    not one is said on the page and left out, not answered with an error page."""
+
+    title = "finished"
+    template = "admin/workflow_orchestrator/finished_filter.html"
+    WINDOW = "finished"
+    WINDOWS = {
+        "15m": ("in the last 15 min", timedelta(minutes=15)),
+        "1h": ("in the last hour", timedelta(hours=1)),
+        "1d": ("in the last day", timedelta(days=1)),
+    }
+    BOUNDS = {"finished_at__gte": "finished from", "finished_at__lt": "finished before"}
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        self.window = self._take(params, self.WINDOW)
+        if self.window and self.window not in self.WINDOWS:
+            messages.error(request, f"finished: {self.window!r} is not one of {', '.join(self.WINDOWS)}; ignored.")
+            self.window = ""
+        self.given = {name: self._take(params, name) for name in self.BOUNDS}
+        self.bounds = {}
+        for name, text in self.given.items():
+            if not text:
+                continue
+            moment = self.parse_moment(text)
+            if moment is None:
+                messages.error(
+                    request,
+                    f"{name} ({self.BOUNDS[name]}): {text[:40]!r} is not a date or a date and time; write "
+                    f"2026-12-05 or 2026-12-05T14:30 ({timezone.get_current_timezone_name()}). Ignored.",
+                )
+                self.given[name] = ""
+            else:
+                self.bounds[name] = moment
+
+    @staticmethod
+    def _take(params, name: str) -> str:
+        value = params.pop(name, "")
+        return (value[-1] if isinstance(value, list) else value).strip() if value else ""
+
+    @staticmethod
+    def parse_moment(text: str):
+        """A date (its midnight) or a date and time, in the site's time zone unless it names one."""
+        try:
+            moment = parse_datetime(text.replace(" ", "T", 1))
+            if moment is None and (day := parse_date(text)) is not None:
+                moment = timezone.datetime(day.year, day.month, day.day)
+        except ValueError:  # well formed, but no such day or time (2026-02-30)
+            return None
+        if moment is not None and timezone.is_naive(moment):
+            moment = timezone.make_aware(moment)
+        return moment
+
+    def has_output(self):
+        return True
+
+    def expected_parameters(self):
+        return [self.WINDOW, *self.BOUNDS]
+
+    def queryset(self, request, queryset):
+        if self.window:
+            queryset = queryset.filter(finished_at__gte=timezone.now() - self.WINDOWS[self.window][1])
+        return queryset.filter(**self.bounds) if self.bounds else queryset
+
+    def choices(self, changelist):
+        self.range = self.range_form(changelist)  # for the template, which is given no changelist
+        everything = [self.WINDOW, *self.BOUNDS]
+        yield {
+            "selected": not self.window and not self.bounds,
+            "query_string": changelist.get_query_string(remove=everything),
+            "display": "Any time",
+        }
+        for key, (label, _) in self.WINDOWS.items():
+            yield {
+                "selected": self.window == key,
+                "query_string": changelist.get_query_string({self.WINDOW: key}, remove=list(self.BOUNDS)),
+                "display": label,
+            }
+
+    def range_form(self, changelist) -> dict:
+        """The sidebar's range form: its fields, and the list's other parameters to keep."""
+        kept = [
+            (name, value)
+            for name, given in changelist.filter_params.items()
+            if name not in self.expected_parameters()
+            for value in given
+        ]
+        return {"given": self.given, "kept": kept, "zone": timezone.get_current_timezone_name()}
+
+
+class WaitingFilter(admin.SimpleListFilter):
+    """Running workflows that wait for a person or an event, or for flow control
+    (selectors.waiting_condition), by what they wait for."""
+
+    title = "waiting"
+    parameter_name = "waiting"
+
+    def lookups(self, request, model_admin):
+        return [("any", "waiting, for anything"), *selectors.WAITING_REASONS.items()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "any":
+            return queryset.filter(selectors.waiting_condition())
+        if value in selectors.WAITING_REASONS:
+            return queryset.filter(selectors.waiting_condition(value))
+        return queryset
+
+
 class AuditFilter(admin.SimpleListFilter):
     """Workflows the engine found with a broken audit chain and left as they are."""
 
@@ -457,7 +596,7 @@ class WebhookDeliveryInline(ReadOnlyInline):
             {
                 "number": attempt.number,
                 "answer": attempt.status_code or "no answer",
-                "at": f"{timezone.localtime(attempt.started_at):%Y-%m-%d %H:%M:%S}",
+                "at": moments.moment_html(attempt.started_at),
                 "seconds": f"{attempt.duration:.2f}",
                 "error": attempt.error,
             }
@@ -468,8 +607,9 @@ class WebhookDeliveryInline(ReadOnlyInline):
 
 class TransitionInline(ReadOnlyInline):
     model = Transition
-    fields = ["seq", "event", "change", "actor_label", "reason", "created_at"]
+    fields = ["seq", "event", "change", "actor_label", "reason", "created"]
     ordering = ["seq"]
+    created = moment_column("created_at", "at")
 
     @admin.display(description="source → target")
     def change(self, transition):
@@ -692,14 +832,27 @@ def bulk_controls(changelist: ChangeList) -> list[dict]:
     ]  # fmt: skip
 
 
+class WaitingChangeList(ChangeList):
+    """The workflows of a page, each with why it waits, if it does (selectors.waiting_reasons:
+    at most two queries for the page, not two per row)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        reasons = selectors.waiting_reasons(self.result_list)
+        for workflow in self.result_list:
+            reason = reasons[workflow.pk]
+            workflow.waiting_why = reason if selectors.is_waiting(reason) else ""
+
+
 @admin.register(Workflow)
 class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     list_display = [
-        "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created_at", "run_time",
-        "error_line", "priority", "concurrency_key",
+        "name", "short_id", "definition", "state_badge", "mode", "progress", "retries", "created", "finished",
+        "run_time", "error_line", "priority", "concurrency_key",
     ]  # fmt: skip
     list_filter = [
-        "state", DefinitionFilter, "mode", PriorityFilter, HoldFilter, AuditFilter, "created_at", LabelFilter,
+        "state", WaitingFilter, FinishedFilter, DefinitionFilter, "mode", PriorityFilter, HoldFilter, AuditFilter,
+        "created_at", LabelFilter,
     ]  # fmt: skip
     search_fields = ["name", "concurrency_key"]
     date_hierarchy = "created_at"
@@ -709,7 +862,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
     inlines = [TaskInline, TransitionInline, WebhookDeliveryInline]
     readonly_fields = [
         "id", "name", "definition", "state_badge", "mode", "input", "results", "error", "retries", "failed_phase",
-        "idempotency_key", "callback_url", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+        "idempotency_key", "callback_url", "created_by", "created", "updated", "started", "finished",
         "schedule", "audit_chain", "priority", "concurrency_key", "key_limit", "max_parallel", "held_by",
         "label_links",
     ]  # fmt: skip
@@ -723,7 +876,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             {"fields": ["input", "results", "error", "failed_phase", "retries", "idempotency_key", "callback_url"]},
         ),
         ("Flow control", {"fields": ["priority", "concurrency_key", "key_limit", "max_parallel", "held_by"]}),
-        ("Times", {"fields": ["created_at", "updated_at", "started_at", "finished_at"]}),
+        ("Times", {"fields": ["created", "updated", "started", "finished"]}),
         ("Audit", {"fields": ["audit_chain"]}),
     ]
     change_form_template = "admin/workflow_orchestrator/workflow/change_form.html"
@@ -765,6 +918,18 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                     for key, value in sorted(workflow.labels.items())],
         )  # fmt: skip
 
+    created = moment_column("created_at", "created")
+    updated = moment_column("updated_at", "updated")
+    started = moment_column("started_at", "started")
+    finished = moment_column("finished_at", "finished")
+
+    def get_search_results(self, request, queryset, search_term):
+        """ "waiting" also finds the workflows that wait (the Waiting filter's), whatever their name."""
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term.strip().lower() == "waiting":
+            results |= queryset.filter(selectors.waiting_condition())
+        return results, duplicates
+
     @admin.display(description="audit chain")
     def audit_chain(self, workflow):
         """Verified now, as `workflow verify` does (one query)."""
@@ -790,10 +955,18 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, workflow):
+        """Its state, and WAITING beside it while it waits: on the list for any reason (the
+        page's reasons, WaitingChangeList), on its page for Next (the page says why it waits)."""
         state = badge(workflow.state, STATE_COLOURS[workflow.state])
-        if not services.is_waiting_for_next(workflow):
+        why = getattr(workflow, "waiting_why", None)
+        if why is None and services.is_waiting_for_next(workflow):
+            why = "The phase's work is done: it waits for Next step"
+        if not why:
             return state
-        return cell("state_badge", state=state, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
+        return cell("state_badge", state=state, why=why, waiting=badge("WAITING", WAITING_COLOUR, "badge-waiting"))
+
+    def get_changelist(self, request, **kwargs):
+        return WaitingChangeList
 
     @admin.display(description="progress")
     def progress(self, workflow):
@@ -805,10 +978,11 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
 
     @admin.display(description="error")
     def error_line(self, workflow):
+        """The failure's message in full, wrapped; its exception's class after it, without the module path."""
         if workflow.state != State.FAILED or not workflow.error:
             return ""
-        line = last_line(workflow.error)
-        return cell("error_line", line=line, shown=line[:120])
+        message, kind = error_summary(workflow.error)
+        return cell("error_line", message=message[:500], kind=kind, line=last_line(workflow.error))
 
     # --- Pages ---------------------------------------------------------------------------
 
@@ -860,7 +1034,8 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         queries, so the page can refresh itself every few seconds at any size."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        figures = stats.overview()
+        window, page = self._failures_page(request)
+        figures = stats.overview(failures_window=window, failures_page=page)
         changelist = reverse("admin:workflow_orchestrator_workflow_changelist")
         # The last bar is the current minute: its rate is over the seconds it has lasted so far.
         into_minute = max(1.0, (figures["now"] - figures["since"]).total_seconds() - 60 * (stats.CHART_MINUTES - 1))
@@ -886,21 +1061,89 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             ),
             "median": _seconds_or_dash(figures["duration"]["median_seconds"]),
             "p95": _seconds_or_dash(figures["duration"]["p95_seconds"]),
-            "clusters": [
-                {**cluster, "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079"))}
-                for cluster in figures["clusters"]
-            ],
-            "failures": [
-                (
-                    workflow,
-                    last_line(workflow.error),
-                    reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk]),
-                )
-                for workflow in figures["failures"]
-            ],
+            "clusters": [self._cluster_row(cluster, figures["now"]) for cluster in figures["clusters"]],
+            "waiting_card": self._waiting_card(figures["waiting_workflows"], changelist),
+            "failures": self._failures(figures["failures"], changelist),
             "changelist": changelist,
         }
         return TemplateResponse(request, "admin/workflow_orchestrator/dashboard.html", context)
+
+    def _failures_page(self, request) -> tuple[str, int]:
+        """The overview's failures window and page from its query (`failures`, `failures_page`);
+        a value that is not one is said and replaced by the default."""
+        window = request.GET.get("failures", "day")
+        if window not in stats.FAILURE_WINDOWS:
+            messages.error(request, f"failures: {window[:40]!r} is not one of {', '.join(stats.FAILURE_WINDOWS)}.")
+            window = "day"
+        page = request.GET.get("failures_page", "1")
+        if not page.isdigit() or not 1 <= int(page) <= 10_000:
+            messages.error(request, f"failures_page: {page[:40]!r} is not a page number (1 or more).")
+            page = "1"
+        return window, int(page)
+
+    @staticmethod
+    def _failures(failures: dict, changelist: str) -> dict:
+        """A page of the failures of a window, with links to the other windows and pages, and
+        to the list of the window's failures."""
+        window, page = failures["window"], failures["page"]
+        here = reverse("admin:workflow_orchestrator_workflow_dashboard")
+        rows = []
+        for workflow in failures["rows"]:
+            message, kind = error_summary(workflow.error)
+            url = reverse("admin:workflow_orchestrator_workflow_change", args=[workflow.pk])
+            rows.append({"workflow": workflow, "message": message, "kind": kind, "url": url})
+        # The list has the hour and the day among its windows; a week is a range from its start.
+        since = timezone.localtime(timezone.now() - stats.FAILURE_WINDOWS[window]).replace(tzinfo=None)
+        in_list = {"hour": {"finished": "1h"}, "day": {"finished": "1d"}}.get(
+            window, {"finished_at__gte": since.isoformat(timespec="seconds")}
+        )
+        list_query = {"state__exact": State.FAILED, **in_list}
+        return {
+            **failures,
+            "rows": rows,
+            "windows": [(key, f"{here}?{urlencode({'failures': key})}") for key in stats.FAILURE_WINDOWS],
+            "newer": f"{here}?{urlencode({'failures': window, 'failures_page': page - 1})}" if page > 1 else None,
+            "older": f"{here}?{urlencode({'failures': window, 'failures_page': page + 1})}"
+            if failures["older"]
+            else None,
+            "list": f"{changelist}?{urlencode(list_query)}",
+        }
+
+    @staticmethod
+    def _waiting_card(counts: dict, changelist: str) -> dict:
+        """The WAITING card: how many wait, linked to the list filtered by waiting, and by reason."""
+        return {
+            "count": counts["all"],
+            "badge": badge("WAITING", WAITING_COLOUR, "badge-waiting"),
+            "url": f"{changelist}?waiting=any",
+            "reasons": [
+                (label, counts[reason], f"{changelist}?{urlencode({'waiting': reason})}")
+                for reason, label in selectors.WAITING_REASONS.items()
+            ],
+        }
+
+    @staticmethod
+    def _cluster_row(cluster: dict, now) -> dict:
+        """A cluster as the overview shows it: its workers as the work they do (workflow, task,
+        running time, a link to the task), its uptime as a duration."""
+        workers = [
+            {
+                **worker,
+                "task_url": reverse("admin:workflow_orchestrator_task_change", args=[worker["task_id"]]),
+                "workflow_url": reverse("admin:workflow_orchestrator_workflow_change", args=[worker["workflow_id"]]),
+                "running_for": moments.span_text((now - worker["started_at"]).total_seconds())
+                if worker["started_at"]
+                else "—",
+            }
+            for worker in cluster["worker_processes"]
+            if worker["task_id"] is not None
+        ]
+        return {
+            **cluster,
+            "badge": badge(cluster["status"], CLUSTER_COLOURS.get(cluster["status"], "#6b7079")),
+            "busy": workers,
+            "uptime": moments.span_text(cluster["uptime_seconds"]),
+        }
 
     def waiting_view(self, request):
         """/admin/workflow_orchestrator/workflow/waiting/: "Waiting for me", the approval tasks
@@ -1083,6 +1326,7 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/workflow_orchestrator/workflow/confirm_transition.html", context)
         kwargs = {"reason": request.POST.get("reason", "")[:1000]} if event in REASONED else {}
+        before = workflow.state
         try:
             workflow = service(workflow.pk, actor=Actor.admin(request.user), **kwargs)
         except services.InvalidTransition as exc:
@@ -1090,9 +1334,20 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
         except ValidationError as exc:  # a reason the database cannot store
             self.message_user(request, f"Nothing changed: {'; '.join(exc.messages)}.", messages.ERROR)
         else:
-            outcome = {"pause": "is paused", "resume": "is resumed"}.get(event, f"is now {workflow.state}")
+            outcome = self._outcome(event, before, workflow)
             self.message_user(request, f"{label}: {workflow.name} {outcome}.", messages.SUCCESS)
         return HttpResponseRedirect(change_url)
+
+    @staticmethod
+    def _outcome(event: str, before: str, workflow: Workflow) -> str:
+        """What the action did, in words that stay true once the page is shown: the cluster may
+        have moved the workflow on meanwhile (a retried workflow may be COMPLETE by then), and
+        the page's heading, breadcrumb and state say where it is now."""
+        if event in ("pause", "resume"):
+            return f"is {event}d"
+        if workflow.state in ENDED:  # it stays there until someone acts
+            return f"is now {workflow.state}"
+        return f"went from {before} to {workflow.state}"
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
@@ -1139,9 +1394,9 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
 
 
-def _when(moment) -> str:
-    """A time of an attempt, in the site's time zone, to the millisecond."""
-    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S.%f}"[:-3] if moment else "—"
+def _when(moment):
+    """A time of an attempt, as every moment of the console (moments.moment_html)."""
+    return moments.moment_html(moment)
 
 
 class ReadOnlyAdmin(CheckedQueryParameters, admin.ModelAdmin):
@@ -1159,7 +1414,7 @@ class ReadOnlyAdmin(CheckedQueryParameters, admin.ModelAdmin):
 class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
     id_prefix_field = "workflow__id"
     list_display = [
-        "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started_at", "run_time",
+        "name", "workflow_link", "phase", "type", "status_badge", "attempt_of_budget", "started", "run_time",
     ]  # fmt: skip
     list_filter = ["status", "type", "phase"]
     search_fields = ["name", "type", "workflow__name"]
@@ -1167,10 +1422,24 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
     show_full_result_count = False
     readonly_fields = [
         "workflow_link", "phase", "name", "type", "params", "after_list", "status_badge", "attempt", "max_attempts",
-        "timeout", "result", "error_block", "queued_at", "started_at", "finished_at", "lease_expires_at", "worker",
+        "timeout", "result", "error_block", "queued", "started", "finished", "lease_expires", "worker",
         "attempt_list",
     ]  # fmt: skip
     fields = readonly_fields
+    queued = moment_column("queued_at", "queued at")
+    started = moment_column("started_at", "started at")
+    finished = moment_column("finished_at", "finished at")
+    lease_expires = moment_column("lease_expires_at", "lease expires at")
+    change_form_template = "admin/workflow_orchestrator/task/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The page updates itself (live.js) until the task can change no more: it succeeded or
+        was cancelled, or its workflow ended (a failed task is run again only by a retry)."""
+        task = self.get_object(request, object_id)
+        if task is not None:
+            settled = task.status in (Task.Status.SUCCEEDED, Task.Status.CANCELLED) or task.workflow.state in ENDED
+            extra_context = {**(extra_context or {}), "live_ended": settled}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="workflow")
     def workflow_link(self, task):
@@ -1212,12 +1481,17 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
 
 @admin.register(Transition)
 class TransitionAdmin(ReadOnlyAdmin):
-    list_display = ["workflow", "seq", "event", "source", "target", "actor_label", "created_at"]
+    list_display = ["workflow", "seq", "event", "source", "target", "actor_label", "created"]
     list_filter = ["event", "target"]
     search_fields = ["workflow__name", "actor_label", "reason"]
     list_select_related = ["workflow"]
     ordering = ["-created_at", "-pk"]
     show_full_result_count = False
+    readonly_fields = [
+        "workflow", "seq", "source", "target", "event", "actor", "actor_label", "reason", "data", "created", "digest",
+    ]  # fmt: skip
+    fields = readonly_fields
+    created = moment_column("created_at", "at")
 
 
 @admin.register(BulkOperation)
@@ -1271,15 +1545,16 @@ class WorkflowDeletionAdmin(ReadOnlyAdmin):
     """The deletion log: who deleted which workflow, when, in which state and at which
     chain head. Nobody adds, changes or deletes its rows, not even a superuser."""
 
-    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted_at"]
+    list_display = ["seq", "name", "workflow_id", "state", "actor_label", "deleted"]
     list_filter = ["state", "deleted_at"]
     search_fields = ["name", "=workflow_id", "actor_label"]
     show_full_result_count = False
     readonly_fields = [
-        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted_at",
+        "seq", "workflow_id", "name", "state", "last_seq", "last_digest", "actor", "actor_label", "deleted",
         "digest",
     ]  # fmt: skip
     fields = readonly_fields
+    deleted = moment_column("deleted_at", "deleted at")
 
 
 # --- Cron schedules ----------------------------------------------------------------------
@@ -1514,14 +1789,17 @@ class ConcurrencyLimitAdmin(CheckedQueryParameters, admin.ModelAdmin):
     key's running tasks at once, and a raised or removed one wakes the tasks it held back."""
 
     form = ConcurrencyLimitForm
-    list_display = ["key", "max_running", "running", "rate", "per_seconds", "waiting", "updated_at"]
+    list_display = ["key", "max_running", "running", "rate", "per_seconds", "waiting", "updated"]
     search_fields = ["key"]
-    readonly_fields = ["running", "waiting", "window_started_at", "window_starts", "created_at", "updated_at"]
+    readonly_fields = ["running", "waiting", "window_started", "window_starts", "created", "updated"]
     fieldsets = [
         (None, {"fields": ["key", "max_running", "rate", "per_seconds"]}),
-        ("Now", {"fields": ["running", "waiting", "window_started_at", "window_starts"]}),
-        ("Times", {"fields": ["created_at", "updated_at"]}),
+        ("Now", {"fields": ["running", "waiting", "window_started", "window_starts"]}),
+        ("Times", {"fields": ["created", "updated"]}),
     ]
+    window_started = moment_column("window_started_at", "window started at")
+    created = moment_column("created_at", "created at")
+    updated = moment_column("updated_at", "updated at")
 
     def get_queryset(self, request):
         waiting = (
@@ -1597,14 +1875,15 @@ class HoldAdmin(CheckedQueryParameters, admin.ModelAdmin):
     not changed: another definition or key is another hold."""
 
     form = HoldForm
-    list_display = ["kind", "value", "reason", "actor_label", "created_at", "workflows_held"]
+    list_display = ["kind", "value", "reason", "actor_label", "created", "workflows_held"]
     list_filter = ["kind"]
     search_fields = ["value"]
-    readonly_fields = ["actor_label", "created_at", "workflows_held"]
+    readonly_fields = ["actor_label", "created", "workflows_held"]
     fieldsets = [
         (None, {"fields": ["kind", "value", "reason"]}),
-        ("Set", {"fields": ["actor_label", "created_at", "workflows_held"]}),
+        ("Set", {"fields": ["actor_label", "created", "workflows_held"]}),
     ]
+    created = moment_column("created_at", "set at")
 
     def has_change_permission(self, request, obj=None):
         return False

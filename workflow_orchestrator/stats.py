@@ -12,7 +12,7 @@ from django_q.status import Stat
 
 from . import queue
 from .models import PHASES, BrokenChain, ConcurrencyLimit, State, Task, Workflow
-from .selectors import key_at_limit, rate_window_end
+from .selectors import key_at_limit, rate_window_end, waiting_counts
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +60,23 @@ def workflow_stats(workflows=None) -> dict:
     }
 
 
-def running_tasks() -> dict[str, int]:
-    """The task each busy worker process runs, by its `host:pid` (one query)."""
+# What the overview says of the task a busy worker runs.
+RUNNING_TASK_FIELDS = ("pk", "name", "started_at", "workflow_id", "workflow__name")
+
+
+def running_tasks() -> dict[str, dict]:
+    """The task each busy worker process runs, by its `host:pid`: its id, name and start,
+    its workflow's id and name (one query)."""
     running = Task.objects.filter(status=Task.Status.RUNNING).exclude(worker="").order_by()
-    return dict(running.values_list("worker", "pk"))
+    keys = ("task_id", "task_name", "started_at", "workflow_id", "workflow_name")
+    rows = running.values_list("worker", *RUNNING_TASK_FIELDS)
+    return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in rows}
 
 
-def _cluster(stat, running: dict[str, int]) -> dict:
+def _cluster(stat, running: dict[str, dict]) -> dict:
     # django-q2 calls a cluster Idle whenever its internal queues are empty, even while
     # every worker runs a task: the tasks' own rows say which workers are busy.
-    workers = [{"pid": pid, "task_id": running.get(f"{stat.host}:{pid}")} for pid in sorted(stat.workers)]
+    workers = [{"pid": pid, "task_id": None, **running.get(f"{stat.host}:{pid}", {})} for pid in sorted(stat.workers)]
     busy = sum(worker["task_id"] is not None for worker in workers)
     status = str(stat.status)
     return {
@@ -197,7 +204,9 @@ def waiting_work(now: datetime | None = None) -> dict:
 
 # The overview's charts: one bar per minute of the last hour, the current minute last.
 CHART_MINUTES = 60
-LATEST_FAILURES = 10
+# The overview's failures: a page of them at a time, within a time window.
+FAILURES_PAGE = 10
+FAILURE_WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
 
 
 # A minute is closed, and its count final, this long after it ends (a task's finish time is
@@ -230,9 +239,23 @@ def per_minute(queryset, since, now, name: str) -> list[int]:
     return [counts[minute] for minute in minutes]
 
 
-def overview(now=None) -> dict:
-    """What the admin's overview shows: counts, throughput over the last hour, durations,
-    the latest failures and the clusters. A fixed number of queries, whatever the size."""
+def failures(now: datetime, window: str = "day", page: int = 1) -> dict:
+    """The workflows that failed within the last `window` (a key of FAILURE_WINDOWS), the
+    latest first, page `page` of FAILURES_PAGE: one query (one row more than a page says
+    whether an older page exists)."""
+    start = (page - 1) * FAILURES_PAGE
+    rows = list(
+        Workflow.objects.filter(state=State.FAILED, finished_at__gte=now - FAILURE_WINDOWS[window])
+        .order_by("-finished_at", "pk")
+        .only("id", "name", "error", "failed_phase", "finished_at")[start : start + FAILURES_PAGE + 1]
+    )
+    return {"window": window, "page": page, "rows": rows[:FAILURES_PAGE], "older": len(rows) > FAILURES_PAGE}
+
+
+def overview(now=None, failures_window: str = "day", failures_page: int = 1) -> dict:
+    """What the admin's overview shows: counts, the workflows waiting by what they wait for,
+    throughput over the last hour, durations, a page of the failures of a time window and
+    the clusters. A fixed number of queries, whatever the size."""
     now = now or timezone.now()
     since = now.replace(second=0, microsecond=0, tzinfo=UTC) - timedelta(minutes=CHART_MINUTES - 1)
     ended = Workflow.objects.filter(state__in=[State.COMPLETE, State.FAILED, State.CANCELLED])
@@ -245,15 +268,13 @@ def overview(now=None) -> dict:
         "running": sum(by_state[state] for state in PHASES),
         # Tasks that wait without a worker (timers, signals, approvals): the index of the waiting.
         "waiting_tasks": Task.objects.filter(status=Task.Status.WAITING).count(),
+        # Workflows that wait for a person, an event or flow control (selectors.waiting_condition).
+        "waiting_workflows": waiting_counts(),
         "audit_broken": BrokenChain.objects.count(),
         "waiting": waiting_work(now),
         "tasks_per_minute": per_minute(Task.objects.all(), since, now, "tasks-finished"),
         "workflows_per_minute": per_minute(ended, since, now, "workflows-finished"),
         "duration": _durations(completed),
-        "failures": list(
-            Workflow.objects.filter(state=State.FAILED)
-            .order_by("-finished_at")
-            .only("id", "name", "error", "failed_phase", "finished_at")[:LATEST_FAILURES]
-        ),
+        "failures": failures(now, failures_window, failures_page),
         **cluster_stats(),
     }
