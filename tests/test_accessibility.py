@@ -55,6 +55,17 @@ ADMIN_PAGES = [
     ("schedule", f"{ADMIN}/workflowschedule/{{schedule}}/change/"),
     ("concurrency limits", f"{ADMIN}/concurrencylimit/"),
     ("holds", f"{ADMIN}/hold/"),
+    # Issue 24's pages: triage by time, waiting, labels, bulk on a query, large graphs.
+    ("finished in the last hour", f"{ADMIN}/workflow/?finished=1h"),
+    ("waiting workflows", f"{ADMIN}/workflow/?waiting=any"),
+    ("workflows by label", f"{ADMIN}/workflow/?label=customer:acme"),
+    ("overview, failures of the week", f"{ADMIN}/workflow/dashboard/?failures=week"),
+    ("confirm cancel all matching", f"{ADMIN}/workflow/bulk/cancel/?state__exact=EXECUTE"),
+    ("bulk operations", f"{ADMIN}/bulkoperation/"),
+    ("bulk operation", f"{ADMIN}/bulkoperation/{{bulk}}/change/"),
+    ("large workflow", f"{ADMIN}/workflow/{{large}}/change/"),
+    ("large workflow's graph", f"{ADMIN}/workflow/{{large}}/graph/"),
+    ("running task", f"{ADMIN}/task/{{running_task}}/change/"),
 ]
 API_PAGES = [
     ("API workflows", "/workflows/"),
@@ -83,7 +94,9 @@ def world(cluster, page):
     """Workflows a real cluster has run: complete, failed, waiting for a manual Next, waiting for
     an approval, running, cancelled and deleted; a schedule, a concurrency limit and a hold."""
     cluster()
-    failed = start("nightly import", FAILS, input={"day": "2025-01-01"})
+    failed = start("nightly import", FAILS, input={"day": "2025-01-01"}, labels={"customer": "acme"})
+    # Over 60 tasks: its page shows counts by status, its graph is on a page of its own.
+    large = start("large fan-out", [{"name": f"part-{i}", "type": "noop"} for i in range(70)])
     complete = [start(f"invoice batch {i}", [{"type": "echo", "params": {"n": i}}]) for i in (1, 2)]
     manual = start("schema migration", [{"type": "noop"}], mode="manual")
     approval = start("refund ACME", [APPROVAL, {"name": "pay", "type": "gather", "after": ["approve"]}],
@@ -93,7 +106,7 @@ def world(cluster, page):
     services.workflow_cancel(dropped.pk, actor=Actor.SYSTEM, reason="not needed")
     gone = start("old report", [{"type": "noop"}])
     wait_for(lambda: states(failed) == {State.FAILED}, 30, "the import to fail")
-    wait_for(lambda: states(*complete, gone) == {State.COMPLETE}, 30, "the invoices to complete")
+    wait_for(lambda: states(*complete, gone, large) == {State.COMPLETE}, 60, "the invoices to complete")
     wait_for(lambda: manual.tasks.get(name="prepare").status == Task.Status.SUCCEEDED, 30, "the manual prepare")
     wait_for(lambda: approval.tasks.get(name="approve").status == Task.Status.WAITING, 30, "the approval")
     wait_for(lambda: running.tasks.filter(status=Task.Status.RUNNING).exists(), 30, "the sleep to start")
@@ -103,7 +116,14 @@ def world(cluster, page):
     )
     limits.limit_set("warehouse", max_running=2)
     holds.hold_set(Hold.Kind.KEY, "reports", actor=Actor.SYSTEM, reason="month-end freeze")
+    bulk = services.bulk_start(  # each one skipped: a COMPLETE workflow cannot be resumed
+        "resume", [w.pk for w in complete], actor=Actor.SYSTEM, reason="checking", criteria={"state": ["COMPLETE"]}
+    )
+    wait_for(lambda: type(bulk).objects.get(pk=bulk.pk).status == "finished", 30, "the bulk operation")
     yield {
+        "bulk": bulk.pk,
+        "large": large.pk,
+        "running_task": running.tasks.get(name="long").pk,
         "failed": failed.pk,
         "failed_task": failed.tasks.get(name="load").pk,
         "manual": manual.pk,
