@@ -228,6 +228,8 @@ class Workflow(FSMModelMixin, models.Model):
             models.Index(fields=["held_by"], name="workflow_held_by", condition=Q(held_by__gt="")),
             # The overview: the latest completions (durations), failures, and ends per minute.
             models.Index(fields=["state", "-finished_at"], name="workflow_state_finished"),
+            # The list's finished filter (last 15 min, hour, day, or a range) in any state.
+            models.Index(fields=["-finished_at"], name="workflow_finished", condition=Q(finished_at__isnull=False)),
             # Recovery fails the workflows whose deadline passed: a walk of those with one.
             models.Index(fields=["deadline_at"], name="workflow_deadline", condition=Q(deadline_at__isnull=False)),
         ]
