@@ -149,7 +149,7 @@ def test_the_api_filters_on_repeated_labels(db, owner):
         ("label=customer", "'customer' is not key:value"),
         ("label=customer:", "'customer:': the label has no value"),
         ("label=a%20b:c", "'a b:c': the key may hold only letters, digits and _ . - /"),
-        ("label=env:prod&label=env:dev", "env is asked to be both 'prod' and 'dev'"),
+        ("label=env:prod&label=env:dev", "env is given twice, as 'prod' and 'dev'"),
     ],
 )
 def test_a_bad_label_filter_is_a_400_naming_it(db, owner, query, message):

@@ -297,15 +297,11 @@ class WorkflowAddForm(forms.Form):
         self.fields["definition"].choices = [(key, key) for key in definition_keys()]
 
     def clean_labels(self) -> dict[str, str]:
-        labels = {}
-        for line in filter(None, (line.strip() for line in self.cleaned_data["labels"].splitlines())):
-            try:
-                key, value = values.parse_label(line, "=")
-            except ValueError as exc:
-                raise ValidationError(str(exc)) from None
-            if labels.setdefault(key, value) != value:
-                raise ValidationError(f"{key} is given twice, as {labels[key]!r} and {value!r}")
-        return labels
+        lines = filter(None, (line.strip() for line in self.cleaned_data["labels"].splitlines()))
+        try:
+            return values.parse_labels(lines, "=")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
 
     def create(self, user) -> Workflow | None:
         """Create the workflow through the engine; its refusals become form errors."""
@@ -522,15 +518,10 @@ class LabelFilter(admin.SimpleListFilter):
 
 def labels_asked(texts: list[str]) -> dict[str, str]:
     """The labels of ?label=key:value parameters; a malformed one is the client's mistake (400)."""
-    labels = {}
-    for text in texts:
-        try:
-            key, value = values.parse_label(text, ":")
-        except ValueError as exc:
-            raise BadRequest(f"The query parameter label {exc}.") from None
-        if labels.setdefault(key, value) != value:
-            raise BadRequest(f"The query parameter label asks {key} to be both {labels[key]!r} and {value!r}.")
-    return labels
+    try:
+        return values.parse_labels(texts, ":")
+    except ValueError as exc:
+        raise BadRequest(f"The query parameter label: {exc}.") from None
 
 
 class TaskColumns:

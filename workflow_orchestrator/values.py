@@ -195,3 +195,14 @@ def parse_label(text: str, separator: str) -> tuple[str, str]:
     if problem := label_value_problem(value):
         raise ValueError(f"{shown}: the value {problem}")
     return key, value
+
+
+def parse_labels(texts, separator: str) -> dict[str, str]:
+    """The labels of `texts`, each written `key<separator>value`; ValueError says why one is
+    not a label, or that a key is given twice with two values."""
+    labels = {}
+    for text in texts:
+        key, value = parse_label(text, separator)
+        if labels.setdefault(key, value) != value:
+            raise ValueError(f"{key} is given twice, as {labels[key]!r} and {value!r}")
+    return labels

@@ -1,6 +1,5 @@
 """`manage.py workflow`: start, inspect and drive workflows from a shell."""
 
-import argparse
 import json
 import math
 import time
@@ -62,20 +61,12 @@ def _json_arg(value: str, option: str, max_depth: int = values.MAX_DEPTH):
         raise CommandError(str(exc)) from None
 
 
-def _label_arg(text: str) -> tuple[str, str]:
-    """--label key=value (argparse reports a ValueError's message as the option's error)."""
+def _labels(texts: list[str] | None) -> dict[str, str]:
+    """The --label KEY=VALUE options, repeatable."""
     try:
-        return values.parse_label(text, "=")
+        return values.parse_labels(texts or [], "=")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _labels(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
-    labels = {}
-    for key, value in pairs or []:
-        if labels.setdefault(key, value) != value:
-            raise CommandError(f"--label {key} is given twice, as {labels[key]!r} and {value!r}")
-    return labels
+        raise CommandError(f"--label {exc}") from None
 
 
 def _tasks_arg(value: str | None):
@@ -133,7 +124,6 @@ class Command(BaseCommand):
         start.add_argument(
             "--label",
             action="append",
-            type=_label_arg,
             dest="labels",
             metavar="KEY=VALUE",
             help="A label to find it by (repeatable); on top of the definition's.",
@@ -181,7 +171,6 @@ class Command(BaseCommand):
         listing.add_argument(
             "--label",
             action="append",
-            type=_label_arg,
             dest="labels",
             metavar="KEY=VALUE",
             help="Only workflows with this label (repeatable: with every one of them).",
@@ -295,7 +284,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--label",
             action="append",
-            type=_label_arg,
             dest="labels",
             metavar="KEY=VALUE",
             help="With this label (repeatable: with every one of them).",
