@@ -1490,9 +1490,10 @@ class BulkOperationAdmin(ReadOnlyAdmin):
     """Bulk operations, newest first; each one's page is its progress, which updates
     itself while it runs. Those who may see workflows may see them."""
 
-    list_display = ["created_at", "action", "total", "done", "skipped_count", "status", "actor_label", "reason"]
+    list_display = ["created", "action", "total", "done", "skipped_count", "status", "actor_label", "reason"]
     list_filter = ["action", "status"]
     search_fields = ["reason", "actor_label"]
+    created = moment_column("created_at", "created")
     show_full_result_count = False
 
     def get_queryset(self, request):

@@ -1,7 +1,9 @@
 """`{% load orchestrator_time %}` then `{{ value|moment }}`: a moment as the whole console shows
-one (workflow_orchestrator.moments), and `{{ seconds|span }}` for a span of time."""
+one (workflow_orchestrator.moments), `{{ seconds|span }}` for a span of time, and
+`{% rendered_at %}`: when the page was made, as `2026-12-05 16:40:02 UTC`."""
 
 from django import template
+from django.utils import timezone
 
 from .. import moments
 
@@ -16,3 +18,8 @@ def moment(value):
 @register.filter
 def span(seconds):
     return "—" if seconds is None else moments.span_text(seconds)
+
+
+@register.simple_tag
+def rendered_at():
+    return moments.absolute(timezone.now())

@@ -135,7 +135,8 @@
                     return;
                 }
                 document.title = doc.title;
-                updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
+                // The server's time of the fresh page, as the console shows times (with its zone).
+                updated.textContent = `updated ${freshBar.dataset.rendered}`;
                 if (freshBar.dataset.ended === '1') {
                     stop('ended', freshBar.querySelector('.live-label').textContent.trim());
                     return;
