@@ -345,7 +345,8 @@ def test_the_cli_adds_lists_pauses_resumes_and_removes_a_schedule(engine):
     assert (added["cron"], added["time_zone"], added["input"]) == ("0 9 * * 1-5", PARIS, {"x": 1})
     assert added["enabled"] is True
     assert datetime.fromisoformat(added["next_run_at"]) > timezone.now()
-    assert "reports" in cli(engine, "list")
+    listed = cli(engine, "list")  # the cron in words, the next run in the schedule's own zone
+    assert "reports" in listed and "At 09:00 on Monday to Friday" in listed and PARIS in listed
     cli(engine, "pause", "reports")
     [listed] = json.loads(cli(engine, "list", "--json"))
     assert (listed["enabled"], listed["next_run_at"]) == (False, None)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from workflow_orchestrator import audit, checkpoints, jobs, schedules, selectors, services, statements, values
+from workflow_orchestrator import audit, checkpoints, cron, jobs, schedules, selectors, services, statements, values
 from workflow_orchestrator.api.filters import workflows_matching
 from workflow_orchestrator.api.serializers import WorkflowDetailSerializer, WorkflowListSerializer
 from workflow_orchestrator.models import (
@@ -853,10 +853,11 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps([self._schedule_json(schedule) for schedule in rows], indent=2))
             return
-        table = Table("name", "cron", "time zone", "enabled", "last run (UTC)", "next run (UTC)")
+        table = Table("name", "cron", "enabled", "last run", "next run")
         for s in rows:
-            last, upcoming = (f"{t:%Y-%m-%d %H:%M}" if t else "—" for t in (s.last_run_at, s.next_run_at))
-            table.add_row(s.name, s.cron, s.time_zone, "yes" if s.enabled else "paused", last, upcoming)
+            last, upcoming = (cron.local_time_label(t, s.time_zone) for t in (s.last_run_at, s.next_run_at))
+            table.add_row(s.name, f"{s.cron}\n{cron.cron_in_words(s.cron)}", "yes" if s.enabled else "paused", last,
+                          upcoming)  # fmt: skip
         Console(file=self.stdout, width=120).print(table)
 
     def schedule_pause(self, *, name, **_):
