@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from workflow_orchestrator import sql
+from workflow_orchestrator import attempts, sql
 from workflow_orchestrator.audit import sign_head
 from workflow_orchestrator.backends import get_backend
 from workflow_orchestrator.backends.base import GATHER, UNCHANGED, Backend, Inline, Succeeded
@@ -113,14 +113,14 @@ class Made:
         lease = now + timedelta(seconds=60)
         return self.backend.claim(task.pk, task.attempt, worker=worker, now=now, lease=lease, budget=300)
 
-    def succeed(self, claimed, result='{"ok": 1}', **kwargs):
+    def succeed(self, claimed, result='{"ok": 1}', now=None, **kwargs):
         values = claimed.values
         return self.backend.succeed(
             values["id"],
             values["attempt"],
             workflow_id=self.workflow.pk,
             result=result,
-            now=timezone.now(),
+            now=now or timezone.now(),
             name=values["name"],
             dependents=values["dependents"],
             **kwargs,
@@ -348,6 +348,31 @@ def test_a_success_hands_the_first_released_task_that_fits_inline_timeout_to_its
     assert [task.values["name"] for task in fan_in.released] == ["b"]
     c = made.task("c")
     assert (c.status, c.worker, c.attempt, c.attempts[-1]["outcome"]) == (Status.RUNNING, "w9", 1, "running")
+
+
+@on_every_backend
+@pytest.mark.parametrize("inline", [True, False], ids=["claimed inline", "queued"])
+def test_a_released_task_starts_no_earlier_than_its_upstreams_succeeded(backend, inline):
+    """Two workers record the two successes a task waits for. The one whose clock read
+    earlier may write last (it waited for the workflow's lock): the task it releases is
+    stamped queued and started at the later success, never before it."""
+    made = make(backend, tasks=[{"name": "a"}, {"name": "b"}, {"name": "join", "after": ["a", "b"]}])
+    claimed_a, claimed_b = made.claim("a"), made.claim("b", worker="w2")
+    earlier = timezone.now()
+    later = earlier + timedelta(milliseconds=40)
+    made.succeed(claimed_b, now=later)
+    lease = later + timedelta(seconds=60)
+    fan_in = made.succeed(
+        claimed_a, now=earlier, inline=Inline(worker="w9", lease=lease, max_timeout=100.0) if inline else None
+    )
+    join, b = made.task("join"), made.task("b")
+    assert b.finished_at == later
+    assert join.queued_at == later if not inline else join.started_at == later
+    if inline:
+        assert fan_in.inline.values["name"] == "join" and join.status == Status.RUNNING
+        assert attempts.time_of(join.attempts[-1]["started_at"]) == later
+    else:
+        assert join.status == Status.QUEUED
 
 
 @on_every_backend

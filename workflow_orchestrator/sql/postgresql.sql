@@ -266,6 +266,12 @@ FROM fan_in LEFT JOIN claimed ON TRUE LEFT JOIN filled ON TRUE
     WHERE id IN (SELECT id FROM ready) AND status = 'PENDING' AND waiting = 0
     RETURNING id, workflow_id, phase, position, name, type, params, status, attempt, attempt_offset, max_attempts,
         timeout, worker, started_at, lease_expires_at, after, dependents, slot
+), released_at AS (
+    -- When a released task is queued (or starts here): not before the latest success of the
+    -- phase. Another worker's `now` may be later than this one's and its success committed
+    -- first, while this statement waited for the workflow's lock.
+    SELECT GREATEST(%(now)s, MAX(finished_at)) AS at FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'SUCCEEDED'
 ), next_up AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
@@ -294,12 +300,13 @@ FROM fan_in LEFT JOIN claimed ON TRUE LEFT JOIN filled ON TRUE
                        THEN attempt + 1 ELSE attempt END,
         queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM locked) = 'EXECUTE' AND (
                              (SELECT max_parallel FROM locked) IS NULL OR id IN (SELECT id FROM ready))
-                         THEN %(now)s ELSE queued_at END,
-        started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
+                         THEN (SELECT at FROM released_at) ELSE queued_at END,
+        started_at = CASE WHEN id = (SELECT id FROM next_up) THEN (SELECT at FROM released_at) ELSE started_at END,
         lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
         worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
         attempts = CASE WHEN id = (SELECT id FROM next_up) THEN attempts || jsonb_build_array(jsonb_build_object(
-            'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', %(now)s, 'outcome', 'running'))
+            'attempt', attempt + 1, 'worker', CAST(%(worker)s AS text), 'started_at', (SELECT at FROM released_at),
+            'outcome', 'running'))
             ELSE attempts END
     WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
         AND after @> jsonb_build_array(CAST(%(name)s AS text)) AND EXISTS (SELECT 1 FROM done)

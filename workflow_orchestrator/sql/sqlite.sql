@@ -181,6 +181,12 @@ RETURNING state = %(phase)s, state, mode, unfinished, last_seq, last_digest, hea
     LIMIT MAX(0, COALESCE((SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s), 0) - (
         SELECT COUNT(*) FROM workflow_orchestrator_task
         WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status IN ('QUEUED', 'RUNNING', 'WAITING')))
+), released_at AS (
+    -- When a released task is queued (or starts here): not before the latest success of the
+    -- phase (this one's included: `succeed` ran first). Another worker's `now` may be later
+    -- than this one's and its success committed first, while this one waited to write.
+    SELECT MAX(%(now)s, COALESCE(MAX(finished_at), %(now)s)) AS at FROM workflow_orchestrator_task
+    WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'SUCCEEDED'
 ), next_up AS (
     -- A NULL inline_timeout, or a paused workflow, picks nothing: every released task is queued.
     SELECT id FROM workflow_orchestrator_task
@@ -210,12 +216,12 @@ SET waiting = waiting - 1,
                       (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN attempt + 1 ELSE attempt END,
     queued_at = CASE WHEN waiting = 1 AND (SELECT state FROM workflow_orchestrator_workflow WHERE id = %(workflow)s)
                           = 'EXECUTE' AND (
-                      (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN %(now)s ELSE queued_at END,
-    started_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(now)s ELSE started_at END,
+                      (SELECT max_parallel FROM workflow_orchestrator_workflow WHERE id = %(workflow)s) IS NULL OR id IN (SELECT id FROM ready)) THEN (SELECT at FROM released_at) ELSE queued_at END,
+    started_at = CASE WHEN id = (SELECT id FROM next_up) THEN (SELECT at FROM released_at) ELSE started_at END,
     lease_expires_at = CASE WHEN id = (SELECT id FROM next_up) THEN %(lease)s ELSE lease_expires_at END,
     worker = CASE WHEN id = (SELECT id FROM next_up) THEN %(worker)s ELSE worker END,
     attempts = CASE WHEN id = (SELECT id FROM next_up) THEN json_insert(attempts, '$[#]', json_object(
-        'attempt', attempt + 1, 'worker', %(worker)s, 'started_at', %(now)s, 'outcome', 'running'))
+        'attempt', attempt + 1, 'worker', %(worker)s, 'started_at', (SELECT at FROM released_at), 'outcome', 'running'))
         ELSE attempts END
 WHERE workflow_id = %(workflow)s AND phase = 'EXECUTE' AND status = 'PENDING' AND waiting > 0
     AND EXISTS (SELECT 1 FROM json_each(workflow_orchestrator_task.after) WHERE value = %(name)s)
