@@ -59,10 +59,10 @@ $(MERMAID): docs/mermaid/package-lock.json
 ## The tests. The engine's tests (the `engine` marker: tests/conftest.py's ENGINE_MODULES) run on
 ## PostgreSQL + Redis as well as SQLite; the others check what is the same on any database.
 # `make test`, the everyday loop and CI's command: the whole suite on SQLite with the ORM broker
-# (whatever .env says) and, side by side with it, the engine's tests on PostgreSQL + Redis at
-# TEST_PG_URL and TEST_REDIS_URL, which must be running. The two passes share no database (the
-# SQLite pass's contract tests use a PostgreSQL database of their own), broker or file; the
-# PostgreSQL pass prints as it goes, the SQLite pass's output follows once both have ended. When DATABASE_URL or ORCH_BROKER is set in the
+# (whatever .env says), then the engine's tests on PostgreSQL + Redis at TEST_PG_URL and
+# TEST_REDIS_URL, which must be running. One after the other: on 2 cores, side by side, the
+# tests that wait on real clusters ran out of their bounds (the SQLite pass's contract tests
+# keep a PostgreSQL database of their own, TEST_PG_URL + _contract, all the same). When DATABASE_URL or ORCH_BROKER is set in the
 # environment (or on make's command line), that choice is the user's: the whole suite runs once,
 # on what they select, and nothing else.
 # `make test-pg`: the whole suite on PostgreSQL + Redis (all but the install test, whose fresh
@@ -78,15 +78,11 @@ test: dev $(MERMAID)
 ifneq ($(DATABASE_URL)$(ORCH_BROKER),)
 	$(BIN)/pytest
 else
-	@# Both passes run to their end, whichever fails; make fails if either did.
-	@echo "=== make test: the whole suite on SQLite (ORM broker), its output below once it ends; beside it: ==="
-	@echo "=== make test: the engine's tests on PostgreSQL, Redis broker ==="
-	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
-	$(ON_SQLITE) $(BIN)/pytest > "$$log" 2>&1 & sqlite_pid=$$!; \
+	@# Both passes run, whichever fails; make fails if either did.
+	@echo "=== make test: the whole suite on SQLite, ORM broker ==="
+	$(ON_SQLITE) $(BIN)/pytest; sqlite=$$?; \
+	echo "=== make test: the engine's tests on PostgreSQL, Redis broker ==="; \
 	$(ON_PG) $(BIN)/pytest -m "engine and not install"; pg=$$?; \
-	wait $$sqlite_pid; sqlite=$$?; \
-	echo "=== make test: the whole suite on SQLite, ORM broker ==="; cat "$$log"; \
-	echo "=== make test: SQLite pass exit $$sqlite, PostgreSQL pass exit $$pg ==="; \
 	test $$sqlite = 0 && test $$pg = 0
 endif
 

@@ -38,13 +38,15 @@ def test_a_busy_cluster_takes_no_job_while_another_cluster_has_a_free_worker(clu
     memory for A's worker (django-q2's pusher would take up to two jobs ahead of it, and
     a job taken is out of every other cluster's reach)."""
     busy = cluster(ORCH_WORKERS=1, ORCH_LEASE_SECONDS=120)
-    long_one = sleepers("long", 1, 90)
+    # Longer than the loop below can take on a loaded machine, within the task timeout (300 s);
+    # it is cancelled at the end.
+    long_one = sleepers("long", 1, 280)
     nap = wait_for(lambda: long_one.tasks.filter(status=Task.Status.RUNNING).first(), 60, "A's task to start")
     free = cluster(ORCH_WORKERS=2, ORCH_LEASE_SECONDS=120)
     ran_in = set()
     for number in range(8):
         workflow = sleepers(f"short-{number}", 1, 0.05)
-        # Far below the 90 s A's worker stays busy: a job A had taken would wait that long.
+        # Far below the 280 s A's worker stays busy: a job A had taken would wait that long.
         done = Workflow.objects.filter(pk=workflow.pk, state=State.COMPLETE)
         wait_for(done.exists, 30, f"workflow {number} to complete")
         ran_in |= {os.getpgid(worker_pid(task)) for task in workflow.tasks.all()}
