@@ -44,6 +44,7 @@ from .diagrams import (
     task_timeline_svg,
 )
 from .models import (
+    ENDING_STATES,
     MAX_MAX_PARALLEL,
     MAX_PRIORITY,
     MIN_MAX_PARALLEL,
@@ -66,7 +67,7 @@ from .registry import definition_keys
 from .values import MAX_DEPTH
 
 # A workflow in these states changes only when someone acts: its page stops refreshing itself.
-ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
+ENDED = ENDING_STATES
 
 # Dark amber: white text on it has a contrast of 6.6:1 (WCAG AA asks 4.5:1).
 WAITING_COLOUR = "#8a4f00"
@@ -566,8 +567,7 @@ class TaskInline(TaskColumns, ReadOnlyInline):
     def error_excerpt(self, task):
         if not task.error:
             return "—"
-        url = reverse("admin:workflow_orchestrator_task_change", args=[task.pk])
-        return cell("traceback_link", line=last_line(task.error)[:120], url=url)
+        return cell("traceback_link", line=last_line(task.error)[:120], url=task_url(task))
 
 
 class WebhookDeliveryInline(ReadOnlyInline):
@@ -712,14 +712,10 @@ class IdPrefixSearch:
 
 # --- Bulk on a query: every workflow the list's filters match -----------------------------
 
-# The changelist's bulk controls: (action, the button's verb, the confirmation's). Which of
-# them each workflow accepts is its service's to say; the others are counted as skipped.
-BULK_QUERY_ACTIONS = {
-    "retry": ("Retry", "retried"),
-    "cancel": ("Cancel", "cancelled"),
-    "pause": ("Pause", "paused"),
-    "resume": ("Resume", "resumed"),
-}
+# The changelist's bulk controls: each action's button; its confirmation's verb is the
+# service's (services.BULK_ACTIONS). Which workflows accept it is each one's service's to
+# say; the others are counted as skipped.
+BULK_QUERY_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "pause": "Pause", "resume": "Resume"}
 
 
 class BulkOperationFilter(admin.SimpleListFilter):
@@ -773,7 +769,7 @@ def bulk_query_view(modeladmin, request, action: str):
     except IncorrectLookupParameters as exc:
         raise BadRequest(f"The list's filters are not valid: {exc}") from None
     matching = changelist.result_count
-    label, verb = BULK_QUERY_ACTIONS[action]
+    label, verb = BULK_QUERY_ACTIONS[action], services.BULK_ACTIONS[action][1]
     reason, error = request.POST.get("reason", ""), ""
     if request.method == "POST":
         try:
@@ -819,7 +815,7 @@ def bulk_controls(changelist: ChangeList) -> list[dict]:
     return [
         {"action": action, "label": f"{label} all {changelist.result_count} matching",
          "url": reverse("admin:workflow_orchestrator_workflow_bulk", args=[action]) + query}
-        for action, (label, _) in BULK_QUERY_ACTIONS.items()
+        for action, label in BULK_QUERY_ACTIONS.items()
     ]  # fmt: skip
 
 
@@ -1385,11 +1381,6 @@ class WorkflowAdmin(CheckedQueryParameters, IdPrefixSearch, admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
 
 
-def _when(moment):
-    """A time of an attempt, as every moment of the console (moments.moment_html)."""
-    return moments.moment_html(moment)
-
-
 class ReadOnlyAdmin(CheckedQueryParameters, admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
@@ -1460,8 +1451,8 @@ class TaskAdmin(IdPrefixSearch, TaskColumns, ReadOnlyAdmin):
             "outcome": attempt.outcome,
             "number": attempt.number,
             "worker": attempt.worker or "—",
-            "started": _when(attempt.started_at),
-            "finished": _when(attempt.finished_at),
+            "started": moments.moment_html(attempt.started_at),
+            "finished": moments.moment_html(attempt.finished_at),
             "duration": format_seconds(attempt.seconds(timezone.now())) if attempt.started_at else "—",
             "description": attempt.description,
             "badge": badge(attempt.label, OUTCOME_COLOURS.get(attempt.outcome, "#6b7079")),

@@ -4,8 +4,9 @@
 from django.core.exceptions import ValidationError
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
+from rest_framework.reverse import reverse
 
-from .. import selectors, services, statements, values
+from .. import approvals, selectors, services, statements, values
 from ..models import (
     ATTEMPT_OUTCOMES,
     DEADLINE_ERROR,
@@ -438,12 +439,16 @@ class SignalSerializer(StrictSerializer):
 
 @request_example("Approve, with a comment", {"decision": "approve", "data": {}, "comment": "Checked the figures."})
 class DecideSerializer(StrictSerializer):
-    decision = serializers.ChoiceField(choices=["approve", "reject"], help_text="Approve or reject the task.")
+    decision = serializers.ChoiceField(choices=approvals.DECISIONS, help_text="Approve or reject the task.")
     data = serializers.DictField(
         required=False, default=dict, help_text="The task's form (its `fields`), by field name."
     )
     comment = StrictCharField(
-        required=False, allow_blank=True, default="", max_length=2000, help_text="Kept in the audit log."
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=approvals.MAX_COMMENT,
+        help_text="Kept in the audit log.",
     )
 
 
@@ -595,9 +600,9 @@ class BulkOperationSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
     def get_url(self, operation) -> str:
-        request = self.context.get("request")
-        path = f"/workflows/bulk/{operation.pk}"
-        return request.build_absolute_uri(path) if request else path
+        return reverse(
+            "workflow-bulk-operation", kwargs={"operation_id": operation.pk}, request=self.context.get("request")
+        )
 
 
 class BulkCountSerializer(serializers.Serializer):

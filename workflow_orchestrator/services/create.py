@@ -8,11 +8,10 @@ import hashlib
 import json
 from collections import Counter
 
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import audit, queue, statements, values
+from .. import audit, queue, statements
 from ..callbacks import validate_callback_url
 from ..conf import app_settings
 from ..models import Actor, Hold, State, Task, Transition, Workflow, task_status_after
@@ -222,8 +221,8 @@ def workflow_update(workflow_id, *, actor: Actor, **changes) -> Workflow:
     if callback_url is not None:
         callback_url = validate_callback_url(callback_url)
     labels = changes.pop("labels", None)
-    if labels is not None and (problem := values.labels_problem(labels)):
-        raise ValidationError({"labels": [f"labels {problem}"]})
+    if labels is not None:
+        labels = labels_for(None, labels)  # checked as at create, with no definition's beneath
     with changing(workflow_id, "update") as workflow:
         if workflow.state != State.INIT:
             raise InvalidTransition(
